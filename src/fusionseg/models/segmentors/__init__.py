@@ -1,0 +1,6 @@
+"""Segmentors; importing this package registers their builders in the model registry."""
+
+from . import baselines
+from .base import ModalityInput, SegmentationOutput, Segmentor
+
+__all__ = ["ModalityInput", "SegmentationOutput", "Segmentor", "baselines"]

@@ -1,0 +1,406 @@
+"""SegFormer Mix Transformer (MiT-B0 .. MiT-B5) encoder.
+
+Our own compact implementation of the hierarchical encoder from
+
+    Enze Xie et al., "SegFormer: Simple and Efficient Design for Semantic Segmentation with
+    Transformers", NeurIPS 2021 (arXiv 2105.15203).
+
+The module and parameter names follow the official NVlabs code
+(``NVlabs/SegFormer``, ``mmseg/models/backbones/mix_transformer.py``) exactly, so the
+official ImageNet-1k files ``mit_b0.pth .. mit_b5.pth`` load strictly (after dropping their
+classifier ``head.weight`` / ``head.bias``, see :attr:`MixVisionTransformer.checkpoint_ignore_keys`)::
+
+    patch_embed{1..4}.proj            Conv2d (k7 s4 p3 for stage 1, k3 s2 p1 after)
+    patch_embed{1..4}.norm            LayerNorm (eps 1e-5, as in the official code)
+    block{i}.{j}.norm1                LayerNorm (eps 1e-6)
+    block{i}.{j}.attn.q / .attn.kv    Linear (qkv bias)
+    block{i}.{j}.attn.sr / .attn.norm Conv2d(k=s=sr_ratio) + LayerNorm (eps 1e-5), ratio > 1 only
+    block{i}.{j}.attn.proj            Linear
+    block{i}.{j}.norm2                LayerNorm (eps 1e-6)
+    block{i}.{j}.mlp.fc1 / .mlp.dwconv.dwconv / .mlp.fc2
+    norm{1..4}                        LayerNorm (eps 1e-6)
+
+Differences from the official code (none change the weights or, for inputs whose sides are
+multiples of 32, the outputs beyond float rounding):
+
+* attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` (no explicit
+  ``N x N'`` attention matrix is kept for backward on CPU/GPU kernels that support it);
+* the token map is never made contiguous needlessly; the depthwise convolution reads the
+  ``[B, N, C]`` tokens as a channels-last ``[B, C, H, W]`` view;
+* arbitrary input sizes work: every stage has ``ceil(H / stride) x ceil(W / stride)`` tokens;
+  the spatial-reduction convolution floors like the official one, and only when a stage map is
+  smaller than its reduction ratio (tiny inputs, where the official code fails) the map is
+  zero-padded at the bottom/right up to the ratio so that at least one key/value token exists.
+
+Per-stage access (for methods that run several modality streams through the same blocks and
+insert modules between the attention and MLP residuals, e.g. StitchFusion) is exposed without
+copying: :meth:`MixVisionTransformer.embed`, :meth:`blocks_of`, :meth:`norm_of`,
+:meth:`tokens_to_map`, and each :class:`Block` exposes ``norm1, attn, drop_path, norm2, mlp``.
+Stage indices in these methods are 0-based (``0..3``), while the key names are 1-based.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "DropPath",
+    "OverlapPatchEmbed",
+    "Attention",
+    "DWConv",
+    "MixFFN",
+    "Block",
+    "MixVisionTransformer",
+    "MIT_SETTINGS",
+]
+
+# Official settings of the SegFormer paper (Table 6) / NVlabs ``mit_b0 .. mit_b5`` classes.
+MIT_SETTINGS: dict[str, dict] = {
+    "mit_b0": dict(embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2)),
+    "mit_b1": dict(embed_dims=(64, 128, 320, 512), depths=(2, 2, 2, 2)),
+    "mit_b2": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 6, 3)),
+    "mit_b3": dict(embed_dims=(64, 128, 320, 512), depths=(3, 4, 18, 3)),
+    "mit_b4": dict(embed_dims=(64, 128, 320, 512), depths=(3, 8, 27, 3)),
+    "mit_b5": dict(embed_dims=(64, 128, 320, 512), depths=(3, 6, 40, 3)),
+}
+for _cfg in MIT_SETTINGS.values():
+    _cfg.update(num_heads=(1, 2, 5, 8), sr_ratios=(8, 4, 2, 1), mlp_ratio=4)
+del _cfg
+
+_LN_EPS = 1e-6  # block norms and stage norms (official ``partial(nn.LayerNorm, eps=1e-6)``)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (Huang et al., ECCV 2016).
+
+    In training, each sample's residual branch ``x[b]`` is zeroed with probability ``p`` and the
+    kept ones are scaled by ``1 / (1 - p)``; identity in eval mode or when ``p == 0``.
+    Works on any tensor whose first dimension is the batch.
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3f}"
+
+
+class OverlapPatchEmbed(nn.Module):
+    """Overlapping patch embedding: ``Conv2d(k, stride, padding=k // 2)`` then LayerNorm.
+
+    Input ``x``: ``[B, C_in, H, W]``. Returns ``(tokens [B, H' * W', C], H', W')`` with
+    ``H' = ceil(H / stride)`` for the kernel/stride pairs used by MiT (7/4 and 3/2).
+    Keys: ``proj`` (Conv2d), ``norm`` (LayerNorm, default eps 1e-5 as in the official code).
+    """
+
+    def __init__(self, in_chans: int, embed_dim: int, patch_size: int, stride: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(
+            in_chans, embed_dim, kernel_size=patch_size, stride=stride, padding=patch_size // 2
+        )
+        self.norm = nn.LayerNorm(embed_dim)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
+        x = self.proj(x)
+        _, _, h, w = x.shape
+        # flatten(2).transpose(1, 2) is a view when the conv output is NCHW-contiguous;
+        # LayerNorm then produces a contiguous [B, N, C] tensor.
+        x = self.norm(x.flatten(2).transpose(1, 2))
+        return x, h, w
+
+
+class Attention(nn.Module):
+    """Efficient self-attention with spatial reduction (SegFormer Sec. 3.1).
+
+    Queries come from all ``N = H * W`` tokens; keys and values from the token map reduced by a
+    strided ``Conv2d(k = s = sr_ratio)`` followed by LayerNorm when ``sr_ratio > 1``.
+
+    ``forward(x [B, N, C], H, W) -> [B, N, C]``. Keys: ``q``, ``kv`` (one Linear giving k then
+    v), ``sr`` and ``norm`` (only when ``sr_ratio > 1``), ``proj``.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int = 1, sr_ratio: int = 1, qkv_bias: bool = True
+    ) -> None:
+        super().__init__()
+        if dim % num_heads != 0:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.dim = dim
+        self.num_heads = num_heads
+        self.head_dim = dim // num_heads
+        self.sr_ratio = sr_ratio
+        self.q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.kv = nn.Linear(dim, dim * 2, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(dim, dim, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = nn.LayerNorm(dim)
+
+    def _reduce(self, x: Tensor, h: int, w: int) -> Tensor:
+        """Spatial reduction of tokens ``[B, H*W, C]`` -> ``[B, N', C]`` (LayerNorm applied)."""
+        b, _, c = x.shape
+        r = self.sr_ratio
+        # [B, N, C] -> channels-last [B, C, H, W] view (no copy).
+        x_ = x.transpose(1, 2).reshape(b, c, h, w)
+        if h < r or w < r:  # tiny maps: pad so the strided conv yields >= 1 token
+            x_ = F.pad(x_, (0, max(r - w, 0), 0, max(r - h, 0)))
+        x_ = self.sr(x_)
+        return self.norm(x_.flatten(2).transpose(1, 2))
+
+    def forward(self, x: Tensor, H: int, W: int) -> Tensor:
+        b, n, c = x.shape
+        nh, hd = self.num_heads, self.head_dim
+        q = self.q(x).view(b, n, nh, hd).transpose(1, 2)  # [B, nh, N, hd]
+        src = self._reduce(x, H, W) if self.sr_ratio > 1 else x
+        kv = self.kv(src).view(b, src.shape[1], 2, nh, hd).permute(2, 0, 3, 1, 4)
+        k, v = kv.unbind(0)  # [B, nh, N', hd] each
+        out = F.scaled_dot_product_attention(q, k, v)  # scale hd ** -0.5 as official
+        out = out.transpose(1, 2).reshape(b, n, c)
+        return self.proj(out)
+
+
+class DWConv(nn.Module):
+    """Depthwise 3x3 convolution on tokens. ``forward(x [B, N, C], H, W) -> [B, N, C]``.
+
+    Key: ``dwconv`` (``Conv2d(C, C, 3, 1, 1, groups=C)``), as in the official ``DWConv``.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
+
+    def forward(self, x: Tensor, H: int, W: int) -> Tensor:
+        b, n, c = x.shape
+        # Channels-last view of the tokens: no copy; the conv keeps channels-last.
+        x = self.dwconv(x.transpose(1, 2).reshape(b, c, H, W))
+        return x.flatten(2).transpose(1, 2)
+
+
+class MixFFN(nn.Module):
+    """Mix-FFN (SegFormer Sec. 3.1): ``fc2(GELU(DWConv3x3(fc1(x))))``.
+
+    ``forward(x [B, N, C], H, W) -> [B, N, C]``; hidden width ``hidden_features``
+    (``mlp_ratio * C``). Keys: ``fc1``, ``dwconv.dwconv``, ``fc2`` (official class ``Mlp``).
+    """
+
+    def __init__(self, in_features: int, hidden_features: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.dwconv = DWConv(hidden_features)
+        self.act = nn.GELU()
+        self.fc2 = nn.Linear(hidden_features, in_features)
+
+    def forward(self, x: Tensor, H: int, W: int) -> Tensor:
+        return self.fc2(self.act(self.dwconv(self.fc1(x), H, W)))
+
+
+class Block(nn.Module):
+    """MiT transformer block.
+
+    ``x = x + drop_path(attn(norm1(x), H, W)); x = x + drop_path(mlp(norm2(x), H, W))``.
+
+    ``forward(x [B, N, C], H, W) -> [B, N, C]``. The parts are public attributes (``norm1``,
+    ``attn``, ``drop_path``, ``norm2``, ``mlp``) so that methods can insert modules between the
+    two residuals; :meth:`attn_residual` and :meth:`mlp_residual` return the two branches.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int,
+        mlp_ratio: float = 4.0,
+        sr_ratio: int = 1,
+        drop_path: float = 0.0,
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.attn = Attention(dim, num_heads=num_heads, sr_ratio=sr_ratio, qkv_bias=qkv_bias)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.mlp = MixFFN(dim, int(dim * mlp_ratio))
+
+    def attn_residual(self, x: Tensor, H: int, W: int) -> Tensor:
+        """The attention branch ``drop_path(attn(norm1(x)))``, ``[B, N, C]``."""
+        return self.drop_path(self.attn(self.norm1(x), H, W))
+
+    def mlp_residual(self, x: Tensor, H: int, W: int) -> Tensor:
+        """The Mix-FFN branch ``drop_path(mlp(norm2(x)))``, ``[B, N, C]``."""
+        return self.drop_path(self.mlp(self.norm2(x), H, W))
+
+    def forward(self, x: Tensor, H: int, W: int) -> Tensor:
+        x = x + self.attn_residual(x, H, W)
+        return x + self.mlp_residual(x, H, W)
+
+
+class MixVisionTransformer(nn.Module):
+    """Hierarchical MiT encoder (SegFormer, Xie et al. NeurIPS 2021).
+
+    Args:
+        embed_dims: channels of the 4 stages, e.g. ``(64, 128, 320, 512)``.
+        depths: number of blocks per stage.
+        num_heads: attention heads per stage (official ``(1, 2, 5, 8)``).
+        sr_ratios: spatial-reduction ratios per stage (official ``(8, 4, 2, 1)``).
+        mlp_ratio: Mix-FFN hidden width / dim (4).
+        drop_path_rate: stochastic depth rises linearly from 0 to this over all blocks (0.1).
+        in_chans: input channels (3).
+        qkv_bias: bias in ``q`` / ``kv`` (True).
+
+    ``forward(x [B, in_chans, H, W]) -> list`` of 4 maps ``[B, C_i, ceil(H/s_i), ceil(W/s_i)]``
+    at strides ``s = 4, 8, 16, 32``.
+
+    Checkpoints: the official ``mit_b*.pth`` ImageNet files hold an extra classifier
+    ``head.weight`` / ``head.bias``; :attr:`checkpoint_ignore_keys` names exactly those two keys,
+    which :func:`fusionseg.models.weights.load_backbone_weights` drops; everything else loads
+    strictly.
+    """
+
+    #: keys of official checkpoints that this module does not have and the loader drops.
+    checkpoint_ignore_keys: tuple[str, ...] = ("head.weight", "head.bias")
+    num_stages = 4
+    strides = (4, 8, 16, 32)
+
+    def __init__(
+        self,
+        embed_dims: Sequence[int],
+        depths: Sequence[int],
+        num_heads: Sequence[int],
+        sr_ratios: Sequence[int],
+        mlp_ratio: float = 4,
+        drop_path_rate: float = 0.1,
+        in_chans: int = 3,
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        for nm, seq in (
+            ("embed_dims", embed_dims),
+            ("depths", depths),
+            ("num_heads", num_heads),
+            ("sr_ratios", sr_ratios),
+        ):
+            if len(seq) != 4:
+                raise ValueError(f"{nm} must have 4 entries (one per stage), got {list(seq)}")
+        self.embed_dims = [int(d) for d in embed_dims]
+        self.depths = [int(d) for d in depths]
+        self.num_heads = [int(h) for h in num_heads]
+        self.sr_ratios = [int(r) for r in sr_ratios]
+        self.in_chans = in_chans
+        dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        cur = 0
+        for i in range(4):
+            dim = self.embed_dims[i]
+            self.add_module(
+                f"patch_embed{i + 1}",
+                OverlapPatchEmbed(
+                    in_chans if i == 0 else self.embed_dims[i - 1],
+                    dim,
+                    patch_size=7 if i == 0 else 3,
+                    stride=4 if i == 0 else 2,
+                ),
+            )
+            blocks = nn.ModuleList(
+                Block(
+                    dim,
+                    self.num_heads[i],
+                    mlp_ratio=mlp_ratio,
+                    sr_ratio=self.sr_ratios[i],
+                    drop_path=dpr[cur + j],
+                    qkv_bias=qkv_bias,
+                )
+                for j in range(self.depths[i])
+            )
+            self.add_module(f"block{i + 1}", blocks)
+            self.add_module(f"norm{i + 1}", nn.LayerNorm(dim, eps=_LN_EPS))
+            cur += self.depths[i]
+        self.apply(self._init_weights)
+
+    @staticmethod
+    def _init_weights(m: nn.Module) -> None:
+        """Official initialisation: trunc-normal(0.02) linears, fan-out normal convs."""
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+            nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+
+    # ------------------------------------------------------------------ per-stage access
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of the 4 output maps (``embed_dims``)."""
+        return list(self.embed_dims)
+
+    def _check_stage(self, stage_idx: int) -> None:
+        if not 0 <= stage_idx < 4:
+            raise IndexError(f"stage_idx must be in 0..3 (0-based), got {stage_idx}")
+
+    def patch_embed_of(self, stage_idx: int) -> OverlapPatchEmbed:
+        """The patch embedding of stage ``stage_idx`` (0-based), i.e. ``patch_embed{i+1}``."""
+        self._check_stage(stage_idx)
+        return getattr(self, f"patch_embed{stage_idx + 1}")
+
+    def blocks_of(self, stage_idx: int) -> nn.ModuleList:
+        """The blocks of stage ``stage_idx`` (0-based), i.e. ``block{i+1}`` (not a copy)."""
+        self._check_stage(stage_idx)
+        return getattr(self, f"block{stage_idx + 1}")
+
+    def norm_of(self, stage_idx: int) -> nn.LayerNorm:
+        """The final LayerNorm of stage ``stage_idx`` (0-based), i.e. ``norm{i+1}``."""
+        self._check_stage(stage_idx)
+        return getattr(self, f"norm{stage_idx + 1}")
+
+    def embed(self, stage_idx: int, x: Tensor) -> tuple[Tensor, int, int]:
+        """Patch-embed the input of stage ``stage_idx`` (0-based).
+
+        ``x``: ``[B, C_in, H, W]`` (the image for stage 0, the previous stage's map after).
+        Returns ``(tokens [B, H'*W', C_i], H', W')``.
+        """
+        return self.patch_embed_of(stage_idx)(x)
+
+    @staticmethod
+    def tokens_to_map(x: Tensor, H: int, W: int) -> Tensor:
+        """``[B, H*W, C]`` tokens -> ``[B, C, H, W]`` map (a channels-last view, no copy)."""
+        b, _, c = x.shape
+        return x.transpose(1, 2).reshape(b, c, H, W)
+
+    def forward_stage(self, stage_idx: int, x: Tensor) -> Tensor:
+        """Run one whole stage: embed, blocks, norm. ``[B, C_in, H, W] -> [B, C_i, H', W']``."""
+        x, h, w = self.embed(stage_idx, x)
+        for blk in self.blocks_of(stage_idx):
+            x = blk(x, h, w)
+        x = self.norm_of(stage_idx)(x)
+        # The official code calls .contiguous() here (NCHW); we return a channels-last
+        # view instead, which the next stage's conv and the decode head accept as is.
+        return self.tokens_to_map(x, h, w)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """``[B, in_chans, H, W] -> [c1, c2, c3, c4]`` at strides 4, 8, 16, 32."""
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"MixVisionTransformer expects [B, {self.in_chans}, H, W], got {tuple(x.shape)}"
+            )
+        outs = []
+        for i in range(4):
+            x = self.forward_stage(i, x)
+            outs.append(x)
+        return outs

@@ -1,0 +1,108 @@
+"""Dict-based model registry: ``name -> builder``.
+
+    @register_model("sum_fusion")
+    def build_sum_fusion(backbone="mit_b0", modalities=("rgb",), num_classes=19, ...): ...
+
+    model = create_model({"name": "sum_fusion", "modalities": ["rgb", "depth"], "num_classes": 25})
+
+``cfg["name"]`` picks the builder; every other key is passed to it as a keyword argument.
+Keys the builder does not accept (checked with :func:`inspect.signature`) raise a ValueError
+naming the key and the allowed keys.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from torch import nn
+
+__all__ = ["MODELS", "register_model", "create_model", "list_models", "get_builder"]
+
+#: registered builders, ``name -> builder(**kwargs) -> nn.Module``
+MODELS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a model builder under ``name``.
+
+    Raises:
+        ValueError: ``name`` is already registered to a different builder.
+    """
+
+    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        old = MODELS.get(name)
+        if old is not None and old is not fn and old.__qualname__ != fn.__qualname__:
+            raise ValueError(
+                f"model name {name!r} is already registered ({old.__module__}.{old.__qualname__})"
+            )
+        MODELS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_models() -> list[str]:
+    """Sorted names of the registered models."""
+    return sorted(MODELS)
+
+
+def get_builder(name: str) -> Callable[..., nn.Module]:
+    """The builder registered as ``name``.
+
+    Raises:
+        ValueError: unknown name (the message lists the registered ones).
+    """
+    if name not in MODELS:
+        raise ValueError(
+            f"unknown model {name!r}; registered models: {', '.join(list_models()) or '(none)'}"
+        )
+    return MODELS[name]
+
+
+def create_model(cfg: Mapping[str, Any]) -> nn.Module:
+    """Build a model from a config mapping.
+
+    Args:
+        cfg: ``{"name": <registered name>, **builder_kwargs}``.
+
+    Returns:
+        The built ``nn.Module`` (a :class:`~fusionseg.models.segmentors.base.Segmentor` for the
+        built-in segmentors).
+
+    Raises:
+        ValueError: missing ``name``, unknown name, a key the builder does not accept (the
+            message names it and lists the allowed keys), or a required key that is missing.
+    """
+    if not isinstance(cfg, Mapping):
+        raise ValueError(f"model config must be a mapping, got {type(cfg).__name__}")
+    if "name" not in cfg:
+        raise ValueError(
+            "model config needs a 'name' key; registered models: " + ", ".join(list_models())
+        )
+    kwargs = dict(cfg)
+    name = kwargs.pop("name")
+    builder = get_builder(name)
+    params = inspect.signature(builder).parameters
+    accepts_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    allowed = [
+        n
+        for n, p in params.items()
+        if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    ]
+    if not accepts_var_kw:
+        for key in kwargs:
+            if key not in allowed:
+                raise ValueError(
+                    f"unknown key {key!r} in model config for {name!r}; allowed keys: "
+                    + ", ".join(["name", *allowed])
+                )
+    missing = [
+        n for n in allowed if params[n].default is inspect.Parameter.empty and n not in kwargs
+    ]
+    if missing:
+        raise ValueError(
+            f"model config for {name!r} is missing required key(s): {', '.join(missing)}"
+        )
+    return builder(**kwargs)

@@ -1,0 +1,140 @@
+"""Baseline segmentors: late sum fusion over a shared SegFormer encoder.
+
+``sum_fusion`` (alias ``segformer``): one MiT encoder shared by all modalities (SegFormer,
+Xie et al. NeurIPS 2021); the four stage maps of the present modalities are summed and decoded
+by the SegFormer all-MLP head. With a single modality it is the plain SegFormer (RGB-only)
+baseline.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ..backbones import create_backbone, default_decoder_dim
+from ..heads.segformer import SegFormerHead
+from ..registry import register_model
+from .base import ModalityInput, Segmentor
+
+__all__ = ["SumFusionSegmentor", "build_sum_fusion"]
+
+
+class SumFusionSegmentor(Segmentor):
+    """Shared encoder, per-stage sum over modalities, SegFormer head.
+
+    ``forward(batch) -> logits [B, K, H, W]`` (bilinear upsampling of the 1/4-scale head
+    output, ``align_corners=False``). With ``batch["present"]``, each modality's features are
+    multiplied by its per-sample mask, so a missing modality contributes nothing.
+
+    Args:
+        backbone: an encoder module with ``forward(x [B, 3, H, W]) -> 4 maps`` and
+            ``out_channels``.
+        modalities: ordered modality names.
+        num_classes: ``K``.
+        decoder_dim: SegFormer head width ``E``.
+        batch_modalities: run the present modalities as one concatenated batch through the
+            encoder (faster on CPU: fewer, larger kernels) instead of one pass each.
+    """
+
+    def __init__(
+        self,
+        backbone: torch.nn.Module,
+        modalities: Sequence[str],
+        num_classes: int,
+        decoder_dim: int = 256,
+        batch_modalities: bool = True,
+    ) -> None:
+        super().__init__(modalities, num_classes)
+        self.backbone = backbone
+        self.decode_head = SegFormerHead(backbone.out_channels, num_classes, embed_dim=decoder_dim)
+        self.batch_modalities = batch_modalities
+
+    def encode(self, inputs: list[ModalityInput]) -> list[Tensor]:
+        """Summed stage maps ``[B, C_i, H_i, W_i]`` (i = 1..4) over the given modalities."""
+        b = inputs[0][1].shape[0]
+        masks = [m for _, _, m in inputs]
+        if len(inputs) > 1 and self.batch_modalities:
+            feats = self.backbone(torch.cat([x for _, x, _ in inputs], dim=0))
+            n = len(inputs)
+            if any(m is not None for m in masks):
+                w = torch.stack(
+                    [
+                        torch.ones(b, dtype=feats[0].dtype, device=feats[0].device)
+                        if m is None
+                        else m.to(feats[0].dtype)
+                        for m in masks
+                    ]
+                ).view(n, b, 1, 1, 1)
+                return [(f.view(n, b, *f.shape[1:]) * w).sum(0) for f in feats]
+            return [f.view(n, b, *f.shape[1:]).sum(0) for f in feats]
+        summed: list[Tensor] | None = None
+        for _, x, m in inputs:
+            feats = self.backbone(x)
+            if m is not None:
+                w = m.to(feats[0].dtype).view(b, 1, 1, 1)
+                feats = [f * w for f in feats]
+            summed = (
+                feats if summed is None else [s + f for s, f in zip(summed, feats, strict=True)]
+            )
+        assert summed is not None
+        return summed
+
+    def forward(self, batch: Mapping[str, object]) -> Tensor:
+        """``batch`` (see :meth:`Segmentor._modality_inputs`) -> logits ``[B, K, H, W]``."""
+        inputs = self._modality_inputs(batch)
+        size = inputs[0][1].shape[-2:]
+        logits = self.decode_head(self.encode(inputs))
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+@register_model("sum_fusion")
+def build_sum_fusion(
+    num_classes: int,
+    modalities: Sequence[str] = ("rgb",),
+    backbone: str = "mit_b0",
+    pretrained: str | Path | None = None,
+    drop_path_rate: float = 0.1,
+    decoder_dim: int | None = None,
+    freeze_backbone: bool = False,
+    backbone_kwargs: Mapping[str, object] | None = None,
+    batch_modalities: bool = True,
+) -> SumFusionSegmentor:
+    """Build the sum-fusion baseline.
+
+    Args:
+        num_classes: ``K``.
+        modalities: ordered modality names, e.g. ``["rgb", "depth"]``.
+        backbone: backbone name (``mit_b0 .. mit_b5``).
+        pretrained: local path of the official backbone checkpoint (e.g. ``mit_b2.pth``).
+        drop_path_rate: encoder stochastic depth (0.1).
+        decoder_dim: head width ``E``; ``None`` = 256 for mit_b0/b1, 512 otherwise.
+        freeze_backbone: freeze the encoder (head trains).
+        backbone_kwargs: extra constructor overrides for the backbone (e.g. tiny test widths).
+        batch_modalities: run the modalities as one concatenated encoder batch.
+
+    Returns:
+        :class:`SumFusionSegmentor`.
+    """
+    enc = create_backbone(
+        backbone,
+        pretrained=pretrained,
+        drop_path_rate=drop_path_rate,
+        **dict(backbone_kwargs or {}),
+    )
+    model = SumFusionSegmentor(
+        enc,
+        modalities,
+        num_classes,
+        decoder_dim=decoder_dim or default_decoder_dim(backbone),
+        batch_modalities=batch_modalities,
+    )
+    if freeze_backbone:
+        model.freeze_backbone()
+    return model
+
+
+register_model("segformer")(build_sum_fusion)
