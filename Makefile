@@ -1,0 +1,49 @@
+# Two entry points for a fresh machine (see README.md):
+#   make demo   set up, render synthcity, train + evaluate the quickstart model, write panels
+#   make test   set up and run the test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+FS     := $(BIN)/fusionseg
+DATA   ?= data/synthcity
+RUN    ?= runs/quickstart
+
+.PHONY: demo test install lint quickstart-rgb clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch is pinned first: a bare 'torch' requirement would pull a newer CUDA build (GBs)
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+$(DATA)/synthcity.json: | $(VENV)/.installed
+	$(FS) data synth city --out $(DATA) --train 400 --val 100 --size 256 --seed 0
+
+demo: $(VENV)/.installed $(DATA)/synthcity.json
+	rm -rf $(RUN)
+	$(FS) train configs/quickstart.yaml --run-dir $(RUN)
+	$(FS) eval configs/quickstart.yaml --ckpt $(RUN)/checkpoints/best.ckpt
+	$(FS) predict --ckpt $(RUN)/checkpoints/best.ckpt --input $(DATA) --split val \
+		--max-samples 12 --out $(RUN)/predictions
+	@echo "prediction panels: $(RUN)/predictions/panels"
+
+# the RGB-only baseline of the README's comparison table
+quickstart-rgb: $(VENV)/.installed $(DATA)/synthcity.json
+	rm -rf runs/quickstart_rgb
+	$(FS) train configs/quickstart_rgb.yaml --run-dir runs/quickstart_rgb
+	$(FS) eval configs/quickstart_rgb.yaml --ckpt runs/quickstart_rgb/checkpoints/best.ckpt
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -n 2 tests
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs data .pytest_cache

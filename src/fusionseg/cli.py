@@ -1,0 +1,254 @@
+"""The ``fusionseg`` command line (typer + rich).
+
+    fusionseg data synth city --out data/synthcity
+    fusionseg train configs/quickstart.yaml [--set train.max_epochs=2 ...]
+    fusionseg eval configs/quickstart.yaml --ckpt runs/.../best.ckpt [--missing all]
+    fusionseg predict --ckpt best.ckpt --input DIR --out preds/
+    fusionseg bench configs/quickstart.yaml --size 512 --batch 2
+    fusionseg info
+
+Bad input (config, data, checkpoint) prints one line naming the file, modality and problem
+and exits with status 2; set ``FUSIONSEG_DEBUG=1`` for the full traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Multimodal semantic segmentation: train, evaluate, benchmark, predict.")
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: render the built-in ones, check.")
+synth_app = typer.Typer(no_args_is_help=True, help="Render a built-in synthetic dataset.")
+weights_app = typer.Typer(no_args_is_help=True, help="Checkpoint conversion.")
+app.add_typer(data_app, name="data")
+data_app.add_typer(synth_app, name="synth")
+app.add_typer(weights_app, name="weights")
+
+console = Console()
+err_console = Console(stderr=True)
+
+SetOpt = Annotated[list[str] | None, typer.Option("--set", help="Override: key.sub=value")]
+
+
+def one_line(exc: BaseException) -> str:
+    """The message of ``exc`` on one line (DataLoader worker tracebacks reduced to the cause)."""
+    text = str(exc)
+    if "Original Traceback" in text:
+        lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+        text = lines[-1] if lines else text
+        if ": " in text and text.split(": ", 1)[0].endswith("Error"):
+            text = text.split(": ", 1)[1]
+    return " ".join(text.split())
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from .config import ConfigError
+    from .data.io import DataError
+    from .engine.runner import RunError
+    return (ConfigError, DataError, RunError, FileNotFoundError, ValueError, KeyError)
+
+
+def cli_errors(fn):
+    """Turn user-facing errors into one red line and exit status 2."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as exc:
+            if os.environ.get("FUSIONSEG_DEBUG"):
+                raise
+            err_console.print(f"[bold red]error:[/] {one_line(exc)}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(2) from None
+    return wrapper
+
+
+def _fmt(v: float) -> str:
+    return "-" if v != v else f"{v:.2f}"
+
+
+def print_results(res: dict) -> None:
+    """Print the overall, per-class, per-condition and missing-modality tables."""
+    ov = res["overall"]
+    t = Table(title=f"{res['dataset']} {res['split']} ({'+'.join(res['modalities'])})")
+    for col in ("mIoU", "OA", "mAcc", "mF1"):
+        t.add_column(col, justify="right")
+    t.add_row(*[_fmt(ov[c]) for c in ("mIoU", "OA", "mAcc", "mF1")])
+    console.print(t)
+    t = Table(title="per class")
+    t.add_column("class")
+    t.add_column("IoU", justify="right")
+    t.add_column("Acc", justify="right")
+    for name, iou, acc in zip(res["classes"], ov["IoU"], ov["Acc"], strict=True):
+        if iou == iou:
+            t.add_row(name, _fmt(iou), _fmt(acc))
+    console.print(t)
+    if res.get("per_condition"):
+        t = Table(title="per condition")
+        t.add_column("condition")
+        t.add_column("mIoU", justify="right")
+        t.add_column("OA", justify="right")
+        for c, m in res["per_condition"].items():
+            t.add_row(c, _fmt(m["mIoU"]), _fmt(m["OA"]))
+        console.print(t)
+    if res.get("missing"):
+        conds = sorted({c for m in res["missing"].values() for c in m["per_condition"]})
+        t = Table(title="missing modalities (mIoU)")
+        t.add_column("modalities")
+        t.add_column("all", justify="right")
+        for c in conds:
+            t.add_column(c, justify="right")
+        for name, m in res["missing"].items():
+            t.add_row(name, _fmt(m["mIoU"]), *[_fmt(m["per_condition"].get(c, float("nan")))
+                                               for c in conds])
+        console.print(t)
+
+
+@app.command()
+@cli_errors
+def train(config: Path, set: SetOpt = None,
+          run_dir: Annotated[Path | None, typer.Option(help="Output dir (default: "
+                                                       "runs/NAME/version_N)")] = None,
+          resume: Annotated[Path | None, typer.Option(help="last.ckpt to resume")] = None):
+    """Train a model from a YAML config."""
+    from .config import load_config
+    from .engine.runner import train as run_train
+    cfg = load_config(config, set)
+    out = run_train(cfg, run_dir=run_dir, resume=resume, console=console)
+    m = out["metrics"]
+    if m:
+        console.print(f"val mIoU {m['mIoU']:.2f}  OA {m['OA']:.2f}  mAcc {m['mAcc']:.2f}")
+        if m.get("per_condition"):
+            console.print("per condition: " + "  ".join(
+                f"{c} {v:.2f}" for c, v in m["per_condition"].items()))
+    console.print(f"checkpoints: best {out['best_ckpt']}  last {out['last_ckpt']}")
+
+
+@app.command("eval")
+@cli_errors
+def eval_cmd(config: Path, ckpt: Annotated[Path, typer.Option(help="checkpoint to evaluate")],
+             set: SetOpt = None,
+             missing: Annotated[str | None, typer.Option(
+                 help="'all' (every modality subset) or subsets like 'rgb;rgb,depth'")] = None,
+             split: Annotated[str | None, typer.Option(help="split (default data.val_split)")]
+             = None,
+             max_batches: Annotated[int | None, typer.Option(help="stop after N batches")]
+             = None):
+    """Evaluate a checkpoint: overall, per-class, per-condition (and missing-modality) tables."""
+    from .config import load_config
+    from .engine.runner import evaluate
+    cfg = load_config(config, set)
+    subsets = missing
+    if missing and missing != "all":
+        subsets = [[m.strip() for m in s.split(",") if m.strip()] for s in missing.split(";")]
+    res = evaluate(cfg, ckpt, missing=subsets, split=split, max_batches=max_batches)
+    print_results(res)
+    console.print(f"results written to {res['json']}")
+
+
+@app.command()
+@cli_errors
+def predict(ckpt: Annotated[Path, typer.Option(help="fusionseg checkpoint")],
+            input: Annotated[Path, typer.Option(help="dataset root, or DIR/{modality}/*")],
+            out: Annotated[Path, typer.Option(help="output dir for masks and panels")],
+            config: Annotated[Path | None, typer.Option(
+                help="config (default: the one stored in the checkpoint)")] = None,
+            split: Annotated[str | None, typer.Option(help="split when INPUT is a dataset root")]
+            = None,
+            max_samples: Annotated[int | None, typer.Option(help="at most N samples")] = None):
+    """Predict masks for a folder or dataset split; write colorized masks and panels."""
+    from .predict import predict as run_predict
+    n = run_predict(ckpt, input, out, config=config, split=split, max_samples=max_samples)
+    console.print(f"wrote {n} masks to {out / 'masks'} and panels to {out / 'panels'}")
+
+
+@app.command()
+@cli_errors
+def bench(config: Path, set: SetOpt = None,
+          size: Annotated[int, typer.Option(help="square input size (px)")] = 512,
+          batch: Annotated[int, typer.Option(help="batch size")] = 2,
+          steps: Annotated[int, typer.Option(help="timed steps")] = 3,
+          num_classes: Annotated[int | None, typer.Option(help="classes if not in config")]
+          = None):
+    """Params (total / trainable), GFLOPs, inference latency, train-step time, peak memory."""
+    from .bench import make_random_batch, measure
+    from .config import load_config
+    from .models import create_model
+    cfg = load_config(config, set)
+    spec = cfg.model.to_dict()
+    spec["num_classes"] = spec.get("num_classes") or num_classes or 25
+    model = create_model(spec)
+    batch_ = make_random_batch(cfg.model.modalities, batch, size, spec["num_classes"])
+    res = measure(model, batch_, steps=steps)
+    t = Table(title=f"{cfg.model.name} {cfg.model.backbone} {'+'.join(cfg.model.modalities)} "
+                    f"{size}x{size} batch {batch}")
+    t.add_column("metric")
+    t.add_column("value", justify="right")
+    for k, v in res.items():
+        t.add_row(k, f"{v:,.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
+                  else str(v))
+    console.print(t)
+
+
+@synth_app.command("city")
+@cli_errors
+def synth_city(out: Annotated[Path, typer.Option(help="output root (DELIVER layout)")],
+               train: Annotated[int, typer.Option(help="train samples")] = 400,
+               val: Annotated[int, typer.Option(help="val samples")] = 100,
+               size: Annotated[int, typer.Option(help="image size (px)")] = 256,
+               seed: Annotated[int, typer.Option(help="random seed")] = 0,
+               workers: Annotated[int | None, typer.Option(help="processes")] = None):
+    """Render synthcity: street scenes with rgb, depth, hha, lidar, event, thermal."""
+    from rich.progress import Progress
+
+    from .data.synthetic.city import render_city
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("rendering synthcity", total=train + val)
+
+        def cb(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        summary = render_city(out, n_train=train, n_val=val, size=size, seed=seed,
+                              workers=workers, progress=cb)
+    console.print(f"synthcity: {train} train + {val} val samples at {size}x{size} in {out}")
+    return summary
+
+
+@app.command()
+def info():
+    """List models, backbones, datasets and modalities."""
+    import torch
+
+    from . import __version__
+    from .data import list_datasets
+    from .data.modalities import DEFAULT_SPECS
+    from .models import list_models
+    from .models.backbones import list_backbones
+    console.print(f"fusionseg {__version__}  torch {torch.__version__}  "
+                  f"cuda {'yes' if torch.cuda.is_available() else 'no'}  "
+                  f"python {sys.version.split()[0]}")
+    t = Table(title="registry")
+    t.add_column("kind")
+    t.add_column("names")
+    t.add_row("models", ", ".join(list_models()))
+    t.add_row("backbones", ", ".join(list_backbones()))
+    t.add_row("datasets", ", ".join(list_datasets()))
+    t.add_row("modalities", ", ".join(DEFAULT_SPECS))
+    console.print(t)
+
+
+def main() -> None:  # pragma: no cover
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
+

@@ -1,0 +1,203 @@
+"""Run configuration: pydantic models of the YAML config files under ``configs/``.
+
+A config has four sections, ``model``, ``data``, ``train`` and ``eval``, plus ``seed`` and
+``name``. Every section forbids unknown keys, so a mistyped key is an error that names it
+rather than a silently ignored setting. ``--set key.sub=value`` overrides on the command line
+go through :func:`apply_overrides` before validation.
+
+Example::
+
+    cfg = load_config("configs/quickstart.yaml", overrides=["train.max_epochs=2"])
+    cfg.model.modalities  # ['rgb', 'depth', 'lidar', 'thermal']
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the file and the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+
+class ModelConfig(_Strict):
+    """Model section; passed to :func:`fusionseg.models.create_model` as a dict.
+
+    ``name`` picks a registered model (``fusionseg info`` lists them); method-specific keys
+    (``adapter``, ``fusion``, ...) go in ``options`` or as top-level keys the builder accepts.
+    """
+
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+    name: str = "sum_fusion"
+    backbone: str = "mit_b0"
+    modalities: list[str] = Field(default_factory=lambda: ["rgb"])
+    num_classes: int | None = None  # None: taken from the dataset
+    pretrained: str | None = None  # local path to backbone weights
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the dict for ``create_model`` (extra builder keys included)."""
+        return self.model_dump()
+
+
+class DataConfig(_Strict):
+    """Data section: which dataset, where, which modalities, and the transforms."""
+
+    dataset: str = "deliver"
+    root: str = "data/synthcity"
+    modalities: list[str] | None = None  # None (default): the model's modalities
+    train_split: str = "train"
+    val_split: str = "val"
+    options: dict[str, Any] = Field(default_factory=dict)  # dataset-specific (conditions, case)
+    crop_size: tuple[int, int] = (256, 256)
+    scale_range: tuple[float, float] = (0.5, 2.0)
+    flip_prob: float = 0.5
+    photometric: bool = True
+    eval_size: tuple[int, int] | None = None  # resize for evaluation (None: native size)
+    batch_size: int = 8
+    val_batch_size: int = 4
+    num_workers: int = 2
+    modality_dropout: float = 0.0  # probability to drop each non-primary modality in training
+
+
+class TrainConfig(_Strict):
+    """Optimisation and trainer settings (AdamW, linear warm-up then poly decay)."""
+
+    max_epochs: int = 10
+    max_steps: int = -1
+    lr: float = 6e-5
+    head_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    warmup_epochs: float = 1.0
+    warmup_ratio: float = 0.1
+    poly_power: float = 0.9
+    loss: Literal["ce", "ohem"] = "ohem"
+    ohem_thresh: float = 0.7
+    ohem_min_kept_frac: float = 1 / 16
+    aux_weight: float = 0.4
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"
+    precision: str | None = None  # None: bf16-mixed on GPU, 32 on CPU
+    accumulate_grad_batches: int = 1
+    gradient_clip_val: float | None = None
+    val_every_n_epochs: int = 1
+    log_every_n_steps: int = 10
+    out_dir: str = "runs"
+    progress: bool = True
+    threads: int | None = None  # torch.set_num_threads on CPU; None leaves torch's default
+
+
+class EvalConfig(_Strict):
+    """Evaluation settings: inference mode and mIoU convention."""
+
+    mode: Literal["whole", "slide"] = "whole"
+    window: tuple[int, int] = (512, 512)
+    stride: tuple[int, int] = (341, 341)
+    flip: bool = False
+    scales: list[float] = Field(default_factory=lambda: [1.0])
+    miou: Literal["nanmean", "zero"] = "nanmean"
+    ignore_classes: list[int] = Field(default_factory=list)  # excluded from mIoU/mF1 (clutter)
+    per_condition: bool = True
+
+
+class Config(_Strict):
+    """A whole run: ``model``, ``data``, ``train``, ``eval``, ``seed`` and ``name``."""
+
+    name: str = "run"
+    seed: int = 3407
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _fill_modalities(self) -> Config:
+        if self.data.modalities is None:
+            self.data.modalities = list(self.model.modalities)
+        if sorted(self.data.modalities) != sorted(self.model.modalities):
+            raise ValueError(f"data.modalities {self.data.modalities} must be the model's "
+                             f"modalities {self.model.modalities}")
+        # one order everywhere: the batch's "present" columns follow model.modalities
+        self.data.modalities = list(self.model.modalities)
+        return self
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value with YAML rules (``2`` -> int, ``[a,b]`` -> list, ``null``)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply ``key.sub=value`` overrides to a raw config dict and return a new dict.
+
+    Raises:
+        ConfigError: an override without ``=``.
+    """
+    out = copy.deepcopy(raw)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like key.sub=value")
+        key, value = item.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = _parse_value(value)
+    return out
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"])
+        if e["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown config key '{loc}'")
+        else:
+            lines.append(f"{source}: {loc or 'config'}: {e['msg']}")
+    return "; ".join(lines)
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:
+    """Validate a raw dict into a :class:`Config`.
+
+    Raises:
+        ConfigError: unknown or mistyped keys; the message names ``source`` and the key.
+    """
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply ``--set`` overrides and validate it.
+
+    Raises:
+        ConfigError: missing file, invalid YAML, unknown or mistyped key.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML: {err}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: a config must be a mapping of sections")
+    return config_from_dict(apply_overrides(raw, overrides), source=str(path))

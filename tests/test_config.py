@@ -1,0 +1,43 @@
+import pytest
+
+from fusionseg.config import ConfigError, load_config
+
+
+def _write(tmp_path, text):
+    p = tmp_path / "c.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_quickstart_configs_load():
+    cfg = load_config("configs/quickstart.yaml")
+    assert cfg.model.name == "sum_fusion"
+    assert cfg.data.modalities == cfg.model.modalities
+    rgb = load_config("configs/quickstart_rgb.yaml")
+    assert rgb.model.modalities == ["rgb"]
+
+
+def test_overrides_parse_yaml_values(tmp_path):
+    cfg = load_config(_write(tmp_path, "model: {modalities: [rgb]}\n"),
+                      ["train.max_epochs=3", "data.crop_size=[64,64]", "train.lr=1e-4"])
+    assert cfg.train.max_epochs == 3
+    assert cfg.data.crop_size == (64, 64)
+    assert cfg.train.lr == 1e-4
+
+
+def test_unknown_key_names_file_and_key(tmp_path):
+    p = _write(tmp_path, "train:\n  max_epoch: 3\n")
+    with pytest.raises(ConfigError, match=r"c\.yaml.*unknown config key 'train\.max_epoch'"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="unknown config key 'trian'"):
+        load_config(_write(tmp_path, "trian: {}\n"))
+
+
+def test_wrong_type_and_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="train.max_epochs"):
+        load_config(_write(tmp_path, "train: {max_epochs: many}\n"))
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="must be the model's modalities"):
+        load_config(_write(tmp_path, "model: {modalities: [rgb, depth]}\n"
+                                     "data: {modalities: [rgb]}\n"))
