@@ -1,0 +1,635 @@
+"""Joint transforms over all modalities and the label of a Sample.
+
+Every transform is a callable class ``t(sample, generator=None) -> sample`` (a new dict; the
+input's tensors are not modified in place). Order of the value pipeline (see
+:mod:`fusionseg.data.modalities`)::
+
+    ModalitySpec.load (physical units: [0, 1] for images, metres for depth/DSM)
+      -> geometric transforms (all modalities + label)
+      -> photometric transforms (ColorJitter, GaussianBlur: photometric modalities only, rgb,
+         values expected in [0, 1])
+      -> Normalize (last)
+
+Geometry:
+
+- each modality is resized with its interpolation mode from ``interpolation`` (a map
+  modality -> ``"bilinear"`` | ``"nearest"``, from the ModalitySpecs; modalities not in the
+  map are bilinear); the label always uses nearest. ``"nearest"`` is torch's
+  ``"nearest-exact"`` (pixel-centre aligned like bilinear with ``align_corners=False``), so
+  nearest and bilinear maps stay aligned.
+- padding goes bottom/right; images are filled with ``fill[modality]`` (default 0; the
+  builders pass :meth:`ModalitySpec.pad_value`, the value that becomes exactly 0 after
+  ``Normalize``), the label with ``ignore_index`` (255).
+
+Randomness: each call draws from ``generator`` when given (a ``torch.Generator`` or a
+``random.Random``), else from torch's global RNG (which DataLoader seeds per worker), so a
+transform is deterministic given a seeded generator, and worker processes do not repeat each
+other. :class:`Compose` passes the generator on.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fusionseg.data.io import DataError
+from fusionseg.data.modalities import ModalitySpec, resolve_specs
+from fusionseg.data.sample import IGNORE_INDEX, LABEL_KEY, META_KEY, Sample, modality_keys
+
+__all__ = [
+    "ColorJitter",
+    "Compose",
+    "GaussianBlur",
+    "Normalize",
+    "PadToMultiple",
+    "RandomHorizontalFlip",
+    "RandomScaleCrop",
+    "RandomSource",
+    "Resize",
+    "Transform",
+    "build_eval_transforms",
+    "build_train_transforms",
+    "fill_map",
+    "interpolation_map",
+]
+
+RandomSource = torch.Generator | random.Random | None
+Size2 = tuple[int, int]
+FillValue = float | Sequence[float]
+
+
+# --------------------------------------------------------------------------- random helpers
+
+
+def _uniform(gen: RandomSource, lo: float, hi: float) -> float:
+    if isinstance(gen, random.Random):
+        return gen.uniform(lo, hi)
+    u = float(torch.rand((), generator=gen))
+    return lo + (hi - lo) * u
+
+
+def _randint(gen: RandomSource, lo: int, hi: int) -> int:
+    """Uniform integer in ``[lo, hi]`` (inclusive)."""
+    if hi <= lo:
+        return lo
+    if isinstance(gen, random.Random):
+        return gen.randint(lo, hi)
+    return int(torch.randint(lo, hi + 1, (), generator=gen))
+
+
+def _coin(gen: RandomSource, p: float) -> bool:
+    if p <= 0:
+        return False
+    if p >= 1:
+        return True
+    return _uniform(gen, 0.0, 1.0) < p
+
+
+# --------------------------------------------------------------------------- tensor helpers
+
+
+def _size2(size: int | Sequence[int], what: str) -> Size2:
+    if isinstance(size, int):
+        h = w = size
+    else:
+        if len(size) != 2:
+            raise ValueError(f"{what} must be an int or (height, width), got {size!r}")
+        h, w = int(size[0]), int(size[1])
+    if h < 1 or w < 1:
+        raise ValueError(f"{what} must be positive, got {size!r}")
+    return h, w
+
+
+def _sample_size(sample: Sample) -> Size2:
+    for k in modality_keys(sample):
+        return int(sample[k].shape[-2]), int(sample[k].shape[-1])
+    lab = sample.get(LABEL_KEY)
+    if isinstance(lab, torch.Tensor):
+        return int(lab.shape[-2]), int(lab.shape[-1])
+    raise DataError("transform got a sample with neither modalities nor label")
+
+
+def _resize_image(x: torch.Tensor, size: Size2, mode: str) -> torch.Tensor:
+    if tuple(x.shape[-2:]) == size:
+        return x
+    if mode == "nearest":
+        return F.interpolate(x[None], size=size, mode="nearest-exact")[0]
+    if mode == "bilinear":
+        return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    raise ValueError(f"unknown interpolation mode {mode!r} (use 'bilinear' or 'nearest')")
+
+
+def _resize_label(lab: torch.Tensor, size: Size2) -> torch.Tensor:
+    if tuple(lab.shape[-2:]) == size:
+        return lab
+    out = F.interpolate(lab[None, None].to(torch.float32), size=size, mode="nearest-exact")
+    return out[0, 0].round().to(lab.dtype)
+
+
+def _pad_image(x: torch.Tensor, bottom: int, right: int, fill: FillValue) -> torch.Tensor:
+    if bottom <= 0 and right <= 0:
+        return x
+    c, h, w = x.shape
+    values = [float(fill)] * c if isinstance(fill, (int, float)) else [float(v) for v in fill]
+    if len(values) == 1:
+        values = values * c
+    if len(values) != c:
+        raise ValueError(f"fill has {len(values)} values for a {c}-channel tensor")
+    out = x.new_empty((c, h + bottom, w + right))
+    out[:] = torch.tensor(values, dtype=x.dtype).view(c, 1, 1)
+    out[:, :h, :w] = x
+    return out
+
+
+def _pad_label(lab: torch.Tensor, bottom: int, right: int, ignore_index: int) -> torch.Tensor:
+    if bottom <= 0 and right <= 0:
+        return lab
+    return F.pad(lab, (0, max(right, 0), 0, max(bottom, 0)), value=ignore_index)
+
+
+def _copy(sample: Sample) -> Sample:
+    out = dict(sample)
+    if isinstance(out.get(META_KEY), dict):
+        out[META_KEY] = dict(out[META_KEY])
+    return out
+
+
+def interpolation_map(specs: Mapping[str, ModalitySpec]) -> dict[str, str]:
+    """``{modality: spec.interpolation}`` for the transforms."""
+    return {name: spec.interpolation for name, spec in specs.items()}
+
+
+def fill_map(specs: Mapping[str, ModalitySpec]) -> dict[str, list[float]]:
+    """``{modality: spec.pad_value()}``: image fill values that normalize to exactly 0."""
+    return {name: spec.pad_value() for name, spec in specs.items()}
+
+
+# --------------------------------------------------------------------------- base classes
+
+
+class Transform:
+    """Base class: ``__call__(sample, generator=None) -> sample``."""
+
+    def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in vars(self).items() if not k.startswith("_"))
+        return f"{type(self).__name__}({args})"
+
+
+class Compose(Transform):
+    """Apply ``transforms`` in order, passing the same ``generator`` to each.
+
+    Items may be :class:`Transform` s or plain callables ``f(sample) -> sample``.
+    """
+
+    def __init__(self, transforms: Sequence[Transform | Callable[[Sample], Sample]]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
+        for t in self.transforms:
+            sample = t(sample, generator) if isinstance(t, Transform) else t(sample)
+        return sample
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(t) for t in self.transforms)
+        return f"Compose([\n  {inner}\n])"
+
+
+class _Geometric(Transform):
+    def __init__(
+        self,
+        interpolation: Mapping[str, str] | None = None,
+        fill: Mapping[str, FillValue] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        self.interpolation = dict(interpolation or {})
+        for name, mode in self.interpolation.items():
+            if mode not in ("bilinear", "nearest"):
+                raise ValueError(f"interpolation for '{name}' must be bilinear|nearest: {mode!r}")
+        self.fill = dict(fill or {})
+        self.ignore_index = ignore_index
+
+    def _resize_all(self, sample: Sample, size: Size2) -> Sample:
+        out = _copy(sample)
+        for k in modality_keys(sample):
+            out[k] = _resize_image(sample[k], size, self.interpolation.get(k, "bilinear"))
+        if isinstance(sample.get(LABEL_KEY), torch.Tensor):
+            out[LABEL_KEY] = _resize_label(sample[LABEL_KEY], size)
+        return out
+
+    def _pad_all(self, sample: Sample, bottom: int, right: int) -> Sample:
+        if bottom <= 0 and right <= 0:
+            return sample
+        out = _copy(sample)
+        for k in modality_keys(sample):
+            out[k] = _pad_image(sample[k], bottom, right, self.fill.get(k, 0.0))
+        if isinstance(sample.get(LABEL_KEY), torch.Tensor):
+            out[LABEL_KEY] = _pad_label(sample[LABEL_KEY], bottom, right, self.ignore_index)
+        return out
+
+
+# --------------------------------------------------------------------------- geometric
+
+
+class RandomScaleCrop(_Geometric):
+    """Resize by a random factor, then take a random ``crop_size`` window (padding if needed).
+
+    The factor ``r`` is uniform in ``scale_range``; the new size is ``round(H * r * s0)`` x
+    ``round(W * r * s0)`` with ``s0 = 1``, or, with ``base_size=(bh, bw)``, the factor that
+    fits the image into ``base_size`` (``min(bh / H, bw / W)``). Where the resized image is
+    smaller than the crop it is padded bottom/right (images with ``fill``, label with
+    ``ignore_index``). With ``cat_max_ratio`` (mmseg's rule) up to 10 crop windows are drawn
+    until no single class covers ``>= cat_max_ratio`` of the window's labelled pixels.
+
+    Args:
+        crop_size: ``(height, width)`` (or an int for square) of the output.
+        scale_range: ``(min, max)`` of ``r``.
+        cat_max_ratio: see above; ``None`` disables.
+        base_size: see above.
+        interpolation: modality -> ``"bilinear"`` | ``"nearest"`` (default bilinear).
+        fill: modality -> image pad value(s) (default 0).
+        ignore_index: label pad value.
+
+    Output: every modality ``[C, crop_h, crop_w]``, label ``[crop_h, crop_w]``.
+    """
+
+    def __init__(
+        self,
+        crop_size: int | Sequence[int],
+        scale_range: tuple[float, float] = (0.5, 2.0),
+        cat_max_ratio: float | None = None,
+        *,
+        base_size: int | Sequence[int] | None = None,
+        interpolation: Mapping[str, str] | None = None,
+        fill: Mapping[str, FillValue] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__(interpolation, fill, ignore_index)
+        self.crop_size = _size2(crop_size, "crop_size")
+        lo, hi = float(scale_range[0]), float(scale_range[1])
+        if not 0 < lo <= hi:
+            raise ValueError(f"scale_range must satisfy 0 < min <= max, got {scale_range!r}")
+        self.scale_range = (lo, hi)
+        if cat_max_ratio is not None and not 0 < cat_max_ratio <= 1:
+            raise ValueError(f"cat_max_ratio must be in (0, 1], got {cat_max_ratio}")
+        self.cat_max_ratio = cat_max_ratio
+        self.base_size = None if base_size is None else _size2(base_size, "base_size")
+
+    def _crop_ok(self, label: torch.Tensor, top: int, left: int) -> bool:
+        ch, cw = self.crop_size
+        window = label[top : top + ch, left : left + cw]
+        valid = window[window != self.ignore_index]
+        if valid.numel() == 0:
+            return False
+        counts = torch.bincount(valid.flatten().clamp_min(0))
+        counts = counts[counts > 0]
+        return len(counts) > 1 and float(counts.max()) / float(counts.sum()) < self.cat_max_ratio
+
+    def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
+        h, w = _sample_size(sample)
+        s0 = 1.0
+        if self.base_size is not None:
+            s0 = min(self.base_size[0] / h, self.base_size[1] / w)
+        r = _uniform(generator, *self.scale_range) * s0
+        nh, nw = max(1, int(round(h * r))), max(1, int(round(w * r)))
+        out = self._resize_all(sample, (nh, nw))
+        ch, cw = self.crop_size
+        out = self._pad_all(out, ch - nh, cw - nw)
+        ph, pw = max(nh, ch), max(nw, cw)
+        top, left = _randint(generator, 0, ph - ch), _randint(generator, 0, pw - cw)
+        label = out.get(LABEL_KEY)
+        if self.cat_max_ratio is not None and isinstance(label, torch.Tensor):
+            for _ in range(9):
+                if self._crop_ok(label, top, left):
+                    break
+                top, left = _randint(generator, 0, ph - ch), _randint(generator, 0, pw - cw)
+        for k in modality_keys(out):
+            out[k] = out[k][:, top : top + ch, left : left + cw].contiguous()
+        if isinstance(label, torch.Tensor):
+            out[LABEL_KEY] = label[top : top + ch, left : left + cw].contiguous()
+        return out
+
+
+class RandomHorizontalFlip(Transform):
+    """Flip all modalities and the label left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
+        if not _coin(generator, self.p):
+            return sample
+        out = _copy(sample)
+        for k in modality_keys(sample):
+            out[k] = sample[k].flip(-1)
+        if isinstance(sample.get(LABEL_KEY), torch.Tensor):
+            out[LABEL_KEY] = sample[LABEL_KEY].flip(-1)
+        return out
+
+
+class Resize(_Geometric):
+    """Deterministic resize to ``size`` (``(h, w)`` or int for square), e.g. for evaluation.
+
+    With ``keep_ratio`` the image is scaled by ``min(h / H, w / W)`` (fits into ``size``,
+    aspect kept). With ``resize_label=False`` the label keeps its original size (evaluate at
+    the original resolution by resizing logits back).
+    """
+
+    def __init__(
+        self,
+        size: int | Sequence[int],
+        *,
+        keep_ratio: bool = False,
+        resize_label: bool = True,
+        interpolation: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(interpolation)
+        self.size = _size2(size, "size")
+        self.keep_ratio = keep_ratio
+        self.resize_label = resize_label
+
+    def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
+        h, w = _sample_size(sample)
+        size = self.size
+        if self.keep_ratio:
+            s = min(size[0] / h, size[1] / w)
+            size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
+        if self.resize_label:
+            return self._resize_all(sample, size)
+        out = _copy(sample)
+        for k in modality_keys(sample):
+            out[k] = _resize_image(sample[k], size, self.interpolation.get(k, "bilinear"))
+        return out
+
+
+class PadToMultiple(_Geometric):
+    """Pad bottom/right so H and W are multiples of ``multiple`` (e.g. 32 for a stride-32 net).
+
+    Images are filled with ``fill`` (default 0), the label with ``ignore_index``. Sets
+    ``meta["unpadded_size"] = (H, W)`` so predictions can be cropped back.
+    """
+
+    def __init__(
+        self,
+        multiple: int = 32,
+        *,
+        fill: Mapping[str, FillValue] | None = None,
+        ignore_index: int = IGNORE_INDEX,
+    ) -> None:
+        super().__init__(None, fill, ignore_index)
+        if multiple < 1:
+            raise ValueError(f"multiple must be >= 1, got {multiple}")
+        self.multiple = multiple
+
+    def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
+        h, w = _sample_size(sample)
+        m = self.multiple
+        bottom, right = (-h) % m, (-w) % m
+        label = sample.get(LABEL_KEY)
+        if isinstance(label, torch.Tensor) and tuple(label.shape[-2:]) != (h, w):
+            # label kept at another resolution (Resize(resize_label=False)): leave it alone
+            out = _copy(sample)
+            out[LABEL_KEY] = None
+            out = self._pad_all(out, bottom, right)
+            out = out if out is not sample else _copy(sample)
+            out[LABEL_KEY] = label
+        else:
+            out = self._pad_all(sample, bottom, right)
+            out = out if out is not sample else _copy(sample)
+        if isinstance(out.get(META_KEY), dict):
+            out[META_KEY]["unpadded_size"] = (h, w)
+        return out
+
+
+# --------------------------------------------------------------------------- photometric
+
+
+def _gray(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[0] == 3:
+        return (0.299 * x[0] + 0.587 * x[1] + 0.114 * x[2])[None]
+    return x.mean(0, keepdim=True)
+
+
+def _hue_shift(x: torch.Tensor, frac: float) -> torch.Tensor:
+    """Rotate the chroma of an RGB tensor by ``frac`` of a full turn (YIQ rotation)."""
+    to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], dtype=x.dtype
+    )
+    theta = 2 * math.pi * frac
+    c, s = math.cos(theta), math.sin(theta)
+    rot = torch.tensor([[1, 0, 0], [0, c, -s], [0, s, c]], dtype=x.dtype)
+    m = torch.linalg.inv(to_yiq) @ rot @ to_yiq
+    return torch.einsum("ij,jhw->ihw", m, x)
+
+
+class ColorJitter(Transform):
+    """With probability ``p``, jitter brightness, contrast, saturation and hue of the
+    photometric modalities (default ``("rgb",)``) in a random order; other modalities are
+    untouched. Values are expected in ``[0, 1]`` (before ``Normalize``) and clamped to it.
+
+    Factors are uniform in ``[1 - b, 1 + b]`` (brightness/contrast/saturation) and the hue
+    shift uniform in ``[-hue, hue]`` turns (``hue <= 0.5``). Saturation and hue act on
+    3-channel modalities only.
+    """
+
+    def __init__(
+        self,
+        p: float = 0.2,
+        brightness: float = 0.25,
+        contrast: float = 0.25,
+        saturation: float = 0.25,
+        hue: float = 0.0,
+        *,
+        photometric: Sequence[str] = ("rgb",),
+    ) -> None:
+        self.p = p
+        self.brightness = brightness
+        self.contrast = contrast
+        self.saturation = saturation
+        if not 0 <= hue <= 0.5:
+            raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+        self.hue = hue
+        self.photometric = tuple(photometric)
+
+    def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
+        names = [k for k in modality_keys(sample) if k in self.photometric]
+        if not names or not _coin(generator, self.p):
+            return sample
+        b = _uniform(generator, 1 - self.brightness, 1 + self.brightness)
+        c = _uniform(generator, 1 - self.contrast, 1 + self.contrast)
+        s = _uniform(generator, 1 - self.saturation, 1 + self.saturation)
+        hshift = _uniform(generator, -self.hue, self.hue) if self.hue > 0 else 0.0
+        order = list(range(4))
+        for i in range(3, 0, -1):  # Fisher-Yates with our generator
+            j = _randint(generator, 0, i)
+            order[i], order[j] = order[j], order[i]
+        out = _copy(sample)
+        for k in names:
+            x = sample[k]
+            for op in order:
+                if op == 0 and b != 1:
+                    x = (x * b).clamp(0, 1)
+                elif op == 1 and c != 1:
+                    mean = _gray(x).mean()
+                    x = ((x - mean) * c + mean).clamp(0, 1)
+                elif op == 2 and s != 1 and x.shape[0] == 3:
+                    g = _gray(x)
+                    x = ((x - g) * s + g).clamp(0, 1)
+                elif op == 3 and hshift != 0 and x.shape[0] == 3:
+                    x = _hue_shift(x, hshift).clamp(0, 1)
+            out[k] = x.contiguous()
+        return out
+
+
+class GaussianBlur(Transform):
+    """With probability ``p``, blur the photometric modalities (default ``("rgb",)``) with a
+    ``kernel_size`` x ``kernel_size`` Gaussian of sigma uniform in ``sigma`` (edge pixels
+    replicated). Other modalities are untouched."""
+
+    def __init__(
+        self,
+        p: float = 0.2,
+        kernel_size: int = 3,
+        sigma: tuple[float, float] = (0.1, 2.0),
+        *,
+        photometric: Sequence[str] = ("rgb",),
+    ) -> None:
+        if kernel_size < 1 or kernel_size % 2 == 0:
+            raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+        self.p = p
+        self.kernel_size = kernel_size
+        self.sigma = (float(sigma[0]), float(sigma[1]))
+        self.photometric = tuple(photometric)
+
+    def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
+        names = [k for k in modality_keys(sample) if k in self.photometric]
+        if not names or not _coin(generator, self.p):
+            return sample
+        sig = _uniform(generator, *self.sigma)
+        k = self.kernel_size
+        t = torch.arange(k, dtype=torch.float32) - (k - 1) / 2
+        g = torch.exp(-(t**2) / (2 * sig**2))
+        g = g / g.sum()
+        kernel2d = g[:, None] * g[None, :]
+        out = _copy(sample)
+        for name in names:
+            x = sample[name]
+            cch = x.shape[0]
+            weight = kernel2d.to(x.dtype).expand(cch, 1, k, k)
+            xp = F.pad(x[None], (k // 2,) * 4, mode="replicate")
+            out[name] = F.conv2d(xp, weight, groups=cch)[0].contiguous()
+        return out
+
+
+# --------------------------------------------------------------------------- normalization
+
+
+class Normalize(Transform):
+    """Normalize each modality with its spec (:meth:`ModalitySpec.normalize_tensor`); the last
+    transform. Modalities without a spec pass unchanged."""
+
+    def __init__(self, specs: Mapping[str, ModalitySpec]) -> None:
+        self.specs = dict(specs)
+
+    def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
+        out = _copy(sample)
+        for k in modality_keys(sample):
+            spec = self.specs.get(k)
+            if spec is not None:
+                out[k] = spec.normalize_tensor(sample[k])
+        return out
+
+    def __repr__(self) -> str:
+        return f"Normalize({ {k: s.normalize for k, s in self.specs.items()} })"
+
+
+# --------------------------------------------------------------------------- builders
+
+
+def _as_specs(specs: Mapping[str, ModalitySpec] | Sequence[str]) -> dict[str, ModalitySpec]:
+    if isinstance(specs, Mapping):
+        return dict(specs)
+    return resolve_specs(list(specs))
+
+
+def build_train_transforms(
+    specs: Mapping[str, ModalitySpec] | Sequence[str],
+    crop_size: int | Sequence[int],
+    scale_range: tuple[float, float] = (0.5, 2.0),
+    flip_prob: float = 0.5,
+    photometric: bool = True,
+    *,
+    cat_max_ratio: float | None = None,
+    base_size: int | Sequence[int] | None = None,
+    jitter_p: float = 0.2,
+    blur_p: float = 0.2,
+    blur_kernel: int = 3,
+    normalize: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+) -> Compose:
+    """Training pipeline: RandomScaleCrop -> RandomHorizontalFlip -> [ColorJitter ->
+    GaussianBlur on modalities whose spec has ``photometric=True``] -> [Normalize].
+
+    Interpolation modes and pad values come from ``specs`` (a dict of ModalitySpecs, e.g. the
+    dataset's ``specs``, or modality names for the defaults); padded image pixels are 0 after
+    Normalize, padded label pixels ``ignore_index``. Call as ``t(sample)`` or
+    ``t(sample, generator)``.
+    """
+    specs = _as_specs(specs)
+    ts: list[Transform] = [
+        RandomScaleCrop(
+            crop_size,
+            scale_range,
+            cat_max_ratio,
+            base_size=base_size,
+            interpolation=interpolation_map(specs),
+            fill=fill_map(specs),
+            ignore_index=ignore_index,
+        ),
+        RandomHorizontalFlip(flip_prob),
+    ]
+    photo = [k for k, s in specs.items() if s.photometric]
+    if photometric and photo:
+        ts.append(ColorJitter(jitter_p, photometric=photo))
+        ts.append(GaussianBlur(blur_p, blur_kernel, photometric=photo))
+    if normalize:
+        ts.append(Normalize(specs))
+    return Compose(ts)
+
+
+def build_eval_transforms(
+    specs: Mapping[str, ModalitySpec] | Sequence[str],
+    resize: int | Sequence[int] | None = None,
+    *,
+    keep_ratio: bool = False,
+    resize_label: bool = True,
+    pad_multiple: int | None = None,
+    normalize: bool = True,
+    ignore_index: int = IGNORE_INDEX,
+) -> Compose:
+    """Evaluation pipeline: [Resize(resize)] -> [PadToMultiple(pad_multiple)] -> [Normalize].
+
+    DELIVER's reference protocol is ``resize=(1024, 1024)`` with the label resized (nearest).
+    """
+    specs = _as_specs(specs)
+    ts: list[Transform] = []
+    if resize is not None:
+        ts.append(
+            Resize(
+                resize,
+                keep_ratio=keep_ratio,
+                resize_label=resize_label,
+                interpolation=interpolation_map(specs),
+            )
+        )
+    if pad_multiple is not None and pad_multiple > 1:
+        ts.append(PadToMultiple(pad_multiple, fill=fill_map(specs), ignore_index=ignore_index))
+    if normalize:
+        ts.append(Normalize(specs))
+    return Compose(ts)
