@@ -267,7 +267,7 @@ class ModalitySpec(BaseModel):
                 modality=self.name,
             )
         scale = self.scale_for(array.dtype)
-        x = torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1))).to(torch.float32)
+        x = torch.from_numpy(np.array(array.transpose(2, 0, 1), dtype=np.float32))
         if scale != 1.0:
             x = x * scale
         if self.offset != 0.0:

@@ -131,7 +131,8 @@ def _resize_label(lab: torch.Tensor, size: Size2) -> torch.Tensor:
 
 
 def _pad_image(x: torch.Tensor, bottom: int, right: int, fill: FillValue) -> torch.Tensor:
-    if bottom <= 0 and right <= 0:
+    bottom, right = max(bottom, 0), max(right, 0)
+    if bottom == 0 and right == 0:
         return x
     c, h, w = x.shape
     values = [float(fill)] * c if isinstance(fill, (int, float)) else [float(v) for v in fill]
@@ -605,7 +606,7 @@ def build_train_transforms(
 
 def build_eval_transforms(
     specs: Mapping[str, ModalitySpec] | Sequence[str],
-    resize: int | Sequence[int] | None = None,
+    size: int | Sequence[int] | None = None,
     *,
     keep_ratio: bool = False,
     resize_label: bool = True,
@@ -613,16 +614,17 @@ def build_eval_transforms(
     normalize: bool = True,
     ignore_index: int = IGNORE_INDEX,
 ) -> Compose:
-    """Evaluation pipeline: [Resize(resize)] -> [PadToMultiple(pad_multiple)] -> [Normalize].
+    """Evaluation pipeline: [Resize(size)] -> [PadToMultiple(pad_multiple)] -> [Normalize].
 
-    DELIVER's reference protocol is ``resize=(1024, 1024)`` with the label resized (nearest).
+    ``size=None`` keeps the native size. DELIVER's reference protocol is ``size=(1024, 1024)``
+    with the label resized (nearest); ``resize_label=False`` keeps the label at full size.
     """
     specs = _as_specs(specs)
     ts: list[Transform] = []
-    if resize is not None:
+    if size is not None:
         ts.append(
             Resize(
-                resize,
+                size,
                 keep_ratio=keep_ratio,
                 resize_label=resize_label,
                 interpolation=interpolation_map(specs),

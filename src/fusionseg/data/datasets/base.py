@@ -1,0 +1,360 @@
+"""Base class of the multimodal datasets, and the dataset registry.
+
+A dataset subclass indexes its files once (``_index``, a list of :class:`SampleRecord`) and
+says how its label files decode (``decode_label``); the base class reads every modality
+through its :class:`~fusionseg.data.modalities.ModalitySpec`, validates the sample and
+applies the transform. ``dataset[i]`` returns a Sample (see :mod:`fusionseg.data.sample`)::
+
+    {"rgb": float32 [3, H, W], ..., "label": int64 [H, W],
+     "meta": {"id": str, "condition": str | None, "case": str | None,
+              "paths": {"rgb": "/abs/file.png", ..., "label": "/abs/label.png"}}}
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from fusionseg.data.io import DataError, read_image
+from fusionseg.data.modalities import ModalitySpec, resolve_specs
+from fusionseg.data.sample import IGNORE_INDEX, LABEL_KEY, META_KEY, Sample, check_sample
+
+__all__ = [
+    "MultimodalDataset",
+    "SampleRecord",
+    "create_dataset",
+    "get_dataset_class",
+    "list_datasets",
+    "register_dataset",
+]
+
+
+@dataclass(frozen=True)
+class SampleRecord:
+    """Where one sample's files are.
+
+    Attributes:
+        id: sample id (unique within the split; e.g. a relative path stem).
+        paths: modality -> file (only the dataset's selected modalities).
+        label: label file, or None for unlabelled splits.
+        condition: acquisition condition (e.g. DELIVER's ``fog``), or None.
+        case: evaluation case (condition or sensor-failure name), or None.
+    """
+
+    id: str
+    paths: dict[str, Path]
+    label: Path | None = None
+    condition: str | None = None
+    case: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class MultimodalDataset(Dataset):
+    """Base class: pixel-aligned modalities + label, one Sample per index.
+
+    Subclasses set ``classes`` and ``palette`` (class attributes or in ``__init__`` before
+    calling ``super().__init__``), ``available_modalities``, optionally ``default_specs`` and
+    ``default_modalities``, and implement ``_index()`` (and ``decode_label`` if the raw label
+    is not class ids in channel 0).
+
+    Args:
+        root: dataset root folder.
+        split: split name (``train``, ``val``, ``test`` ...).
+        modalities: modality names to load, in order (default: ``default_modalities``).
+        transform: callable ``sample -> sample`` applied last (see
+            :mod:`fusionseg.data.transforms`); None returns untransformed samples.
+        specs: per-modality overrides: a ModalitySpec, or a dict of fields on top of the
+            dataset's default spec.
+        max_samples: keep only the first ``max_samples`` samples (after filtering).
+
+    Attributes:
+        classes: class names, index = class id. ``num_classes = len(classes)``.
+        palette: ``uint8 [K, 3]`` colours per class.
+        ignore_index: 255.
+        modalities: the loaded modality names.
+        specs: ``dict[str, ModalitySpec]`` for ``modalities``.
+        transform: see above (may be replaced after construction).
+        records: list of :class:`SampleRecord`.
+
+    Raises:
+        DataError: missing root or split folder (naming the path), a modality the dataset does
+            not offer, invalid spec overrides; per sample (at ``__getitem__``): missing or
+            unreadable file, wrong bit depth / channel count, size mismatch, label value out
+            of range (naming the files and modality).
+    """
+
+    name: ClassVar[str] = ""
+    classes: list[str] = []
+    palette: np.ndarray = np.zeros((0, 3), dtype=np.uint8)
+    ignore_index: int = IGNORE_INDEX
+    available_modalities: ClassVar[tuple[str, ...]] = ()  # empty: any modality
+    default_modalities: ClassVar[tuple[str, ...]] = ("rgb",)
+    default_specs: ClassVar[dict[str, ModalitySpec]] = {}
+    #: channels of the raw label file shown in "value out of range" errors (None: all)
+    label_value_channels: tuple[int, ...] | None = (0,)
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        modalities: Sequence[str] | None = None,
+        transform: Callable[[Sample], Sample] | None = None,
+        *,
+        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
+        max_samples: int | None = None,
+    ) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            what = "dataset root not found" if not self.root.exists() else "root is not a folder"
+            raise DataError(f"{what} (dataset '{self.name or type(self).__name__}')", path=root)
+        self.split = split
+        if isinstance(modalities, str):
+            modalities = [modalities]
+        mods = list(modalities) if modalities else list(self.default_modalities)
+        if not mods:
+            raise DataError(f"dataset '{self.name}': no modalities selected")
+        if len(set(mods)) != len(mods):
+            raise DataError(f"dataset '{self.name}': duplicate modalities in {mods}")
+        offered = self.offered_modalities()
+        if offered:
+            unknown = [m for m in mods if m not in offered]
+            if unknown:
+                raise DataError(
+                    f"dataset '{self.name}' has no modality {', '.join(map(repr, unknown))} "
+                    f"(available: {', '.join(offered)})",
+                    path=self.root,
+                )
+        self.modalities = mods
+        self.specs: dict[str, ModalitySpec] = resolve_specs(mods, specs, self.default_specs)
+        self.transform = transform
+        records = self._index()
+        if max_samples is not None:
+            if max_samples < 0:
+                raise DataError(f"max_samples must be >= 0, got {max_samples}")
+            records = records[:max_samples]
+        self.records: list[SampleRecord] = records
+        self.palette = np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
+
+    # ------------------------------------------------------------------ to implement
+    def offered_modalities(self) -> tuple[str, ...]:
+        """Modalities this dataset can load (empty: any)."""
+        return tuple(self.available_modalities)
+
+    def _index(self) -> list[SampleRecord]:
+        """List the split's samples (sorted, filtered). Raises DataError on a bad layout."""
+        raise NotImplementedError
+
+    def decode_label(self, raw: np.ndarray) -> np.ndarray:
+        """Raw label array ``[H, W, C]`` -> class ids ``int64 [H, W]`` (255 = ignore).
+
+        Default: channel 0 as class ids.
+        """
+        return raw[:, :, 0].astype(np.int64)
+
+    # ------------------------------------------------------------------ reading
+    @property
+    def num_classes(self) -> int:
+        """Number of classes K (label ids are ``0..K-1``, plus ``ignore_index``)."""
+        return len(self.classes)
+
+    @property
+    def conditions(self) -> list[str]:
+        """Sorted distinct conditions of the loaded samples (empty if the dataset has none)."""
+        return sorted({r.condition for r in self.records if r.condition is not None})
+
+    @property
+    def cases(self) -> list[str]:
+        """Sorted distinct cases (condition or sensor-failure name) of the loaded samples."""
+        return sorted({r.case for r in self.records if r.case is not None})
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def read_label(self, path: str | os.PathLike) -> torch.Tensor:
+        """Read and decode a label file into ``int64 [H, W]``, checking its values.
+
+        Raises:
+            DataError: missing/unreadable file, or values outside ``0..K-1`` and
+                ``ignore_index`` after decoding (the message gives the raw values too).
+        """
+        raw = read_image(path, modality=LABEL_KEY, palette="index")
+        try:
+            lab = np.asarray(self.decode_label(raw))
+        except DataError as err:
+            if err.path is None:
+                raise DataError(err.problem, path=path, modality=LABEL_KEY) from err
+            raise
+        if lab.shape != raw.shape[:2]:
+            raise DataError(
+                f"decoded label has shape {lab.shape}, expected {raw.shape[:2]}",
+                path=path,
+                modality=LABEL_KEY,
+            )
+        lab = lab.astype(np.int64, copy=False)
+        k = self.num_classes
+        bad = (lab != self.ignore_index) & ((lab < 0) | (lab >= k))
+        if bad.any():
+            dec_vals = np.unique(lab[bad])[:10].tolist()
+            shown = raw if self.label_value_channels is None else raw[:, :, self.label_value_channels]
+            raw_vals = np.unique(shown[bad], axis=0)[:10]
+            raw_desc = raw_vals.reshape(len(raw_vals), -1)
+            raw_list = [int(r[0]) if len(r) == 1 else tuple(int(v) for v in r) for r in raw_desc]
+            raise DataError(
+                f"label value out of range: raw value(s) {raw_list} decode to {dec_vals}; "
+                f"valid are 0..{k - 1} and ignore {self.ignore_index} "
+                f"(dataset '{self.name}', {int(bad.sum())} pixel(s))",
+                path=path,
+                modality=LABEL_KEY,
+            )
+        return torch.from_numpy(np.ascontiguousarray(lab))
+
+    def meta_of(self, record: SampleRecord) -> dict[str, Any]:
+        """The ``meta`` dict of a record: id, condition, case, paths (str)."""
+        paths = {m: str(p) for m, p in record.paths.items()}
+        if record.label is not None:
+            paths[LABEL_KEY] = str(record.label)
+        return {"id": record.id, "condition": record.condition, "case": record.case, "paths": paths}
+
+    def load_sample(self, index: int) -> Sample:
+        """The untransformed, validated Sample at ``index`` (physical units, not normalized)."""
+        record = self.records[index]
+        sample: Sample = {}
+        for m in self.modalities:
+            path = record.paths.get(m)
+            if path is None:
+                raise DataError(
+                    f"sample '{record.id}' has no file for this modality", modality=m, path=None
+                )
+            sample[m] = self.specs[m].load(path)
+        if record.label is not None:
+            sample[LABEL_KEY] = self.read_label(record.label)
+        sample[META_KEY] = self.meta_of(record)
+        check_sample(sample)
+        return sample
+
+    def __getitem__(self, index: int) -> Sample:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} samples")
+        sample = self.load_sample(index)
+        if self.transform is not None:
+            sample = self.transform(sample)
+        return sample
+
+    # ------------------------------------------------------------------ checking
+    def check(self, *, deep: bool = False, max_problems: int | None = None) -> list[DataError]:
+        """All problems found in the split (for ``fusionseg data check``), in sample order.
+
+        Without ``deep`` only file existence is checked (fast); with ``deep`` every sample is
+        read and validated (bit depth, channels, sizes, label values). Returns DataErrors
+        (empty list: no problem); stops after ``max_problems``.
+        """
+        problems: list[DataError] = []
+        for i, rec in enumerate(self.records):
+            if max_problems is not None and len(problems) >= max_problems:
+                break
+            files = [(m, rec.paths.get(m)) for m in self.modalities]
+            if rec.label is not None:
+                files.append((LABEL_KEY, rec.label))
+            missing = False
+            for m, p in files:
+                if p is None or not Path(p).is_file():
+                    missing = True
+                    problems.append(
+                        DataError(f"missing file (sample '{rec.id}')", path=p, modality=m)
+                    )
+            if deep and not missing:
+                try:
+                    self.load_sample(i)
+                except DataError as err:
+                    problems.append(err)
+        return problems[:max_problems] if max_problems is not None else problems
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, root='{self.root}', split={self.split!r}, "
+            f"modalities={self.modalities}, samples={len(self)}, classes={self.num_classes})"
+        )
+
+
+# --------------------------------------------------------------------------- registry
+
+_DATASETS: dict[str, type[MultimodalDataset]] = {}
+
+
+def register_dataset(name: str) -> Callable[[type[MultimodalDataset]], type[MultimodalDataset]]:
+    """Class decorator registering a dataset under ``name`` (sets ``cls.name``).
+
+    Raises:
+        ValueError: ``name`` already taken by another class.
+    """
+
+    def deco(cls: type[MultimodalDataset]) -> type[MultimodalDataset]:
+        prev = _DATASETS.get(name)
+        if prev is not None and prev.__qualname__ != cls.__qualname__:
+            raise ValueError(f"dataset name '{name}' already registered by {prev.__qualname__}")
+        cls.name = name
+        _DATASETS[name] = cls
+        return cls
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    """Registered dataset names, sorted."""
+    return sorted(_DATASETS)
+
+
+def get_dataset_class(name: str) -> type[MultimodalDataset]:
+    """The class registered as ``name``. Raises DataError for an unknown name."""
+    try:
+        return _DATASETS[name]
+    except KeyError:
+        raise DataError(
+            f"unknown dataset '{name}' (available: {', '.join(list_datasets()) or 'none'})"
+        ) from None
+
+
+def create_dataset(
+    name: str,
+    root: str | os.PathLike,
+    split: str,
+    modalities: Sequence[str] | None = None,
+    transform: Callable[[Sample], Sample] | None = None,
+    **options: Any,
+) -> MultimodalDataset:
+    """Build the registered dataset ``name`` (e.g. ``"deliver"``, ``"folder"``).
+
+    ``options`` are the dataset's keyword options (DELIVER: ``conditions``, ``case``,
+    ``max_samples``, ``specs``).
+
+    Raises:
+        DataError: unknown dataset, unknown option (naming it and the accepted ones), missing
+            root or split, and the dataset's own errors.
+    """
+    cls = get_dataset_class(name)
+    params = inspect.signature(cls.__init__).parameters
+    accepts_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not accepts_var_kw:
+        allowed = [
+            p
+            for p, v in params.items()
+            if p not in ("self", "root", "split", "modalities", "transform")
+            and v.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        ]
+        unknown = [k for k in options if k not in allowed]
+        if unknown:
+            raise DataError(
+                f"unknown option(s) {', '.join(map(repr, unknown))} for dataset '{name}' "
+                f"(accepted: {', '.join(allowed)})"
+            )
+    return cls(root, split, modalities, transform, **options)
