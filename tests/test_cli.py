@@ -1,0 +1,143 @@
+"""End-to-end CLI tests on a tiny generated DELIVER tree with a tiny MiT."""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from PIL import Image
+from typer.testing import CliRunner
+
+sys.path.insert(0, str(Path(__file__).parent))
+from fixtures.deliver_tree import deliver_path, make_deliver_tree  # noqa: E402
+
+from fusionseg.cli import app  # noqa: E402
+
+TINY = {"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}
+runner = CliRunner()
+
+
+def _config(tmp_path: Path, root: Path, modalities=("rgb", "depth"), **train) -> Path:
+    cfg = {
+        "name": "tiny",
+        "model": {"name": "sum_fusion", "backbone": "mit_b0", "modalities": list(modalities),
+                  "decoder_dim": 16, "backbone_kwargs": TINY},
+        "data": {"dataset": "deliver", "root": str(root), "crop_size": [32, 32],
+                 "batch_size": 2, "val_batch_size": 2, "num_workers": 0},
+        "train": {"max_epochs": 1, "max_steps": 2, "lr": 1e-3, "progress": False,
+                  "out_dir": str(tmp_path / "runs"), "log_every_n_steps": 1, **train},
+    }
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    root = tmp / "deliver"
+    make_deliver_tree(root, conditions=("cloud", "night"), per_split=2, size=32)
+    cfg = _config(tmp, root)
+    run = tmp / "run"
+    res = runner.invoke(app, ["train", str(cfg), "--run-dir", str(run)])
+    assert res.exit_code == 0, res.output
+    return tmp, root, cfg, run
+
+
+def test_train_two_steps_writes_best_and_last(trained):
+    tmp, root, cfg, run = trained
+    ckpts = run / "checkpoints"
+    assert (ckpts / "last.ckpt").is_file() and (ckpts / "best.ckpt").is_file()
+    ck = torch.load(ckpts / "last.ckpt", weights_only=False)
+    assert ck["global_step"] == 2
+    assert ck["fusionseg_config"]["model"]["modalities"] == ["rgb", "depth"]
+    assert ck["fusionseg_classes"][0] == "Building"
+    assert (run / "metrics.csv").is_file()
+    assert any((run / "tensorboard").iterdir())
+
+
+def test_train_refuses_to_overwrite_and_resumes(trained):
+    tmp, root, cfg, run = trained
+    before = (run / "checkpoints" / "best.ckpt").read_bytes()
+    res = runner.invoke(app, ["train", str(cfg), "--run-dir", str(run)])
+    assert res.exit_code == 2
+    assert "earlier run" in res.output
+    assert (run / "checkpoints" / "best.ckpt").read_bytes() == before
+    res = runner.invoke(app, ["train", str(cfg), "--resume", str(run / "checkpoints" /
+                                                                  "last.ckpt"),
+                              "--set", "train.max_steps=-1", "--set", "train.max_epochs=2"])
+    assert res.exit_code == 0, res.output
+    assert torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)["global_step"] == 4
+
+
+def test_eval_tables_and_json(trained):
+    tmp, root, cfg, run = trained
+    ckpt = run / "checkpoints" / "best.ckpt"
+    res = runner.invoke(app, ["eval", str(cfg), "--ckpt", str(ckpt), "--missing", "all"])
+    assert res.exit_code == 0, res.output
+    assert "per condition" in res.output and "night" in res.output
+    out = json.loads((run / "checkpoints" / "best_eval_val.json").read_text())
+    assert set(out["per_condition"]) == {"cloud", "night"}
+    assert set(out["missing"]) == {"rgb+depth", "rgb", "depth"}
+    assert 0 <= out["overall"]["mIoU"] <= 100
+    assert len(out["overall"]["IoU"]) == 25
+
+
+def test_predict_dataset_and_folder(trained, tmp_path):
+    _, root, cfg, run = trained
+    ckpt = run / "checkpoints" / "best.ckpt"
+    out = tmp_path / "pred"
+    res = runner.invoke(app, ["predict", "--ckpt", str(ckpt), "--input", str(root),
+                              "--split", "val", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    masks = sorted((out / "masks").glob("*.png"))
+    assert len(masks) == 4 and len(list((out / "panels").glob("*.png"))) == 4
+    assert np.asarray(Image.open(masks[0])).shape == (32, 32, 3)
+    # a plain folder with RGB only: depth missing is allowed
+    folder = tmp_path / "own" / "rgb"
+    folder.mkdir(parents=True)
+    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(folder / "a.png")
+    res = runner.invoke(app, ["predict", "--ckpt", str(ckpt), "--input", str(folder.parent),
+                              "--out", str(tmp_path / "pred2")])
+    assert res.exit_code == 0, res.output
+    assert np.asarray(Image.open(tmp_path / "pred2" / "masks" / "a.png")).shape == (40, 48, 3)
+
+
+def test_bench_and_info(trained):
+    tmp, root, cfg, run = trained
+    res = runner.invoke(app, ["bench", str(cfg), "--size", "32", "--batch", "1", "--steps", "1"])
+    assert res.exit_code == 0, res.output
+    assert "trainable" in res.output
+    res = runner.invoke(app, ["info"])
+    assert res.exit_code == 0 and "sum_fusion" in res.output and "deliver" in res.output
+
+
+def _err(args):
+    res = runner.invoke(app, args)
+    assert res.exit_code == 2, res.output
+    return " ".join(res.output.split())
+
+
+def test_bad_inputs_give_one_clear_line(trained, tmp_path):
+    tmp, root, cfg, run = trained
+    ckpt = run / "checkpoints" / "best.ckpt"
+    # unknown config key
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(cfg.read_text().replace("max_steps", "max_stepz"))
+    assert "unknown config key 'train.max_stepz'" in _err(["train", str(bad)])
+    # unknown model key (checked before training starts)
+    assert "dropout_rate" in _err(["train", str(cfg), "--set", "model.dropout_rate=0.1"])
+    # checkpoint that does not match the model
+    msg = _err(["eval", str(cfg), "--ckpt", str(ckpt), "--set", "model.decoder_dim=8"])
+    assert "best.ckpt" in msg
+    # missing modality file
+    broken = tmp_path / "broken"
+    make_deliver_tree(broken, conditions=("cloud",), per_split=1, size=32)
+    victim = deliver_path(broken, "cloud/val/MAP_1/000001", "depth")
+    victim.unlink()
+    cfg2 = _config(tmp_path, broken)
+    msg = _err(["eval", str(cfg2), "--ckpt", str(ckpt)])
+    assert str(victim) in msg and "depth" in msg
