@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 
@@ -97,23 +97,34 @@ def _as_hwc(array: np.ndarray, path: PathLike, modality: str | None) -> np.ndarr
 _PNG16_COLOUR = {"RGB;16B": ("RGB;16L", 3), "RGBA;16B": ("RGBA;16L", 4)}
 
 
+def _tile_rawmode(tile: Any) -> Any:
+    return tile.args if hasattr(tile, "args") else tile[3]
+
+
+def _tile_with_rawmode(tile: Any, rawmode: str) -> Any:
+    if hasattr(tile, "_replace"):
+        return tile._replace(args=rawmode)
+    return (tile[0], tile[1], tile[2], rawmode)
+
+
 def _read_pillow(path: Path, modality: str | None, palette: str) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
             tile = list(getattr(im, "tile", []) or [])
-            rawmode = tile[0].args if tile and isinstance(tile[0].args, str) else None
+            rawmode = _tile_rawmode(tile[0]) if len(tile) == 1 else None
+            rawmode = rawmode if isinstance(rawmode, str) else None
             if im.format == "PNG" and len(tile) == 1 and rawmode in _PNG16_COLOUR:
                 lo_mode, channels = _PNG16_COLOUR[rawmode]
                 hi = np.asarray(im)  # high bytes
                 with Image.open(path) as im2:
-                    im2.tile = [im2.tile[0]._replace(args=lo_mode)]
+                    im2.tile = [_tile_with_rawmode(im2.tile[0], lo_mode)]
                     lo = np.asarray(im2)
                 out = hi.astype(np.uint16) * 256 + lo.astype(np.uint16)
                 return out[:, :, :channels]
             if im.format == "PNG" and len(tile) == 1 and rawmode == "LA;16B":
-                im.tile = [tile[0]._replace(args="RGBA")]
+                im.tile = [_tile_with_rawmode(tile[0], "RGBA")]
                 b = np.asarray(im).astype(np.uint16)
                 h, w = b.shape[:2]
                 b = b.reshape(h, w, 2, 2)
@@ -140,7 +151,7 @@ def _read_pillow(path: Path, modality: str | None, palette: str) -> np.ndarray:
                 arr = np.asarray(im)
     except FileNotFoundError as err:
         raise DataError("missing file", path=path, modality=modality) from err
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, IndexError) as err:
         raise DataError(f"unreadable image ({err})", path=path, modality=modality) from err
     return np.ascontiguousarray(arr)
 
