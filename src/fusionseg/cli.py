@@ -222,6 +222,49 @@ def synth_city(out: Annotated[Path, typer.Option(help="output root (DELIVER layo
     return summary
 
 
+@data_app.command("check")
+@cli_errors
+def data_check(config: Annotated[Path | None, typer.Argument(help="run config")] = None,
+               dataset: Annotated[str | None, typer.Option(help="dataset name")] = None,
+               root: Annotated[Path | None, typer.Option(help="dataset root")] = None,
+               split: Annotated[list[str] | None, typer.Option(help="split(s) to check")] = None,
+               modalities: Annotated[str | None, typer.Option(
+                   help="comma-separated modalities (default: all the dataset has)")] = None,
+               set: SetOpt = None):
+    """Walk a dataset and report every problem found; exit 1 if there is any."""
+    from .data.check import check_dataset, print_report
+    options: dict = {}
+    if config is not None:
+        from .config import load_config
+        cfg = load_config(config, set)
+        dataset = dataset or cfg.data.dataset
+        root = root or Path(cfg.data.root)
+        split = split or [cfg.data.train_split, cfg.data.val_split]
+        mods = list(cfg.data.modalities)
+        options = dict(cfg.data.options)
+    else:
+        if dataset is None or root is None:
+            raise ValueError("give a CONFIG, or --dataset NAME and --root DIR")
+        mods = None
+    if modalities:
+        mods = [m.strip() for m in modalities.split(",") if m.strip()]
+    report = check_dataset(dataset, root, splits=split, modalities=mods, options=options)
+    print_report(report, console)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@weights_app.command("convert")
+@cli_errors
+def weights_convert(src: Path, dst: Path,
+                    config: Annotated[Path | None, typer.Option(
+                        help="run config of the model the weights are for")] = None):
+    """Convert a released checkpoint (e.g. the StitchFusion authors') to fusionseg's format."""
+    from .models.weights import convert_checkpoint
+    out = convert_checkpoint(src, dst, config=config)
+    console.print(f"wrote {out}")
+
+
 @app.command()
 def info():
     """List models, backbones, datasets and modalities."""
