@@ -16,6 +16,8 @@ exports) plug in as *converters*: ``(detect_fn, convert_fn)`` pairs in :data:`CO
 (register with :func:`register_converter`). :func:`load_checkpoint` applies, in order, every
 converter whose ``detect_fn(state_dict, model)`` is true, before the strict load.
 
+:func:`convert_checkpoint` writes such a file in our key names (``fusionseg weights convert``).
+
 All mismatches raise :class:`CheckpointMismatchError` (a ``ValueError``) naming the file and
 listing the missing, unexpected and shape-mismatched keys.
 """
@@ -32,6 +34,7 @@ from torch import Tensor, nn
 __all__ = [
     "CONVERTERS",
     "CheckpointMismatchError",
+    "convert_checkpoint",
     "load_backbone_weights",
     "load_checkpoint",
     "load_state_dict_file",
@@ -110,11 +113,12 @@ def _read_raw(path: Path) -> object:
 
 
 def _unwrap(obj: object) -> object:
-    """Return the tensor mapping inside ``obj`` (``obj``, ``obj['state_dict']``, ``obj['model']``)."""
+    """Return the tensor mapping inside ``obj`` (``obj``, ``obj['state_dict']``, ``obj['model']``,
+    ``obj['model_state_dict']`` - the training checkpoints of the DELIVER/StitchFusion code)."""
     if _is_state_dict(obj):
         return obj
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
+        for key in ("state_dict", "model", "model_state_dict"):
             inner = obj.get(key)
             if _is_state_dict(inner):
                 return inner
@@ -130,7 +134,8 @@ def load_state_dict_file(path: str | Path) -> StateDict:
 
     Returns:
         ``dict[str, Tensor]`` (CPU). A dict nested under ``"state_dict"`` (mmseg, Lightning) or
-        ``"model"`` (DeiT-style files) is unwrapped; keys are kept as stored.
+        ``"model"`` (DeiT-style files) or ``"model_state_dict"`` (DELIVER/StitchFusion training
+        checkpoints) is unwrapped; keys are kept as stored.
 
     Raises:
         FileNotFoundError: ``path`` does not exist (message names it).
@@ -213,6 +218,8 @@ def register_converter(detect: DetectFn, convert: ConvertFn) -> None:
 
     ``detect(state_dict, model)`` says whether the file is in the converter's format;
     ``convert(state_dict, model)`` returns the state dict in the model's own key names.
+    Both must accept ``model=None`` (a model-free key renaming, used by
+    :func:`convert_checkpoint` without a config).
     """
     CONVERTERS.append((detect, convert))
 
@@ -221,13 +228,25 @@ def _strip_prefix(sd: StateDict, prefix: str) -> StateDict:
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def _is_ddp_wrapped(sd: StateDict, model: nn.Module) -> bool:
-    return all(k.startswith("module.") for k in sd) and not any(
-        k.startswith("module.") for k in model.state_dict()
-    )
+def _is_ddp_wrapped(sd: StateDict, model: nn.Module | None) -> bool:
+    own = model.state_dict() if model is not None else {}
+    return all(k.startswith("module.") for k in sd) and not any(k.startswith("module.") for k in own)
 
 
 register_converter(_is_ddp_wrapped, lambda sd, model: _strip_prefix(sd, "module."))
+
+
+def _to_model_keys(sd: StateDict, model: nn.Module | None) -> StateDict:
+    """Strip a LightningModule ``model.`` prefix and apply the registered converters."""
+    own_keys = model.state_dict().keys() if model is not None else ()
+    if any(k.startswith("model.") for k in sd) and not any(
+        k.startswith("model.") for k in own_keys
+    ):
+        sd = _strip_prefix(sd, "model.")
+    for detect, convert in CONVERTERS:
+        if detect(sd, model):
+            sd = convert(sd, model)
+    return sd
 
 
 def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
@@ -241,20 +260,70 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
       * a plain state dict of the model (``.pth`` / ``.pt`` / ``.safetensors``, or nested
         under ``"state_dict"`` / ``"model"`` without the prefix);
       * any format a registered converter (:data:`CONVERTERS`) recognises (DDP ``module.``
-        prefix built in).
+        prefix built in; the StitchFusion authors' released files, registered by
+        :mod:`fusionseg.models.segmentors.stitchfusion`).
 
     Raises:
         FileNotFoundError, ValueError: see :func:`load_state_dict_file`.
         CheckpointMismatchError: missing / unexpected keys or shape mismatches.
     """
-    sd = load_state_dict_file(path)
-    own_keys = model.state_dict().keys()
-    if any(k.startswith("model.") for k in sd) and not any(
-        k.startswith("model.") for k in own_keys
-    ):
-        sd = _strip_prefix(sd, "model.")
-    for detect, convert in CONVERTERS:
-        if detect(sd, model):
-            sd = convert(sd, model)
+    sd = _to_model_keys(load_state_dict_file(path), model)
     load_state_dict_strict(model, sd, path)
     return model
+
+
+def convert_checkpoint(
+    src: str | Path, dst: str | Path, config: str | Path | None = None
+) -> Path:
+    """Convert a checkpoint in a third-party format (e.g. a released StitchFusion ``.pth``)
+    to fusionseg's format: a state dict in our key names that :func:`load_checkpoint` reads.
+
+    Args:
+        src: the source file (any format :func:`load_checkpoint` accepts).
+        dst: output path; ``.safetensors`` writes a safetensors file, anything else a
+            ``torch.save`` file ``{"state_dict": ..., "fusionseg_source": str(src)}``.
+        config: optional run config (YAML). With it, the configured model is built (with
+            ``pretrained`` ignored; ``num_classes`` taken from the checkpoint's
+            ``decode_head.linear_pred`` when the config leaves it unset), the weights are
+            loaded into it strictly (so a mismatch is reported now, not at evaluation) and the
+            model's own state dict is written. Without it, the registered converters rename
+            the keys without a model (e.g. a released sum-fusion StitchFusion file keeps its
+            unused FeatureCross as ``fusion.*``; loading drops it for sum models).
+
+    Returns:
+        ``Path(dst)``.
+
+    Raises:
+        FileNotFoundError, ValueError, CheckpointMismatchError: unreadable source, bad config,
+            or weights that do not fit the configured model.
+    """
+    src, dst = Path(src), Path(dst)
+    sd = load_state_dict_file(src)
+    if config is None:
+        out = _to_model_keys(sd, None)
+    else:
+        from ..config import load_config
+        from .registry import create_model
+
+        spec = load_config(config).model.to_dict()
+        spec["pretrained"] = None  # every weight comes from the checkpoint
+        if spec.get("num_classes") is None:
+            pred = _to_model_keys(sd, None).get("decode_head.linear_pred.weight")
+            if pred is None:
+                raise ValueError(
+                    f"{config}: model.num_classes is not set and {src} has no "
+                    f"decode_head.linear_pred.weight to infer it from; set model.num_classes"
+                )
+            spec["num_classes"] = int(pred.shape[0])
+        model = create_model(spec)
+        load_state_dict_strict(model, _to_model_keys(sd, model), src)
+        out = model.state_dict()
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.detach().contiguous().clone() for k, v in out.items()}, str(dst),
+                  metadata={"fusionseg_source": str(src)})
+    else:
+        torch.save({"state_dict": dict(out), "fusionseg_source": str(src)}, str(dst))
+    return dst

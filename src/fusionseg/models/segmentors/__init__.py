@@ -1,6 +1,6 @@
 """Segmentors; importing this package registers their builders in the model registry."""
 
-from . import baselines
+from . import baselines, stitchfusion
 from .base import ModalityInput, SegmentationOutput, Segmentor
 
-__all__ = ["ModalityInput", "SegmentationOutput", "Segmentor", "baselines"]
+__all__ = ["ModalityInput", "SegmentationOutput", "Segmentor", "baselines", "stitchfusion"]

@@ -1,0 +1,180 @@
+"""FeatureCross: StitchFusion's per-stage fusion of the modality streams ("+FFMs").
+
+Source: Bingyu Li et al., "StitchFusion", arXiv 2408.01343, Sec. 4 (MultiAdapter combined with
+feature fusion modules, "+FFMs" rows of the MCubeS / MFNet / FMB tables) and the official code,
+``semseg/models/backbones/stitchfusion.py`` of GitHub ``LiBingyu01/StitchFusion`` (classes
+``FeatureCross``, ``MixFFN``, ``CustomPWConv``, ``CustomDWConv``, ``ChannelAttentionBlock``).
+
+For ``M`` stream maps of one stage (tokens ``x_m: [B, N, C]``, ``N = H * W``)::
+
+    y   = proj(concat_m x_m)                     # Linear(M * C -> C) per token
+    out = MixFFN(y) + ChannelAttention(y)        # [B, N, C] -> map [B, C, H, W]
+
+    MixFFN(y) = fc2(GELU(BN(pw2(z + dw3(z) + dw5(z) + dw7(z)))))
+                with z = BN(pw1(fc1(y)))          # fc1/fc2 C -> C, pw 1x1 convs, dw depthwise
+    ChannelAttention(y) = y * sigmoid(W2 ReLU(W1 mean_N(y)))   # squeeze-excitation, C/16
+
+The concatenation order is the stream order (the config's modality order): channel block ``m``
+of ``proj``'s input belongs to stream ``m``, as in the release's ``torch.cat(x, dim=1)``.
+
+Key names (ours -> release ``backbone.feature_cross.*``):
+
+* ``proj``                      <- ``liner_fusion_layers.{stage}`` (sic)
+* ``mix_ffn.{fc1, pwconv1.pwconv, pwconv1.bn, dwconv3.dwconv, dwconv5.dwconv,
+  dwconv7.dwconv, pwconv2.pwconv, pwconv2.bn, fc2}`` <- ``mix_ffn.{stage}.*`` (same names)
+* ``channel_attn.fc.0``, ``channel_attn.fc.2`` (no bias) <- ``channel_attns.{stage}.fc.*``
+
+Differences from the release (same function and parameters): the Mix-FFN stays in the map
+layout between its convolutions instead of converting tokens <-> maps around every layer, and
+the concatenation is one permute-copy of the batched streams.
+
+Initialisation follows what the release effectively uses (its constructors' Kaiming inits are
+overwritten by the model-level ``_init_weights``): truncated-normal(0.02) linears with zero
+bias; convolutions normal with std ``sqrt(2 / (k * k * C_out))`` (the release does not divide
+by ``groups`` for the depthwise ones) and zero bias; BatchNorm weight 1, bias 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "ChannelAttention",
+    "DWConvK",
+    "FeatureCrossStage",
+    "MultiScaleMixFFN",
+    "PWConvBN",
+    "release_init",
+]
+
+
+def release_init(module: nn.Module) -> None:
+    """The release's model-level ``_init_weights`` for the modules of FeatureCross."""
+    for m in module.modules():
+        if isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class PWConvBN(nn.Module):
+    """1x1 convolution (with bias) + BatchNorm on a map ``[B, C, H, W]`` (release
+    ``CustomPWConv``). Keys ``pwconv``, ``bn``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.pwconv = nn.Conv2d(dim, dim, 1)
+        self.bn = nn.BatchNorm2d(dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.bn(self.pwconv(x))
+
+
+class DWConvK(nn.Module):
+    """Depthwise ``k x k`` convolution, "same" padding, with bias (release ``CustomDWConv``).
+    Key ``dwconv``. ``[B, C, H, W] -> [B, C, H, W]``."""
+
+    def __init__(self, dim: int, kernel: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, kernel, 1, padding=kernel // 2, groups=dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.dwconv(x)
+
+
+class MultiScaleMixFFN(nn.Module):
+    """FeatureCross's Mix-FFN (release class ``MixFFN(c1, c2)``, hidden width ``c2``).
+
+    ``forward(x [B, N, C_in], H, W) -> [B, N, C_in]``::
+
+        z = pwconv1(fc1(x))                       # to the map layout, 1x1 conv + BN
+        out = fc2(GELU(pwconv2(z + dwconv3(z) + dwconv5(z) + dwconv7(z))))
+    """
+
+    def __init__(self, dim: int, hidden: int | None = None) -> None:
+        super().__init__()
+        hidden = hidden or dim
+        self.fc1 = nn.Linear(dim, hidden)
+        self.pwconv1 = PWConvBN(hidden)
+        self.dwconv3 = DWConvK(hidden, 3)
+        self.dwconv5 = DWConvK(hidden, 5)
+        self.dwconv7 = DWConvK(hidden, 7)
+        self.pwconv2 = PWConvBN(hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor, H: int, W: int) -> Tensor:
+        b, n, _ = x.shape
+        z = self.fc1(x)
+        c = z.shape[-1]
+        z = self.pwconv1(z.transpose(1, 2).reshape(b, c, H, W))  # channels-last view in
+        z = z + self.dwconv3(z) + self.dwconv5(z) + self.dwconv7(z)
+        z = F.gelu(self.pwconv2(z))
+        return self.fc2(z.flatten(2).transpose(1, 2))
+
+
+class ChannelAttention(nn.Module):
+    """Squeeze-excitation on tokens (release ``ChannelAttentionBlock``).
+
+    ``forward(x [B, N, C]) -> x * sigmoid(fc(mean_N x))``; ``fc`` = ``Linear(C, C // r,
+    bias=False)``, ReLU, ``Linear(C // r, C, bias=False)``, Sigmoid (keys ``fc.0``, ``fc.2``).
+    """
+
+    def __init__(self, dim: int, reduction: int = 16) -> None:
+        super().__init__()
+        hidden = dim // reduction
+        if hidden < 1:
+            raise ValueError(f"ChannelAttention needs dim >= reduction ({reduction}), got {dim}")
+        self.fc = nn.Sequential(
+            nn.Linear(dim, hidden, bias=False),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, dim, bias=False),
+            nn.Sigmoid(),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.fc(x.mean(dim=1)).unsqueeze(1)
+
+
+class FeatureCrossStage(nn.Module):
+    """FeatureCross of one stage: ``M`` stream token maps -> one fused map.
+
+    Args:
+        dim: stage channels ``C``.
+        num_streams: ``M`` (1..8).
+        reduction: channel-attention reduction (16).
+
+    ``forward(x [M, B, N, C], H, W) -> [B, C, H, W]`` (a channels-last view).
+    """
+
+    def __init__(self, dim: int, num_streams: int, reduction: int = 16) -> None:
+        super().__init__()
+        self.dim = dim
+        self.num_streams = num_streams
+        self.proj = nn.Linear(dim * num_streams, dim)
+        self.mix_ffn = MultiScaleMixFFN(dim, dim)
+        self.channel_attn = ChannelAttention(dim, reduction)
+        release_init(self)
+
+    def forward(self, x: Tensor, H: int, W: int) -> Tensor:
+        m, b, n, c = x.shape
+        if m != self.num_streams or c != self.dim:
+            raise ValueError(
+                f"FeatureCrossStage expects [{self.num_streams}, B, N, {self.dim}], "
+                f"got {tuple(x.shape)}"
+            )
+        # concat over streams along channels: [B, N, M * C] with block m = stream m
+        cat = x[0] if m == 1 else x.permute(1, 2, 0, 3).reshape(b, n, m * c)
+        y = self.proj(cat)
+        y = self.mix_ffn(y, H, W) + self.channel_attn(y)
+        return y.transpose(1, 2).reshape(b, c, H, W)

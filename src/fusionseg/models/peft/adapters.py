@@ -1,0 +1,193 @@
+"""Bottleneck adapters and StitchFusion's MultiAdapter (cross-modal adapters between streams).
+
+Source: Bingyu Li et al., "StitchFusion: Weaving Any Visual Modalities to Enhance Multimodal
+Semantic Segmentation", arXiv 2408.01343, Sec. 3.2-3.3 (MultiAdapter, Fig. 3 densities), and
+the official code, ``semseg/models/backbones/stitchfusion.py`` and
+``stitchfusion_with_tips_you_can_copy.py`` of GitHub ``LiBingyu01/StitchFusion`` (classes
+``Bi_direct_adapter``, ``Block_every_one`` / ``Block_every_one_2`` (pairwise),
+``Block_every_two`` (directional), ``Block_shared`` / ``Block_every_one_1`` (shared)).
+
+:class:`BottleneckAdapter` ``A(x) = up(Dropout(GELU(mid(down(x)))))`` with ``down: dim -> 8``,
+``mid: 8 -> 8``, ``up: 8 -> dim`` (biases everywhere): ``17 * dim + 80`` parameters for the
+default hidden width 8. Parameter names are the release's ``adapter_down``, ``adapter_mid``,
+``adapter_up``.
+
+:class:`MultiAdapter` holds the adapters of one transformer block for ``M`` modality streams and
+applies them after the block's attention residual (``kind="att"``, input normalised by the
+block's ``norm1``) and after its MLP residual (``kind="mlp"``, ``norm2``). Densities:
+
+==============  ================================  ==========================================
+density         adapters per block and kind        release key names (1-based streams)
+==============  ================================  ==========================================
+``shared``      1 (all pairs, both directions)     ``adap_t`` (att), ``adap2_t`` (mlp)
+``pairwise``    ``M (M - 1) / 2`` (unordered pair) ``adap_t_att{a}{b}``, ``adap_t_mlp{a}{b}``,
+                                                   ``a < b``; the same adapter both ways
+``directional`` ``M (M - 1)`` (ordered pair)       ``adap_t_att{a}{b}``, ``adap_t_mlp{a}{b}``,
+                                                   ``a != b``: source ``a`` -> target ``b``
+==============  ================================  ==========================================
+
+Our module names are exactly those names, so a block's adapters load from the release's
+``backbone.block{i}.{j}.<name>.*`` keys by moving the prefix only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["ADAPTER_DENSITIES", "BottleneckAdapter", "MultiAdapter", "adapter_param_count"]
+
+#: accepted densities of :class:`MultiAdapter`
+ADAPTER_DENSITIES = ("shared", "pairwise", "directional")
+
+
+def adapter_param_count(dim: int, hidden: int = 8) -> int:
+    """Parameters of one :class:`BottleneckAdapter`: ``17 * dim + 80`` for ``hidden = 8``."""
+    return (dim * hidden + hidden) + (hidden * hidden + hidden) + (hidden * dim + dim)
+
+
+class BottleneckAdapter(nn.Module):
+    """``A(x) = up(Dropout(GELU(mid(down(x)))))``, ``[..., dim] -> [..., dim]``.
+
+    Release class ``Bi_direct_adapter``: ``adapter_down`` (dim -> hidden), ``adapter_mid``
+    (hidden -> hidden), GELU, ``Dropout(0.1)``, ``adapter_up`` (hidden -> dim).
+
+    Initialisation: the release's constructor zeroes all weights, but the model-level
+    ``self.apply(self._init_weights)`` (``semseg/models/stitchfusion.py``) runs afterwards and
+    overwrites them with truncated-normal(0.02) weights and zero biases; that is what the
+    published runs trained from, and what we do. (An all-zero bottleneck would receive a
+    gradient only on ``adapter_up.bias``.)
+    """
+
+    def __init__(self, dim: int, hidden: int = 8, dropout: float = 0.1) -> None:
+        super().__init__()
+        self.adapter_down = nn.Linear(dim, hidden)
+        self.adapter_mid = nn.Linear(hidden, hidden)
+        self.adapter_up = nn.Linear(hidden, dim)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        for lin in (self.adapter_down, self.adapter_mid, self.adapter_up):
+            nn.init.trunc_normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        h = F.gelu(self.adapter_mid(self.adapter_down(x)))
+        return self.adapter_up(self.dropout(h))
+
+
+class MultiAdapter(nn.Module):
+    """Cross-stream adapters of one transformer block (StitchFusion MultiAdapter).
+
+    Args:
+        dim: token channels ``C`` of the block.
+        num_streams: ``M`` modality streams (1..8; with ``M = 1`` there is nothing to adapt
+            and no adapter is created).
+        density: ``"shared"``, ``"pairwise"`` or ``"directional"`` (see the module doc).
+        hidden: bottleneck width (8).
+        dropout: dropout inside each adapter (0.1).
+
+    :meth:`forward` ``(x, kind, norm, drop_path)`` applies, for streams ``x_1..x_M``
+    (``x: [M, B, N, C]``), with ``LN`` = ``norm`` and ``DP`` = ``drop_path``::
+
+        for i in 1..M:                 # sequential over source streams
+            s = LN(x_i)                # x_i already holds the contributions of sources < i
+            for j != i:
+                x_j = x_j + DP(A_ij(s))
+
+    **Update order.** This is the released code's order and it is deliberate to keep it: in
+    ``Block_every_one.forward`` the list ``outputs_orig_beforeAtt = outputs`` aliases the list
+    that the loop updates, so the "original" source ``x_ori = outputs_orig_beforeAtt[i]`` is
+    the stream *after* the adapter contributions of the streams before it. Stream ``i``
+    therefore sends a function of ``x_i + sum_{k<i} A_ki(...)``, not of the plain
+    post-attention ``x_i``. The published checkpoints were trained with exactly this
+    computation, so loading them requires it (a "simultaneous" update gives different logits).
+
+    In training, each (source, target) application draws its own dropout and drop-path masks,
+    as in the release; in eval a shared adapter's output for one source is computed once and
+    added to every target (identical result).
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_streams: int,
+        density: str = "pairwise",
+        hidden: int = 8,
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        if density not in ADAPTER_DENSITIES:
+            raise ValueError(
+                f"unknown adapter density {density!r}; choose one of {', '.join(ADAPTER_DENSITIES)}"
+            )
+        if not 1 <= num_streams <= 8:
+            raise ValueError(f"MultiAdapter supports 1..8 streams, got {num_streams}")
+        self.dim = dim
+        self.num_streams = num_streams
+        self.density = density
+        m = num_streams
+
+        def make() -> BottleneckAdapter:
+            return BottleneckAdapter(dim, hidden=hidden, dropout=dropout)
+
+        if m < 2:
+            return
+        if density == "shared":
+            self.adap_t = make()
+            self.adap2_t = make()
+        else:
+            for a in range(m):
+                for b in range(m):
+                    if a == b or (density == "pairwise" and a > b):
+                        continue
+                    setattr(self, f"adap_t_att{a + 1}{b + 1}", make())
+                    setattr(self, f"adap_t_mlp{a + 1}{b + 1}", make())
+
+    def adapter(self, kind: str, src: int, dst: int) -> BottleneckAdapter:
+        """The adapter carrying stream ``src`` to stream ``dst`` (0-based) after ``kind``
+        (``"att"`` or ``"mlp"``)."""
+        if self.density == "shared":
+            return self.adap_t if kind == "att" else self.adap2_t
+        a, b = (src, dst) if self.density == "directional" or src < dst else (dst, src)
+        return getattr(self, f"adap_t_{kind}{a + 1}{b + 1}")
+
+    def forward(
+        self,
+        x: Tensor,
+        kind: str,
+        norm: Callable[[Tensor], Tensor],
+        drop_path: Callable[[Tensor], Tensor],
+    ) -> Tensor:
+        """Mix the streams.
+
+        Args:
+            x: stream tokens ``[M, B, N, C]`` (after the block's attention or MLP residual).
+            kind: ``"att"`` (after attention; ``norm`` = the block's ``norm1``) or ``"mlp"``
+                (after the Mix-FFN; ``norm`` = ``norm2``).
+            norm: the block's LayerNorm applied to the source stream.
+            drop_path: the block's stochastic-depth module.
+
+        Returns:
+            ``[M, B, N, C]``: ``x`` plus the adapter contributions (a new tensor).
+        """
+        m = x.shape[0]
+        if m != self.num_streams:
+            raise ValueError(f"MultiAdapter built for {self.num_streams} streams, got {m}")
+        if m < 2:
+            return x
+        streams = list(x.unbind(0))  # views; updated out of place below
+        share = self.density == "shared" and not self.training
+        for i in range(m):
+            src = norm(streams[i])
+            out = self.adapter(kind, i, (i + 1) % m)(src) if share else None
+            for j in range(m):
+                if j == i:
+                    continue
+                y = out if share else self.adapter(kind, i, j)(src)
+                streams[j] = streams[j] + drop_path(y)
+        return torch.stack(streams)
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}, streams={self.num_streams}, density={self.density!r}"

@@ -1,0 +1,410 @@
+"""StitchFusion: one shared MiT encoder for every modality, MultiAdapters between the streams.
+
+Source: Bingyu Li, Da Zhang, Zhiyuan Zhao, Junyu Gao, Xuelong Li, "StitchFusion: Weaving Any
+Visual Modalities to Enhance Multimodal Semantic Segmentation", arXiv 2408.01343 (ACM MM 2025):
+Sec. 3.1 (shared pretrained encoder, multi-scale "stitching"), Sec. 3.2-3.3 (MultiAdapter and
+its densities, Fig. 3), Sec. 4 (+FFMs). Official code: GitHub ``LiBingyu01/StitchFusion``,
+``semseg/models/stitchfusion.py`` (model), ``semseg/models/backbones/stitchfusion.py`` and
+``stitchfusion_with_tips_you_can_copy.py`` (encoder, blocks, FeatureCross, per-dataset
+variants), ``semseg/models/heads/segformer.py`` (head).
+
+Model (``M`` modalities, each a 3-channel image ``[B, 3, H, W]``; the first configured modality
+is stream 1)::
+
+    for stage s = 1..4:
+        x_m = patch_embed_s(x_m)                         # same weights for every stream
+        for every block of stage s:
+            x_m += DropPath(Attn(LN1(x_m)))              # all streams as one batch
+            MultiAdapter "att" (sequential over sources, see peft.adapters.MultiAdapter)
+            x_m += DropPath(MixFFN(LN2(x_m)))
+            MultiAdapter "mlp"
+        x_m = norm_s(x_m)                                # streams go on to stage s + 1
+        F_s = sum_m x_m   |   FeatureCross_s(x_1..x_M)  # stage output for the decoder
+    logits = SegFormerHead(F_1..F_4), bilinear to the input size
+
+Stages without adapters use the plain MiT blocks. Implementation: the ``M`` streams run as one
+``[M * B, ...]`` batch through the shared patch embeddings, attention (SDPA) and Mix-FFN; only
+the adapters and the stage fusion look at individual streams (``[M, B, N, C]`` views).
+
+Checkpoint keys (ours; the released names map onto them, see :func:`release_to_fusionseg`)::
+
+    backbone.{patch_embed*, block*, norm*}.*        == release (official MiT names)
+    adapters.block{i}.{j}.{adap_t_att{a}{b}, adap_t_mlp{a}{b}, adap_t, adap2_t}.adapter_*
+        <- release backbone.block{i}.{j}.<same>.*
+    fusion.{s}.{proj, mix_ffn.*, channel_attn.fc.*}
+        <- release backbone.feature_cross.{liner_fusion_layers, mix_ffn, channel_attns}.{s}.*
+    decode_head.*                                    == release
+
+Where ours departs from the release (none changes the function of released weights):
+
+* SDPA instead of explicit attention matrices; streams batched; FeatureCross in map layout.
+* Missing modalities (absent key, or ``batch["present"]`` false) enter as zero images, the
+  protocol of the DELIVER/CMNeXt lineage the release belongs to; the release itself has no
+  missing-modality handling.
+* Encoder LayerNorms (``norm1``, ``norm2``, ``norm{i}``) use eps ``1e-5`` like the release's
+  ``nn.LayerNorm(dim)`` (the NVlabs MiT uses 1e-6); ``norm_eps`` sets it.
+* The released model builds a FeatureCross even in its sum-fusion variants (DELIVER), where it
+  is unused: loading such a file into ``fusion="sum"`` drops those keys with a warning.
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..backbones import create_backbone, default_decoder_dim
+from ..backbones.mit import MixVisionTransformer
+from ..fusion.featurecross import FeatureCrossStage, release_init
+from ..heads.segformer import SegFormerHead
+from ..peft.adapters import ADAPTER_DENSITIES, MultiAdapter
+from ..registry import register_model
+from ..weights import register_converter
+from .base import Segmentor
+
+__all__ = [
+    "FUSIONS",
+    "MAX_MODALITIES",
+    "StitchFusionSegmentor",
+    "build_stitchfusion",
+    "release_to_fusionseg",
+]
+
+#: stage fusion choices
+FUSIONS = ("sum", "featurecross")
+#: adapter key names use one digit per stream (``adap_t_att12``), as in the release
+MAX_MODALITIES = 8
+
+_NONE = (None, "none", "")
+
+
+def _stage_densities(adapter: str | None | Sequence[str | None]) -> list[str | None]:
+    """Normalise the ``adapter`` option to 4 per-stage densities (``None`` = plain blocks)."""
+    if adapter is None or isinstance(adapter, str):
+        adapter = [adapter] * 4
+    adapter = list(adapter)
+    if len(adapter) != 4:
+        raise ValueError(
+            f"adapter must be one density or a list of 4 (one per stage), got {adapter}"
+        )
+    out: list[str | None] = []
+    for a in adapter:
+        if a in _NONE:
+            out.append(None)
+        elif a in ADAPTER_DENSITIES:
+            out.append(a)
+        else:
+            raise ValueError(
+                f"unknown adapter density {a!r}; choose from {', '.join(ADAPTER_DENSITIES)} or none"
+            )
+    return out
+
+
+class StitchFusionSegmentor(Segmentor):
+    """StitchFusion segmentor (shared MiT encoder + MultiAdapters + stage fusion + SegFormer head).
+
+    Args:
+        backbone: a :class:`~fusionseg.models.backbones.mit.MixVisionTransformer` (shared by
+            all modalities).
+        modalities: ordered modality names (1..8); the first is stream 1 of the release.
+        num_classes: ``K``.
+        adapter: one density for all stages or a list of 4 (per stage): ``"shared"``,
+            ``"pairwise"``, ``"directional"`` or ``None``/``"none"`` (plain blocks).
+        fusion: ``"sum"`` (plain StitchFusion) or ``"featurecross"`` (+FFMs).
+        decoder_dim: SegFormer head width ``E``.
+        adapter_hidden: adapter bottleneck width (8).
+        adapter_dropout: dropout inside the adapters (0.1).
+        norm_eps: eps of the encoder's block and stage LayerNorms (release: 1e-5).
+
+    ``forward(batch) -> logits [B, K, H, W]``; see :meth:`encode` for the stage maps.
+    """
+
+    def __init__(
+        self,
+        backbone: MixVisionTransformer,
+        modalities: Sequence[str],
+        num_classes: int,
+        adapter: str | None | Sequence[str | None] = "pairwise",
+        fusion: str = "sum",
+        decoder_dim: int = 256,
+        adapter_hidden: int = 8,
+        adapter_dropout: float = 0.1,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__(modalities, num_classes)
+        m = len(self.modalities)
+        if m > MAX_MODALITIES:
+            raise ValueError(
+                f"StitchFusion supports 1..{MAX_MODALITIES} modalities, got {m}: {self.modalities}"
+            )
+        if not isinstance(backbone, MixVisionTransformer):
+            raise ValueError(
+                f"StitchFusion needs a MiT backbone (mit_b0..mit_b5), got {type(backbone).__name__}"
+            )
+        if fusion not in FUSIONS:
+            raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        self.backbone = backbone
+        self.stage_adapters = _stage_densities(adapter)
+        self.fusion_kind = fusion
+        dims, depths = backbone.embed_dims, backbone.depths
+
+        for s in range(4):  # release LayerNorm eps (nn.LayerNorm default) in blocks and stages
+            for blk in backbone.blocks_of(s):
+                blk.norm1.eps = blk.norm2.eps = norm_eps
+            backbone.norm_of(s).eps = norm_eps
+
+        self.adapters = nn.ModuleDict()
+        for s, density in enumerate(self.stage_adapters):
+            if density is not None and m > 1:
+                self.adapters[f"block{s + 1}"] = nn.ModuleList(
+                    MultiAdapter(dims[s], m, density, adapter_hidden, adapter_dropout)
+                    for _ in range(depths[s])
+                )
+        self.fusion = (
+            nn.ModuleList(FeatureCrossStage(dims[s], m) for s in range(4))
+            if fusion == "featurecross"
+            else None
+        )
+        self.decode_head = SegFormerHead(dims, num_classes, embed_dim=decoder_dim)
+        release_init(self.decode_head)  # the release's model-level init covers the head
+
+    # ------------------------------------------------------------------ parameters
+    def adapter_param_count(self) -> int:
+        """Parameters of all MultiAdapters (the method's overhead over the shared encoder)."""
+        return sum(p.numel() for p in self.adapters.parameters())
+
+    def extra_repr(self) -> str:
+        return (
+            f"modalities={self.modalities}, adapters={self.stage_adapters}, "
+            f"fusion={self.fusion_kind!r}"
+        )
+
+    # ------------------------------------------------------------------ forward
+    def stream_input(self, batch: Mapping[str, object]) -> Tensor:
+        """All modalities as one batch ``[M * B, 3, H, W]`` (stream-major, config order).
+
+        Absent modalities and samples whose ``present`` entry is false are zero images.
+        """
+        inputs = {name: (x, mask) for name, x, mask in self._modality_inputs(batch)}
+        ref = next(iter(inputs.values()))[0]
+        xs = []
+        for name in self.modalities:
+            if name not in inputs:
+                xs.append(ref.new_zeros(ref.shape[0], 3, *ref.shape[-2:]))
+                continue
+            x, mask = inputs[name]
+            if mask is not None:
+                x = x * mask.to(x.dtype).view(-1, 1, 1, 1)
+            xs.append(x)
+        return torch.cat(xs, dim=0) if len(xs) > 1 else xs[0]
+
+    def _fuse(self, s: int, tokens: Tensor, h: int, w: int) -> Tensor:
+        """Stage fusion of ``tokens [M, B, N, C]`` -> ``[B, C, h, w]``."""
+        if self.fusion is not None:
+            return self.fusion[s](tokens, h, w)
+        return MixVisionTransformer.tokens_to_map(tokens.sum(0), h, w)
+
+    def encode(self, x: Tensor) -> list[Tensor]:
+        """Encoder + stage fusion.
+
+        Args:
+            x: ``[M * B, 3, H, W]`` streams stacked stream-major (see :meth:`stream_input`).
+
+        Returns:
+            ``[F_1, F_2, F_3, F_4]``, ``F_s: [B, C_s, H / 2^(s+1), W / 2^(s+1)]`` (ceil).
+        """
+        m = len(self.modalities)
+        bb = self.backbone
+        b = x.shape[0] // m
+        feats = []
+        for s in range(4):
+            tokens, h, w = bb.embed(s, x)  # [M * B, N, C]
+            n, c = tokens.shape[1:]
+            adapters = self.adapters[f"block{s + 1}"] if f"block{s + 1}" in self.adapters else None
+            for j, blk in enumerate(bb.blocks_of(s)):
+                if adapters is None:
+                    tokens = blk(tokens, h, w)
+                    continue
+                ad = adapters[j]
+                tokens = tokens + blk.attn_residual(tokens, h, w)
+                tokens = ad(tokens.view(m, b, n, c), "att", blk.norm1, blk.drop_path)
+                tokens = tokens.view(m * b, n, c)
+                tokens = tokens + blk.mlp_residual(tokens, h, w)
+                tokens = ad(tokens.view(m, b, n, c), "mlp", blk.norm2, blk.drop_path)
+                tokens = tokens.view(m * b, n, c)
+            tokens = bb.norm_of(s)(tokens)
+            feats.append(self._fuse(s, tokens.view(m, b, n, c), h, w))
+            if s < 3:
+                x = bb.tokens_to_map(tokens, h, w)
+        return feats
+
+    def forward(self, batch: Mapping[str, object]) -> Tensor:
+        """``batch`` (the fusionseg batch convention) -> logits ``[B, K, H, W]``."""
+        x = self.stream_input(batch)
+        logits = self.decode_head(self.encode(x))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+# --------------------------------------------------------------------------- builder
+@register_model("stitchfusion")
+def build_stitchfusion(
+    num_classes: int,
+    modalities: Sequence[str] = ("rgb", "depth"),
+    backbone: str = "mit_b2",
+    pretrained: str | Path | None = None,
+    adapter: str | None | Sequence[str | None] = "pairwise",
+    fusion: str = "sum",
+    drop_path_rate: float = 0.1,
+    decoder_dim: int | None = None,
+    freeze_backbone: bool = False,
+    adapter_hidden: int = 8,
+    adapter_dropout: float = 0.1,
+    norm_eps: float = 1e-5,
+    backbone_kwargs: Mapping[str, object] | None = None,
+) -> StitchFusionSegmentor:
+    """Build StitchFusion.
+
+    Example (the released MCubeS-style model; the first modality is stream 1)::
+
+        create_model({"name": "stitchfusion", "backbone": "mit_b0", "modalities": ["rgb",
+                      "depth"], "num_classes": 25, "adapter": "pairwise",
+                      "fusion": "featurecross"})
+
+    Args:
+        num_classes: ``K``.
+        modalities: ordered modality names, 1..8.
+        backbone: ``mit_b0 .. mit_b5``.
+        pretrained: local path of the official MiT ImageNet file (``mit_b2.pth``); use
+            :func:`fusionseg.models.load_checkpoint` for whole released StitchFusion files.
+        adapter: density for all stages or a list of 4 (``shared`` / ``pairwise`` /
+            ``directional`` / ``none``).
+        fusion: ``"sum"`` or ``"featurecross"``.
+        drop_path_rate: encoder stochastic depth (0.1, also applied to the adapters' outputs).
+        decoder_dim: head width; ``None`` = 256 for mit_b0/b1, 512 otherwise (as released).
+        freeze_backbone: freeze the shared encoder (adapters, fusion and head train); the
+            release fine-tunes everything.
+        adapter_hidden, adapter_dropout: adapter bottleneck width (8) and dropout (0.1).
+        norm_eps: encoder LayerNorm eps (1e-5 as released).
+        backbone_kwargs: constructor overrides for the backbone (e.g. tiny test widths).
+    """
+    enc = create_backbone(
+        backbone,
+        pretrained=pretrained,
+        drop_path_rate=drop_path_rate,
+        **dict(backbone_kwargs or {}),
+    )
+    model = StitchFusionSegmentor(
+        enc,
+        modalities,
+        num_classes,
+        adapter=adapter,
+        fusion=fusion,
+        decoder_dim=decoder_dim or default_decoder_dim(backbone),
+        adapter_hidden=adapter_hidden,
+        adapter_dropout=adapter_dropout,
+        norm_eps=norm_eps,
+    )
+    if freeze_backbone:
+        model.freeze_backbone()
+    return model
+
+
+# --------------------------------------------------------------------------- released checkpoints
+_RELEASE_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (
+        re.compile(r"^backbone\.block(\d)\.(\d+)\.(adap_t|adap2_t|adap_t_(?:att|mlp)\d\d)\.(.+)$"),
+        r"adapters.block\1.\2.\3.\4",
+    ),
+    (
+        re.compile(r"^backbone\.feature_cross\.liner_fusion_layers\.(\d)\.(.+)$"),
+        r"fusion.\1.proj.\2",
+    ),
+    (re.compile(r"^backbone\.feature_cross\.mix_ffn\.(\d)\.(.+)$"), r"fusion.\1.mix_ffn.\2"),
+    (
+        re.compile(r"^backbone\.feature_cross\.channel_attns\.(\d)\.(.+)$"),
+        r"fusion.\1.channel_attn.\2",
+    ),
+)
+_RELEASE_MARK = re.compile(r"^backbone\.(feature_cross\.|block\d\.\d+\.adap)")
+
+
+def release_to_fusionseg(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename the keys of a released StitchFusion state dict to ours (model-independent).
+
+    Adapters ``backbone.block{i}.{j}.adap*`` -> ``adapters.block{i}.{j}.adap*``; FeatureCross
+    ``backbone.feature_cross.{liner_fusion_layers, mix_ffn, channel_attns}.{s}`` ->
+    ``fusion.{s}.{proj, mix_ffn, channel_attn}``; every other key (MiT encoder, decode head)
+    is already ours.
+    """
+    out: dict[str, Tensor] = {}
+    for k, v in sd.items():
+        for pat, rep in _RELEASE_RULES:
+            if pat.match(k):
+                k = pat.sub(rep, k)
+                break
+        out[k] = v
+    return out
+
+
+def _is_release(sd: Mapping[str, Tensor], model: nn.Module | None) -> bool:
+    return any(_RELEASE_MARK.match(k) for k in sd)
+
+
+_SHARED_TO_PAIR = {"adap_t": "adap_t_att12", "adap2_t": "adap_t_mlp12"}
+_PAIR_TO_SHARED = {v: k for k, v in _SHARED_TO_PAIR.items()}
+_ADAPTER_KEY = re.compile(r"^adapters\.block(\d)\.(\d+)\.(\w+?)\.(adapter_\w+\.\w+)$")
+
+
+def _fit_to_model(sd: Mapping[str, Tensor], model: nn.Module | None) -> dict[str, Tensor]:
+    """Adjust a (renamed) StitchFusion state dict to ``model``'s variant.
+
+    * Sum-fusion model, checkpoint with ``fusion.*`` (the unused FeatureCross the release
+      builds in every variant): those keys are dropped, with a warning.
+    * Two modalities: a shared adapter and the single pairwise adapter are the same function
+      (the release's note on ``Block_shared``); ``adap_t``/``adap2_t`` and
+      ``adap_t_att12``/``adap_t_mlp12`` are renamed to whichever the model's stage uses.
+    """
+    out = dict(sd)
+    if not isinstance(model, StitchFusionSegmentor):
+        return out
+    if model.fusion is None:
+        dropped = [k for k in out if k.startswith("fusion.")]
+        if dropped:
+            warnings.warn(
+                f"dropping {len(dropped)} FeatureCross keys (fusion.* / released "
+                f"backbone.feature_cross.*): the released model builds FeatureCross but its "
+                f"sum-fusion variants do not use it. If this checkpoint was trained with "
+                f"FeatureCross, build the model with fusion='featurecross'.",
+                stacklevel=3,
+            )
+            for k in dropped:
+                del out[k]
+    if len(model.modalities) == 2:
+        for k in list(out):
+            mt = _ADAPTER_KEY.match(k)
+            if not mt:
+                continue
+            stage = int(mt.group(1)) - 1
+            density = model.stage_adapters[stage]
+            table = _PAIR_TO_SHARED if density == "shared" else _SHARED_TO_PAIR
+            if density is not None and mt.group(3) in table:
+                new = (
+                    f"adapters.block{mt.group(1)}.{mt.group(2)}.{table[mt.group(3)]}.{mt.group(4)}"
+                )
+                out[new] = out.pop(k)
+    return out
+
+
+def _needs_fit(sd: Mapping[str, Tensor], model: nn.Module | None) -> bool:
+    return isinstance(model, StitchFusionSegmentor) and any(
+        k.startswith(("fusion.", "adapters.")) for k in sd
+    )
+
+
+register_converter(_is_release, lambda sd, model: release_to_fusionseg(sd))
+register_converter(_needs_fit, _fit_to_model)
