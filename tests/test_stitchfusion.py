@@ -1,0 +1,396 @@
+"""StitchFusion: MultiAdapter, FeatureCross, released-checkpoint compatibility, configs."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from reference.stitchfusion_release import StitchFusionRelease, randomize_
+
+from fusionseg.config import load_config
+from fusionseg.models import CheckpointMismatchError, create_model, load_checkpoint
+from fusionseg.models.peft.adapters import BottleneckAdapter, MultiAdapter, adapter_param_count
+from fusionseg.models.segmentors.stitchfusion import StitchFusionSegmentor
+from fusionseg.models.weights import convert_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {"embed_dims": (16, 32, 48, 64), "depths": (2, 1, 2, 1), "num_heads": (1, 2, 3, 4)}
+MODS = ["rgb", "depth", "event", "lidar", "thermal", "nir", "aolp", "dolp", "hha"]
+K = 7
+
+
+def tiny_model(
+    m: int = 2, adapter="pairwise", fusion="featurecross", **kw
+) -> StitchFusionSegmentor:
+    spec = {
+        "name": "stitchfusion",
+        "backbone": "mit_b0",
+        "modalities": MODS[:m],
+        "num_classes": K,
+        "adapter": adapter,
+        "fusion": fusion,
+        "decoder_dim": 32,
+        "backbone_kwargs": TINY,
+    }
+    spec.update(kw)
+    return create_model(spec)
+
+
+def release_model(m: int, blocks, fusion: str, seed: int = 1) -> StitchFusionRelease:
+    ref = StitchFusionRelease(
+        K,
+        m,
+        blocks,
+        fusion,
+        embed_dims=TINY["embed_dims"],
+        depths=TINY["depths"],
+        heads=TINY["num_heads"],
+        decoder_dim=32,
+    )
+    return randomize_(ref, seed).eval()
+
+
+def inputs(m: int, b: int = 2, h: int = 64, w: int = 96, seed: int = 0) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(b, 3, h, w, generator=g) for _ in range(m)]
+
+
+def batch_of(xs: list[torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``{MODS[i]: xs[i]}``: a batch in the fusionseg convention."""
+    return {MODS[i]: x for i, x in enumerate(xs)}
+
+
+# --------------------------------------------------------------------------- adapters
+def test_adapter_param_formula():
+    for dim in (32, 64, 320, 512):
+        n = sum(p.numel() for p in BottleneckAdapter(dim).parameters())
+        assert n == adapter_param_count(dim) == 17 * dim + 80
+
+
+@pytest.mark.parametrize("m, expected", [(2, 144_000), (4, 864_000)])
+def test_adapter_overhead_mit_b2_pairwise_exact(m, expected):
+    """Paper: MiT-B2 pairwise MultiAdapter adds 0.144 M (2 modalities) / 0.864 M (4)."""
+    spec = {
+        "name": "stitchfusion",
+        "backbone": "mit_b2",
+        "modalities": MODS[:m],
+        "num_classes": 25,
+        "fusion": "sum",
+    }
+    with_adapters = create_model({**spec, "adapter": "pairwise"})
+    plain = create_model({**spec, "adapter": None})
+    assert with_adapters.adapter_param_count() == expected
+    total = with_adapters.param_counts()["total"] - plain.param_counts()["total"]
+    assert total == expected
+    # the formula: 2 adapters (att, mlp) per block per unordered pair, 17 * dim + 80 each
+    dims, depths = (64, 128, 320, 512), (3, 4, 6, 3)
+    pairs = m * (m - 1) // 2
+    assert expected == pairs * 2 * sum(d * (17 * c + 80) for c, d in zip(dims, depths, strict=True))
+
+
+def test_adapter_counts_per_density():
+    for m in (2, 3, 4):
+        n = {
+            d: tiny_model(m, d, "sum").adapter_param_count()
+            for d in ("shared", "pairwise", "directional")
+        }
+        assert n["directional"] == 2 * n["pairwise"]
+        assert n["pairwise"] == m * (m - 1) // 2 * n["shared"]
+
+
+def test_multiadapter_sequential_update_order():
+    """Stream i sends a function of itself *after* the contributions of streams < i."""
+    torch.manual_seed(0)
+    ad = MultiAdapter(8, 3, "directional", dropout=0.0).eval()
+    for p in ad.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    norm = torch.nn.LayerNorm(8)
+    x = torch.randn(3, 2, 5, 8)
+    out = ad(x, "att", norm, torch.nn.Identity())
+    s = list(x.unbind(0))
+    for i in range(3):
+        src = norm(s[i])
+        for j in range(3):
+            if j != i:
+                s[j] = s[j] + ad.adapter("att", i, j)(src)
+    torch.testing.assert_close(out, torch.stack(s))
+    simultaneous = x.clone()
+    for i in range(3):
+        for j in range(3):
+            if j != i:
+                simultaneous[j] += ad.adapter("att", i, j)(norm(x[i]))
+    assert (out - simultaneous).abs().max() > 1e-3
+
+
+def test_shared_adapter_train_path_equals_eval_path():
+    """Per-target evaluation in training == computed-once evaluation in eval (no dropout)."""
+    model = tiny_model(3, "shared", "sum", adapter_dropout=0.0, drop_path_rate=0.0)
+    x = torch.cat(inputs(3), 0)
+    model.eval()
+    with torch.no_grad():
+        ref = model.encode(x)
+        model.train()
+        out = model.encode(x)
+    for a, b in zip(ref, out, strict=True):
+        torch.testing.assert_close(a, b)
+
+
+# --------------------------------------------------------------------------- released checkpoints
+CASES = [
+    (2, ("pairwise",) * 4, "featurecross"),
+    (3, ("pairwise",) * 4, "featurecross"),
+    (2, ("directional",) * 4, "sum"),
+    (3, ("directional",) * 4, "sum"),
+    (3, ("shared",) * 4, "sum"),
+    (3, (None, None, "pairwise", "pairwise"), "featurecross"),
+    (2, ("shared", "shared", "pairwise", "pairwise"), "featurecross"),
+]
+
+
+@pytest.mark.parametrize("m, blocks, fusion", CASES)
+def test_released_checkpoint_gives_released_logits(tmp_path, m, blocks, fusion):
+    ref = release_model(m, blocks, fusion)
+    path = tmp_path / "released.pth"
+    torch.save(ref.state_dict(), path)
+    model = tiny_model(m, list(blocks), fusion)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        load_checkpoint(model, path)
+    # the release builds FeatureCross in every variant: sum models drop it, with a warning
+    dropped = [w for w in caught if "FeatureCross" in str(w.message)]
+    assert bool(dropped) == (fusion == "sum")
+    model.eval()
+    xs = inputs(m)
+    with torch.no_grad():
+        expected = ref(xs)
+        got = model(batch_of(xs))
+    assert got.shape == expected.shape == (2, K, 64, 96)
+    assert (got - expected).abs().max().item() < 1e-4
+
+
+def test_released_key_names():
+    keys = set(release_model(3, ("pairwise",) * 4, "featurecross").state_dict())
+    for k in (
+        "backbone.patch_embed1.proj.weight",
+        "backbone.block1.0.attn.sr.weight",
+        "backbone.block1.0.mlp.dwconv.dwconv.weight",
+        "backbone.block1.0.adap_t_att12.adapter_down.weight",
+        "backbone.block4.0.adap_t_mlp23.adapter_up.bias",
+        "backbone.norm4.weight",
+        "backbone.feature_cross.liner_fusion_layers.0.weight",
+        "backbone.feature_cross.mix_ffn.2.pwconv1.bn.running_var",
+        "backbone.feature_cross.mix_ffn.3.dwconv7.dwconv.weight",
+        "backbone.feature_cross.channel_attns.1.fc.2.weight",
+        "decode_head.linear_c4.proj.weight",
+        "decode_head.linear_fuse.bn.running_mean",
+        "decode_head.linear_pred.weight",
+    ):
+        assert k in keys, k
+    assert "backbone.block1.0.adap_t_att21.adapter_down.weight" not in keys  # pairwise: a < b
+
+
+def test_shared_and_pairwise_keys_interchange_for_two_modalities(tmp_path):
+    """With 2 streams the release's Block_shared and Block_every_one are the same function."""
+    ref = release_model(2, ("shared",) * 4, "featurecross")
+    path = tmp_path / "shared.pth"
+    torch.save(ref.state_dict(), path)
+    model = load_checkpoint(tiny_model(2, "pairwise"), path).eval()
+    xs = inputs(2)
+    with torch.no_grad():
+        assert (model(batch_of(xs)) - ref(xs)).abs().max() < 1e-4
+
+
+def test_release_loading_is_strict(tmp_path):
+    sd = release_model(2, ("pairwise",) * 4, "featurecross").state_dict()
+    missing = dict(sd)
+    del missing["backbone.block2.0.adap_t_mlp12.adapter_mid.weight"]
+    torch.save(missing, tmp_path / "missing.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"adapters\.block2\.0\.adap_t_mlp12") as e:
+        load_checkpoint(tiny_model(2), tmp_path / "missing.pth")
+    assert e.value.missing == ["adapters.block2.0.adap_t_mlp12.adapter_mid.weight"]
+    extra = dict(sd, **{"backbone.block1.0.adap_t_att13.adapter_down.weight": torch.zeros(8, 16)})
+    torch.save(extra, tmp_path / "extra.pth")
+    with pytest.raises(CheckpointMismatchError, match="adap_t_att13") as e:
+        load_checkpoint(tiny_model(2), tmp_path / "extra.pth")
+    assert e.value.unexpected == ["adapters.block1.0.adap_t_att13.adapter_down.weight"]
+    # a 2-modality file does not fit a 3-modality model (FeatureCross input width, adapters)
+    torch.save(sd, tmp_path / "two.pth")
+    with pytest.raises(CheckpointMismatchError):
+        load_checkpoint(tiny_model(3), tmp_path / "two.pth")
+
+
+def test_release_training_checkpoint_and_lightning_format(tmp_path):
+    ref = release_model(2, ("pairwise",) * 4, "featurecross")
+    # the release's *_checkpoint.pth nests the weights under model_state_dict
+    torch.save(
+        {"epoch": 3, "model_state_dict": ref.state_dict(), "best_miou": 1.0}, tmp_path / "ckpt.pth"
+    )
+    model = load_checkpoint(tiny_model(2), tmp_path / "ckpt.pth").eval()
+    # our own (Lightning) format: {"state_dict": {"model.<key>": ...}}
+    ours = {"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}
+    torch.save(ours, tmp_path / "ours.ckpt")
+    again = load_checkpoint(tiny_model(2), tmp_path / "ours.ckpt").eval()
+    xs = inputs(2)
+    with torch.no_grad():
+        torch.testing.assert_close(again(batch_of(xs)), ref(xs), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".safetensors"])
+def test_convert_checkpoint(tmp_path, suffix):
+    ref = release_model(3, ("pairwise",) * 4, "featurecross")
+    src = tmp_path / "released.pth"
+    torch.save(ref.state_dict(), src)
+    out = convert_checkpoint(src, tmp_path / f"ours{suffix}")
+    model = load_checkpoint(tiny_model(3), out).eval()
+    xs = inputs(3)
+    with torch.no_grad():
+        assert (model(batch_of(xs)) - ref(xs)).abs().max() < 1e-4
+
+
+def test_convert_checkpoint_with_config(tmp_path):
+    ref = release_model(2, ("pairwise",) * 4, "sum")  # carries the unused FeatureCross
+    src = tmp_path / "released.pth"
+    torch.save(ref.state_dict(), src)
+    cfg = {
+        "model": {
+            "name": "stitchfusion",
+            "backbone": "mit_b0",
+            "modalities": MODS[:2],
+            "adapter": "pairwise",
+            "fusion": "sum",
+            "decoder_dim": 32,
+            "pretrained": "does/not/exist.pth",
+            "backbone_kwargs": {k: list(v) for k, v in TINY.items()},
+        }
+    }
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    with pytest.warns(UserWarning, match="FeatureCross"):
+        out = convert_checkpoint(src, tmp_path / "ours.pth", config=tmp_path / "cfg.yaml")
+    sd = torch.load(out, weights_only=True)["state_dict"]
+    assert not any(k.startswith(("fusion.", "backbone.feature_cross")) for k in sd)
+    model = tiny_model(2, "pairwise", "sum")
+    assert set(sd) == set(model.state_dict())
+    load_checkpoint(model, out).eval()
+    xs = inputs(2)
+    with torch.no_grad():
+        assert (model(batch_of(xs)) - ref(xs)).abs().max() < 1e-4
+
+
+# --------------------------------------------------------------------------- model behaviour
+def test_freeze_backbone_trains_adapters_fusion_head():
+    model = tiny_model(3, "pairwise", "featurecross", freeze_backbone=True)
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all(
+        n.startswith(("adapters.", "fusion.", "decode_head.")) for n in trainable
+    )
+    assert not any(p.requires_grad for p in model.backbone.parameters())
+    counts = model.param_counts()
+    expected = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("backbone."))
+    assert counts["trainable"] == expected < counts["total"]
+    model.train()
+    out = model(batch_of(inputs(3, h=32, w=32)))
+    out.mean().backward()
+    assert model.adapters["block1"][0].adap_t_att12.adapter_down.weight.grad is not None
+    assert model.backbone.patch_embed1.proj.weight.grad is None
+
+
+def test_full_finetune_gradients_reach_every_part():
+    model = tiny_model(2, "pairwise", "featurecross").train()
+    model(batch_of(inputs(2, h=32, w=32))).square().mean().backward()
+    for name in (
+        "backbone.block1.0.attn.q.weight",
+        "adapters.block4.0.adap_t_mlp12.adapter_up.weight",
+        "fusion.2.proj.weight",
+        "decode_head.linear_pred.weight",
+    ):
+        g = model.get_parameter(name).grad
+        assert g is not None and g.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("m", [1, 8])
+def test_one_to_eight_modalities(m):
+    model = tiny_model(m, "directional", "featurecross").eval()
+    with torch.no_grad():
+        out = model(batch_of(inputs(m, b=1, h=32, w=32)))
+    assert out.shape == (1, K, 32, 32)
+    if m == 1:
+        assert model.adapter_param_count() == 0
+    with pytest.raises(ValueError, match="1..8"):
+        tiny_model(9)
+
+
+def test_missing_modalities_enter_as_zeros():
+    model = tiny_model(3, "pairwise", "featurecross").eval()
+    xs = inputs(3, h=32, w=32)
+    with torch.no_grad():
+        zeros = model({"rgb": xs[0], "depth": torch.zeros_like(xs[1]), "event": xs[2]})
+        absent = model({"rgb": xs[0], "event": xs[2]})
+        present = torch.tensor([[True, False, True], [True, False, True]])
+        masked = model({"rgb": xs[0], "depth": xs[1], "event": xs[2], "present": present})
+    torch.testing.assert_close(absent, zeros)
+    torch.testing.assert_close(masked, zeros)
+
+
+def test_one_channel_modality_is_repeated():
+    model = tiny_model(2).eval()
+    d = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        a = model({"rgb": torch.ones(1, 3, 32, 32), "depth": d})
+        b = model({"rgb": torch.ones(1, 3, 32, 32), "depth": d.expand(-1, 3, -1, -1)})
+    torch.testing.assert_close(a, b)
+
+
+def test_bad_options():
+    with pytest.raises(ValueError, match="density"):
+        tiny_model(2, "dense")
+    with pytest.raises(ValueError, match="4"):
+        tiny_model(2, ["pairwise", "pairwise"])
+    with pytest.raises(ValueError, match="fusion"):
+        tiny_model(2, fusion="concat")
+    with pytest.raises(ValueError, match="unknown key"):
+        create_model({"name": "stitchfusion", "num_classes": 3, "adaptor": "pairwise"})
+
+
+# --------------------------------------------------------------------------- configs
+CONFIGS = sorted((ROOT / "configs" / "stitchfusion").glob("*.yaml")) + [
+    ROOT / "configs" / "synthcity" / "stitchfusion.yaml",
+    ROOT / "configs" / "synthcity" / "sum_fusion.yaml",
+]
+
+
+def test_recipe_configs_cover_the_published_runs():
+    names = {p.stem for p in CONFIGS}
+    assert {
+        "deliver_rgbd",
+        "deliver_rgbe",
+        "deliver_rgbl",
+        "deliver_rgbde",
+        "deliver_rgbdl",
+        "deliver_rgbdel",
+        "mcubes_rgbadn",
+        "mfnet_rgbt",
+        "fmb_rgbt",
+        "nyudv2_rgbd",
+    } <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
+def test_config_validates_and_builds(path):
+    cfg = load_config(path)
+    spec = cfg.model.to_dict()
+    spec.update(pretrained=None, backbone_kwargs=TINY)
+    if spec.get("num_classes") is None:
+        spec["num_classes"] = 25
+    model = create_model(spec)
+    if path.parent.name == "stitchfusion":
+        assert cfg.train.loss == "ohem" and cfg.train.head_lr_mult == 1.0
+        assert cfg.train.warmup_epochs == 10 and cfg.seed == 3407
+        assert cfg.data.scale_range == (0.5, 2.0) and cfg.eval.miou == "zero"
+        assert isinstance(model, StitchFusionSegmentor)
+    if path.stem == "stitchfusion_deliver_rgbdel" or path.stem == "deliver_rgbdel":
+        assert model.stage_adapters == [None, None, "pairwise", "pairwise"]
+    if path.stem == "mcubes_rgbadn":
+        assert model.fusion_kind == "featurecross" and len(model.modalities) == 4
