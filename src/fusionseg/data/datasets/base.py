@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from fusionseg.data.io import DataError, read_image
+from fusionseg.data.io import IMAGE_EXTENSIONS, DataError, read_image
 from fusionseg.data.modalities import ModalitySpec, resolve_specs
 from fusionseg.data.sample import IGNORE_INDEX, LABEL_KEY, META_KEY, Sample, check_sample
 
@@ -31,10 +31,68 @@ __all__ = [
     "MultimodalDataset",
     "SampleRecord",
     "create_dataset",
+    "files_by_stem",
     "get_dataset_class",
     "list_datasets",
+    "read_split_list",
     "register_dataset",
 ]
+
+
+def files_by_stem(
+    folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS
+) -> dict[str, Path]:
+    """Files of ``folder`` (not recursive) with one of ``extensions`` (lower case, with the dot),
+    by stem; where two files share a stem the extension earlier in ``extensions`` wins.
+    A missing folder gives ``{}``."""
+    d = Path(folder)
+    if not d.is_dir():
+        return {}
+    rank = {e: i for i, e in enumerate(extensions)}
+    out: dict[str, Path] = {}
+    with os.scandir(d) as it:
+        for entry in it:
+            ext = os.path.splitext(entry.name)[1].lower()
+            if ext not in rank or not entry.is_file():
+                continue
+            stem = entry.name[: -len(ext)]
+            prev = out.get(stem)
+            if prev is None or rank[ext] < rank[prev.suffix.lower()]:
+                out[stem] = d / entry.name
+    return out
+
+
+def read_split_list(path: str | os.PathLike) -> list[str]:
+    """Sample names of a split list file (``train.txt`` ...), in file order, duplicates dropped.
+
+    One entry per line; blank lines and ``#`` comments are skipped. Of each line only the first
+    whitespace-separated token counts (some releases list ``RGB/12.jpg Label/12.png``), and of
+    it only the file name without a known image extension (``RGB/12.jpg`` -> ``12``).
+
+    Raises:
+        DataError: the list file is missing or unreadable (naming it).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DataError("split list file not found", path=p)
+    try:
+        text = p.read_text(encoding="utf-8", errors="replace")
+    except OSError as err:
+        raise DataError(f"unreadable split list ({err})", path=p) from err
+    names: list[str] = []
+    seen: set[str] = set()
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        token = line.split()[0].replace("\\", "/").rsplit("/", 1)[-1]
+        stem, dot, ext = token.rpartition(".")
+        if dot and f".{ext.lower()}" in IMAGE_EXTENSIONS:
+            token = stem
+        if token and token not in seen:
+            seen.add(token)
+            names.append(token)
+    return names
 
 
 @dataclass(frozen=True)
@@ -100,6 +158,8 @@ class MultimodalDataset(Dataset):
     default_specs: ClassVar[dict[str, ModalitySpec]] = {}
     #: channels of the raw label file shown in "value out of range" errors (None: all)
     label_value_channels: tuple[int, ...] | None = (0,)
+    #: split names of the release, for ``available_splits`` (empty: the root's sub-folders)
+    known_splits: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -148,6 +208,18 @@ class MultimodalDataset(Dataset):
         """Modalities this dataset can load (empty: any)."""
         return tuple(self.available_modalities)
 
+    @classmethod
+    def available_splits(cls, root: str | os.PathLike) -> list[str]:
+        """Splits present under ``root`` (for ``fusionseg data check`` without ``--split``).
+
+        Default: ``known_splits`` if the class names them, else the sub-folders of ``root``.
+        Subclasses whose splits are list files or fixed id lists override this.
+        """
+        if cls.known_splits:
+            return list(cls.known_splits)
+        r = Path(root)
+        return sorted(d.name for d in r.iterdir() if d.is_dir()) if r.is_dir() else []
+
     def _index(self) -> list[SampleRecord]:
         """List the split's samples (sorted, filtered). Raises DataError on a bad layout."""
         raise NotImplementedError
@@ -186,6 +258,11 @@ class MultimodalDataset(Dataset):
                 ``ignore_index`` after decoding (the message gives the raw values too).
         """
         raw = read_image(path, modality=LABEL_KEY, palette="index")
+        return self.label_from_array(raw, path)
+
+    def label_from_array(self, raw: np.ndarray, path: str | os.PathLike | None) -> torch.Tensor:
+        """Decode a raw label array ``[H, W, C]`` (see :meth:`read_label`); ``path`` is only
+        used in error messages."""
         try:
             lab = np.asarray(self.decode_label(raw))
         except DataError as err:
@@ -223,19 +300,42 @@ class MultimodalDataset(Dataset):
             paths[LABEL_KEY] = str(record.label)
         return {"id": record.id, "condition": record.condition, "case": record.case, "paths": paths}
 
+    def read_modality(self, record: SampleRecord, modality: str) -> torch.Tensor:
+        """Read one modality of a record: ``float32 [C, H, W]`` in physical units.
+
+        Default: ``specs[modality].load(record.paths[modality])``. Datasets whose modality
+        spans several files or needs a crop override this.
+        """
+        path = record.paths.get(modality)
+        if path is None:
+            raise DataError(
+                f"sample '{record.id}' has no file for this modality", modality=modality, path=None
+            )
+        return self.specs[modality].load(path)
+
+    def read_record_label(self, record: SampleRecord) -> torch.Tensor:
+        """The decoded label ``int64 [H, W]`` of a record that has one (default:
+        :meth:`read_label` of ``record.label``)."""
+        assert record.label is not None
+        return self.read_label(record.label)
+
+    def record_files(self, record: SampleRecord) -> list[tuple[str, Path | None]]:
+        """Every file a record reads, as ``(key, path)``: the selected modalities, extra
+        files of multi-file modalities (key ``"<modality>:<part>"``), then ``("label", path)``.
+        """
+        files: list[tuple[str, Path | None]] = [(m, record.paths.get(m)) for m in self.modalities]
+        if record.label is not None:
+            files.append((LABEL_KEY, record.label))
+        return files
+
     def load_sample(self, index: int) -> Sample:
         """The untransformed, validated Sample at ``index`` (physical units, not normalized)."""
         record = self.records[index]
         sample: Sample = {}
         for m in self.modalities:
-            path = record.paths.get(m)
-            if path is None:
-                raise DataError(
-                    f"sample '{record.id}' has no file for this modality", modality=m, path=None
-                )
-            sample[m] = self.specs[m].load(path)
+            sample[m] = self.read_modality(record, m)
         if record.label is not None:
-            sample[LABEL_KEY] = self.read_label(record.label)
+            sample[LABEL_KEY] = self.read_record_label(record)
         sample[META_KEY] = self.meta_of(record)
         check_sample(sample)
         return sample
@@ -262,9 +362,7 @@ class MultimodalDataset(Dataset):
         for i, rec in enumerate(self.records):
             if max_problems is not None and len(problems) >= max_problems:
                 break
-            files = [(m, rec.paths.get(m)) for m in self.modalities]
-            if rec.label is not None:
-                files.append((LABEL_KEY, rec.label))
+            files = self.record_files(rec)
             missing = False
             for m, p in files:
                 if p is None or not Path(p).is_file():

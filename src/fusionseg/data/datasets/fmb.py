@@ -1,0 +1,169 @@
+"""FMB (RGB-infrared urban scenes; 14 classes; 800x600).
+
+Layout of the release (SegMiF's ``FMB`` folder)::
+
+    root/{train,test}/Visible/{name}.png    8-bit RGB
+    root/{train,test}/Infrared/{name}.png   8-bit infrared, 1 channel (or 3 equal channels)
+    root/{train,test}/Label/{name}.png      8-bit ids: 0 = unlabelled, 1..14 = classes
+    (root/{train,test}/color/ holds colourized labels and is not read)
+
+Modalities: ``rgb`` ``[3, H, W]`` in [0, 1]; ``thermal`` (the infrared image) ``[3, H, W]``
+in [0, 1], the single channel repeated; both ImageNet-normalized.
+
+Label shift: raw 0 -> ignore 255, raw 1..14 -> classes 0..13 of :data:`FMB_CLASSES`; raw 255
+is ignore as well; anything else is an error.
+
+1220 train / 280 test; results are reported on ``test``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fusionseg.data.io import DataError
+from fusionseg.data.modalities import ModalitySpec, get_spec
+from fusionseg.data.sample import Sample
+
+from .base import MultimodalDataset, SampleRecord, files_by_stem, register_dataset
+
+__all__ = ["FMB", "FMB_CLASSES", "FMB_FOLDERS", "FMB_PALETTE", "FMB_SPECS"]
+
+FMB_CLASSES: list[str] = [
+    "Road",
+    "Sidewalk",
+    "Building",
+    "Traffic Lamp",
+    "Traffic Sign",
+    "Vegetation",
+    "Sky",
+    "Person",
+    "Car",
+    "Truck",
+    "Bus",
+    "Motorcycle",
+    "Bicycle",
+    "Pole",
+]
+
+#: FMB colours, ``uint8 [14, 3]``.
+FMB_PALETTE: np.ndarray = np.array(
+    [
+        [228, 228, 179],  # Road
+        [133, 57, 181],  # Sidewalk
+        [177, 162, 67],  # Building
+        [50, 178, 200],  # Traffic Lamp
+        [199, 45, 132],  # Traffic Sign
+        [84, 172, 66],  # Vegetation
+        [79, 73, 179],  # Sky
+        [166, 99, 76],  # Person
+        [253, 121, 66],  # Car
+        [91, 165, 137],  # Truck
+        [152, 97, 155],  # Bus
+        [140, 153, 105],  # Motorcycle
+        [158, 215, 222],  # Bicycle
+        [90, 113, 135],  # Pole
+    ],
+    dtype=np.uint8,
+)
+
+#: modality -> folder inside the split folder
+FMB_FOLDERS: dict[str, str] = {"rgb": "Visible", "thermal": "Infrared", "label": "Label"}
+
+FMB_SPECS: dict[str, ModalitySpec] = {
+    "rgb": get_spec("rgb", bit_depth=8),
+    "thermal": get_spec("thermal", bit_depth=8),
+}
+
+_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
+
+
+@register_dataset("fmb")
+class FMB(MultimodalDataset):
+    """The FMB RGB-infrared dataset (see the module docstring).
+
+    Args:
+        root: the ``FMB`` folder holding ``train/`` and ``test/``.
+        split: ``train`` or ``test``.
+        modalities: any of ``rgb, thermal`` (default both).
+        transform: applied to each Sample.
+        max_samples: keep the first ``max_samples`` (sorted) names.
+        specs: per-modality spec overrides.
+
+    Samples are the files of ``{split}/Visible`` sorted by name. ``meta``: ``id`` = name.
+
+    Raises:
+        DataError: missing root, split or ``Visible`` folder, no image; per sample: missing
+            or unreadable file, wrong bit depth, size mismatch, raw label values above 14
+            (other than 255).
+    """
+
+    classes = FMB_CLASSES
+    palette = FMB_PALETTE
+    available_modalities = ("rgb", "thermal")
+    default_modalities = ("rgb", "thermal")
+    default_specs = FMB_SPECS
+    check_bit_depths: dict[str, tuple[int, ...]] = {"label": (8,)}
+
+    @classmethod
+    def available_splits(cls, root: str | os.PathLike) -> list[str]:
+        """The sub-folders of ``root`` that hold a ``Visible/`` folder."""
+        r = Path(root)
+        if not r.is_dir():
+            return []
+        return sorted(d.name for d in r.iterdir() if (d / FMB_FOLDERS["rgb"]).is_dir())
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        modalities: Sequence[str] | None = None,
+        transform: Callable[[Sample], Sample] | None = None,
+        *,
+        max_samples: int | None = None,
+        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
+    ) -> None:
+        super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
+
+    def _index(self) -> list[SampleRecord]:
+        split_dir = self.root / self.split
+        vis = split_dir / FMB_FOLDERS["rgb"]
+        if not vis.is_dir():
+            present = self.available_splits(self.root)
+            raise DataError(
+                f"FMB split '{self.split}' not found (expected {{split}}/Visible/*.png; splits "
+                f"present: {', '.join(present) or 'none'})",
+                path=vis,
+            )
+        primary = files_by_stem(vis, _EXTS)
+        if not primary:
+            raise DataError("no images found in the FMB Visible folder", path=vis)
+        found = {}
+        for m in self.modalities:
+            folder = split_dir / FMB_FOLDERS[m]
+            if m != "rgb" and not folder.is_dir():
+                raise DataError(
+                    f"FMB folder '{FMB_FOLDERS[m]}' not found", path=folder, modality=m
+                )
+            found[m] = primary if m == "rgb" else files_by_stem(folder, _EXTS)
+        labels = files_by_stem(split_dir / FMB_FOLDERS["label"], _EXTS)
+        records = []
+        for name in sorted(primary):
+            paths = {
+                m: found[m].get(name, split_dir / FMB_FOLDERS[m] / f"{name}.png")
+                for m in self.modalities
+            }
+            label = labels.get(name, split_dir / FMB_FOLDERS["label"] / f"{name}.png")
+            records.append(SampleRecord(id=name, paths=paths, label=label))
+        return records
+
+    def decode_label(self, raw: np.ndarray) -> np.ndarray:
+        """Channel 0: raw 0 and 255 -> ignore 255; raw 1..14 -> 0..13 (others out of range)."""
+        r = raw[:, :, 0].astype(np.int64)
+        out = r - 1
+        out[(r == 0) | (r == 255)] = self.ignore_index
+        return out

@@ -1,0 +1,511 @@
+"""ISPRS 2D semantic labelling: Vaihingen (IRRG + DSM, 9 cm) and Potsdam (RGB/IRRG + DSM, 5 cm).
+
+Both have 6 classes, colour-coded in RGB label TIFFs (:data:`ISPRS_COLOURS`); any other colour
+(e.g. the black boundary band of the ``noBoundary`` labels) is ignore 255.
+
+Vaihingen (dataset ``"vaihingen"``), ``area{id}`` tiles of about 2500 x 2000 px::
+
+    root/top/top_mosaic_09cm_area{id}.tif                 IRRG, 3-channel uint8
+    root/dsm/dsm_09cm_matching_area{id}.tif               DSM, float32 metres
+    root/gts_for_participants/top_mosaic_09cm_area{id}.tif            colour labels
+    root/gts_eroded_for_participants/top_mosaic_09cm_area{id}_noBoundary.tif   eroded labels
+
+Potsdam (dataset ``"potsdam"``), ``{r}_{c}`` tiles of 6000 x 6000 px::
+
+    root/top/top_potsdam_{r}_{c}_RGB.tif   (or 2_Ortho_RGB/)    RGB, uint8
+    root/top/top_potsdam_{r}_{c}_IRRG.tif  (or 3_Ortho_IRRG/)   IRRG, uint8
+    root/top/top_potsdam_{r}_{c}_RGBIR.tif (or 4_Ortho_RGBIR/)  R, G, B, IR, uint8
+    root/dsm/dsm_potsdam_{rr}_{cc}.tif     (or 1_DSM/)          DSM, float32 metres, ids
+                                                                zero-padded (02_10)
+    root/.../top_potsdam_{r}_{c}_label.tif, .../top_potsdam_{r}_{c}_label_noBoundary.tif
+
+Where files are: each file is looked up by its release name, first in the folders named above
+(and the release's own folder names, e.g. ``5_Labels_all``, ``5_Labels_for_participants``,
+``gts_eroded_for_participants``), then anywhere below ``root`` up to three levels deep. For
+Vaihingen, where image and label share a file name, the label is only taken from a folder whose
+name contains ``gt``, ``label`` or ``ground_truth``, and the image only from one that does not.
+
+Modalities: ``irrg``/``rgb`` ``[3, H, W]`` in [0, 1] (ImageNet normalization); Potsdam also
+``rgbir`` ``[4, H, W]`` and ``nir`` (channel 4 of the RGBIR file, repeated to 3); ``dsm``
+``[1, H, W]`` min-max normalized per tile to [0, 1] (as MoBaNet does). A DSM whose size differs
+from its tile by at most ``dsm_size_tolerance`` pixels is cropped or edge-padded at the
+bottom/right; larger differences are a size mismatch.
+
+Splits (fixed tile lists): Vaihingen train 1 3 5 7 11 13 15 17 21 23 26 28 30 32 34 37, test
+2 4 6 8 10 12 14 16 20 22 24 27 29 31 33 35 38; Potsdam 23 train tiles (2_10 .. 7_12 without
+7_10, whose labels are faulty) and 14 test tiles. ``tiles=[...]`` replaces the split's list.
+
+Labels: ``label_variant="auto"`` reads the full labels for ``train`` and the eroded
+``noBoundary`` labels for every other split (the evaluation protocol); ``"full"`` or
+``"noBoundary"`` force one.
+
+Tiles are read whole by default (one sample per tile). ``tile_size=N`` (and ``stride``, default
+``N``) yields ``N x N`` windows instead, on a grid covering the tile (the last window of a row or
+column is aligned to the tile's edge; tiles smaller than ``N`` give one smaller window).
+Uncompressed TIFFs (the releases') are memory-mapped, so a window reads only its pixels; the
+DSM min-max still uses the whole tile (computed once per tile and worker). ``meta`` then
+carries ``"tile"`` and ``"window"`` = ``[y, x, h, w]``.
+
+Evaluation: sliding window over whole tiles on the noBoundary labels; OA over the 6 classes, mF1
+and mIoU over the first 5 (clutter excluded: ``eval.ignore_classes: [5]``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+import torch
+
+from fusionseg.data.io import DataError, read_image
+from fusionseg.data.modalities import ModalitySpec, get_spec
+from fusionseg.data.sample import LABEL_KEY, Sample
+
+from .base import MultimodalDataset, SampleRecord, register_dataset
+
+__all__ = [
+    "ISPRSDataset",
+    "ISPRS_CLASSES",
+    "ISPRS_COLOURS",
+    "ISPRS_PALETTE",
+    "POTSDAM_TEST_TILES",
+    "POTSDAM_TRAIN_TILES",
+    "Potsdam",
+    "VAIHINGEN_TEST_TILES",
+    "VAIHINGEN_TRAIN_TILES",
+    "Vaihingen",
+    "decode_isprs_colours",
+]
+
+ISPRS_CLASSES: list[str] = [
+    "impervious_surfaces",
+    "building",
+    "low_vegetation",
+    "tree",
+    "car",
+    "clutter",
+]
+
+#: Label colour of each class (index = class id).
+ISPRS_COLOURS: list[tuple[int, int, int]] = [
+    (255, 255, 255),
+    (0, 0, 255),
+    (0, 255, 255),
+    (0, 255, 0),
+    (255, 255, 0),
+    (255, 0, 0),
+]
+ISPRS_PALETTE: np.ndarray = np.array(ISPRS_COLOURS, dtype=np.uint8)
+
+VAIHINGEN_TRAIN_TILES: list[str] = [
+    str(i) for i in (1, 3, 5, 7, 11, 13, 15, 17, 21, 23, 26, 28, 30, 32, 34, 37)
+]
+VAIHINGEN_TEST_TILES: list[str] = [
+    str(i) for i in (2, 4, 6, 8, 10, 12, 14, 16, 20, 22, 24, 27, 29, 31, 33, 35, 38)
+]
+POTSDAM_TRAIN_TILES: list[str] = [
+    "2_10", "2_11", "2_12", "3_10", "3_11", "3_12", "4_10", "4_11", "4_12", "5_10", "5_11",
+    "5_12", "6_7", "6_8", "6_9", "6_10", "6_11", "6_12", "7_7", "7_8", "7_9", "7_11", "7_12",
+]  # fmt: skip
+POTSDAM_TEST_TILES: list[str] = [
+    "2_13", "2_14", "3_13", "3_14", "4_13", "4_14", "4_15", "5_13", "5_14", "5_15", "6_13",
+    "6_14", "6_15", "7_13",
+]  # fmt: skip
+
+# 3-bit code (R, G, B each 0 or 255) -> class id; codes of no class -> 255
+_CODE_TO_CLASS = np.full(8, 255, dtype=np.uint8)
+for _k, (_r, _g, _b) in enumerate(ISPRS_COLOURS):
+    _CODE_TO_CLASS[(_r >> 7) << 2 | (_g >> 7) << 1 | (_b >> 7)] = _k
+
+
+def decode_isprs_colours(rgb: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """Colour label ``uint8 [H, W, >=3]`` -> class ids ``int64 [H, W]`` (other colours -> ignore).
+
+    All ISPRS colours have channels 0 or 255, so each pixel is a 3-bit code looked up in a
+    table; pixels with any channel other than 0/255 are ignore.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] < 3:
+        raise DataError(f"colour label needs 3 channels, got shape {tuple(rgb.shape)}")
+    c = rgb[:, :, :3]
+    if c.dtype != np.uint8:
+        c = np.clip(c, 0, 255).astype(np.uint8)
+    r, g, b = c[:, :, 0], c[:, :, 1], c[:, :, 2]
+    code = ((r >> 7) << 2) | ((g >> 7) << 1) | (b >> 7)
+    out = _CODE_TO_CLASS[code]
+    pure = ((r == 0) | (r == 255)) & ((g == 0) | (g == 255)) & ((b == 0) | (b == 255))
+    out = np.where(pure, out, np.uint8(ignore_index))
+    res = out.astype(np.int64)
+    if ignore_index != 255:
+        res[res == 255] = ignore_index
+    return res
+
+
+def _tiff_hwc_view(path: Path, modality: str) -> np.ndarray | None:
+    """A memory-mapped ``[H, W, C]`` view of an uncompressed TIFF, or None if not mappable."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            series = tif.series[0]
+            axes = series.axes
+            shape = series.shape
+        arr = tifffile.memmap(path, mode="r")
+    except FileNotFoundError as err:
+        raise DataError("missing file", path=path, modality=modality) from err
+    except Exception:  # compressed / tiled / not contiguous: fall back to a full read
+        return None
+    arr = arr.reshape(shape)
+    while arr.ndim > 3 and arr.shape[0] == 1:
+        arr = arr[0]
+        axes = axes[1:]
+    if arr.ndim == 2:
+        return arr[:, :, None]
+    if arr.ndim == 3 and axes[-1] not in "SC" and axes[0] in "SCQIZ":
+        return np.moveaxis(arr, 0, -1)
+    return arr if arr.ndim == 3 else None
+
+
+def _tiff_size(path: Path) -> tuple[int, int] | None:
+    """``(H, W)`` of a TIFF from its header, or None when missing/unreadable."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            page = tif.pages[0]
+            return int(page.imagelength), int(page.imagewidth)
+    except Exception:
+        return None
+
+
+class ISPRSDataset(MultimodalDataset):
+    """Common code of Vaihingen and Potsdam (see the module docstring).
+
+    Subclasses set ``tiles_by_split``, ``file_specs`` (key -> (file-name pattern, preferred
+    folders)), ``modality_files`` (modality -> file key) and ``tile_format`` (id -> pattern
+    fields).
+
+    Args:
+        root: dataset root.
+        split: ``train`` or ``test``.
+        modalities: see the subclass (default: its image modality + ``dsm``).
+        transform: applied to each Sample.
+        tiles: tile ids replacing the split's list.
+        label_variant: ``"auto"``, ``"full"`` or ``"noBoundary"``.
+        tile_size: window size in pixels (None: whole tiles).
+        stride: window stride (default ``tile_size``).
+        dsm_size_tolerance: largest DSM-vs-tile size difference (pixels) that is cropped or
+            padded instead of reported.
+        max_samples: keep the first ``max_samples`` samples (windows).
+        specs: per-modality spec overrides.
+
+    Raises:
+        DataError: missing root, unknown split or label variant, bad window settings; per
+            sample: missing or unreadable file, wrong bit depth or channels, a size mismatch
+            (beyond the DSM tolerance), a label without 3 channels.
+    """
+
+    classes = ISPRS_CLASSES
+    palette = ISPRS_PALETTE
+    label_value_channels = None
+    known_splits = ("train", "test")
+    tiles_by_split: ClassVar[dict[str, list[str]]] = {}
+    file_specs: ClassVar[dict[str, tuple[str, tuple[str, ...]]]] = {}
+    modality_files: ClassVar[dict[str, str]] = {}
+    label_folder_words: ClassVar[tuple[str, ...]] = ()
+    check_bit_depths: dict[str, tuple[int, ...]] = {"dsm": (32, 64), "label": (8,)}
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        split: str,
+        modalities: Sequence[str] | None = None,
+        transform: Callable[[Sample], Sample] | None = None,
+        *,
+        tiles: Sequence[str] | None = None,
+        label_variant: Literal["auto", "full", "noBoundary"] = "auto",
+        tile_size: int | None = None,
+        stride: int | None = None,
+        dsm_size_tolerance: int = 16,
+        max_samples: int | None = None,
+        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
+    ) -> None:
+        if label_variant not in ("auto", "full", "noBoundary"):
+            raise DataError(
+                f"label_variant must be auto, full or noBoundary; got '{label_variant}'"
+            )
+        if tile_size is not None and tile_size < 1:
+            raise DataError(f"tile_size must be >= 1, got {tile_size}")
+        if stride is not None and (tile_size is None or stride < 1):
+            raise DataError("stride needs tile_size and must be >= 1")
+        if tiles is None and split not in self.tiles_by_split:
+            raise DataError(
+                f"unknown {self.name} split '{split}' (valid: "
+                f"{', '.join(self.tiles_by_split)}; or give tiles=[...])",
+                path=root,
+            )
+        if isinstance(tiles, str):
+            tiles = [tiles]
+        self.tile_ids = [str(t) for t in tiles] if tiles is not None else list(self.tiles_by_split[split])
+        if label_variant == "auto":
+            label_variant = "full" if split == "train" else "noBoundary"
+        self.label_variant = label_variant
+        self.tile_size = tile_size
+        self.stride = stride or tile_size
+        self.dsm_size_tolerance = int(dsm_size_tolerance)
+        self.size_tolerance = {"dsm": self.dsm_size_tolerance}
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._dsm_range: dict[str, tuple[float, float]] = {}
+        super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
+
+    # ------------------------------------------------------------------ files
+    def _file_index(self) -> dict[str, list[Path]]:
+        """File name -> paths, for every TIFF up to three levels below ``root``."""
+        out: dict[str, list[Path]] = {}
+        root_depth = len(self.root.parts)
+        for dirpath, dirnames, filenames in os.walk(self.root):
+            depth = len(Path(dirpath).parts) - root_depth
+            if depth >= 3:
+                dirnames[:] = []
+            dirnames.sort()
+            for f in filenames:
+                if f.lower().endswith((".tif", ".tiff")):
+                    out.setdefault(f, []).append(Path(dirpath) / f)
+        return out
+
+    def _is_label_folder(self, folder: str) -> bool:
+        low = folder.lower()
+        return any(w in low for w in ("gt", "label", "ground_truth"))
+
+    def _locate(self, index: dict[str, list[Path]], key: str, tile: str) -> Path:
+        pattern, folders = self.file_specs[key]
+        name = pattern.format(**self.tile_fields(tile))
+        cands = index.get(name, [])
+        if self.label_folder_words:  # image and label share a name: separate by folder
+            is_label = key.startswith(LABEL_KEY)
+            cands = [p for p in cands if self._is_label_folder(p.parent.name) == is_label]
+        for folder in folders:
+            for p in cands:
+                if p.parent.name == folder:
+                    return p
+        if cands:
+            return sorted(cands)[0]
+        return self.root / folders[0] / name
+
+    def tile_fields(self, tile: str) -> dict[str, str]:
+        """Fields of the file-name patterns for a tile id."""
+        return {"id": tile}
+
+    @property
+    def label_key(self) -> str:
+        return "label_noBoundary" if self.label_variant == "noBoundary" else LABEL_KEY
+
+    def _index(self) -> list[SampleRecord]:
+        index = self._file_index()
+        records: list[SampleRecord] = []
+        for tile in self.tile_ids:
+            paths = {m: self._locate(index, self.modality_files[m], tile) for m in self.modalities}
+            label = self._locate(index, self.label_key, tile)
+            ref = [p for m, p in paths.items() if m != "dsm"] + [label] + list(paths.values())
+            size = next((s for s in map(_tiff_size, ref) if s is not None), None)
+            extra: dict[str, Any] = {"tile": tile, "size": size}
+            if self.tile_size is None or size is None:
+                records.append(SampleRecord(id=tile, paths=paths, label=label, extra=extra))
+                continue
+            for y, x, h, w in self._windows(*size):
+                records.append(
+                    SampleRecord(
+                        id=f"{tile}@{y}_{x}",
+                        paths=paths,
+                        label=label,
+                        extra={**extra, "window": (y, x, h, w)},
+                    )
+                )
+        return records
+
+    def _windows(self, height: int, width: int) -> list[tuple[int, int, int, int]]:
+        assert self.tile_size is not None and self.stride is not None
+
+        def starts(n: int) -> list[int]:
+            t = self.tile_size
+            if n <= t:
+                return [0]
+            s = list(range(0, n - t + 1, self.stride))
+            if s[-1] != n - t:
+                s.append(n - t)
+            return s
+
+        th, tw = min(self.tile_size, height), min(self.tile_size, width)
+        return [(y, x, th, tw) for y in starts(height) for x in starts(width)]
+
+    # ------------------------------------------------------------------ reading
+    def _full_array(self, path: Path, modality: str) -> np.ndarray:
+        """The whole file as ``[H, W, C]`` (memory-mapped when possible; else read and kept
+        in a small per-process cache for the next windows of the tile)."""
+        cached = self._cache.get(str(path))
+        if cached is not None:
+            self._cache.move_to_end(str(path))
+            return cached
+        arr = None
+        if self.tile_size is not None and path.suffix.lower() in (".tif", ".tiff"):
+            if not path.is_file():
+                raise DataError("missing file", path=path, modality=modality)
+            arr = _tiff_hwc_view(path, modality)
+        if arr is None:
+            arr = read_image(path, modality=modality)
+        if self.tile_size is not None:
+            self._cache[str(path)] = arr
+            while len(self._cache) > 4:
+                self._cache.popitem(last=False)
+        return arr
+
+    def _read_window(
+        self, path: Path, key: str, record: SampleRecord
+    ) -> np.ndarray:
+        """The record's window of a file, ``[h, w, C]``, with the DSM size fix-up."""
+        arr = self._full_array(path, key)
+        size = record.extra.get("size")
+        window = record.extra.get("window")
+        if size is None:
+            size = arr.shape[:2]
+        th, tw = size
+        fh, fw = arr.shape[:2]
+        if (fh, fw) != (th, tw):
+            tol = self.size_tolerance.get(key, 0)
+            if abs(fh - th) > tol or abs(fw - tw) > tol:
+                raise DataError(
+                    f"size mismatch across modalities (H x W): {key} {fh}x{fw}, tile "
+                    f"{th}x{tw} (tolerance {tol} px; sample '{record.id}')",
+                    path=path,
+                    modality=key,
+                )
+        y, x, h, w = window if window is not None else (0, 0, th, tw)
+        out = arr[y : min(y + h, fh), x : min(x + w, fw)]
+        ph, pw = h - out.shape[0], w - out.shape[1]
+        if ph > 0 or pw > 0:
+            out = np.pad(np.asarray(out), ((0, ph), (0, pw), (0, 0)), mode="edge")
+        return np.ascontiguousarray(out)
+
+    def _dsm_minmax(self, path: Path, spec: ModalitySpec) -> tuple[float, float]:
+        """Physical min and max of a whole DSM tile (non-finite values count as 0)."""
+        key = str(path)
+        if key not in self._dsm_range:
+            arr = self._full_array(path, "dsm")
+            scale = spec.scale_for(arr.dtype)
+            lo, hi = np.inf, -np.inf
+            for r0 in range(0, arr.shape[0], 512):
+                block = np.asarray(arr[r0 : r0 + 512], dtype=np.float64) * scale + spec.offset
+                if not np.isfinite(block).all():
+                    block = np.where(np.isfinite(block), block, 0.0)
+                lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+            self._dsm_range[key] = (lo, hi)
+        return self._dsm_range[key]
+
+    def read_modality(self, record: SampleRecord, modality: str) -> torch.Tensor:
+        """One modality of the record's tile or window, ``float32 [C, h, w]``."""
+        path = record.paths[modality]
+        spec = self.specs[modality]
+        raw = self._read_window(path, modality, record)
+        if spec.normalize != "minmax":
+            return spec.from_array(raw, path=path)
+        x = spec.model_copy(update={"normalize": None}).from_array(raw, path=path)
+        if record.extra.get("window") is None:  # whole tile: its own range
+            lo, hi = float(x.amin()), float(x.amax())
+        else:
+            lo, hi = self._dsm_minmax(path, spec)
+        if hi > lo:
+            return ((x - lo) / (hi - lo)).clamp_(0.0, 1.0)
+        return torch.zeros_like(x)
+
+    def read_record_label(self, record: SampleRecord) -> torch.Tensor:
+        assert record.label is not None
+        raw = self._read_window(record.label, LABEL_KEY, record)
+        return self.label_from_array(raw, record.label)
+
+    def decode_label(self, raw: np.ndarray) -> np.ndarray:
+        """Colour label -> class ids (other colours -> ignore); see :func:`decode_isprs_colours`."""
+        return decode_isprs_colours(raw, self.ignore_index)
+
+    def meta_of(self, record: SampleRecord) -> dict[str, Any]:
+        meta = super().meta_of(record)
+        meta["tile"] = record.extra.get("tile", record.id)
+        if record.extra.get("window") is not None:
+            meta["window"] = list(record.extra["window"])
+        return meta
+
+
+@register_dataset("vaihingen")
+class Vaihingen(ISPRSDataset):
+    """ISPRS Vaihingen: ``irrg`` + ``dsm`` (see the module docstring)."""
+
+    available_modalities = ("irrg", "dsm")
+    default_modalities = ("irrg", "dsm")
+    default_specs = {"irrg": get_spec("irrg", bit_depth=8), "dsm": get_spec("dsm")}
+    tiles_by_split = {"train": VAIHINGEN_TRAIN_TILES, "test": VAIHINGEN_TEST_TILES}
+    label_folder_words = ("gt", "label", "ground_truth")
+    file_specs = {
+        "irrg": ("top_mosaic_09cm_area{id}.tif", ("top",)),
+        "dsm": ("dsm_09cm_matching_area{id}.tif", ("dsm",)),
+        "label": (
+            "top_mosaic_09cm_area{id}.tif",
+            ("gts_for_participants", "ISPRS_semantic_labeling_Vaihingen_ground_truth_COMPLETE"),
+        ),
+        "label_noBoundary": (
+            "top_mosaic_09cm_area{id}_noBoundary.tif",
+            (
+                "gts_eroded_for_participants",
+                "ISPRS_semantic_labeling_Vaihingen_ground_truth_eroded_COMPLETE",
+                "gts_for_participants",
+            ),
+        ),
+    }
+    modality_files = {"irrg": "irrg", "dsm": "dsm"}
+
+
+@register_dataset("potsdam")
+class Potsdam(ISPRSDataset):
+    """ISPRS Potsdam: ``rgb``, ``irrg``, ``rgbir``, ``nir`` + ``dsm`` (see the module docstring)."""
+
+    available_modalities = ("rgb", "irrg", "rgbir", "nir", "dsm")
+    default_modalities = ("rgb", "dsm")
+    default_specs = {
+        "rgb": get_spec("rgb", bit_depth=8),
+        "irrg": get_spec("irrg", bit_depth=8),
+        "rgbir": get_spec("rgbir", channels=4, bit_depth=8),
+        "nir": get_spec("nir", bit_depth=8, file_channels=(3,)),
+        "dsm": get_spec("dsm"),
+    }
+    tiles_by_split = {"train": POTSDAM_TRAIN_TILES, "test": POTSDAM_TEST_TILES}
+    file_specs = {
+        "rgb": ("top_potsdam_{r}_{c}_RGB.tif", ("top", "2_Ortho_RGB")),
+        "irrg": ("top_potsdam_{r}_{c}_IRRG.tif", ("top", "3_Ortho_IRRG")),
+        "rgbir": ("top_potsdam_{r}_{c}_RGBIR.tif", ("top", "4_Ortho_RGBIR")),
+        "dsm": ("dsm_potsdam_{rr}_{cc}.tif", ("dsm", "1_DSM")),
+        "label": (
+            "top_potsdam_{r}_{c}_label.tif",
+            ("labels", "5_Labels_all", "5_Labels_for_participants", "gts_for_participants", "top"),
+        ),
+        "label_noBoundary": (
+            "top_potsdam_{r}_{c}_label_noBoundary.tif",
+            (
+                "labels_noBoundary",
+                "5_Labels_all_noBoundary",
+                "5_Labels_for_participants_no_Boundary",
+                "labels",
+                "top",
+            ),
+        ),
+    }
+    modality_files = {"rgb": "rgb", "irrg": "irrg", "rgbir": "rgbir", "nir": "rgbir", "dsm": "dsm"}
+
+    def tile_fields(self, tile: str) -> dict[str, str]:
+        """``{r}_{c}`` ids; the DSM names pad both to two digits (``02_10``)."""
+        try:
+            r, c = tile.split("_")
+            int(r), int(c)
+        except ValueError:
+            raise DataError(f"Potsdam tile id must be 'row_col' like '2_10', got '{tile}'") from None
+        return {"r": r, "c": c, "rr": f"{int(r):02d}", "cc": f"{int(c):02d}"}
