@@ -213,7 +213,8 @@ def _map_style(seed: int, split_code: int, k: int) -> dict:
         "tree_p": float(rng.uniform(0.3, 0.9)),
         "cars": int(rng.integers(3, 9)),
         "parked_p": float(rng.uniform(0.2, 0.7)),
-        "peds": int(rng.integers(3, 10)),
+        "peds": int(rng.integers(5, 14)),
+        "front_fence_p": float(rng.uniform(0.2, 0.7)),
         "dry": float(rng.uniform(0.0, 0.7)),
     }
 
@@ -311,6 +312,24 @@ def _build_street(rng: np.random.Generator, style: dict) -> tuple[Scene, dict]:
                    cls=_C["Building"], mat=M_BUILDING, alb=col,
                    aux=(_u(rng, 2.9, 3.6), _u(rng, 2.2, 3.6), float(rng.random() < 0.6)))
             y += w + (_u(rng, 0.3, 2.0) if rng.random() < 0.3 else 0.0)
+        # Front-garden fences / low walls between the grass strip and the buildings.
+        if grass[s] > 0.5 and rng.random() < style["front_fence_p"]:
+            y = _u(rng, -10.0, 10.0)
+            kind = int(rng.integers(2))
+            while y < min(y_end, 90.0):
+                g = _u(rng, 6.0, 20.0)
+                if rng.random() < 0.7:
+                    x0 = x_front - 0.15
+                    if kind == 0:
+                        sc.box(_sx(s, x0, x0 + 0.06, y, 0.0),
+                               _sx(s, x0, x0 + 0.06, y + g, _u(rng, 0.9, 1.6), hi=True),
+                               cls=_C["Fence"], mat=M_FENCE,
+                               alb=jitter([0.14, 0.14, 0.15], 0.4))
+                    else:
+                        sc.box(_sx(s, x0, x0 + 0.25, y, 0.0),
+                               _sx(s, x0, x0 + 0.25, y + g, _u(rng, 0.6, 1.4), hi=True),
+                               cls=_C["Wall"], mat=M_WALL, alb=jitter([0.4, 0.37, 0.33], 0.25))
+                y += g + _u(rng, 0.0, 6.0)
         # Background skyline behind the front row.
         for _ in range(int(rng.integers(0, 4))):
             x0 = x_front + _u(rng, 30.0, 60.0)
@@ -427,7 +446,7 @@ def _build_street(rng: np.random.Generator, style: dict) -> tuple[Scene, dict]:
             occupied[lane].append((y - 2.6, y + 2.6))
 
     # Pedestrians: upright cylinder body + ellipsoid head.
-    n_ped = int(rng.integers(1, style["peds"] + 1))
+    n_ped = int(rng.integers(2, style["peds"] + 1))
     for _ in range(n_ped):
         if rng.random() < 0.15 and info["crosswalks"]:
             cy, cw = info["crosswalks"][int(rng.integers(len(info["crosswalks"])))]
@@ -437,7 +456,7 @@ def _build_street(rng: np.random.Generator, style: dict) -> tuple[Scene, dict]:
         else:
             s = int(rng.choice([-1, 1]))
             px = s * (half + _u(rng, 0.4, max(0.5, sw[s] - 0.3)))
-            py = _u(rng, -3.0, 60.0) if rng.random() < 0.7 else _u(rng, 2.0, 20.0)
+            py = _u(rng, 2.0, 25.0) if rng.random() < 0.7 else _u(rng, -3.0, 60.0)
             base = curb
         h = _u(rng, 1.5, 1.9)
         r = _u(rng, 0.17, 0.25)
@@ -704,8 +723,8 @@ def _materials(sc: Scene, info: dict, P, N, pid, cond: str, p: dict):
             # hot engine at the front half of running cars
             yc_rel = (y[m] - params[idx[m], 1]) / np.maximum(params[idx[m], 4] - params[idx[m], 1], 1e-3)
             engine = np.where(direction > 0, yc_rel > 0.6, yc_rel < 0.4) & (moving > 0.5)
-            dtemp[m] = np.where(moving > 0.5, 8.0, 0.0) + np.where(engine, 18.0, 0.0) \
-                + np.where(zz < 0.42, 6.0 * moving, 0.0)
+            dtemp[m] = np.where(moving > 0.5, 10.0, 3.0) + np.where(engine, 18.0, 0.0) \
+                + np.where(zz < 0.42, 8.0 * moving, 0.0)
         else:
             side = np.abs(Nm[:, 2]) < 0.5
             a = np.where((side & (zz > params[idx[m], 2] + 0.06))[:, None],
@@ -961,7 +980,7 @@ def _events(rng, cam, c, P, hit, dirs, rad, p, scale):
     lum = (rad @ np.array([0.2126, 0.7152, 0.0722], np.float32)).astype(np.float32)
     fwd = cam.rot[:, 2]
     right = cam.rot[:, 0]
-    o2 = cam.origin + fwd * _u(rng, 0.15, 0.5) + right * _u(rng, -0.1, 0.1)
+    o2 = cam.origin + fwd * _u(rng, 0.1, 0.35) + right * _u(rng, -0.08, 0.08)
     cam2 = Camera.from_angles(o2, c["yaw"] + math.radians(_u(rng, -1.0, 1.0)),
                               c["pitch"] + math.radians(_u(rng, -0.5, 0.5)), c["roll"], W, H,
                               FOV_DEG)
@@ -1133,7 +1152,11 @@ def render_city(out: str | Path, n_train: int = 400, n_val: int = 100, size: int
             if progress is not None:
                 progress(done, total)
     else:
-        ctx = mp.get_context("spawn")
+        # fork (where available) skips re-importing the package in every worker (importing
+        # fusionseg.data pulls in torch); workers only run numpy/Pillow code, so forking a
+        # process that has torch loaded is safe here.
+        methods = mp.get_all_start_methods()
+        ctx = mp.get_context("fork" if "fork" in methods and os.name == "posix" else "spawn")
         with ctx.Pool(workers) as pool:
             for _ in pool.imap_unordered(_job, jobs, chunksize=max(1, min(8, total // (4 * workers)))):
                 done += 1
