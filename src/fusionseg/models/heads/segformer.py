@@ -133,9 +133,11 @@ class SegFormerHead(nn.Module):
             y = F.linear(f.permute(0, 2, 3, 1), w).permute(0, 3, 1, 2)
             if y.shape[-2:] != size:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
-            acc = y if acc is None else acc + y
+            # In-place accumulation is safe: these tensors are fresh outputs that no backward
+            # function saved (mm and interpolate save their inputs only).
+            acc = y if acc is None else acc.add_(y)
         assert acc is not None and bias is not None
-        acc = acc + bias.view(1, -1, 1, 1)
+        acc = acc.add_(bias.view(1, -1, 1, 1))
         return self.linear_fuse.act(self.linear_fuse.bn(acc))
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
