@@ -4,11 +4,13 @@ generated trees in each release's layout: shapes, dtypes, value ranges, label ma
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 import tifffile
 import torch
+from fixtures.deliver_tree import make_deliver_tree
 from fixtures.fmb_tree import make_fmb_tree
 from fixtures.fmb_tree import raw_label as fmb_raw_label
 from fixtures.isprs_tree import class_map, make_potsdam_tree, make_vaihingen_tree
@@ -425,6 +427,10 @@ def test_vaihingen_windows_match_whole_tile(vaihingen):
         for k in ("irrg", "dsm"):
             torch.testing.assert_close(s[k], ref[k][:, y : y + h, x : x + w])
         torch.testing.assert_close(s["label"], ref["label"][y : y + h, x : x + w])
+    # windows for the training split only: evaluation keeps whole tiles
+    mixed = {"tile_size": 16, "tile_splits": ["train"]}
+    assert len(create_dataset("vaihingen", root, "test", **mixed)) == 17
+    assert len(create_dataset("vaihingen", root, "train", **mixed)) == 16 * 6  # 3 rows x 2 columns
     covered = torch.zeros(whole[0]["label"].shape, dtype=torch.bool)
     for r in win.records:
         if r.extra["tile"] == "2":
@@ -490,3 +496,42 @@ def test_eval_transforms_and_two_worker_loader(tmp_path, name, build):
     assert batch["label"].shape[0] == 2 and batch["label"].dtype == torch.int64
     for m in ds.modalities:
         assert batch[m].dtype == torch.float32 and torch.isfinite(batch[m]).all()
+
+
+# ----------------------------------------------------------------------------------- configs
+
+BASELINE_TREES = {
+    "deliver": make_deliver_tree,
+    "mcubes": lambda r: make_mcubes_tree(r, splits={"train": 2, "test": 1}),
+    "muses": lambda r: make_muses_tree(r, splits={"train": 1, "val": 1}),
+    "mfnet": lambda r: make_mfnet_tree(r, splits={"train": 2, "test": 1}),
+    "fmb": lambda r: make_fmb_tree(r, splits={"train": 2, "test": 1}),
+    "nyudv2": lambda r: make_nyudv2_tree(r, splits={"train": 2, "test": 1}),
+    "vaihingen": lambda r: make_vaihingen_tree(r, height=24, width=24),
+    "potsdam": lambda r: make_potsdam_tree(r, height=24, width=24, kinds=("RGB",)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BASELINE_TREES))
+def test_baseline_config_loads_and_reads_its_dataset(tmp_path, name):
+    from typer.testing import CliRunner
+
+    from fusionseg.cli import app
+    from fusionseg.config import load_config
+    from fusionseg.data.datamodule import build_dataset
+
+    path = Path(__file__).parent.parent / "configs" / "baselines" / f"{name}_sum_fusion.yaml"
+    root = tmp_path / name
+    BASELINE_TREES[name](root)
+    cfg = load_config(path, [f"data.root={root}"])
+    assert cfg.model.name == "sum_fusion" and cfg.data.dataset == name
+    train = build_dataset(cfg, cfg.data.train_split, train=True)
+    val = build_dataset(cfg, cfg.data.val_split, train=False)
+    assert cfg.model.num_classes == train.num_classes
+    s = train[0]
+    assert s["label"].shape == tuple(cfg.data.crop_size)
+    assert all(s[m].shape[-2:] == tuple(cfg.data.crop_size) for m in cfg.model.modalities)
+    v = val[0]
+    assert set(cfg.model.modalities) <= set(v)
+    result = CliRunner().invoke(app, ["data", "check", str(path), "--set", f"data.root={root}"])
+    assert result.exit_code == 0, result.output

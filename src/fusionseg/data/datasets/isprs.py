@@ -41,7 +41,9 @@ Labels: ``label_variant="auto"`` reads the full labels for ``train`` and the ero
 
 Tiles are read whole by default (one sample per tile). ``tile_size=N`` (and ``stride``, default
 ``N``) yields ``N x N`` windows instead, on a grid covering the tile (the last window of a row or
-column is aligned to the tile's edge; tiles smaller than ``N`` give one smaller window).
+column is aligned to the tile's edge; tiles smaller than ``N`` give one smaller window);
+``tile_splits=["train"]`` limits this to the training split, so evaluation still runs over
+whole tiles.
 Uncompressed TIFFs (the releases') are memory-mapped, so a window reads only its pixels; the
 DSM min-max still uses the whole tile (computed once per tile and worker). ``meta`` then
 carries ``"tile"`` and ``"window"`` = ``[y, x, h, w]``.
@@ -197,6 +199,8 @@ class ISPRSDataset(MultimodalDataset):
         label_variant: ``"auto"``, ``"full"`` or ``"noBoundary"``.
         tile_size: window size in pixels (None: whole tiles).
         stride: window stride (default ``tile_size``).
+        tile_splits: the splits cut into windows (None: every split); e.g. ``["train"]``
+            trains on windows and evaluates whole tiles.
         dsm_size_tolerance: largest DSM-vs-tile size difference (pixels) that is cropped or
             padded instead of reported.
         max_samples: keep the first ``max_samples`` samples (windows).
@@ -229,6 +233,7 @@ class ISPRSDataset(MultimodalDataset):
         label_variant: Literal["auto", "full", "noBoundary"] = "auto",
         tile_size: int | None = None,
         stride: int | None = None,
+        tile_splits: Sequence[str] | None = None,
         dsm_size_tolerance: int = 16,
         max_samples: int | None = None,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
@@ -253,6 +258,10 @@ class ISPRSDataset(MultimodalDataset):
         if label_variant == "auto":
             label_variant = "full" if split == "train" else "noBoundary"
         self.label_variant = label_variant
+        if isinstance(tile_splits, str):
+            tile_splits = [tile_splits]
+        if tile_splits is not None and split not in tile_splits:
+            tile_size = stride = None  # this split is read as whole tiles
         self.tile_size = tile_size
         self.stride = stride or tile_size
         self.dsm_size_tolerance = int(dsm_size_tolerance)
