@@ -4,6 +4,7 @@ See :mod:`fusionseg.data.sample` for the Sample/batch convention and
 :mod:`fusionseg.data.modalities` for the value pipeline (load -> transforms -> Normalize).
 """
 
+from .check import CheckReport, check_dataset
 from .datasets import (
     MultimodalDataset,
     create_dataset,
@@ -22,6 +23,7 @@ from .transforms import (
 )
 
 __all__ = [
+    "CheckReport",
     "DEFAULT_SPECS",
     "IGNORE_INDEX",
     "Collate",
@@ -34,6 +36,7 @@ __all__ = [
     "Sample",
     "build_eval_transforms",
     "build_train_transforms",
+    "check_dataset",
     "check_sample",
     "create_dataset",
     "drop_modalities",

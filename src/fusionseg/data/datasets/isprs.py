@@ -270,6 +270,13 @@ class ISPRSDataset(MultimodalDataset):
         self._dsm_range: dict[str, tuple[float, float]] = {}
         super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
 
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers (and pickling) start with an empty tile cache: no memory maps or
+        # decoded tiles travel between processes
+        state = dict(self.__dict__)
+        state["_cache"] = OrderedDict()
+        return state
+
     # ------------------------------------------------------------------ files
     def _file_index(self) -> dict[str, list[Path]]:
         """File name -> paths, for every TIFF up to three levels below ``root``."""

@@ -262,27 +262,27 @@ class MCubeS(MultimodalDataset):
     def read_modality(self, record: SampleRecord, modality: str) -> torch.Tensor:
         """Read one modality, cropped: ``float32 [3, H, W - crop_left]``.
 
-        ``aolp`` stacks the sin and cos files as ``[sin, cos, sin]``.
+        ``aolp`` stacks the sin and cos files as ``[sin, cos, sin]``. The crop is taken from
+        the raw array, before the conversion to float.
 
         Raises:
             DataError: missing/unreadable file, sin/cos of different shapes, narrow image.
         """
         path = record.paths[modality]
-        if modality != "aolp":
-            return self._crop(super().read_modality(record, modality), path, modality)
-        cos_path = self.file_path(record.id, "aolp:cos")
-        sin = read_image(path, modality="aolp")
-        cos = read_image(cos_path, modality="aolp")
-        if sin.shape != cos.shape or sin.shape[2] != 1:
-            raise DataError(
-                f"AoLP sin {sin.shape[:2]} x {sin.shape[2]} ch and cos {cos.shape[:2]} x "
-                f"{cos.shape[2]} ch must be single maps of one size (cos file: {cos_path})",
-                path=path,
-                modality="aolp",
-            )
-        stacked = np.concatenate([sin, cos, sin], axis=2)
-        x = self.specs["aolp"].from_array(stacked, path=path)
-        return self._crop(x, path, "aolp")
+        spec = self.specs[modality]
+        raw = self._crop(read_image(path, modality=modality, key=spec.npz_key), path, modality)
+        if modality == "aolp":
+            cos_path = self.file_path(record.id, "aolp:cos")
+            cos = self._crop(read_image(cos_path, modality="aolp"), cos_path, "aolp")
+            if raw.shape != cos.shape or raw.shape[2] != 1:
+                raise DataError(
+                    f"AoLP sin {raw.shape[:2]} x {raw.shape[2]} ch and cos {cos.shape[:2]} x "
+                    f"{cos.shape[2]} ch must be single maps of one size (cos file: {cos_path})",
+                    path=path,
+                    modality="aolp",
+                )
+            raw = np.concatenate([raw, cos, raw], axis=2)
+        return spec.from_array(raw, path=path)
 
     def read_record_label(self, record: SampleRecord) -> torch.Tensor:
         """Cropped label ``int64 [H, W - crop_left]``; with ``nir_mask`` invalid NIR -> 255."""
