@@ -153,6 +153,10 @@ def test_config_errors():
         create_model({"name": "nope"})
     with pytest.raises(ValueError, match="num_classes"):
         create_model({"name": "sum_fusion"})
+    with pytest.raises(ValueError, match="must not repeat"):
+        create_model(
+            {"name": "sum_fusion", "num_classes": 3, "backbone_kwargs": {"drop_path_rate": 0.2}}
+        )
     with pytest.raises(ValueError, match="unknown backbone"):
         create_model({"name": "sum_fusion", "num_classes": 3, "backbone": "resnet9"})
 

@@ -118,13 +118,20 @@ def build_sum_fusion(
 
     Returns:
         :class:`SumFusionSegmentor`.
+
+    Raises:
+        ValueError: unknown backbone, ``backbone_kwargs`` repeating ``pretrained`` or
+            ``drop_path_rate``, bad modalities / num_classes.
+        TypeError: a ``backbone_kwargs`` key the backbone constructor does not accept.
+        FileNotFoundError, CheckpointMismatchError: from loading ``pretrained``.
     """
-    enc = create_backbone(
-        backbone,
-        pretrained=pretrained,
-        drop_path_rate=drop_path_rate,
-        **dict(backbone_kwargs or {}),
-    )
+    extra = dict(backbone_kwargs or {})
+    clash = sorted({"pretrained", "drop_path_rate"} & set(extra))
+    if clash:
+        raise ValueError(
+            f"backbone_kwargs must not repeat {clash}: set them as top-level model keys"
+        )
+    enc = create_backbone(backbone, pretrained=pretrained, drop_path_rate=drop_path_rate, **extra)
     model = SumFusionSegmentor(
         enc,
         modalities,
