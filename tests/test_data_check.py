@@ -280,3 +280,25 @@ def test_deep_check_finds_truncated_pixels(tmp_path):
     assert check_dataset("fmb", root).ok  # headers only
     deep = check_dataset("fmb", root, deep=True)
     assert deep.count("load") + deep.count("unreadable") == 1
+
+
+def test_folder_dataset_faults(tmp_path):
+    from test_folder import write_tree
+
+    root = write_tree(tmp_path / "own", stems=("a", "b", "c", "d"))
+    assert check_dataset("folder", root).ok
+    (root / "train" / "thermal" / "c.tif").unlink()
+    import tifffile
+
+    tifffile.imwrite(root / "train" / "thermal" / "b.tif", np.zeros((12, 16), np.uint8))
+    Image.fromarray(np.zeros((10, 16, 3), np.uint8)).save(root / "train" / "rgb" / "a.jpg")
+    Image.fromarray(np.full((12, 16), 3, np.uint8)).save(root / "train" / "label" / "d.png")
+    report = check_dataset("folder", root)
+    assert report.splits == {"train": 4}
+    assert report.count("missing_file", "thermal") == 1
+    assert report.count("bit_depth", "thermal") == 1
+    assert report.count("size_mismatch", "rgb") == 1
+    assert report.count("label_values", "label") == 1
+    assert report.num_problems == 4
+    result = runner.invoke(app, ["data", "check", "--dataset", "folder", "--root", str(root)])
+    assert result.exit_code == 1

@@ -37,6 +37,14 @@ few threads.
 checks every modality it offers, and a modality that is entirely absent from this copy (its
 folder missing, or no file of it in a split) is skipped with a note rather than reported;
 modalities named explicitly must be complete.
+
+What a dataset class tells the checker (all optional): ``available_splits(root)`` (the splits
+of a copy), ``record_files(record)`` (every file a sample reads, e.g. MCubeS' AoLP cos file as
+``"aolp:cos"``), ``check_bit_depths`` / ``check_channels`` (file key -> accepted bit depths /
+channel counts, where the ModalitySpec alone does not say: NIR 8 or 16-bit, 2-D ``.npy``
+maps), ``size_tolerance`` (modality -> pixels, ISPRS DSM) and ``record.extra["list_file"]``
+(the split list an entry came from). Bit depths and channel counts default to the modality's
+spec (``bit_depth``, ``channels`` / ``repeat_to`` / ``file_channels``, an extra alpha channel).
 """
 
 from __future__ import annotations
