@@ -27,9 +27,10 @@ Modalities (all ``size x size`` PNGs, written by Pillow without metadata):
     position projected into the image.  ch0 range code ``max(1, round(255 * (1 - r / 100 m)))``
     (near = bright, r = Euclidean range in metres), ch1 return intensity (reflectivity x
     incidence), ch2 height code ``clip(round(10 * (z_m + 2)), 1, 255)``.  All zero where there
-    is no return.  Max range 100 m (less in fog/rain), distance/grazing-angle dropout.
+    is no return.  Max range 100 m (shorter in fog), distance/grazing-angle dropout (more in
+    rain).
 ``event`` (``*_event_front.png``), uint8 RGB
-    A second view after a small ego-motion (0.15-0.5 m forward, small rotation) is obtained
+    A second view after a small ego-motion (0.1-0.35 m forward, small rotation) is obtained
     by warping the linear luminance with the optical flow of the hit buffer; events are the
     thresholded log-intensity change (contrast threshold ~0.2 with per-pixel mismatch plus
     background-activity noise).  R = positive events, G = negative events, ``85 * min(n, 3)``
@@ -60,7 +61,8 @@ chosen by a seeded permutation and cycled over the five kinds): ``motionblur`` (
 blur 3-7 % of the image size), ``overexposure`` / ``underexposure`` (RGB gain x5-10 /
 x0.04-0.1), ``lidarjitter`` (LiDAR points displaced and range noise), ``eventlowres`` (event
 image averaged over 4x4 blocks and upsampled).  Such samples go to ``MAP_{k}_{failure}``
-folders, so a substring test on the path selects a case.
+folders, so a substring test on the path selects a case.  (Select conditions by the
+condition folder, not by substring: ``"rain"`` is a substring of ``"train"``.)
 
 Layout: ``{out}/{img,depth,hha,lidar,event,thermal,semantic}/{condition}/{split}/MAP_{k}[_
 {failure}]/{id:06d}_{suffix}_front.png`` with ``k = index // 20`` and ``id`` a running number per
@@ -1130,6 +1132,11 @@ def render_city(out: str | Path, n_train: int = 400, n_val: int = 100, size: int
     called after every written sample.  Writes ``synthcity.json`` at the root and returns the
     summary: ``{"out", "total", "splits": {split: {"total", "conditions": {...},
     "cases": {...}}}}`` where ``cases`` counts failures (``"none"`` for samples without one).
+
+    Existing files under ``out`` are overwritten, others are left alone (render into an empty
+    folder when changing options).  Workers are forked processes where the platform allows it
+    (spawned otherwise); each renders and writes whole samples.  About 0.12 s of CPU per
+    256 x 256 sample (all seven PNGs) on a 2020s x86 core.
     """
     out = Path(out)
     if size < 8:
