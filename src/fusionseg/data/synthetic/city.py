@@ -881,7 +881,7 @@ def render_sample(rng: np.random.Generator, size: int, condition: str,
     rad = alb * light + emit
     if condition == "rain":
         rad += ((mat == M_ROAD) * 0.04 * p["E_sky"])[..., None]
-    rad[sky] = _sky(dirs, condition, p)[sky]
+    rad[sky] = _sky(dirs[sky], condition, p)
     # fog / haze (Euclidean distance along the ray)
     dist = np.where(hit, t, np.float32(1e4))
     tau = np.exp(-3.0 / p["haze"] * dist).astype(np.float32)
