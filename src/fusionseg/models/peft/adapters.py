@@ -37,6 +37,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 __all__ = ["ADAPTER_DENSITIES", "BottleneckAdapter", "MultiAdapter", "adapter_param_count"]
 
@@ -87,6 +88,10 @@ class MultiAdapter(nn.Module):
         density: ``"shared"``, ``"pairwise"`` or ``"directional"`` (see the module doc).
         hidden: bottleneck width (8).
         dropout: dropout inside each adapter (0.1).
+        recompute: in training, keep only each source stream for backward and recompute
+            ``LN`` and the adapters there (:func:`torch.utils.checkpoint.checkpoint`, RNG state
+            preserved so dropout masks repeat): saves the ``[B, N, C]`` LayerNorm output per
+            source and the adapters' activations for a few cheap recomputed ops.
 
     :meth:`forward` ``(x, kind, norm, drop_path)`` applies, for streams ``x_1..x_M``
     (``x: [M, B, N, C]``), with ``LN`` = ``norm`` and ``DP`` = ``drop_path``::
@@ -116,6 +121,7 @@ class MultiAdapter(nn.Module):
         density: str = "pairwise",
         hidden: int = 8,
         dropout: float = 0.1,
+        recompute: bool = True,
     ) -> None:
         super().__init__()
         if density not in ADAPTER_DENSITIES:
@@ -127,6 +133,7 @@ class MultiAdapter(nn.Module):
         self.dim = dim
         self.num_streams = num_streams
         self.density = density
+        self.recompute = recompute
         m = num_streams
 
         def make() -> BottleneckAdapter:
@@ -178,16 +185,26 @@ class MultiAdapter(nn.Module):
         if m < 2:
             return x
         streams = list(x.unbind(0))  # views; updated out of place below
-        share = self.density == "shared" and not self.training
+        recompute = self.recompute and self.training and torch.is_grad_enabled()
         for i in range(m):
-            src = norm(streams[i])
-            out = self.adapter(kind, i, (i + 1) % m)(src) if share else None
-            for j in range(m):
-                if j == i:
-                    continue
-                y = out if share else self.adapter(kind, i, j)(src)
+            if recompute:
+                ys = checkpoint(self._send, kind, i, streams[i], norm, use_reentrant=False)
+            else:
+                ys = self._send(kind, i, streams[i], norm)
+            for j, y in zip((j for j in range(m) if j != i), ys, strict=True):
                 streams[j] = streams[j] + drop_path(y)
         return torch.stack(streams)
+
+    def _send(
+        self, kind: str, i: int, s: Tensor, norm: Callable[[Tensor], Tensor]
+    ) -> tuple[Tensor, ...]:
+        """Contributions of source stream ``i`` (tokens ``s``) to the other streams, in target
+        order: ``A_ij(norm(s))`` for ``j != i``."""
+        src = norm(s)
+        targets = [j for j in range(self.num_streams) if j != i]
+        if self.density == "shared" and not self.training:
+            return (self.adapter(kind, i, targets[0])(src),) * len(targets)
+        return tuple(self.adapter(kind, i, j)(src) for j in targets)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, streams={self.num_streams}, density={self.density!r}"

@@ -45,6 +45,10 @@ Where ours departs from the release (none changes the function of released weigh
   ``nn.LayerNorm(dim)`` (the NVlabs MiT uses 1e-6); ``norm_eps`` sets it.
 * The released model builds a FeatureCross even in its sum-fusion variants (DELIVER), where it
   is unused: loading such a file into ``fusion="sum"`` drops those keys with a warning.
+* Initialisation: adapters and FeatureCross get what the release's model-level
+  ``_init_weights`` gives them; the decode head keeps :class:`SegFormerHead`'s own init (the
+  release re-initialises it too), so that StitchFusion and the ``sum_fusion`` baseline differ
+  only by the method's modules when trained from scratch. Irrelevant once weights are loaded.
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ from torch import Tensor, nn
 
 from ..backbones import create_backbone, default_decoder_dim
 from ..backbones.mit import MixVisionTransformer
-from ..fusion.featurecross import FeatureCrossStage, release_init
+from ..fusion.featurecross import FeatureCrossStage
 from ..heads.segformer import SegFormerHead
 from ..peft.adapters import ADAPTER_DENSITIES, MultiAdapter
 from ..registry import register_model
@@ -171,7 +175,6 @@ class StitchFusionSegmentor(Segmentor):
             else None
         )
         self.decode_head = SegFormerHead(dims, num_classes, embed_dim=decoder_dim)
-        release_init(self.decode_head)  # the release's model-level init covers the head
 
     # ------------------------------------------------------------------ parameters
     def adapter_param_count(self) -> int:
