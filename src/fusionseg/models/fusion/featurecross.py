@@ -70,7 +70,10 @@ def release_init(module: nn.Module) -> None:
 
 class PWConvBN(nn.Module):
     """1x1 convolution (with bias) + BatchNorm on a map ``[B, C, H, W]`` (release
-    ``CustomPWConv``). Keys ``pwconv``, ``bn``."""
+    ``CustomPWConv``). Keys ``pwconv`` (a ``Conv2d(C, C, 1)``, as released), ``bn``.
+
+    The 1x1 convolution runs as a per-pixel ``F.linear`` on the channels-last view (the same
+    function; CPU convolution kernels are slower for 1x1 on channels-last maps)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
@@ -78,7 +81,9 @@ class PWConvBN(nn.Module):
         self.bn = nn.BatchNorm2d(dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.bn(self.pwconv(x))
+        w = self.pwconv.weight
+        y = F.linear(x.permute(0, 2, 3, 1), w.view(w.shape[0], w.shape[1]), self.pwconv.bias)
+        return self.bn(y.permute(0, 3, 1, 2))
 
 
 class DWConvK(nn.Module):

@@ -249,7 +249,9 @@ class StitchFusionSegmentor(Segmentor):
     def forward(self, batch: Mapping[str, object]) -> Tensor:
         """``batch`` (the fusionseg batch convention) -> logits ``[B, K, H, W]``."""
         x = self.stream_input(batch)
-        logits = self.decode_head(self.encode(x))
+        # contiguous (NCHW) logits at 1/4 scale: upsampling and the loss are then faster than
+        # on the head's channels-last output
+        logits = self.decode_head(self.encode(x)).contiguous()
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
