@@ -13,7 +13,7 @@ from reference.stitchfusion_release import StitchFusionRelease, randomize_
 from fusionseg.config import load_config
 from fusionseg.models import CheckpointMismatchError, create_model, load_checkpoint
 from fusionseg.models.peft.adapters import BottleneckAdapter, MultiAdapter, adapter_param_count
-from fusionseg.models.segmentors.stitchfusion import StitchFusionSegmentor
+from fusionseg.models.segmentors.stitchfusion import StitchFusionSegmentor, release_to_fusionseg
 from fusionseg.models.weights import convert_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,6 +169,39 @@ def test_released_checkpoint_gives_released_logits(tmp_path, m, blocks, fusion):
         got = model(batch_of(xs))
     assert got.shape == expected.shape == (2, K, 64, 96)
     assert (got - expected).abs().max().item() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "m, blocks, fusion", [(3, ("pairwise",) * 4, "featurecross"), (3, ("shared",) * 4, "sum")]
+)
+def test_training_gradients_match_released_code(tmp_path, m, blocks, fusion):
+    """Train mode (BatchNorm batch statistics, recomputed and batched adapters): the loss and
+    every gradient equal the released computation's (dropout and drop path set to 0)."""
+    ref = release_model(m, blocks, fusion)
+    torch.save(ref.state_dict(), tmp_path / "released.pth")
+    model = tiny_model(m, list(blocks), fusion, adapter_dropout=0.0, drop_path_rate=0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        load_checkpoint(model, tmp_path / "released.pth")
+    for mod in [*ref.modules(), *model.modules()]:
+        if hasattr(mod, "p") and isinstance(mod.p, float):  # Dropout*, DropPath
+            mod.p = 0.0
+    ref.train()
+    model.train()
+    xs = inputs(m, h=32, w=64)
+    target = torch.randint(0, K, (2, 32, 64), generator=torch.Generator().manual_seed(3))
+    loss_ref = torch.nn.functional.cross_entropy(ref(xs), target)
+    loss = torch.nn.functional.cross_entropy(model(batch_of(xs)), target)
+    loss_ref.backward()
+    loss.backward()
+    assert abs(loss.item() - loss_ref.item()) < 1e-5
+    ours = dict(model.named_parameters())
+    grads = release_to_fusionseg({n: p.grad for n, p in ref.named_parameters()})
+    for name, g in grads.items():
+        if name not in ours:  # the unused FeatureCross of the released sum variant
+            assert fusion == "sum" and name.startswith("fusion.") and g is None
+            continue
+        torch.testing.assert_close(ours[name].grad, g, atol=2e-5, rtol=1e-3, msg=name)
 
 
 def test_released_key_names():

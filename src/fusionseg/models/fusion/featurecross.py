@@ -25,8 +25,10 @@ Key names (ours -> release ``backbone.feature_cross.*``):
 * ``channel_attn.fc.0``, ``channel_attn.fc.2`` (no bias) <- ``channel_attns.{stage}.fc.*``
 
 Differences from the release (same function and parameters): the Mix-FFN stays in the map
-layout between its convolutions instead of converting tokens <-> maps around every layer, and
-the concatenation is one permute-copy of the batched streams.
+layout between its convolutions instead of converting tokens <-> maps around every layer; its
+1x1 convolutions run as per-pixel linears and ``z + dw3(z) + dw5(z) + dw7(z)`` as one 7x7
+depthwise convolution with the summed kernels; the concatenation is one permute-copy of the
+batched streams.
 
 Initialisation follows what the release effectively uses (its constructors' Kaiming inits are
 overwritten by the model-level ``_init_weights``): truncated-normal(0.02) linears with zero
@@ -38,6 +40,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -105,6 +108,11 @@ class MultiScaleMixFFN(nn.Module):
 
         z = pwconv1(fc1(x))                       # to the map layout, 1x1 conv + BN
         out = fc2(GELU(pwconv2(z + dwconv3(z) + dwconv5(z) + dwconv7(z))))
+
+    The three depthwise convolutions and the identity are linear with the same "same"
+    padding, so they run as one depthwise 7x7 convolution with the summed kernels
+    (:meth:`combined_kernel`; same parameters and function, one kernel call instead of
+    three plus two additions).
     """
 
     def __init__(self, dim: int, hidden: int | None = None) -> None:
@@ -117,13 +125,30 @@ class MultiScaleMixFFN(nn.Module):
         self.dwconv7 = DWConvK(hidden, 7)
         self.pwconv2 = PWConvBN(hidden)
         self.fc2 = nn.Linear(hidden, dim)
+        identity = torch.zeros(1, 1, 7, 7)
+        identity[..., 3, 3] = 1.0
+        self.register_buffer("identity7", identity, persistent=False)  # not in state_dict
+
+    def combined_kernel(self) -> tuple[Tensor, Tensor]:
+        """``z + dw3(z) + dw5(z) + dw7(z)`` as one depthwise 7x7 convolution: the 3x3 and 5x5
+        kernels zero-padded to 7x7, summed with the 7x7 one, plus 1 at the centre (the
+        identity); the biases summed. Returns ``(weight [C, 1, 7, 7], bias [C])``."""
+        w = (
+            self.dwconv7.dwconv.weight
+            + F.pad(self.dwconv5.dwconv.weight, (1, 1, 1, 1))
+            + F.pad(self.dwconv3.dwconv.weight, (2, 2, 2, 2))
+            + self.identity7
+        )
+        b = self.dwconv3.dwconv.bias + self.dwconv5.dwconv.bias + self.dwconv7.dwconv.bias
+        return w, b
 
     def forward(self, x: Tensor, H: int, W: int) -> Tensor:
         b, n, _ = x.shape
         z = self.fc1(x)
         c = z.shape[-1]
         z = self.pwconv1(z.transpose(1, 2).reshape(b, c, H, W))  # channels-last view in
-        z = z + self.dwconv3(z) + self.dwconv5(z) + self.dwconv7(z)
+        w, bias = self.combined_kernel()  # == z + dwconv3(z) + dwconv5(z) + dwconv7(z)
+        z = F.conv2d(z, w, bias, padding=3, groups=c)
         z = F.gelu(self.pwconv2(z))
         return self.fc2(z.flatten(2).transpose(1, 2))
 

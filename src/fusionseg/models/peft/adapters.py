@@ -111,7 +111,9 @@ class MultiAdapter(nn.Module):
 
     In training, each (source, target) application draws its own dropout and drop-path masks,
     as in the release; in eval a shared adapter's output for one source is computed once and
-    added to every target (identical result).
+    added to every target (identical result). The ``M - 1`` adapters of one source run as one
+    batched computation (see :meth:`_send`) and the targets are updated with one
+    ``index_add``, so the cost grows with the number of sources, not of pairs, in kernels.
     """
 
     def __init__(
@@ -133,6 +135,8 @@ class MultiAdapter(nn.Module):
         self.dim = dim
         self.num_streams = num_streams
         self.density = density
+        self.hidden = hidden
+        self.p_dropout = dropout
         self.recompute = recompute
         m = num_streams
 
@@ -184,27 +188,55 @@ class MultiAdapter(nn.Module):
             raise ValueError(f"MultiAdapter built for {self.num_streams} streams, got {m}")
         if m < 2:
             return x
-        streams = list(x.unbind(0))  # views; updated out of place below
         recompute = self.recompute and self.training and torch.is_grad_enabled()
+        _, b, n, c = x.shape
         for i in range(m):
+            targets = torch.tensor([j for j in range(m) if j != i], device=x.device)
             if recompute:
-                ys = checkpoint(self._send, kind, i, streams[i], norm, use_reentrant=False)
+                y = checkpoint(self._send, kind, i, x[i], norm, use_reentrant=False)
             else:
-                ys = self._send(kind, i, streams[i], norm)
-            for j, y in zip((j for j in range(m) if j != i), ys, strict=True):
-                streams[j] = streams[j] + drop_path(y)
-        return torch.stack(streams)
+                y = self._send(kind, i, x[i], norm)
+            if y.shape[0] != m - 1:  # shared adapter in eval: one output for every target
+                y = y.expand(m - 1, b, n, c)
+            if self.training:  # per (target, sample) stochastic depth, as the release's calls
+                y = drop_path(y.reshape((m - 1) * b, n, c)).view(m - 1, b, n, c)
+            x = x.index_add(0, targets, y)  # out of place: x_j += y_j for the targets
+        return x
 
-    def _send(
-        self, kind: str, i: int, s: Tensor, norm: Callable[[Tensor], Tensor]
-    ) -> tuple[Tensor, ...]:
-        """Contributions of source stream ``i`` (tokens ``s``) to the other streams, in target
-        order: ``A_ij(norm(s))`` for ``j != i``."""
+    def _send(self, kind: str, i: int, s: Tensor, norm: Callable[[Tensor], Tensor]) -> Tensor:
+        """Contributions ``A_ij(norm(s))`` of source stream ``i`` (tokens ``s: [B, N, C]``) to
+        the targets ``j != i`` in order: ``[M - 1, B, N, C]`` (``[1, B, N, C]`` for a shared
+        adapter in eval, to be broadcast).
+
+        The ``M - 1`` adapters run batched: one ``Linear(C -> (M-1) * h)`` of the stacked
+        ``adapter_down`` weights, a block-diagonal ``adapter_mid``, GELU, dropout (independent
+        per target) and a batched ``adapter_up``; the same function as applying each
+        :class:`BottleneckAdapter` in turn.
+        """
         src = norm(s)
         targets = [j for j in range(self.num_streams) if j != i]
         if self.density == "shared" and not self.training:
-            return (self.adapter(kind, i, targets[0])(src),) * len(targets)
-        return tuple(self.adapter(kind, i, j)(src) for j in targets)
+            return self.adapter(kind, i, targets[0])(src).unsqueeze(0)
+        ads = [self.adapter(kind, i, j) for j in targets]
+        if len(ads) == 1:
+            return ads[0](src).unsqueeze(0)
+        k, hd = len(ads), self.hidden
+        h = F.linear(
+            src,
+            torch.cat([a.adapter_down.weight for a in ads]),
+            torch.cat([a.adapter_down.bias for a in ads]),
+        )  # [B, N, K * h]
+        h = F.linear(
+            h,
+            torch.block_diag(*[a.adapter_mid.weight for a in ads]),
+            torch.cat([a.adapter_mid.bias for a in ads]),
+        )
+        h = F.dropout(F.gelu(h), self.p_dropout, self.training)
+        b, n, _ = h.shape
+        h = h.view(b * n, k, hd).transpose(0, 1)  # [K, B * N, h]
+        w_up = torch.stack([a.adapter_up.weight.t() for a in ads])  # [K, h, C]
+        b_up = torch.stack([a.adapter_up.bias for a in ads]).unsqueeze(1)  # [K, 1, C]
+        return torch.baddbmm(b_up, h, w_up).view(k, b, n, -1)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, streams={self.num_streams}, density={self.density!r}"
