@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 
 $(DATA)/synthcity.json: | $(VENV)/.installed
-	$(FS) data synth city --out $(DATA) --train 400 --val 100 --size 256 --seed 0
+	$(FS) data synth city --out $(DATA) --train 400 --val 100 --size 128 --seed 0
 
 demo: $(VENV)/.installed $(DATA)/synthcity.json
 	rm -rf $(RUN)

@@ -55,7 +55,7 @@ def test_train_two_steps_writes_best_and_last(trained):
     assert ck["global_step"] == 2
     assert ck["fusionseg_config"]["model"]["modalities"] == ["rgb", "depth"]
     assert ck["fusionseg_classes"][0] == "Building"
-    assert (run / "metrics.csv").is_file()
+    assert (run / "csv" / "metrics.csv").is_file()
     assert any((run / "tensorboard").iterdir())
 
 

@@ -125,7 +125,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     callbacks = [ckpt_cb, LearningRateMonitor(logging_interval="step")]
     if cfg.train.progress:
         callbacks.append(RichProgressBar(leave=True))
-    loggers = [CSVLogger(save_dir=str(run_dir), name="", version=""),
+    loggers = [CSVLogger(save_dir=str(run_dir), name="", version="csv"),
                TensorBoardLogger(save_dir=str(run_dir), name="tensorboard", version="",
                                  default_hp_metric=False)]
     t = cfg.train
