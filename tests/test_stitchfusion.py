@@ -11,6 +11,7 @@ import yaml
 from reference.stitchfusion_release import StitchFusionRelease, randomize_
 
 from fusionseg.config import load_config
+from fusionseg.data import list_datasets
 from fusionseg.models import CheckpointMismatchError, create_model, load_checkpoint
 from fusionseg.models.peft.adapters import BottleneckAdapter, MultiAdapter, adapter_param_count
 from fusionseg.models.segmentors.stitchfusion import StitchFusionSegmentor, release_to_fusionseg
@@ -123,6 +124,24 @@ def test_multiadapter_sequential_update_order():
             if j != i:
                 simultaneous[j] += ad.adapter("att", i, j)(norm(x[i]))
     assert (out - simultaneous).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("density", ["pairwise", "shared"])
+def test_adapter_recompute_gives_identical_gradients(density):
+    """Recomputing the adapters in backward (RNG preserved: same dropout masks) changes nothing."""
+    model = tiny_model(3, density, "sum").train()
+    xs = inputs(3, h=32, w=32)
+    grads = []
+    for recompute in (True, False):
+        for mod in model.modules():
+            if isinstance(mod, MultiAdapter):
+                mod.recompute = recompute
+        model.zero_grad()
+        torch.manual_seed(5)
+        model(batch_of(xs)).square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name, g in grads[0].items():
+        assert torch.equal(g, grads[1][name]), name
 
 
 def test_shared_adapter_train_path_equals_eval_path():
@@ -413,6 +432,7 @@ def test_recipe_configs_cover_the_published_runs():
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: f"{p.parent.name}/{p.stem}")
 def test_config_validates_and_builds(path):
     cfg = load_config(path)
+    assert cfg.data.dataset in list_datasets()
     spec = cfg.model.to_dict()
     spec.update(pretrained=None, backbone_kwargs=TINY)
     if spec.get("num_classes") is None:
