@@ -50,7 +50,7 @@ Conditions (evenly spread, ``condition = CONDITIONS[index % 5]`` within each spl
 - ``cloud``: overcast; flat sky light only, no shadows, grey sky with clouds.
 - ``night``: no sun, faint moonlight, street lamps and car headlights as point/spot lights,
   lit windows; low exposure and strong sensor noise, so RGB is hard to read.
-- ``fog``: flat light and exponential fog (visibility 12-35 m) that washes far objects out to
+- ``fog``: flat light and exponential fog (visibility 8-25 m) that washes far objects out to
   the fog colour; LiDAR range shortened to roughly the visibility with backscatter returns;
   thermal only mildly attenuated.
 - ``rain``: darker overcast light, wet darker road, rain streaks over the image, light haze;
@@ -98,7 +98,7 @@ __all__ = [
     "sample_plan",
 ]
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 
 SYNTHCITY_CLASSES: tuple[str, ...] = (
     "Building", "Fence", "Other", "Pedestrian", "Pole", "RoadLine", "Road", "SideWalk",
@@ -547,14 +547,14 @@ def _condition_params(rng: np.random.Generator, cond: str) -> dict:
                  haze=_u(rng, 120, 250), exposure=1.0, T_air=_u(rng, 8, 16), noise=0.01)
         p["T_sky"] = p["T_air"] - 8
     elif cond == "fog":
-        vis = _u(rng, 12.0, 35.0)
+        vis = _u(rng, 8.0, 25.0)
         p.update(E_sky=_u(rng, 1.0, 1.3), amb_col=np.array([0.78, 0.8, 0.82]), haze=vis,
                  fog_col=np.array([0.62, 0.64, 0.67]), exposure=0.95, T_air=_u(rng, 4, 14),
                  lidar_range=min(LIDAR_MAX_RANGE, vis * _u(rng, 1.0, 1.6)))
         p["T_sky"] = p["T_air"] - 4
     elif cond == "night":
         p.update(E_sky=0.004, amb_col=np.array([0.5, 0.6, 0.9]), haze=_u(rng, 400, 1000),
-                 exposure=0.4, noise=0.04, T_air=_u(rng, 6, 16), night=True)
+                 exposure=0.22, noise=0.06, T_air=_u(rng, 6, 16), night=True)
         p["T_sky"] = p["T_air"] - 30
     else:
         raise ValueError(f"unknown condition {cond!r}")
