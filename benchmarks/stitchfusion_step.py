@@ -205,7 +205,7 @@ def main() -> None:
                 f"{r['params_total'] / 1e6:>9.3f} {r['params_trainable'] / 1e6:>12.3f}{extra}"
             )
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args), "results": results}, indent=2))
+        args.json.write_text(json.dumps({"args": vars(args), "results": results}, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 from pathlib import Path
 
@@ -21,6 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = {"embed_dims": (16, 32, 48, 64), "depths": (2, 1, 2, 1), "num_heads": (1, 2, 3, 4)}
 MODS = ["rgb", "depth", "event", "lidar", "thermal", "nir", "aolp", "dolp", "hha"]
 K = 7
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one intra-op thread avoids OpenMP wake-up costs (large on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def tiny_model(
@@ -447,3 +457,83 @@ def test_config_validates_and_builds(path):
         assert model.stage_adapters == [None, None, "pairwise", "pairwise"]
     if path.stem == "mcubes_rgbadn":
         assert model.fusion_kind == "featurecross" and len(model.modalities) == 4
+
+
+# --------------------------------------------------------------------------- CLI
+def test_cli_train_eval_released_and_converted(tmp_path):
+    """``fusionseg train`` prints the parameter counts; ``fusionseg eval --ckpt`` takes both a
+    released file and its ``fusionseg weights convert`` output, with the same result."""
+    from fixtures.deliver_tree import make_deliver_tree
+    from typer.testing import CliRunner
+
+    from fusionseg.cli import app
+
+    runner = CliRunner()
+    root = tmp_path / "deliver"
+    make_deliver_tree(root, conditions=("cloud",), per_split=2, size=32)
+    model = {
+        "name": "stitchfusion",
+        "backbone": "mit_b0",
+        "modalities": ["rgb", "hha"],
+        "adapter": "pairwise",
+        "fusion": "featurecross",
+        "decoder_dim": 32,
+        "backbone_kwargs": {k: list(v) for k, v in TINY.items()},
+    }
+    cfg = {
+        "name": "sf_tiny",
+        "model": model,
+        "data": {
+            "dataset": "deliver",
+            "root": str(root),
+            "crop_size": [32, 32],
+            "batch_size": 2,
+            "val_batch_size": 2,
+            "num_workers": 0,
+        },
+        "train": {
+            "max_epochs": 1,
+            "max_steps": 1,
+            "lr": 1e-3,
+            "progress": False,
+            "out_dir": str(tmp_path / "runs"),
+            "log_every_n_steps": 1,
+        },
+    }
+    path = tmp_path / "sf.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["train", str(path), "--run-dir", str(tmp_path / "run")])
+    assert res.exit_code == 0, res.output
+    assert "M parameters" in res.output and "trainable" in res.output
+
+    ref = StitchFusionRelease(
+        25,
+        2,
+        ("pairwise",) * 4,
+        "featurecross",
+        embed_dims=TINY["embed_dims"],
+        depths=TINY["depths"],
+        heads=TINY["num_heads"],
+        decoder_dim=32,
+    )
+    torch.save(randomize_(ref, 2).state_dict(), tmp_path / "released.pth")
+    miou = []
+    for ckpt in ("released.pth", "converted.pth"):
+        if ckpt == "converted.pth":
+            res = runner.invoke(
+                app,
+                [
+                    "weights",
+                    "convert",
+                    str(tmp_path / "released.pth"),
+                    str(tmp_path / ckpt),
+                    "--config",
+                    str(path),
+                ],
+            )
+            assert res.exit_code == 0, res.output
+        res = runner.invoke(app, ["eval", str(path), "--ckpt", str(tmp_path / ckpt)])
+        assert res.exit_code == 0, res.output
+        out = json.loads(next((tmp_path).glob(f"{Path(ckpt).stem}_eval_*.json")).read_text())
+        miou.append(out["overall"]["mIoU"])
+    assert miou[0] == pytest.approx(miou[1], abs=1e-6)
