@@ -123,6 +123,7 @@ def predict(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path,
         raise ValueError(f"{ckpt}: number of classes unknown; set model.num_classes")
     spec = cfg.model.to_dict()
     spec["num_classes"] = num_classes
+    spec["pretrained"] = None  # the checkpoint replaces the backbone weights
     model = create_model(spec)
     load_checkpoint(model, ckpt)
     model.eval()

@@ -41,13 +41,18 @@ def count_parameters(model: torch.nn.Module) -> dict[str, int]:
     return {"total": total, "trainable": trainable}
 
 
-def build_model(cfg: Config, num_classes: int) -> torch.nn.Module:
+def build_model(cfg: Config, num_classes: int, for_checkpoint: bool = False) -> torch.nn.Module:
     """``create_model`` from the config's model section, filling ``num_classes``.
+
+    ``for_checkpoint=True`` skips ``model.pretrained`` (the checkpoint about to be loaded
+    replaces those weights, so an ImageNet file need not be present to evaluate).
 
     Raises:
         ValueError: unknown model name or key; ``num_classes`` disagrees with the dataset.
     """
     spec = cfg.model.to_dict()
+    if for_checkpoint:
+        spec["pretrained"] = None
     if spec.get("num_classes") is None:
         spec["num_classes"] = num_classes
     elif spec["num_classes"] != num_classes:
@@ -211,7 +216,7 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         cfg = cfg.model_copy(deep=True)
         cfg.data.val_split = split
     ds = build_dataset(cfg, cfg.data.val_split, train=False)
-    model = build_model(cfg, ds.num_classes)
+    model = build_model(cfg, ds.num_classes, for_checkpoint=True)
     load_checkpoint(model, ckpt)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
