@@ -62,6 +62,32 @@ def files_by_stem(
     return out
 
 
+def list_file_splits(folder: str | os.PathLike) -> list[str]:
+    """Split names of the ``*.txt`` list files in ``folder``, sorted."""
+    return sorted(p.stem for p in Path(folder).glob("*.txt"))
+
+
+def read_required_split(dataset: str, split: str, folder: Path,
+                        hint: str = "") -> tuple[Path, list[str]]:
+    """``(folder/{split}.txt, its names)`` for list-file datasets (MCubeS, MFNet, NYUDv2).
+
+    Raises:
+        DataError: the list file is missing (naming the lists present and ``hint``) or empty.
+    """
+    lst = Path(folder) / f"{split}.txt"
+    if not lst.is_file():
+        present = list_file_splits(folder)
+        raise DataError(
+            f"{dataset} split '{split}': list file not found (lists present: "
+            f"{', '.join(present) or 'none'}{hint})",
+            path=lst,
+        )
+    names = read_split_list(lst)
+    if not names:
+        raise DataError(f"{dataset} split '{split}': the list is empty", path=lst)
+    return lst, names
+
+
 def read_split_list(path: str | os.PathLike) -> list[str]:
     """Sample names of a split list file (``train.txt`` ...), in file order, duplicates dropped.
 

@@ -52,7 +52,13 @@ from fusionseg.data.io import DataError, read_image
 from fusionseg.data.modalities import ModalitySpec, get_spec
 from fusionseg.data.sample import LABEL_KEY, Sample
 
-from .base import MultimodalDataset, SampleRecord, read_split_list, register_dataset
+from .base import (
+    MultimodalDataset,
+    SampleRecord,
+    list_file_splits,
+    read_required_split,
+    register_dataset,
+)
 
 __all__ = [
     "MCUBES_CLASSES",
@@ -201,7 +207,7 @@ class MCubeS(MultimodalDataset):
     @classmethod
     def available_splits(cls, root: str | os.PathLike) -> list[str]:
         """The list files in ``list_folder/`` (without ``all``, the union of the others)."""
-        lists = sorted(p.stem for p in (Path(root) / LIST_DIR).glob("*.txt"))
+        lists = list_file_splits(Path(root) / LIST_DIR)
         return [s for s in lists if s != "all"] or lists
 
     def list_file(self) -> Path:
@@ -214,17 +220,8 @@ class MCubeS(MultimodalDataset):
         return self.root / folder / f"{name}{ext}"
 
     def _index(self) -> list[SampleRecord]:
-        lst = self.list_file()
-        if not lst.is_file():
-            present = sorted(p.stem for p in (self.root / LIST_DIR).glob("*.txt"))
-            raise DataError(
-                f"MCubeS split '{self.split}': list file not found (lists present: "
-                f"{', '.join(present) or 'none'}; expected root/list_folder/{{split}}.txt)",
-                path=lst,
-            )
-        names = read_split_list(lst)
-        if not names:
-            raise DataError(f"MCubeS split '{self.split}': the list is empty", path=lst)
+        lst, names = read_required_split("MCubeS", self.split, self.root / LIST_DIR,
+                                         "; expected root/list_folder/{split}.txt")
         return [
             SampleRecord(
                 id=name,

@@ -39,7 +39,14 @@ from fusionseg.data.io import DataError
 from fusionseg.data.modalities import ModalitySpec, get_spec
 from fusionseg.data.sample import Sample
 
-from .base import MultimodalDataset, SampleRecord, files_by_stem, read_split_list, register_dataset
+from .base import (
+    MultimodalDataset,
+    SampleRecord,
+    files_by_stem,
+    list_file_splits,
+    read_required_split,
+    register_dataset,
+)
 
 __all__ = ["MFNET_CLASSES", "MFNET_PALETTE", "MFNET_SPECS", "MFNet"]
 
@@ -152,20 +159,10 @@ class MFNet(MultimodalDataset):
     @classmethod
     def available_splits(cls, root: str | os.PathLike) -> list[str]:
         """The ``*.txt`` list files in ``root``."""
-        return sorted(p.stem for p in Path(root).glob("*.txt"))
+        return list_file_splits(root)
 
     def _index(self) -> list[SampleRecord]:
-        lst = self.root / f"{self.split}.txt"
-        if not lst.is_file():
-            present = sorted(p.stem for p in self.root.glob("*.txt"))
-            raise DataError(
-                f"MFNet split '{self.split}': list file not found (lists present: "
-                f"{', '.join(present) or 'none'})",
-                path=lst,
-            )
-        names = read_split_list(lst)
-        if not names:
-            raise DataError(f"MFNet split '{self.split}': the list is empty", path=lst)
+        lst, names = read_required_split("MFNet", self.split, self.root)
         folders = MFNET_FOLDERS[self.layout]
         found: dict[str, dict[str, Path]] = {}
         default_ext: dict[str, str] = {}
