@@ -42,8 +42,9 @@ def gemm_gflops(n: int = 2048, reps: int = 3) -> float:
 def child(args: argparse.Namespace) -> None:
     import torch
 
-    from fusionseg.bench import configure_cpu_allocator, make_random_batch, measure
+    from fusionseg.bench import make_random_batch, measure
     from fusionseg.models import create_model
+    from fusionseg.runtime import configure_cpu_allocator
 
     tuned = False if args.no_malloc_tuning else configure_cpu_allocator()
     if args.threads:
@@ -84,7 +85,7 @@ def main() -> None:
     ap.add_argument(
         "--no-malloc-tuning",
         action="store_true",
-        help="do not call fusionseg.bench.configure_cpu_allocator() in the measured process",
+        help="do not call fusionseg.runtime.configure_cpu_allocator() in the measured process",
     )
     ap.add_argument("--json", action="store_true", help="also print each result as JSON")
     ap.add_argument("--child", type=int, default=0, help=argparse.SUPPRESS)

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from fusionseg.bench import count_flops, count_params, make_random_batch, measure
-from fusionseg.models import create_model
+from fusionseg.bench import count_flops, make_random_batch, measure
+from fusionseg.models import count_parameters, create_model
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -42,12 +42,12 @@ def test_make_random_batch():
     assert b["label"].dtype == torch.int64 and int(b["label"].max()) < 4
 
 
-def test_count_params():
+def test_count_parameters():
     m = tiny_model()
-    c = count_params(m)
+    c = count_parameters(m)
     assert c["total"] == c["trainable"] == sum(p.numel() for p in m.parameters())
     m.freeze_backbone()
-    assert count_params(m)["trainable"] < c["total"]
+    assert count_parameters(m)["trainable"] < c["total"]
 
 
 def test_measure_tiny_model():

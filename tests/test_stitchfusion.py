@@ -13,6 +13,7 @@ from reference.stitchfusion_release import StitchFusionRelease, randomize_
 
 from fusionseg.config import load_config
 from fusionseg.data import list_datasets
+from fusionseg.engine.runner import convert_weights
 from fusionseg.models import CheckpointMismatchError, create_model, load_checkpoint
 from fusionseg.models.peft.adapters import BottleneckAdapter, MultiAdapter, adapter_param_count
 from fusionseg.models.segmentors.stitchfusion import StitchFusionSegmentor, release_to_fusionseg
@@ -330,7 +331,7 @@ def test_convert_checkpoint_with_config(tmp_path):
     }
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
     with pytest.warns(UserWarning, match="FeatureCross"):
-        out = convert_checkpoint(src, tmp_path / "ours.pth", config=tmp_path / "cfg.yaml")
+        out = convert_weights(load_config(tmp_path / "cfg.yaml"), src, tmp_path / "ours.pth")
     sd = torch.load(out, weights_only=True)["state_dict"]
     assert not any(k.startswith(("fusion.", "backbone.feature_cross")) for k in sd)
     model = tiny_model(2, "pairwise", "sum")
@@ -449,7 +450,7 @@ def test_config_validates_and_builds(path):
         spec["num_classes"] = 25
     model = create_model(spec)
     if path.parent.name == "stitchfusion":
-        assert cfg.train.loss == "ohem" and cfg.train.head_lr_mult == 1.0
+        assert cfg.train.loss["name"] == "ohem" and cfg.train.head_lr_mult == 1.0
         assert cfg.train.warmup_epochs == 10 and cfg.seed == 3407
         assert cfg.data.scale_range == (0.5, 2.0) and cfg.eval.miou == "zero"
         assert isinstance(model, StitchFusionSegmentor)

@@ -31,25 +31,19 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .models.segmentors.base import count_parameters, logits_of
+from .runtime import configure_cpu_allocator
+
 __all__ = [
     "configure_cpu_allocator",
     "count_flops",
-    "count_params",
+    "count_parameters",
     "make_random_batch",
     "measure",
     "peak_rss_mb",
 ]
 
 Batch = dict[str, Any]
-
-
-def count_params(model: nn.Module) -> dict[str, int]:
-    """``{"total": n, "trainable": n_requires_grad}`` (shared parameters counted once)."""
-    params = list(model.parameters())
-    return {
-        "total": sum(p.numel() for p in params),
-        "trainable": sum(p.numel() for p in params if p.requires_grad),
-    }
 
 
 def make_random_batch(
@@ -82,36 +76,6 @@ def peak_rss_mb() -> float:
     return r / 1024.0 if sys.platform != "darwin" else r / (1024.0 * 1024.0)
 
 
-def configure_cpu_allocator() -> bool:
-    """Keep freed memory in the process instead of returning it to the OS (glibc only).
-
-    CPU training allocates and frees multi-MB activation buffers every step; by default glibc
-    serves those with fresh ``mmap`` pages and unmaps them on free, so every step pays the
-    kernel's page faults again (measured on 2 cores with MiT-B2 at 512x512: ~1M minor faults,
-    2.5-5 s of system time per training step). This calls ``mallopt(M_MMAP_MAX, 0)`` and
-    ``mallopt(M_TRIM_THRESHOLD, 2**31 - 1)`` so buffers are reused from the heap after the
-    first step. Peak RSS grows a little (heap fragmentation, ~+5-10 %). Same effect as the
-    environment variables ``MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=<large>``.
-
-    Process-wide and irreversible; meant for training / benchmark entry points, not for
-    library import. Returns True when applied, False where glibc's ``mallopt`` is unavailable.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    m_trim_threshold, m_mmap_max = -1, -4  # glibc <malloc.h>
-    ok = mallopt(m_mmap_max, 0) == 1
-    ok = mallopt(m_trim_threshold, 2**31 - 1) == 1 and ok
-    return ok
-
-
 def _sdpa_cpu_flops(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
     return sdpa_flop_count(query_shape, key_shape, value_shape)
 
@@ -122,10 +86,6 @@ def _flop_mapping() -> dict:
     if hasattr(ops, "_scaled_dot_product_flash_attention_for_cpu"):
         mapping[ops._scaled_dot_product_flash_attention_for_cpu] = _sdpa_cpu_flops
     return mapping
-
-
-def _logits(out: Any) -> Tensor:
-    return out if isinstance(out, Tensor) else out.logits
 
 
 def count_flops(model: nn.Module, batch: Batch) -> int:
@@ -198,7 +158,7 @@ def measure(
     device = param.device if param is not None else torch.device("cpu")
     h, w = next(v.shape[-2:] for v in first.values() if isinstance(v, Tensor) and v.ndim == 4)
     res: dict[str, Any] = {
-        **{f"params_{k}": v for k, v in count_params(model).items()},
+        **{f"params_{k}": v for k, v in count_parameters(model).items()},
         "device": str(device),
         "batch_size": _batch_size(first),
         "input_size": [int(h), int(w)],
@@ -240,7 +200,7 @@ def measure(
             _sync(device)
             t0 = time.perf_counter()
             c0 = time.process_time()
-            logits = _logits(model(b))
+            logits = logits_of(model(b))
             if label is None:
                 label = torch.randint(
                     0,

@@ -181,9 +181,11 @@ def bench(config: Path, set: SetOpt = None,
     """Params (total / trainable), GFLOPs, inference latency, train-step time, peak memory."""
     from .bench import make_random_batch, measure
     from .config import load_config
+    from .engine.runner import model_spec
     from .models import create_model
     cfg = load_config(config, set)
-    spec = cfg.model.to_dict()
+    # random weights: speed and memory do not depend on them, so model.pretrained is not read
+    spec = model_spec(cfg, for_checkpoint=True)
     spec["num_classes"] = spec.get("num_classes") or num_classes or 25
     model = create_model(spec)
     batch_ = make_random_batch(cfg.model.modalities, batch, size, spec["num_classes"])
@@ -259,9 +261,18 @@ def data_check(config: Annotated[Path | None, typer.Argument(help="run config")]
 def weights_convert(src: Path, dst: Path,
                     config: Annotated[Path | None, typer.Option(
                         help="run config of the model the weights are for")] = None):
-    """Convert a released checkpoint (e.g. the StitchFusion authors') to fusionseg's format."""
-    from .models.weights import convert_checkpoint
-    out = convert_checkpoint(src, dst, config=config)
+    """Convert a released checkpoint (e.g. the StitchFusion authors') to fusionseg's format.
+
+    With --config the weights are loaded into the configured model strictly (mismatches are
+    reported now); without, the registered methods are asked which released format SRC is in.
+    """
+    if config is not None:
+        from .config import load_config
+        from .engine.runner import convert_weights
+        out = convert_weights(load_config(config), src, dst)
+    else:
+        from .models.weights import convert_checkpoint
+        out = convert_checkpoint(src, dst)
     console.print(f"wrote {out}")
 
 

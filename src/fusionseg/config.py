@@ -33,7 +33,8 @@ class ModelConfig(_Strict):
     """Model section; passed to :func:`fusionseg.models.create_model` as a dict.
 
     ``name`` picks a registered model (``fusionseg info`` lists them); method-specific keys
-    (``adapter``, ``fusion``, ...) go in ``options`` or as top-level keys the builder accepts.
+    (``adapter``, ``fusion``, ``backbone_kwargs``, ...) are further keys of this section,
+    checked against the builder's signature by :func:`fusionseg.models.create_model`.
     """
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
@@ -80,10 +81,11 @@ class TrainConfig(_Strict):
     warmup_epochs: float = 1.0
     warmup_ratio: float = 0.1
     poly_power: float = 0.9
-    loss: Literal["ce", "ohem"] = "ohem"
-    ohem_thresh: float = 0.7
-    ohem_min_kept_frac: float = 1 / 16
-    aux_weight: float = 0.4
+    #: main loss spec: a registered loss and its options, e.g. ``{name: ohem, thresh: 0.7,
+    #: min_kept_frac: 0.0625}``; a bare name (``ce``) is accepted
+    loss: dict[str, Any] = Field(default_factory=lambda: {"name": "ohem"})
+    #: per-name weights of auxiliary outputs, replacing the weights the method declares
+    aux_weights: dict[str, float] = Field(default_factory=dict)
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1
@@ -97,6 +99,36 @@ class TrainConfig(_Strict):
     progress: bool = True
     threads: int | None = None  # torch.set_num_threads on CPU; None leaves torch's default
 
+    @model_validator(mode="before")
+    @classmethod
+    def _loss_spec(cls, data: Any) -> Any:
+        """``loss: ce`` -> ``{name: ce}``; the keys of configs and checkpoints written before
+        the loss became a mapping (``ohem_thresh``, ``ohem_min_kept_frac``, ``aux_weight``)
+        are folded in."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        loss = data.get("loss", {"name": "ohem"})
+        if isinstance(loss, str):
+            loss = {"name": loss}
+        elif isinstance(loss, dict):
+            loss = dict(loss)
+        legacy = {"ohem_thresh": "thresh", "ohem_min_kept_frac": "min_kept_frac"}
+        for old, new in legacy.items():
+            if old in data:
+                value = data.pop(old)
+                if isinstance(loss, dict) and loss.get("name") == "ohem":
+                    loss.setdefault(new, value)
+        if "aux_weight" in data:
+            value = data.pop("aux_weight")
+            if value != 0.4:  # the old default, which the methods' weights now carry
+                raise ValueError(
+                    f"train.aux_weight={value} is no longer read; set per-output weights in "
+                    f"train.aux_weights, e.g. {{aux: {value}}}"
+                )
+        data["loss"] = loss
+        return data
+
 
 class EvalConfig(_Strict):
     """Evaluation settings: inference mode and mIoU convention."""
@@ -108,7 +140,7 @@ class EvalConfig(_Strict):
     scales: list[float] = Field(default_factory=lambda: [1.0])
     miou: Literal["nanmean", "zero"] = "nanmean"
     ignore_classes: list[int] = Field(default_factory=list)  # excluded from mIoU/mF1 (clutter)
-    per_condition: bool = True
+    per_condition: bool = True  # metrics per meta["condition"] (DELIVER / synthcity weather)
 
 
 class Config(_Strict):

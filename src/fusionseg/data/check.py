@@ -38,7 +38,8 @@ checks every modality it offers, and a modality that is entirely absent from thi
 folder missing, or no file of it in a split) is skipped with a note rather than reported;
 modalities named explicitly must be complete.
 
-What a dataset class tells the checker (all optional): ``available_splits(root)`` (the splits
+What a dataset class tells the checker (all declared on
+:class:`~fusionseg.data.datasets.base.MultimodalDataset` with defaults): ``available_splits(root)`` (the splits
 of a copy), ``record_files(record)`` (every file a sample reads, e.g. MCubeS' AoLP cos file as
 ``"aolp:cos"``), ``check_bit_depths`` / ``check_channels`` (file key -> accepted bit depths /
 channel counts, where the ModalitySpec alone does not say: NIR 8 or 16-bit, 2-D ``.npy``
@@ -428,11 +429,11 @@ class _Checker:
         self.skip = skip
         self.infos: dict[str, FileInfo | DataError] = {}
         self.label_results: dict[str, DataError | None] = {}
-        self.tolerance: Mapping[str, int] = getattr(ds, "size_tolerance", {}) or {}
+        self.tolerance: Mapping[str, int] = ds.size_tolerance
 
     # expectations ---------------------------------------------------------
     def expected_bits(self, key: str) -> tuple[int, ...] | None:
-        given = getattr(self.ds, "check_bit_depths", {}) or {}
+        given = self.ds.check_bit_depths
         if key in given:
             return tuple(given[key])
         base = key.split(":")[0]
@@ -447,7 +448,7 @@ class _Checker:
         """None if the file's channel count suits ``key``, else the expectation text."""
         if key == LABEL_KEY:
             return None
-        given = getattr(self.ds, "check_channels", {}) or {}
+        given = self.ds.check_channels
         c = info.channels
         if key in given:
             ok = tuple(given[key])

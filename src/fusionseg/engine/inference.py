@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..models.segmentors.base import logits_of
+
 _NON_IMAGE_KEYS = ("label", "meta", "present")
 
 
@@ -25,11 +27,6 @@ def _map_images(batch: dict, fn) -> dict:
     for k in _image_keys(batch):
         out[k] = fn(k, batch[k])
     return out
-
-
-def logits_of(output) -> torch.Tensor:
-    """The main logits of a model output (a Tensor or an object with ``.logits``)."""
-    return output if isinstance(output, torch.Tensor) else output.logits
 
 
 def _input_size(batch: dict) -> tuple[int, int]:

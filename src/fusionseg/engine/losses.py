@@ -1,12 +1,45 @@
-"""Segmentation losses: cross-entropy and OHEM cross-entropy, both with ``ignore_index``."""
+"""Segmentation losses, the loss registry, and the criterion that sums a method's loss terms.
+
+* :data:`LOSSES`: registered pixel losses ``loss(logits [B, K, h, w], label [B, H, W]) ->
+  scalar`` (``ce``, ``ohem``); a config names one by a spec, a mapping ``{name: ohem, thresh:
+  0.7, min_kept_frac: 0.0625}`` (or just the name), built by :func:`build_loss`.
+* :class:`SegmentationCriterion`: the training loss of any segmentor output - the main loss,
+  each auxiliary output's weighted loss and the method's extra terms (see
+  :mod:`fusionseg.models.segmentors.base` for the route), with every term returned by name.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
+
+from ..models.segmentors.base import SegmentationOutput
+from ..registry import Registry
+
+__all__ = [
+    "LOSSES",
+    "CrossEntropy",
+    "OhemCrossEntropy",
+    "SegmentationCriterion",
+    "build_loss",
+    "loss_spec",
+    "register_loss",
+]
+
+#: ``name -> loss class``, built with ``cls(ignore_index=..., **options)``
+LOSSES: Registry[type[nn.Module]] = Registry("loss")
 
 
+def register_loss(name: str):
+    """Class decorator registering a pixel loss ``cls(ignore_index=255, **options)``."""
+    return LOSSES.register(name)
+
+
+@register_loss("ce")
 class CrossEntropy(nn.Module):
     """Pixel-wise cross-entropy over logits ``[B, K, H, W]`` and labels ``[B, H, W]`` (int64).
 
@@ -33,6 +66,7 @@ class CrossEntropy(nn.Module):
         return losses[valid].mean() if valid.any() else losses.sum() * 0.0
 
 
+@register_loss("ohem")
 class OhemCrossEntropy(CrossEntropy):
     """Online hard example mining cross-entropy.
 
@@ -61,14 +95,91 @@ class OhemCrossEntropy(CrossEntropy):
         return hard.mean()
 
 
-def build_loss(name: str, ignore_index: int = 255, **kwargs) -> nn.Module:
-    """``"ce"`` -> :class:`CrossEntropy`, ``"ohem"`` -> :class:`OhemCrossEntropy`.
+def loss_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
+    """Normalise a loss spec: ``"ohem"`` -> ``{"name": "ohem"}``; a mapping is copied.
 
     Raises:
-        ValueError: unknown name.
+        ValueError: not a string or a mapping with a ``name``.
     """
-    if name == "ce":
-        return CrossEntropy(ignore_index)
-    if name == "ohem":
-        return OhemCrossEntropy(ignore_index, **kwargs)
-    raise ValueError(f"unknown loss {name!r}; use 'ce' or 'ohem'")
+    if isinstance(spec, str):
+        return {"name": spec}
+    if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
+        return dict(spec)
+    raise ValueError(f"a loss spec is a name or a mapping with a 'name' key, got {spec!r}")
+
+
+def build_loss(spec: str | Mapping[str, Any], ignore_index: int = 255, **kwargs) -> nn.Module:
+    """Build a registered loss from a spec (``"ce"``, ``{"name": "ohem", "thresh": 0.7}``).
+
+    ``kwargs`` are added to the spec's options (the spec wins).
+
+    Raises:
+        ValueError: unknown name (listing the registered ones), or an option the loss does not
+            take (naming it).
+    """
+    opts = {**kwargs, **loss_spec(spec)}
+    name = opts.pop("name")
+    cls = LOSSES.get(name)
+    try:
+        return cls(ignore_index=ignore_index, **opts)
+    except TypeError as e:
+        raise ValueError(f"loss {name!r}: bad option(s) {sorted(opts)} ({e})") from None
+
+
+class SegmentationCriterion(nn.Module):
+    """The training loss of a segmentor output.
+
+    ``forward(output, label) -> (total, terms)``: ``output`` is logits ``[B, K, H, W]`` or a
+    :class:`~fusionseg.models.segmentors.base.SegmentationOutput`; ``terms`` maps ``"main"``,
+    each auxiliary output's name and each extra term's name to its (unweighted for auxiliary
+    logits, as given for extra terms) value, detached; ``total = main + sum_a w_a * aux_a +
+    sum_t extra_t``.
+
+    Args:
+        loss: spec of the main loss (also used for auxiliary outputs without their own).
+        ignore_index: label value that contributes nothing (255).
+        aux_weights: per-name weights replacing the ones the method declares
+            (``train.aux_weights`` of the config).
+
+    Raises (at forward):
+        ValueError: an auxiliary name that clashes with another term.
+    """
+
+    def __init__(self, loss: str | Mapping[str, Any] = "ce", ignore_index: int = 255,
+                 aux_weights: Mapping[str, float] | None = None) -> None:
+        super().__init__()
+        self.spec = loss_spec(loss)
+        self.ignore_index = ignore_index
+        self.main = build_loss(self.spec, ignore_index)
+        self.aux_weights = dict(aux_weights or {})
+        self._built: dict[str, nn.Module] = {}
+
+    def _loss_for(self, spec: Mapping[str, Any] | None) -> nn.Module:
+        if spec is None:
+            return self.main
+        key = repr(sorted(loss_spec(spec).items()))
+        if key not in self._built:
+            self._built[key] = build_loss(spec, self.ignore_index)
+        return self._built[key]
+
+    def forward(self, output: Tensor | SegmentationOutput,
+                label: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        if isinstance(output, Tensor):
+            main = self.main(output, label)
+            return main, {"main": main.detach()}
+        main = self.main(output.logits, label)
+        total = main
+        terms = {"main": main.detach()}
+        for name, aux in output.aux.items():
+            if name in terms:
+                raise ValueError(f"auxiliary output name {name!r} clashes with another loss term")
+            target = label if aux.target is None else aux.target
+            value = self._loss_for(aux.loss)(aux.logits, target)
+            total = total + self.aux_weights.get(name, aux.weight) * value
+            terms[name] = value.detach()
+        for name, value in output.losses.items():
+            if name in terms:
+                raise ValueError(f"extra loss term name {name!r} clashes with another loss term")
+            total = total + value
+            terms[name] = value.detach()
+        return total, terms

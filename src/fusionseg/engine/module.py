@@ -1,8 +1,13 @@
 """LightningModule wrapping any fusionseg segmentor: losses, optimizer, schedule, metrics.
 
-Optimizer and schedule follow the SegFormer / DELIVER / StitchFusion recipes: AdamW with
-weight decay on weights only (none on norms and biases), the learning rate multiplied by
-``head_lr_mult`` for parameters outside the backbone, a linear warm-up from
+Losses: :class:`~fusionseg.engine.losses.SegmentationCriterion` over the segmentor's output -
+the configured loss on the main logits, plus whatever auxiliary logits and extra terms the
+method returns in training (:class:`~fusionseg.models.SegmentationOutput`); each term is
+logged as ``train/loss_<name>`` and the total as ``train/loss``. The engine knows no method.
+
+Optimizer and schedule follow the SegFormer / DELIVER / StitchFusion recipes: AdamW over the
+segmentor's own :meth:`~fusionseg.models.Segmentor.param_groups` (weight decay on weights only,
+the learning rate multiplied by ``head_lr_mult`` outside the backbone), a linear warm-up from
 ``warmup_ratio * lr`` over ``warmup_epochs`` and then poly decay ``(1 - t/T) ** power`` per
 iteration.
 
@@ -20,34 +25,26 @@ import torch
 from torch import nn
 
 from ..config import Config
-from .inference import logits_of, predict_logits
-from .losses import build_loss
+from .inference import predict_logits
+from .losses import SegmentationCriterion
 from .masking import random_modality_dropout
 from .metrics import confusion_metric, metrics_from_confusion
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float,
                  head_lr_mult: float = 1.0) -> list[dict]:
-    """AdamW groups: (backbone | rest) x (decay | no decay).
-
-    Biases and norm weights (all 1-d parameters) get no weight decay. Parameters whose name does not
-    start with ``backbone.`` get ``lr * head_lr_mult``. Frozen parameters are left out.
-    """
-    groups: dict[tuple[bool, bool], list] = {}
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_backbone = name.startswith("backbone.")
-        no_decay = p.ndim <= 1  # biases and norm scales/shifts
-        groups.setdefault((is_backbone, no_decay), []).append(p)
-    out = []
-    for (is_backbone, no_decay), params in groups.items():
-        out.append({
-            "params": params,
-            "lr": lr if is_backbone else lr * head_lr_mult,
-            "weight_decay": 0.0 if no_decay else weight_decay,
-        })
-    return out
+    """The model's AdamW groups: ``model.param_groups(...)`` for a
+    :class:`~fusionseg.models.Segmentor`; for any other module one learning rate, no decay on
+    1-D parameters."""
+    if hasattr(model, "param_groups"):
+        return model.param_groups(lr, weight_decay, head_lr_mult)
+    params = [p for p in model.parameters() if p.requires_grad]
+    return [g for g in (
+        {"name": "rest", "params": [p for p in params if p.ndim > 1], "lr": lr,
+         "weight_decay": weight_decay},
+        {"name": "rest_no_decay", "params": [p for p in params if p.ndim <= 1], "lr": lr,
+         "weight_decay": 0.0},
+    ) if g["params"]]
 
 
 def warmup_poly_factor(step: int, total: int, warmup: int, warmup_ratio: float,
@@ -79,13 +76,10 @@ class SegmentationModule(L.LightningModule):
         self.palette = None if palette is None else [list(map(int, c)) for c in palette]
         self.ignore_index = ignore_index
         t = cfg.train
-        self.criterion = build_loss(t.loss, ignore_index,
-                                    **({"thresh": t.ohem_thresh,
-                                        "min_kept_frac": t.ohem_min_kept_frac}
-                                       if t.loss == "ohem" else {}))
+        self.criterion = SegmentationCriterion(t.loss, ignore_index, t.aux_weights)
         k = len(self.class_names)
         self.val_cm = confusion_metric(k, ignore_index)
-        self.conditions = list(conditions or [])
+        self.conditions = list(conditions or []) if cfg.eval.per_condition else []
         self.val_cm_cond = nn.ModuleDict({c: confusion_metric(k, ignore_index)
                                           for c in self.conditions})
         self.last_val_metrics: dict = {}
@@ -100,12 +94,10 @@ class SegmentationModule(L.LightningModule):
                                             self.cfg.data.modality_dropout)
         out = self.model(batch)
         label = batch["label"]
-        loss = self.criterion(logits_of(out), label)
-        self.log("train/main_loss", loss, batch_size=label.shape[0])
-        for name, aux in (getattr(out, "aux", None) or {}).items():
-            aux_loss = self.criterion(aux, label)
-            self.log(f"train/{name}_loss", aux_loss, batch_size=label.shape[0])
-            loss = loss + self.cfg.train.aux_weight * aux_loss
+        loss, terms = self.criterion(out, label)
+        if len(terms) > 1:
+            for name, value in terms.items():
+                self.log(f"train/loss_{name}", value, batch_size=label.shape[0])
         self.log("train/loss", loss, prog_bar=True, batch_size=label.shape[0])
         return loss
 

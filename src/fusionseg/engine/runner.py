@@ -3,12 +3,12 @@
 ``train(cfg)`` builds the model, the data and a Lightning Trainer (atomic best + last
 checkpoints, CSV and TensorBoard logs, rich progress) and fits. ``evaluate(cfg, ckpt)`` runs
 the validation split through a trained model and returns overall, per-class, per-condition
-and (optionally) missing-modality results.
+and (optionally) missing-modality results (:mod:`fusionseg.engine.robustness`).
+``convert_weights(cfg, src, dst)`` converts a released checkpoint for the configured model.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 from pathlib import Path
@@ -21,44 +21,81 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from ..data.datamodule import SegDataModule, build_dataset
 from ..data.sample import Collate
-from ..models import create_model, load_checkpoint
+from ..models import (
+    MODELS,
+    convert_checkpoint,
+    count_parameters,
+    create_model,
+    load_checkpoint,
+    load_state_dict_file,
+)
+from ..models.weights import to_model_keys
+from ..runtime import setup_threads
 from .checkpoint import AtomicCheckpointIO
 from .inference import predict_logits
-from .metrics import confusion_metric, metrics_from_confusion
 from .module import SegmentationModule
+from .robustness import SubsetEvaluator, modality_subsets
 
 
 class RunError(RuntimeError):
     """A run cannot start (e.g. it would overwrite an earlier run's checkpoints)."""
 
 
-def count_parameters(model: torch.nn.Module) -> dict[str, int]:
-    """``{"total": ..., "trainable": ...}`` parameter counts."""
-    if hasattr(model, "param_counts"):
-        return dict(model.param_counts())
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return {"total": total, "trainable": trainable}
+def model_spec(cfg: Config, num_classes: int | None = None,
+               for_checkpoint: bool = False) -> dict[str, Any]:
+    """The ``create_model`` mapping of the config's model section.
 
-
-def build_model(cfg: Config, num_classes: int, for_checkpoint: bool = False) -> torch.nn.Module:
-    """``create_model`` from the config's model section, filling ``num_classes``.
-
-    ``for_checkpoint=True`` skips ``model.pretrained`` (the checkpoint about to be loaded
-    replaces those weights, so an ImageNet file need not be present to evaluate).
+    Args:
+        num_classes: the dataset's class count; fills ``model.num_classes`` when unset.
+        for_checkpoint: drop ``model.pretrained`` (weights about to be loaded from a checkpoint
+            replace those, so an ImageNet file need not be present).
 
     Raises:
-        ValueError: unknown model name or key; ``num_classes`` disagrees with the dataset.
+        ValueError: ``model.num_classes`` disagrees with ``num_classes``.
     """
     spec = cfg.model.to_dict()
     if for_checkpoint:
         spec["pretrained"] = None
     if spec.get("num_classes") is None:
         spec["num_classes"] = num_classes
-    elif spec["num_classes"] != num_classes:
+    elif num_classes is not None and spec["num_classes"] != num_classes:
         raise ValueError(f"model.num_classes={spec['num_classes']} but dataset "
                          f"{cfg.data.dataset!r} has {num_classes} classes")
-    return create_model(spec)
+    return spec
+
+
+def build_model(cfg: Config, num_classes: int, for_checkpoint: bool = False) -> torch.nn.Module:
+    """``create_model`` from the config's model section, filling ``num_classes``
+    (see :func:`model_spec`).
+
+    Raises:
+        ValueError: unknown model name or key; ``num_classes`` disagrees with the dataset.
+    """
+    return create_model(model_spec(cfg, num_classes, for_checkpoint))
+
+
+def convert_weights(cfg: Config, src: str | Path, dst: str | Path) -> Path:
+    """Convert ``src`` (e.g. a released StitchFusion ``.pth``) for the configured model and
+    write its state dict to ``dst`` (``.safetensors`` or a torch file).
+
+    The model is built without ``pretrained``; ``num_classes``, when the config leaves it
+    unset, comes from the checkpoint (the segmentor's ``infer_num_classes``). The weights are
+    loaded strictly, so a mismatch is reported now, not at evaluation.
+
+    Raises:
+        FileNotFoundError, ValueError, CheckpointMismatchError: unreadable source, bad config,
+            unknown class count, or weights that do not fit the model.
+    """
+    spec = model_spec(cfg, for_checkpoint=True)
+    if spec.get("num_classes") is None:
+        cls = MODELS.entry(cfg.model.name).info.get("segmentor")
+        infer = getattr(cls, "infer_num_classes", None)
+        k = infer(to_model_keys(load_state_dict_file(src), None, segmentor=cls)) if infer else None
+        if k is None:
+            raise ValueError(f"model.num_classes is not set and {src} does not tell the class "
+                             f"count; set model.num_classes")
+        spec["num_classes"] = k
+    return convert_checkpoint(src, dst, model=create_model(spec))
 
 
 def _next_run_dir(cfg: Config) -> Path:
@@ -67,17 +104,6 @@ def _next_run_dir(cfg: Config) -> Path:
     while (base / f"version_{n}").exists():
         n += 1
     return base / f"version_{n}"
-
-
-def _setup_threads(cfg: Config) -> None:
-    """CPU runs: thread count from the config, and heap reuse instead of per-step page faults
-    (see :func:`fusionseg.bench.configure_cpu_allocator`)."""
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    if not torch.cuda.is_available():
-        from ..bench import configure_cpu_allocator
-
-        configure_cpu_allocator()
 
 
 def _precision(cfg: Config) -> str:
@@ -98,7 +124,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
         RunError: ``run_dir`` already holds checkpoints and ``resume`` is not given.
         DataError, ConfigError, ValueError: bad data or config, before anything is written.
     """
-    _setup_threads(cfg)
+    setup_threads(cfg.train.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = SegDataModule(cfg)
     dm.setup("fit")
@@ -160,42 +186,6 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     }
 
 
-def drop_modalities(batch: dict, modalities: list[str], keep) -> dict:
-    """Copy of ``batch`` without the modalities not in ``keep`` (absent keys; the
-    ``"present"`` columns, in ``modalities`` order, set False for them)."""
-    out = {k: v for k, v in batch.items() if k not in modalities or k in keep}
-    if "present" in batch:
-        present = batch["present"].clone()
-        for j, m in enumerate(modalities):
-            if m not in keep:
-                present[:, j] = False
-        out["present"] = present
-    return out
-
-
-def modality_subsets(modalities: list[str], which: str | list[list[str]] = "all") -> list[tuple]:
-    """Non-empty subsets of ``modalities`` for the missing-modality protocol.
-
-    ``which="all"`` gives every non-empty subset (largest first); a list of lists is taken as
-    given (each checked to be a subset).
-
-    Raises:
-        ValueError: a listed subset names a modality the model does not have.
-    """
-    if which == "all":
-        out = []
-        for r in range(len(modalities), 0, -1):
-            out.extend(itertools.combinations(modalities, r))
-        return out
-    subsets = []
-    for s in which:
-        unknown = [m for m in s if m not in modalities]
-        if unknown:
-            raise ValueError(f"missing-modality subset {s} names {unknown}, not in {modalities}")
-        subsets.append(tuple(s))
-    return subsets
-
-
 @torch.no_grad()
 def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
              split: str | None = None, write_json: bool = True,
@@ -211,7 +201,7 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         CheckpointMismatchError: the checkpoint does not match the configured model.
         DataError: bad data.
     """
-    _setup_threads(cfg)
+    setup_threads(cfg.train.threads)
     if split:
         cfg = cfg.model_copy(deep=True)
         cfg.data.val_split = split
@@ -223,41 +213,22 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
     loader = DataLoader(ds, batch_size=cfg.data.val_batch_size, shuffle=False,
                         num_workers=cfg.data.num_workers,
                         collate_fn=Collate(list(cfg.data.modalities)))
-    subsets = [tuple(cfg.model.modalities)]
-    if missing:
-        subsets = modality_subsets(list(cfg.model.modalities), missing)
-    k = ds.num_classes
+    full = tuple(cfg.model.modalities)
+    requested = modality_subsets(full, missing) if missing else []
+    subsets = requested if full in requested else [full, *requested]
     e = cfg.eval
-    cms = {s: confusion_metric(k, ds.ignore_index) for s in subsets}
-    cond_cms: dict[tuple, dict[str, Any]] = {s: {} for s in subsets}
+    evaluator = SubsetEvaluator(full, subsets, ds.num_classes, ds.ignore_index,
+                                per_condition=e.per_condition)
+
+    def predict(sub: dict) -> torch.Tensor:
+        return predict_logits(model, sub, mode=e.mode, window=e.window, stride=e.stride,
+                              scales=e.scales, flip=e.flip)
+
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        label = batch["label"]
-        metas = batch.get("meta") or []
-        for s in subsets:
-            sub = drop_modalities(batch, cfg.model.modalities, keep=s)
-            sub = {kk: (v.to(device) if isinstance(v, torch.Tensor) else v)
-                   for kk, v in sub.items()}
-            logits = predict_logits(model, sub, mode=e.mode, window=e.window, stride=e.stride,
-                                    scales=e.scales, flip=e.flip)
-            pred = logits.argmax(1).cpu()
-            cms[s].update(pred, label)
-            for j, m in enumerate(metas):
-                c = m.get("condition", "all")
-                if c not in cond_cms[s]:
-                    cond_cms[s][c] = confusion_metric(k, ds.ignore_index)
-                cond_cms[s][c].update(pred[j:j + 1], label[j:j + 1])
-    full = subsets[0]
-
-    def _summ(s):
-        res = metrics_from_confusion(cms[s].compute(), e.miou, e.ignore_classes)
-        res["per_condition"] = {c: metrics_from_confusion(cm.compute(), e.miou,
-                                                          e.ignore_classes)
-                                for c, cm in sorted(cond_cms[s].items())}
-        return res
-
-    main = _summ(full)
+        evaluator.update(batch, predict, device)
+    main = evaluator.metrics(full, e.miou, e.ignore_classes)
     result: dict[str, Any] = {
         "checkpoint": str(ckpt),
         "dataset": cfg.data.dataset,
@@ -268,13 +239,7 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         "per_condition": main["per_condition"],
     }
     if missing:
-        result["missing"] = {}
-        for s in subsets:
-            r = main if s == full else _summ(s)
-            result["missing"]["+".join(s)] = {
-                "mIoU": r["mIoU"], "OA": r["OA"],
-                "per_condition": {c: v["mIoU"] for c, v in r["per_condition"].items()},
-            }
+        result["missing"] = evaluator.table(e.miou, e.ignore_classes, requested)
     if write_json:
         out = Path(ckpt).with_name(Path(ckpt).stem + f"_eval_{cfg.data.val_split}.json")
         tmp = out.with_suffix(".json.tmp")

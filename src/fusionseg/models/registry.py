@@ -1,4 +1,4 @@
-"""Dict-based model registry: ``name -> builder``.
+"""Model registry: ``name -> builder`` (a :class:`fusionseg.registry.Registry`).
 
     @register_model("sum_fusion")
     def build_sum_fusion(backbone="mit_b0", modalities=("rgb",), num_classes=19, ...): ...
@@ -18,34 +18,40 @@ from typing import Any
 
 from torch import nn
 
+from ..registry import Registry
+
 __all__ = ["MODELS", "register_model", "create_model", "list_models", "get_builder"]
 
-#: registered builders, ``name -> builder(**kwargs) -> nn.Module``
-MODELS: dict[str, Callable[..., nn.Module]] = {}
+#: registered builders, ``name -> builder(**kwargs) -> nn.Module``; each entry's ``info``
+#: holds ``segmentor`` (the class the builder returns) and its ``tiny`` the test settings.
+MODELS: Registry[Callable[..., nn.Module]] = Registry("model")
 
 
-def register_model(name: str) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+def register_model(
+    name: str,
+    *,
+    segmentor: type | None = None,
+    tiny: Mapping[str, Any] | None = None,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator registering a model builder under ``name``.
+
+    Args:
+        name: the ``model.name`` of configs.
+        segmentor: the :class:`~fusionseg.models.segmentors.base.Segmentor` subclass the builder
+            returns; :func:`fusionseg.models.weights.convert_checkpoint` asks it whether a file
+            is in its method's released format.
+        tiny: builder keyword arguments (``num_classes`` and ``modalities`` included) giving a
+            tiny model, built by ``tests/test_contract.py``.
 
     Raises:
         ValueError: ``name`` is already registered to a different builder.
     """
-
-    def deco(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        old = MODELS.get(name)
-        if old is not None and old is not fn and old.__qualname__ != fn.__qualname__:
-            raise ValueError(
-                f"model name {name!r} is already registered ({old.__module__}.{old.__qualname__})"
-            )
-        MODELS[name] = fn
-        return fn
-
-    return deco
+    return MODELS.register(name, tiny=tiny, segmentor=segmentor)
 
 
 def list_models() -> list[str]:
     """Sorted names of the registered models."""
-    return sorted(MODELS)
+    return MODELS.names()
 
 
 def get_builder(name: str) -> Callable[..., nn.Module]:
@@ -54,11 +60,7 @@ def get_builder(name: str) -> Callable[..., nn.Module]:
     Raises:
         ValueError: unknown name (the message lists the registered ones).
     """
-    if name not in MODELS:
-        raise ValueError(
-            f"unknown model {name!r}; registered models: {', '.join(list_models()) or '(none)'}"
-        )
-    return MODELS[name]
+    return MODELS.get(name)
 
 
 def create_model(cfg: Mapping[str, Any]) -> nn.Module:

@@ -1,22 +1,22 @@
-"""Loading local checkpoints strictly, with clear errors.
+"""Reading checkpoint files and loading them strictly, with clear errors.
+
+This module knows files and key matching, not formats: every official or released key format
+is converted by the module it belongs to.
 
 * :func:`load_state_dict_file` reads ``.pth`` / ``.pt`` / ``.ckpt`` (``torch.load`` with
   ``weights_only=True`` on CPU) and ``.safetensors`` files, unwrapping a state dict nested under
-  ``"state_dict"`` or ``"model"``.
+  ``"state_dict"``, ``"model"`` or ``"model_state_dict"``.
 * :func:`load_backbone_weights` loads an official backbone file (e.g. NVlabs SegFormer
-  ``mit_b2.pth``) into a backbone. Keys named by the backbone's ``checkpoint_ignore_keys``
-  (for MiT: exactly the ImageNet classifier ``head.weight`` / ``head.bias``) are dropped;
-  everything else must match in name and shape.
+  ``mit_b2.pth``) into a backbone after the backbone's own ``checkpoint_filter_fn`` (see
+  :mod:`fusionseg.models.backbones.base`) mapped it to our keys.
 * :func:`load_checkpoint` loads a whole-model checkpoint: a fusionseg / Lightning checkpoint
   (``{"state_dict": {"model.<key>": ...}, ...}``; the ``model.`` prefix is stripped and keys of
-  the LightningModule outside ``model.`` are ignored) or a plain state dict of the model.
-
-Third-party key formats (e.g. released checkpoints of a published method, Hugging Face
-exports) plug in as *converters*: ``(detect_fn, convert_fn)`` pairs in :data:`CONVERTERS`
-(register with :func:`register_converter`). :func:`load_checkpoint` applies, in order, every
-converter whose ``detect_fn(state_dict, model)`` is true, before the strict load.
-
-:func:`convert_checkpoint` writes such a file in our key names (``fusionseg weights convert``).
+  the LightningModule outside ``model.`` are ignored), a DDP-wrapped (``module.``) or plain
+  state dict of the model, or a released format of the model's method, converted by the
+  segmentor class's ``checkpoint_filter_fn`` (see
+  :meth:`fusionseg.models.segmentors.base.Segmentor.checkpoint_filter_fn`) - for that model
+  only.
+* :func:`convert_checkpoint` writes a file in our key names (``fusionseg weights convert``).
 
 All mismatches raise :class:`CheckpointMismatchError` (a ``ValueError``) naming the file and
 listing the missing, unexpected and shape-mismatched keys.
@@ -24,27 +24,26 @@ listing the missing, unexpected and shape-mismatched keys.
 
 from __future__ import annotations
 
+import os
 import pickle
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
-    "CONVERTERS",
     "CheckpointMismatchError",
     "convert_checkpoint",
     "load_backbone_weights",
     "load_checkpoint",
     "load_state_dict_file",
     "load_state_dict_strict",
-    "register_converter",
+    "save_state_dict",
+    "to_model_keys",
 ]
 
 StateDict = dict[str, Tensor]
-DetectFn = Callable[[StateDict, nn.Module], bool]
-ConvertFn = Callable[[StateDict, nn.Module], StateDict]
 
 _MAX_LISTED = 10
 
@@ -189,63 +188,52 @@ def load_state_dict_strict(
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> nn.Module:
     """Load an official backbone checkpoint into ``backbone`` (in place) and return it.
 
-    Keys listed in ``backbone.checkpoint_ignore_keys`` are dropped when the backbone has no such
-    parameter: for :class:`~fusionseg.models.backbones.mit.MixVisionTransformer` these are
-    exactly the ImageNet classifier ``head.weight`` and ``head.bias`` of the NVlabs
-    ``mit_b*.pth`` files. Everything else is strict.
+    The file's state dict goes through ``backbone.checkpoint_filter_fn`` first (for
+    :class:`~fusionseg.models.backbones.mit.MixVisionTransformer`: drop the ImageNet classifier
+    ``head.weight`` / ``head.bias`` of the NVlabs ``mit_b*.pth`` files, strip ``module.`` /
+    ``backbone.`` prefixes); then every key must match in name and shape.
 
     Raises:
         FileNotFoundError, ValueError: see :func:`load_state_dict_file`.
         CheckpointMismatchError: missing / unexpected keys or shape mismatches.
     """
     sd = load_state_dict_file(path)
-    own = backbone.state_dict()
-    for key in getattr(backbone, "checkpoint_ignore_keys", ()):
-        if key not in own:
-            sd.pop(key, None)
+    filter_fn = getattr(backbone, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        sd = filter_fn(sd)
     load_state_dict_strict(backbone, sd, path)
     return backbone
 
 
-# --------------------------------------------------------------------------- converters
-#: ``(detect_fn(state_dict, model) -> bool, convert_fn(state_dict, model) -> state_dict)``,
-#: applied in order by :func:`load_checkpoint` before the strict load.
-CONVERTERS: list[tuple[DetectFn, ConvertFn]] = []
-
-
-def register_converter(detect: DetectFn, convert: ConvertFn) -> None:
-    """Append a key-format converter used by :func:`load_checkpoint`.
-
-    ``detect(state_dict, model)`` says whether the file is in the converter's format;
-    ``convert(state_dict, model)`` returns the state dict in the model's own key names.
-    Both must accept ``model=None`` (a model-free key renaming, used by
-    :func:`convert_checkpoint` without a config).
-    """
-    CONVERTERS.append((detect, convert))
-
-
+# --------------------------------------------------------------------------- whole models
 def _strip_prefix(sd: StateDict, prefix: str) -> StateDict:
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
 
 
-def _is_ddp_wrapped(sd: StateDict, model: nn.Module | None) -> bool:
-    own = model.state_dict() if model is not None else {}
-    return all(k.startswith("module.") for k in sd) and not any(k.startswith("module.") for k in own)
+def to_model_keys(sd: Mapping[str, Tensor], model: nn.Module | None,
+                  segmentor: type | None = None) -> StateDict:
+    """Map a whole-model state dict to ``model``'s keys.
 
-
-register_converter(_is_ddp_wrapped, lambda sd, model: _strip_prefix(sd, "module."))
-
-
-def _to_model_keys(sd: StateDict, model: nn.Module | None) -> StateDict:
-    """Strip a LightningModule ``model.`` prefix and apply the registered converters."""
-    own_keys = model.state_dict().keys() if model is not None else ()
-    if any(k.startswith("model.") for k in sd) and not any(
-        k.startswith("model.") for k in own_keys
-    ):
-        sd = _strip_prefix(sd, "model.")
-    for detect, convert in CONVERTERS:
-        if detect(sd, model):
-            sd = convert(sd, model)
+    1. A LightningModule ``model.`` prefix is stripped (only those keys are kept) and a DDP
+       ``module.`` prefix carried by every key is stripped, unless the model's own keys start
+       with them.
+    2. The segmentor class's ``checkpoint_filter_fn(state_dict, model)`` converts a released
+       format of its method (``segmentor`` or ``type(model)``; classes without one keep the
+       keys).
+    """
+    own_keys = list(model.state_dict().keys()) if model is not None else []
+    sd = dict(sd)
+    for prefix, keep_only in (("model.", True), ("module.", False)):
+        if any(k.startswith(prefix) for k in own_keys):
+            continue
+        if (keep_only and any(k.startswith(prefix) for k in sd)) or (
+            sd and all(k.startswith(prefix) for k in sd)
+        ):
+            sd = _strip_prefix(sd, prefix)
+    cls = segmentor if segmentor is not None else (type(model) if model is not None else None)
+    filter_fn = getattr(cls, "checkpoint_filter_fn", None)
+    if filter_fn is not None:
+        sd = filter_fn(sd, model)
     return sd
 
 
@@ -258,72 +246,101 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         with the prefix stripped (other LightningModule entries, e.g. loss buffers, are
         ignored);
       * a plain state dict of the model (``.pth`` / ``.pt`` / ``.safetensors``, or nested
-        under ``"state_dict"`` / ``"model"`` without the prefix);
-      * any format a registered converter (:data:`CONVERTERS`) recognises (DDP ``module.``
-        prefix built in; the StitchFusion authors' released files, registered by
-        :mod:`fusionseg.models.segmentors.stitchfusion`).
+        under ``"state_dict"`` / ``"model"`` / ``"model_state_dict"``), DDP ``module.`` prefix
+        allowed;
+      * the released format of the model's own method, converted by
+        ``type(model).checkpoint_filter_fn`` (e.g. the StitchFusion authors' files for a
+        :class:`~fusionseg.models.segmentors.stitchfusion.StitchFusionSegmentor`).
 
     Raises:
         FileNotFoundError, ValueError: see :func:`load_state_dict_file`.
         CheckpointMismatchError: missing / unexpected keys or shape mismatches.
     """
-    sd = _to_model_keys(load_state_dict_file(path), model)
+    sd = to_model_keys(load_state_dict_file(path), model)
     load_state_dict_strict(model, sd, path)
     return model
 
 
+def save_state_dict(sd: Mapping[str, Tensor], dst: str | Path,
+                    metadata: Mapping[str, str] | None = None) -> Path:
+    """Write ``sd`` atomically (temporary file + fsync + rename): ``.safetensors`` as a
+    safetensors file, anything else as ``torch.save({"state_dict": sd, **metadata})``.
+
+    A crash while writing leaves an earlier ``dst`` untouched. Returns ``Path(dst)``.
+    """
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    meta = {k: str(v) for k, v in (metadata or {}).items()}
+    try:
+        if dst.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file({k: v.detach().contiguous().clone() for k, v in sd.items()}, str(tmp),
+                      metadata=meta)
+        else:
+            torch.save({"state_dict": dict(sd), **meta}, str(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return dst
+
+
+def _detect_segmentor(sd: StateDict) -> type | None:
+    """The registered segmentor class whose ``is_released_format`` recognises ``sd``."""
+    from .registry import MODELS
+
+    seen: set[type] = set()
+    for entry in MODELS.entries():
+        cls = entry.info.get("segmentor")
+        if cls is None or cls in seen:
+            continue
+        seen.add(cls)
+        detect = getattr(cls, "is_released_format", None)
+        if detect is not None and detect(sd):
+            return cls
+    return None
+
+
 def convert_checkpoint(
-    src: str | Path, dst: str | Path, config: str | Path | None = None
+    src: str | Path,
+    dst: str | Path,
+    model: nn.Module | None = None,
+    segmentor: type | None = None,
 ) -> Path:
-    """Convert a checkpoint in a third-party format (e.g. a released StitchFusion ``.pth``)
-    to fusionseg's format: a state dict in our key names that :func:`load_checkpoint` reads.
+    """Convert a checkpoint in a released format (e.g. a StitchFusion authors' ``.pth``) to
+    fusionseg's: a state dict in our key names that :func:`load_checkpoint` reads.
 
     Args:
         src: the source file (any format :func:`load_checkpoint` accepts).
         dst: output path; ``.safetensors`` writes a safetensors file, anything else a
             ``torch.save`` file ``{"state_dict": ..., "fusionseg_source": str(src)}``.
-        config: optional run config (YAML). With it, the configured model is built (with
-            ``pretrained`` ignored; ``num_classes`` taken from the checkpoint's
-            ``decode_head.linear_pred`` when the config leaves it unset), the weights are
-            loaded into it strictly (so a mismatch is reported now, not at evaluation) and the
-            model's own state dict is written. Without it, the registered converters rename
-            the keys without a model (e.g. a released sum-fusion StitchFusion file keeps its
-            unused FeatureCross as ``fusion.*``; loading drops it for sum models).
+        model: the model the weights are for (``pretrained`` left unset). The converted
+            weights are loaded into it strictly (so a mismatch is reported now, not at
+            evaluation) and its own state dict is written.
+        segmentor: without ``model``, the segmentor class whose released format ``src`` is
+            in (its ``checkpoint_filter_fn`` renames the keys without a model). Without either,
+            the registered segmentor classes are asked in turn (``is_released_format``) and the
+            keys are kept when none recognises the file.
 
     Returns:
         ``Path(dst)``.
 
     Raises:
-        FileNotFoundError, ValueError, CheckpointMismatchError: unreadable source, bad config,
-            or weights that do not fit the configured model.
+        FileNotFoundError, ValueError, CheckpointMismatchError: unreadable source, or weights
+            that do not fit ``model``.
     """
-    src, dst = Path(src), Path(dst)
+    src = Path(src)
     sd = load_state_dict_file(src)
-    if config is None:
-        out = _to_model_keys(sd, None)
-    else:
-        from ..config import load_config
-        from .registry import create_model
-
-        spec = load_config(config).model.to_dict()
-        spec["pretrained"] = None  # every weight comes from the checkpoint
-        if spec.get("num_classes") is None:
-            pred = _to_model_keys(sd, None).get("decode_head.linear_pred.weight")
-            if pred is None:
-                raise ValueError(
-                    f"{config}: model.num_classes is not set and {src} has no "
-                    f"decode_head.linear_pred.weight to infer it from; set model.num_classes"
-                )
-            spec["num_classes"] = int(pred.shape[0])
-        model = create_model(spec)
-        load_state_dict_strict(model, _to_model_keys(sd, model), src)
+    if model is not None:
+        load_state_dict_strict(model, to_model_keys(sd, model), src)
         out = model.state_dict()
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.detach().contiguous().clone() for k, v in out.items()}, str(dst),
-                  metadata={"fusionseg_source": str(src)})
     else:
-        torch.save({"state_dict": dict(out), "fusionseg_source": str(src)}, str(dst))
-    return dst
+        cls = segmentor
+        if cls is None:
+            cls = _detect_segmentor(to_model_keys(sd, None))
+        out = to_model_keys(sd, None, segmentor=cls)
+    return save_state_dict(out, dst, {"fusionseg_source": str(src)})

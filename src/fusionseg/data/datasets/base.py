@@ -26,6 +26,7 @@ from torch.utils.data import Dataset
 from fusionseg.data.io import IMAGE_EXTENSIONS, DataError, read_image
 from fusionseg.data.modalities import ModalitySpec, resolve_specs
 from fusionseg.data.sample import IGNORE_INDEX, LABEL_KEY, META_KEY, Sample, check_sample
+from fusionseg.registry import Registry
 
 __all__ = [
     "MultimodalDataset",
@@ -186,6 +187,13 @@ class MultimodalDataset(Dataset):
     label_value_channels: tuple[int, ...] | None = (0,)
     #: split names of the release, for ``available_splits`` (empty: the root's sub-folders)
     known_splits: ClassVar[tuple[str, ...]] = ()
+    # -- what ``fusionseg data check`` reads, where the ModalitySpec alone does not say --
+    #: file key (``"label"``, ``"dsm"``, ``"aolp:cos"``) -> accepted bit depths
+    check_bit_depths: Mapping[str, tuple[int, ...]] = {}
+    #: file key -> accepted channel counts
+    check_channels: Mapping[str, tuple[int, ...]] = {}
+    #: modality -> size difference (pixels) to the reference modality that the loader fixes
+    size_tolerance: Mapping[str, int] = {}
 
     def __init__(
         self,
@@ -412,7 +420,8 @@ class MultimodalDataset(Dataset):
 
 # --------------------------------------------------------------------------- registry
 
-_DATASETS: dict[str, type[MultimodalDataset]] = {}
+#: ``name -> dataset class``; unknown names raise :class:`DataError`
+DATASETS: Registry[type[MultimodalDataset]] = Registry("dataset", error=DataError)
 
 
 def register_dataset(name: str) -> Callable[[type[MultimodalDataset]], type[MultimodalDataset]]:
@@ -423,11 +432,8 @@ def register_dataset(name: str) -> Callable[[type[MultimodalDataset]], type[Mult
     """
 
     def deco(cls: type[MultimodalDataset]) -> type[MultimodalDataset]:
-        prev = _DATASETS.get(name)
-        if prev is not None and prev.__qualname__ != cls.__qualname__:
-            raise ValueError(f"dataset name '{name}' already registered by {prev.__qualname__}")
+        DATASETS.register(name)(cls)
         cls.name = name
-        _DATASETS[name] = cls
         return cls
 
     return deco
@@ -435,17 +441,12 @@ def register_dataset(name: str) -> Callable[[type[MultimodalDataset]], type[Mult
 
 def list_datasets() -> list[str]:
     """Registered dataset names, sorted."""
-    return sorted(_DATASETS)
+    return DATASETS.names()
 
 
 def get_dataset_class(name: str) -> type[MultimodalDataset]:
     """The class registered as ``name``. Raises DataError for an unknown name."""
-    try:
-        return _DATASETS[name]
-    except KeyError:
-        raise DataError(
-            f"unknown dataset '{name}' (available: {', '.join(list_datasets()) or 'none'})"
-        ) from None
+    return DATASETS.get(name)
 
 
 def create_dataset(

@@ -7,8 +7,9 @@ Our own compact implementation of the hierarchical encoder from
 
 The module and parameter names follow the official NVlabs code
 (``NVlabs/SegFormer``, ``mmseg/models/backbones/mix_transformer.py``) exactly, so the
-official ImageNet-1k files ``mit_b0.pth .. mit_b5.pth`` load strictly (after dropping their
-classifier ``head.weight`` / ``head.bias``, see :attr:`MixVisionTransformer.checkpoint_ignore_keys`)::
+official ImageNet-1k files ``mit_b0.pth .. mit_b5.pth`` load strictly (after
+:meth:`MixVisionTransformer.checkpoint_filter_fn` drops their classifier ``head.weight`` /
+``head.bias``)::
 
     patch_embed{1..4}.proj            Conv2d (k7 s4 p3 for stage 1, k3 s2 p1 after)
     patch_embed{1..4}.norm            LayerNorm (eps 1e-5, as in the official code)
@@ -32,20 +33,24 @@ multiples of 32, the outputs beyond float rounding):
   smaller than its reduction ratio (tiny inputs, where the official code fails) the map is
   zero-padded at the bottom/right up to the ratio so that at least one key/value token exists.
 
-Per-stage access (for methods that run several modality streams through the same blocks and
-insert modules between the attention and MLP residuals, e.g. StitchFusion) is exposed without
-copying: :meth:`MixVisionTransformer.embed`, :meth:`blocks_of`, :meth:`norm_of`,
-:meth:`tokens_to_map`, and each :class:`Block` exposes ``norm1, attn, drop_path, norm2, mlp``.
+The class meets the :class:`~fusionseg.models.backbones.base.TransformerBackbone` contract:
+per-stage access for methods that run several modality streams through the same blocks and
+insert modules between the attention and MLP residuals (e.g. StitchFusion) without copying
+(:meth:`MixVisionTransformer.embed`, :meth:`blocks_of`, :meth:`norm_of`, :meth:`finish_stage`,
+:meth:`tokens_to_map`; each :class:`Block` exposes ``norm1, attn, drop_path, norm2, mlp``).
 Stage indices in these methods are 0-based (``0..3``), while the key names are 1-based.
+``input_multiple`` is 1: any input size works, as in the official code.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .base import TransformerBackbone, register_backbone, strip_prefixes
 
 __all__ = [
     "DropPath",
@@ -56,6 +61,7 @@ __all__ = [
     "Block",
     "MixVisionTransformer",
     "MIT_SETTINGS",
+    "MIT_TINY",
 ]
 
 # Official settings of the SegFormer paper (Table 6) / NVlabs ``mit_b0 .. mit_b5`` classes.
@@ -247,7 +253,7 @@ class Block(nn.Module):
         return x + self.mlp_residual(x, H, W)
 
 
-class MixVisionTransformer(nn.Module):
+class MixVisionTransformer(TransformerBackbone):
     """Hierarchical MiT encoder (SegFormer, Xie et al. NeurIPS 2021).
 
     Args:
@@ -264,15 +270,15 @@ class MixVisionTransformer(nn.Module):
     at strides ``s = 4, 8, 16, 32``.
 
     Checkpoints: the official ``mit_b*.pth`` ImageNet files hold an extra classifier
-    ``head.weight`` / ``head.bias``; :attr:`checkpoint_ignore_keys` names exactly those two keys,
-    which :func:`fusionseg.models.weights.load_backbone_weights` drops; everything else loads
-    strictly.
+    ``head.weight`` / ``head.bias``, which :meth:`checkpoint_filter_fn` drops; everything else
+    loads strictly.
     """
 
-    #: keys of official checkpoints that this module does not have and the loader drops.
-    checkpoint_ignore_keys: tuple[str, ...] = ("head.weight", "head.bias")
+    #: the ImageNet classifier of the official ``mit_b*.pth`` files (not part of the encoder)
+    CLASSIFIER_KEYS: tuple[str, ...] = ("head.weight", "head.bias")
     num_stages = 4
     strides = (4, 8, 16, 32)
+    input_multiple = 1
 
     def __init__(
         self,
@@ -298,7 +304,7 @@ class MixVisionTransformer(nn.Module):
         self.depths = [int(d) for d in depths]
         self.num_heads = [int(h) for h in num_heads]
         self.sr_ratios = [int(r) for r in sr_ratios]
-        self.in_chans = in_chans
+        self.in_chans = int(in_chans)
         dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
         cur = 0
         for i in range(4):
@@ -344,15 +350,32 @@ class MixVisionTransformer(nn.Module):
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
-    # ------------------------------------------------------------------ per-stage access
+    # ------------------------------------------------------------------ backbone contract
     @property
     def out_channels(self) -> list[int]:
         """Channels of the 4 output maps (``embed_dims``)."""
         return list(self.embed_dims)
 
-    def _check_stage(self, stage_idx: int) -> None:
-        if not 0 <= stage_idx < 4:
-            raise IndexError(f"stage_idx must be in 0..3 (0-based), got {stage_idx}")
+    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Official MiT files -> our keys (which are the official names).
+
+        * ``module.`` (DDP) prefixes are stripped;
+        * a whole mmseg / SegFormer segmentation checkpoint (``backbone.*`` and
+          ``decode_head.*`` keys) gives its ``backbone.*`` keys, prefix stripped;
+        * the ImageNet classifier ``head.weight`` / ``head.bias`` of ``mit_b*.pth`` is dropped.
+
+        Our own state dict comes back unchanged.
+        """
+        own = list(self.state_dict().keys())
+        sd = strip_prefixes(state_dict, ("module.",), own)
+        if any(k.startswith("backbone.") for k in sd) and not any(
+            k.startswith("backbone.") for k in own
+        ):
+            sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+        for key in self.CLASSIFIER_KEYS:
+            if key not in own:
+                sd.pop(key, None)
+        return sd
 
     def patch_embed_of(self, stage_idx: int) -> OverlapPatchEmbed:
         """The patch embedding of stage ``stage_idx`` (0-based), i.e. ``patch_embed{i+1}``."""
@@ -369,38 +392,48 @@ class MixVisionTransformer(nn.Module):
         self._check_stage(stage_idx)
         return getattr(self, f"norm{stage_idx + 1}")
 
-    def embed(self, stage_idx: int, x: Tensor) -> tuple[Tensor, int, int]:
+    def embed(self, stage_idx: int, carry: Tensor) -> tuple[Tensor, int, int]:
         """Patch-embed the input of stage ``stage_idx`` (0-based).
 
-        ``x``: ``[B, C_in, H, W]`` (the image for stage 0, the previous stage's map after).
+        ``carry``: ``[B, C_in, H, W]`` (the image for stage 0, the previous stage's map after).
         Returns ``(tokens [B, H'*W', C_i], H', W')``.
         """
-        return self.patch_embed_of(stage_idx)(x)
+        return self.patch_embed_of(stage_idx)(carry)
 
-    @staticmethod
-    def tokens_to_map(x: Tensor, H: int, W: int) -> Tensor:
-        """``[B, H*W, C]`` tokens -> ``[B, C, H, W]`` map (a channels-last view, no copy)."""
-        b, _, c = x.shape
-        return x.transpose(1, 2).reshape(b, c, H, W)
+    def finish_stage(self, stage_idx: int, tokens: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+        """Stage norm; returns ``(normalised tokens [B, h*w, C_i], their map [B, C_i, h, w])``.
 
-    def forward_stage(self, stage_idx: int, x: Tensor) -> Tensor:
-        """Run one whole stage: embed, blocks, norm. ``[B, C_in, H, W] -> [B, C_i, H', W']``."""
-        x, h, w = self.embed(stage_idx, x)
-        for blk in self.blocks_of(stage_idx):
-            x = blk(x, h, w)
-        x = self.norm_of(stage_idx)(x)
-        # The official code calls .contiguous() here (NCHW); we return a channels-last
-        # view instead, which the next stage's conv and the decode head accept as is.
-        return self.tokens_to_map(x, h, w)
+        The map is the stage output and the next stage's input. The official code calls
+        ``.contiguous()`` on it (NCHW); we keep the channels-last view, which the next stage's
+        convolution and the decode head accept as is.
+        """
+        feat = self.norm_of(stage_idx)(tokens)
+        return feat, self.tokens_to_map(feat, h, w)
 
-    def forward(self, x: Tensor) -> list[Tensor]:
-        """``[B, in_chans, H, W] -> [c1, c2, c3, c4]`` at strides 4, 8, 16, 32."""
-        if x.ndim != 4 or x.shape[1] != self.in_chans:
-            raise ValueError(
-                f"MixVisionTransformer expects [B, {self.in_chans}, H, W], got {tuple(x.shape)}"
-            )
-        outs = []
-        for i in range(4):
-            x = self.forward_stage(i, x)
-            outs.append(x)
-        return outs
+    def forward_stage(self, stage_idx: int, carry: Tensor) -> tuple[Tensor, Tensor]:
+        """Run one whole stage: embed, blocks, norm. ``[B, C_in, H, W] -> (map, map)``."""
+        return super().forward_stage(stage_idx, carry)
+
+
+# --------------------------------------------------------------------------- registration
+#: tiny constructor overrides used by the contract tests (a few thousand parameters)
+MIT_TINY = dict(embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
+
+
+def _register_mit(name: str) -> None:
+    def build(**overrides) -> MixVisionTransformer:
+        kwargs = dict(MIT_SETTINGS[name], drop_path_rate=0.1)
+        kwargs.update(overrides)
+        return MixVisionTransformer(**kwargs)
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"Build {name} (official settings, overridable by keyword)."
+    # SegFormer decode-head width used with each MiT (paper / official configs)
+    register_backbone(name, tiny=MIT_TINY, decoder_dim=256 if name in ("mit_b0", "mit_b1") else 512)(
+        build
+    )
+
+
+for _name in MIT_SETTINGS:
+    _register_mit(_name)
+del _name

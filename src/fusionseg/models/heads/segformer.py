@@ -91,6 +91,13 @@ class SegFormerHead(nn.Module):
         self.dropout = nn.Dropout2d(dropout) if dropout > 0 else nn.Identity()
         self.linear_pred = nn.Conv2d(embed_dim, num_classes, kernel_size=1)
 
+    @staticmethod
+    def num_classes_in(state_dict, prefix: str = "") -> int | None:
+        """``K`` of a state dict holding this head under ``prefix`` (its ``linear_pred``), or
+        ``None`` when the key is absent."""
+        w = state_dict.get(f"{prefix}linear_pred.weight")
+        return None if w is None else int(w.shape[0])
+
     def _linear_c(self, i: int) -> LinearEmbed:
         return getattr(self, f"linear_c{i + 1}")
 

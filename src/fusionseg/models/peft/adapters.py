@@ -39,6 +39,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from .base import PeftModule
+
 __all__ = ["ADAPTER_DENSITIES", "BottleneckAdapter", "MultiAdapter", "adapter_param_count"]
 
 #: accepted densities of :class:`MultiAdapter`
@@ -50,7 +52,7 @@ def adapter_param_count(dim: int, hidden: int = 8) -> int:
     return (dim * hidden + hidden) + (hidden * hidden + hidden) + (hidden * dim + dim)
 
 
-class BottleneckAdapter(nn.Module):
+class BottleneckAdapter(PeftModule):
     """``A(x) = up(Dropout(GELU(mid(down(x)))))``, ``[..., dim] -> [..., dim]``.
 
     Release class ``Bi_direct_adapter``: ``adapter_down`` (dim -> hidden), ``adapter_mid``
@@ -78,7 +80,7 @@ class BottleneckAdapter(nn.Module):
         return self.adapter_up(self.dropout(h))
 
 
-class MultiAdapter(nn.Module):
+class MultiAdapter(PeftModule):
     """Cross-stream adapters of one transformer block (StitchFusion MultiAdapter).
 
     Args:

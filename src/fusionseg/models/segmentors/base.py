@@ -9,41 +9,140 @@ Batch convention (see docs / architecture spec, "The Sample convention"):
   missing samples' tensors are zeros;
 * ``"label"`` (int64 ``[B, H, W]``), ``"meta"`` (list of dicts) and keys of modalities the
   model does not use are ignored by the model.
+
+Training output and the route for method losses: in training a segmentor may return a
+:class:`SegmentationOutput` instead of the logits. The engine then minimises::
+
+    loss = L(logits, label)                                        # the configured loss
+         + sum_a aux[a].weight * L_a(aux[a].logits, aux[a].target or label)
+         + sum_t losses[t]                                         # weighted extra terms
+
+and logs every term by name (``train/loss_<name>``). ``L_a`` is the configured loss unless the
+auxiliary output names its own (``AuxiliaryLogits.loss``, a loss spec such as ``{"name":
+"ce"}``). Methods put their own supervision here (auxiliary heads, per-stream logits, hard-pixel
+targets, distillation terms) and the engine needs no special case for any method.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-__all__ = ["Segmentor", "SegmentationOutput", "ModalityInput"]
+from ..peft.base import PeftModule
+
+__all__ = [
+    "DEFAULT_AUX_WEIGHT",
+    "AuxiliaryLogits",
+    "ModalityInput",
+    "SegmentationOutput",
+    "Segmentor",
+    "StreamBatch",
+    "count_parameters",
+    "logits_of",
+]
 
 #: ``(modality name, image [B, 3, H, W], present mask bool[B] or None = all present)``
 ModalityInput = tuple[str, Tensor, Tensor | None]
 
+#: weight of auxiliary logits given as a bare tensor (the mmseg / SegFormer convention)
+DEFAULT_AUX_WEIGHT = 0.4
+
 
 @dataclass
-class SegmentationOutput:
-    """Training-time output of models with auxiliary heads.
+class AuxiliaryLogits:
+    """One auxiliary output of a method, supervised in training only.
 
     Attributes:
-        logits: main logits ``[B, K, H, W]`` at input size.
-        aux: auxiliary logits by name, each ``[B, K, H', W']`` (the loss resizes as needed).
+        logits: ``[B, K, H', W']`` (the loss resizes them to the label bilinearly).
+        weight: factor of its loss term in the total loss.
+        loss: a loss spec (``{"name": "ce", ...}``, see :func:`fusionseg.engine.losses.build_loss`)
+            for this term; ``None`` = the run's configured loss.
+        target: labels ``int64 [B, H, W]`` to use instead of the batch's (e.g. MoBaNet's
+            hard-pixel labels, 255 where the main prediction is right); ``None`` = the label.
     """
 
     logits: Tensor
-    aux: dict[str, Tensor] = field(default_factory=dict)
+    weight: float = DEFAULT_AUX_WEIGHT
+    loss: Mapping[str, Any] | None = None
+    target: Tensor | None = None
+
+
+@dataclass
+class SegmentationOutput:
+    """Training-time output of a segmentor (see the module docstring for the loss it defines).
+
+    Attributes:
+        logits: main logits ``[B, K, H, W]`` at input size (what inference returns).
+        aux: named auxiliary outputs; a bare tensor is taken as
+            ``AuxiliaryLogits(tensor, DEFAULT_AUX_WEIGHT)``.
+        losses: named extra loss terms, scalar tensors already weighted by the method (added to
+            the total as they are).
+    """
+
+    logits: Tensor
+    aux: dict[str, AuxiliaryLogits] = field(default_factory=dict)
+    losses: dict[str, Tensor] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.aux = {
+            k: v if isinstance(v, AuxiliaryLogits) else AuxiliaryLogits(v)
+            for k, v in self.aux.items()
+        }
+
+
+def logits_of(output: Tensor | SegmentationOutput) -> Tensor:
+    """The main logits of a model output (a Tensor or a :class:`SegmentationOutput`)."""
+    return output if isinstance(output, Tensor) else output.logits
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """``{"total": all parameters, "trainable": those with requires_grad}`` (shared parameters
+    counted once)."""
+    params = list(model.parameters())
+    return {
+        "total": sum(p.numel() for p in params),
+        "trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
+
+
+@dataclass
+class StreamBatch:
+    """The model's modalities as streams, in model order (see :meth:`Segmentor.stream_inputs`).
+
+    Attributes:
+        names: the model's modality names (``M``).
+        images: ``M`` tensors ``[B, 3, H, W]``; an absent modality, and a sample whose
+            ``present`` entry is false, is zeros.
+        present: ``bool[B, M]``, true where the sample has the modality.
+    """
+
+    names: list[str]
+    images: list[Tensor]
+    present: Tensor
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(H, W)`` of the images."""
+        return tuple(self.images[0].shape[-2:])
+
+    def stacked(self) -> Tensor:
+        """All streams as one batch ``[M * B, 3, H, W]``, stream-major."""
+        return torch.cat(self.images, dim=0) if len(self.images) > 1 else self.images[0]
 
 
 class Segmentor(nn.Module):
     """Base class of fusionseg segmentors.
 
     ``forward(batch: dict) -> Tensor[B, K, H, W]`` (logits at input size), or a
-    :class:`SegmentationOutput` in training mode for models with auxiliary heads.
+    :class:`SegmentationOutput` in training mode for models with auxiliary outputs or extra
+    loss terms.
 
     Args:
         modalities: ordered modality names the model consumes (the order defines the columns
@@ -51,7 +150,9 @@ class Segmentor(nn.Module):
         num_classes: ``K``.
 
     Subclasses set ``self.backbone`` (or override :meth:`backbone_modules` when they have more
-    than one encoder) so that :meth:`freeze_backbone` knows what to freeze.
+    than one encoder) so that :meth:`freeze_backbone` and :meth:`param_groups` know which
+    parameters are the backbone's. A method whose authors released weights in another key
+    layout overrides :meth:`checkpoint_filter_fn` (and :meth:`is_released_format`).
     """
 
     def __init__(self, modalities: Sequence[str], num_classes: int) -> None:
@@ -73,28 +174,95 @@ class Segmentor(nn.Module):
     # ------------------------------------------------------------------ parameters
     def param_counts(self) -> dict[str, int]:
         """``{"total": all parameters, "trainable": those with requires_grad}``."""
-        total = sum(p.numel() for p in self.parameters())
-        trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
-        return {"total": total, "trainable": trainable}
+        return count_parameters(self)
 
     def backbone_modules(self) -> list[nn.Module]:
-        """Modules frozen by :meth:`freeze_backbone` (default: ``[self.backbone]``)."""
+        """The pretrained encoder(s) (default: ``[self.backbone]``)."""
         bb = getattr(self, "backbone", None)
         return [bb] if isinstance(bb, nn.Module) else []
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        """Parameters of :meth:`backbone_modules`, without those of :class:`PeftModule`
+        submodules a method injected into them (LoRA, adapters: the method's own)."""
+        injected: set[int] = set()
+        for m in self.backbone_modules():
+            for sub in m.modules():
+                if isinstance(sub, PeftModule):
+                    injected.update(id(p) for p in sub.parameters())
+        out: list[nn.Parameter] = []
+        seen: set[int] = set()
+        for m in self.backbone_modules():
+            for p in m.parameters():
+                if id(p) not in injected and id(p) not in seen:
+                    seen.add(id(p))
+                    out.append(p)
+        return out
+
+    def no_weight_decay(self) -> set[str]:
+        """Full parameter names (in this model) that get no weight decay besides the 1-D
+        ones: the backbones' ``no_weight_decay()`` names, prefixed."""
+        names: set[str] = set()
+        prefixes = {id(m): n for n, m in self.named_modules()}
+        for m in self.backbone_modules():
+            nwd = getattr(m, "no_weight_decay", None)
+            if nwd is None or id(m) not in prefixes:
+                continue
+            pre = prefixes[id(m)]
+            names.update(f"{pre}.{n}" if pre else n for n in nwd())
+        return names
+
+    def param_groups(
+        self, lr: float, weight_decay: float, head_lr_mult: float = 1.0
+    ) -> list[dict[str, Any]]:
+        """AdamW parameter groups: (backbone | rest) x (decay | no decay).
+
+        * backbone = :meth:`backbone_parameters` (pretrained weights, ``lr``); rest =
+          everything else, including :class:`PeftModule` parameters injected into a backbone
+          (``lr * head_lr_mult``);
+        * no weight decay for 1-D parameters (biases, norm scales and shifts) and for the
+          names of :meth:`no_weight_decay` (position embeddings, tokens);
+        * frozen parameters are left out; empty groups are dropped.
+
+        Returns:
+            ``[{"name": "backbone" | "backbone_no_decay" | "rest" | "rest_no_decay",
+            "params": [...], "lr": ..., "weight_decay": ...}, ...]``.
+        """
+        bb = {id(p) for p in self.backbone_parameters()}
+        nwd = self.no_weight_decay()
+        groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+        for name, p in self.named_parameters():
+            if not p.requires_grad:
+                continue
+            no_decay = p.ndim <= 1 or name in nwd
+            groups.setdefault((id(p) in bb, no_decay), []).append(p)
+        out = []
+        for is_bb, no_decay in ((True, False), (True, True), (False, False), (False, True)):
+            params = groups.get((is_bb, no_decay))
+            if not params:
+                continue
+            out.append({
+                "name": ("backbone" if is_bb else "rest") + ("_no_decay" if no_decay else ""),
+                "params": params,
+                "lr": lr if is_bb else lr * head_lr_mult,
+                "weight_decay": 0.0 if no_decay else weight_decay,
+            })
+        return out
 
     def freeze_backbone(self, freeze: bool = True) -> Segmentor:
         """Freeze (or unfreeze) the backbone weights.
 
-        Frozen parameters get ``requires_grad=False`` and every BatchNorm inside the frozen
-        modules stays in eval mode (running statistics fixed) through later ``train()`` calls.
-        Modules added to the backbone afterwards are not affected. Returns ``self``.
+        Frozen parameters (:meth:`backbone_parameters`: :class:`PeftModule` parameters injected
+        into the backbone stay trainable) get ``requires_grad=False``, and every BatchNorm
+        inside the frozen modules stays in eval mode (running statistics fixed) through later
+        ``train()`` calls. Returns ``self``.
+
+        Raises:
+            ValueError: the model has no backbone.
         """
-        mods = self.backbone_modules()
-        if freeze and not mods:
+        if freeze and not self.backbone_modules():
             raise ValueError(f"{type(self).__name__} has no backbone to freeze")
-        for m in mods:
-            for p in m.parameters():
-                p.requires_grad_(not freeze)
+        for p in self.backbone_parameters():
+            p.requires_grad_(not freeze)
         self.backbone_frozen = freeze
         return self.train(self.training)
 
@@ -119,6 +287,87 @@ class Segmentor(nn.Module):
             for bn in self._frozen_batchnorms():
                 bn.eval()
         return self
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def checkpoint_filter_fn(
+        cls, state_dict: Mapping[str, Tensor], model: Segmentor | None = None
+    ) -> dict[str, Tensor]:
+        """Map a released whole-model state dict of this method to our keys.
+
+        :func:`fusionseg.models.load_checkpoint` calls it for models of this class only, after
+        stripping Lightning (``model.``) and DDP (``module.``) prefixes. ``model`` is the
+        instance being loaded (``None`` when converting without a model: then only the
+        model-independent renaming applies). The default keeps the keys. Must be idempotent:
+        our own ``state_dict()`` comes back unchanged.
+        """
+        return dict(state_dict)
+
+    @classmethod
+    def is_released_format(cls, state_dict: Mapping[str, Tensor]) -> bool:
+        """Whether ``state_dict`` is in this method's released format (used by
+        ``fusionseg weights convert`` without a config). Default: False."""
+        return False
+
+    @classmethod
+    def infer_num_classes(cls, state_dict: Mapping[str, Tensor]) -> int | None:
+        """Number of classes of a (converted) state dict of this method, if it tells."""
+        return None
+
+    # ------------------------------------------------------------------ input size
+    @property
+    def input_multiple(self) -> int:
+        """The least common multiple of the backbones' ``input_multiple`` (1 if none)."""
+        out = 1
+        for m in self.backbone_modules():
+            out = math.lcm(out, int(getattr(m, "input_multiple", 1)))
+        return out
+
+    def pad_to_multiple(self, x: Tensor) -> Tensor:
+        """Zero-pad ``x [..., H, W]`` at the bottom/right to multiples of
+        :attr:`input_multiple` (zero is the normalised mean, i.e. "no signal")."""
+        k = self.input_multiple
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % k, (-w) % k
+        return F.pad(x, (0, pw, 0, ph)) if ph or pw else x
+
+    @staticmethod
+    def upsample_logits(logits: Tensor, size: Sequence[int], padded: Sequence[int]) -> Tensor:
+        """Bilinear (``align_corners=False``) resize of decoder logits to the ``padded`` input
+        size, then crop to the original ``size``. ``[B, K, h, w] -> [B, K, *size]``."""
+        # NCHW-contiguous logits: the upsampling and the loss over the full-size logits are
+        # faster than on a decode head's channels-last output
+        logits = F.interpolate(logits.contiguous(), size=tuple(padded), mode="bilinear",
+                               align_corners=False)
+        if tuple(padded) != tuple(size):
+            logits = logits[..., : size[0], : size[1]]
+        return logits
+
+    # ------------------------------------------------------------------ multi-stream input
+    def stream_inputs(self, batch: Mapping[str, object]) -> StreamBatch:
+        """Every modality of the model as a stream, in model order, with its presence mask.
+
+        An absent modality key becomes a zero image with ``present`` false for every sample; a
+        sample whose ``batch["present"]`` entry is false gets a zero image. The inputs are
+        checked as in :meth:`_modality_inputs`.
+        """
+        inputs = {name: (x, mask) for name, x, mask in self._modality_inputs(batch)}
+        ref = next(iter(inputs.values()))[0]
+        b = ref.shape[0]
+        images, cols = [], []
+        for name in self.modalities:
+            if name not in inputs:
+                images.append(ref.new_zeros(b, 3, *ref.shape[-2:]))
+                cols.append(torch.zeros(b, dtype=torch.bool, device=ref.device))
+                continue
+            x, mask = inputs[name]
+            if mask is None:
+                cols.append(torch.ones(b, dtype=torch.bool, device=ref.device))
+            else:
+                x = x * mask.to(x.dtype).view(-1, 1, 1, 1)
+                cols.append(mask.to(ref.device))
+            images.append(x)
+        return StreamBatch(list(self.modalities), images, torch.stack(cols, dim=1))
 
     # ------------------------------------------------------------------ batch convention
     def _modality_inputs(self, batch: Mapping[str, object]) -> list[ModalityInput]:

@@ -12,10 +12,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ..backbones import create_backbone, default_decoder_dim
+from ..backbones.mit import MIT_TINY
 from ..heads.segformer import SegFormerHead
 from ..registry import register_model
 from .base import ModalityInput, Segmentor
@@ -83,17 +83,31 @@ class SumFusionSegmentor(Segmentor):
         assert summed is not None
         return summed
 
+    @classmethod
+    def infer_num_classes(cls, state_dict: Mapping[str, Tensor]) -> int | None:
+        """``K`` from the SegFormer head's ``decode_head.linear_pred`` weight."""
+        return SegFormerHead.num_classes_in(state_dict, "decode_head.")
+
     def forward(self, batch: Mapping[str, object]) -> Tensor:
         """``batch`` (see :meth:`Segmentor._modality_inputs`) -> logits ``[B, K, H, W]``."""
         inputs = self._modality_inputs(batch)
         size = inputs[0][1].shape[-2:]
-        # NCHW-contiguous 1/4-scale logits (the head's are channels-last): the upsampling and
-        # the loss over the full-size logits are faster on contiguous tensors.
-        logits = self.decode_head(self.encode(inputs)).contiguous()
-        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        inputs = [(n, self.pad_to_multiple(x), m) for n, x, m in inputs]
+        logits = self.decode_head(self.encode(inputs))
+        return self.upsample_logits(logits, size, inputs[0][1].shape[-2:])
 
 
-@register_model("sum_fusion")
+#: tiny settings of the contract tests
+SUM_FUSION_TINY = {
+    "num_classes": 3,
+    "modalities": ["rgb", "depth"],
+    "backbone": "mit_b0",
+    "decoder_dim": 16,
+    "backbone_kwargs": MIT_TINY,
+}
+
+
+@register_model("sum_fusion", segmentor=SumFusionSegmentor, tiny=SUM_FUSION_TINY)
 def build_sum_fusion(
     num_classes: int,
     modalities: Sequence[str] = ("rgb",),
@@ -146,4 +160,5 @@ def build_sum_fusion(
     return model
 
 
-register_model("segformer")(build_sum_fusion)
+register_model("segformer", segmentor=SumFusionSegmentor,
+               tiny={**SUM_FUSION_TINY, "modalities": ["rgb"]})(build_sum_fusion)

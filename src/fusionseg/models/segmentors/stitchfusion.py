@@ -26,7 +26,9 @@ Stages without adapters use the plain MiT blocks. Implementation: the ``M`` stre
 ``[M * B, ...]`` batch through the shared patch embeddings, attention (SDPA) and Mix-FFN; only
 the adapters and the stage fusion look at individual streams (``[M, B, N, C]`` views).
 
-Checkpoint keys (ours; the released names map onto them, see :func:`release_to_fusionseg`)::
+Checkpoint keys (ours; the released names map onto them, see :func:`release_to_fusionseg` and
+:meth:`StitchFusionSegmentor.checkpoint_filter_fn`, which ``load_checkpoint`` applies to
+StitchFusion models)::
 
     backbone.{patch_embed*, block*, norm*}.*        == release (official MiT names)
     adapters.block{i}.{j}.{adap_t_att{a}{b}, adap_t_mlp{a}{b}, adap_t, adap2_t}.adapter_*
@@ -58,17 +60,14 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..backbones import create_backbone, default_decoder_dim
-from ..backbones.mit import MixVisionTransformer
+from ..backbones.mit import MIT_TINY, MixVisionTransformer
 from ..fusion.featurecross import FeatureCrossStage
 from ..heads.segformer import SegFormerHead
 from ..peft.adapters import ADAPTER_DENSITIES, MultiAdapter
 from ..registry import register_model
-from ..weights import register_converter
 from .base import Segmentor
 
 __all__ = [
@@ -191,26 +190,16 @@ class StitchFusionSegmentor(Segmentor):
     def stream_input(self, batch: Mapping[str, object]) -> Tensor:
         """All modalities as one batch ``[M * B, 3, H, W]`` (stream-major, config order).
 
-        Absent modalities and samples whose ``present`` entry is false are zero images.
+        Absent modalities and samples whose ``present`` entry is false are zero images (see
+        :meth:`Segmentor.stream_inputs`).
         """
-        inputs = {name: (x, mask) for name, x, mask in self._modality_inputs(batch)}
-        ref = next(iter(inputs.values()))[0]
-        xs = []
-        for name in self.modalities:
-            if name not in inputs:
-                xs.append(ref.new_zeros(ref.shape[0], 3, *ref.shape[-2:]))
-                continue
-            x, mask = inputs[name]
-            if mask is not None:
-                x = x * mask.to(x.dtype).view(-1, 1, 1, 1)
-            xs.append(x)
-        return torch.cat(xs, dim=0) if len(xs) > 1 else xs[0]
+        return self.stream_inputs(batch).stacked()
 
     def _fuse(self, s: int, tokens: Tensor, h: int, w: int) -> Tensor:
         """Stage fusion of ``tokens [M, B, N, C]`` -> ``[B, C, h, w]``."""
         if self.fusion is not None:
             return self.fusion[s](tokens, h, w)
-        return MixVisionTransformer.tokens_to_map(tokens.sum(0), h, w)
+        return self.backbone.tokens_to_map(tokens.sum(0), h, w)
 
     def encode(self, x: Tensor) -> list[Tensor]:
         """Encoder + stage fusion.
@@ -231,7 +220,7 @@ class StitchFusionSegmentor(Segmentor):
             adapters = self.adapters[f"block{s + 1}"] if f"block{s + 1}" in self.adapters else None
             for j, blk in enumerate(bb.blocks_of(s)):
                 if adapters is None:
-                    tokens = blk(tokens, h, w)
+                    tokens = bb.run_block(blk, tokens, h, w)
                     continue
                 ad = adapters[j]
                 tokens = tokens + blk.attn_residual(tokens, h, w)
@@ -240,23 +229,55 @@ class StitchFusionSegmentor(Segmentor):
                 tokens = tokens + blk.mlp_residual(tokens, h, w)
                 tokens = ad(tokens.view(m, b, n, c), "mlp", blk.norm2, blk.drop_path)
                 tokens = tokens.view(m * b, n, c)
-            tokens = bb.norm_of(s)(tokens)
+            tokens, x = bb.finish_stage(s, tokens, h, w)  # stage norm; x: next stage's input
             feats.append(self._fuse(s, tokens.view(m, b, n, c), h, w))
-            if s < 3:
-                x = bb.tokens_to_map(tokens, h, w)
         return feats
 
     def forward(self, batch: Mapping[str, object]) -> Tensor:
         """``batch`` (the fusionseg batch convention) -> logits ``[B, K, H, W]``."""
         x = self.stream_input(batch)
-        # contiguous (NCHW) logits at 1/4 scale: upsampling and the loss are then faster than
-        # on the head's channels-last output
-        logits = self.decode_head(self.encode(x)).contiguous()
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        size = x.shape[-2:]
+        x = self.pad_to_multiple(x)
+        return self.upsample_logits(self.decode_head(self.encode(x)), size, x.shape[-2:])
+
+    # ------------------------------------------------------------------ checkpoints
+    @classmethod
+    def checkpoint_filter_fn(
+        cls, state_dict: Mapping[str, Tensor], model: Segmentor | None = None
+    ) -> dict[str, Tensor]:
+        """Released StitchFusion state dicts -> our keys (:func:`release_to_fusionseg`), then
+        fitted to ``model``'s variant (:func:`_fit_to_model`: unused FeatureCross dropped for
+        sum fusion, shared / pairwise adapter names exchanged for two modalities)."""
+        sd = release_to_fusionseg(state_dict) if cls.is_released_format(state_dict) else dict(
+            state_dict
+        )
+        return _fit_to_model(sd, model)
+
+    @classmethod
+    def is_released_format(cls, state_dict: Mapping[str, Tensor]) -> bool:
+        """True for the authors' key layout (adapters / FeatureCross under ``backbone.``)."""
+        return any(_RELEASE_MARK.match(k) for k in state_dict)
+
+    @classmethod
+    def infer_num_classes(cls, state_dict: Mapping[str, Tensor]) -> int | None:
+        """``K`` from the SegFormer head's ``decode_head.linear_pred`` weight."""
+        return SegFormerHead.num_classes_in(state_dict, "decode_head.")
 
 
 # --------------------------------------------------------------------------- builder
-@register_model("stitchfusion")
+@register_model(
+    "stitchfusion",
+    segmentor=StitchFusionSegmentor,
+    tiny={
+        "num_classes": 3,
+        "modalities": ["rgb", "depth", "lidar"],
+        "backbone": "mit_b0",
+        "adapter": "pairwise",
+        "fusion": "featurecross",
+        "decoder_dim": 16,
+        "backbone_kwargs": MIT_TINY,
+    },
+)
 def build_stitchfusion(
     num_classes: int,
     modalities: Sequence[str] = ("rgb", "depth"),
@@ -356,10 +377,6 @@ def release_to_fusionseg(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def _is_release(sd: Mapping[str, Tensor], model: nn.Module | None) -> bool:
-    return any(_RELEASE_MARK.match(k) for k in sd)
-
-
 _SHARED_TO_PAIR = {"adap_t": "adap_t_att12", "adap2_t": "adap_t_mlp12"}
 _PAIR_TO_SHARED = {v: k for k, v in _SHARED_TO_PAIR.items()}
 _ADAPTER_KEY = re.compile(r"^adapters\.block(\d)\.(\d+)\.(\w+?)\.(adapter_\w+\.\w+)$")
@@ -403,13 +420,3 @@ def _fit_to_model(sd: Mapping[str, Tensor], model: nn.Module | None) -> dict[str
                 )
                 out[new] = out.pop(k)
     return out
-
-
-def _needs_fit(sd: Mapping[str, Tensor], model: nn.Module | None) -> bool:
-    return isinstance(model, StitchFusionSegmentor) and any(
-        k.startswith(("fusion.", "adapters.")) for k in sd
-    )
-
-
-register_converter(_is_release, lambda sd, model: release_to_fusionseg(sd))
-register_converter(_needs_fit, _fit_to_model)

@@ -1,0 +1,228 @@
+"""The backbone contract every fusionseg encoder meets, and the backbone registry.
+
+A backbone maps one 3-channel image to a list of feature maps::
+
+    feats = backbone(x)            # x: [B, 3, H, W] -> [f_1, ..., f_S], f_i: [B, C_i, H_i, W_i]
+    backbone.out_channels          # [C_1, ..., C_S]
+    backbone.strides               # (s_1, ..., s_S): H_i = ceil(H / s_i) for H a multiple of
+                                   #  input_multiple
+    backbone.input_multiple        # segmentors zero-pad H and W up to a multiple of this
+    backbone.checkpoint_filter_fn(state_dict) -> state_dict   # official formats -> our keys
+    backbone.no_weight_decay()     # parameter names (relative to the backbone) without decay
+    backbone.set_grad_checkpointing(True)                     # recompute activations in backward
+
+Plain ViTs (one resolution) take the block indices they tap as a constructor argument
+(``out_indices``) and return one map per tap. ``input_multiple`` is what the architecture
+needs: the patch size of a ViT (14 for DINOv2, 16 for SAM), 32 for Hiera and the ResNets in
+AsymFusion; MiT's overlapping patch embeddings accept any size (as the official code does), so
+it declares 1 and nothing is padded.
+
+:class:`TransformerBackbone` adds the access that adapters and multi-stream methods need to run
+several modality streams through shared blocks and insert modules between them, without copying
+the backbone. A transformer backbone is a sequence of *stages* (MiT: its 4 resolution stages; a
+plain ViT: the groups of blocks that end at each tap)::
+
+    carry = x                                        # the image
+    for s in range(backbone.num_stages):
+        tokens, h, w = backbone.embed(s, carry)      # [B, N, C] (+ prefix tokens for ViTs)
+        for blk in backbone.blocks_of(s):            # blk(tokens, h, w) -> tokens
+            tokens = backbone.run_block(blk, tokens, h, w)
+        feat, carry = backbone.finish_stage(s, tokens, h, w)
+        # feat: [B, N, C] normalised tokens of the stage output (the stage norm applied);
+        # tokens_to_map(feat, h, w) gives the NCHW map returned by forward()
+
+Each block exposes ``norm1, attn, drop_path, norm2, mlp`` and the two residual branches
+``attn_residual(x, H, W)`` / ``mlp_residual(x, H, W)`` (LayerScale included where the
+architecture has it), so ``x + attn_residual(x)`` then ``x + mlp_residual(x)`` is the block.
+
+Registration: each backbone file registers its builders in :data:`BACKBONES` with the tiny
+settings the contract tests use::
+
+    @register_backbone("mit_b0", tiny=dict(embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), ...))
+    def mit_b0(**overrides) -> MixVisionTransformer: ...
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ...registry import Registry
+
+__all__ = ["BACKBONES", "Backbone", "TransformerBackbone", "register_backbone"]
+
+#: ``name -> builder(**overrides) -> Backbone``
+BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+
+
+def register_backbone(
+    name: str, *, tiny: Mapping[str, Any] | None = None, **info: Any
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator registering a backbone builder ``builder(**overrides) -> Backbone``.
+
+    Args:
+        name: the name :func:`~fusionseg.models.backbones.create_backbone` takes.
+        tiny: constructor overrides giving a tiny instance (for ``tests/test_contract.py``).
+        **info: kept as the registry entry's ``info`` (e.g. ``decoder_dim=256``).
+    """
+    return BACKBONES.register(name, tiny=tiny, **info)
+
+
+class Backbone(nn.Module):
+    """Base class of fusionseg backbones (see the module docstring for the contract).
+
+    Subclasses set :attr:`strides`, :attr:`input_multiple` and :attr:`in_chans`, implement
+    :attr:`out_channels` and :meth:`forward`, and override :meth:`checkpoint_filter_fn` and
+    :meth:`no_weight_decay` where their official formats or parameters need it.
+    """
+
+    #: stride of each output map relative to the input
+    strides: tuple[int, ...] = ()
+    #: segmentors zero-pad the input sides to a multiple of this (1 = any size works)
+    input_multiple: int = 1
+    #: input channels
+    in_chans: int = 3
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.grad_checkpointing = False
+
+    @property
+    def out_channels(self) -> list[int]:
+        """Channels of each output map, in output order."""
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> list[Tensor]:  # pragma: no cover - abstract
+        """``[B, in_chans, H, W] -> list`` of NCHW maps at :attr:`strides`."""
+        raise NotImplementedError
+
+    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Map a checkpoint in an official format to this module's keys.
+
+        The default keeps the keys as they are. Overrides strip wrapper prefixes, rename
+        official keys, drop heads the backbone does not have and resize position embeddings to
+        this instance. Must be idempotent: our own ``state_dict()`` comes back unchanged.
+        """
+        return dict(state_dict)
+
+    def no_weight_decay(self) -> set[str]:
+        """Names of parameters (relative to the backbone) that get no weight decay beyond the
+        1-D ones (biases and norms are excluded anyway): position embeddings, class and
+        register tokens, relative position tables."""
+        return set()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> Backbone:
+        """Recompute each block's activations in backward instead of storing them (less memory,
+        about one more forward of compute). Only active while gradients are enabled."""
+        self.grad_checkpointing = bool(enable)
+        return self
+
+    def check_input(self, x: Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``[B, in_chans, H, W]``."""
+        if x.ndim != 4 or x.shape[1] != self.in_chans:
+            raise ValueError(
+                f"{type(self).__name__} expects [B, {self.in_chans}, H, W], got {tuple(x.shape)}"
+            )
+
+
+class TransformerBackbone(Backbone):
+    """A backbone made of stages of transformer blocks, with the access adapters need.
+
+    Subclasses implement :meth:`embed`, :meth:`blocks_of`, :meth:`norm_of` and
+    :meth:`finish_stage` and set :attr:`num_stages` and :attr:`num_prefix_tokens`; the default
+    :meth:`forward` runs the loop of the module docstring. Stage indices are 0-based.
+    """
+
+    num_stages: int = 4
+    #: tokens before the patch tokens (class / register tokens of a ViT; 0 for MiT)
+    num_prefix_tokens: int = 0
+
+    def _check_stage(self, stage_idx: int) -> None:
+        if not 0 <= stage_idx < self.num_stages:
+            raise IndexError(
+                f"stage_idx must be in 0..{self.num_stages - 1} (0-based), got {stage_idx}"
+            )
+
+    def embed(self, stage_idx: int, carry: Any) -> tuple[Tensor, int, int]:  # pragma: no cover
+        """Tokens entering stage ``stage_idx``: ``(tokens [B, N, C], h, w)``.
+
+        ``carry`` is the image ``[B, in_chans, H, W]`` for stage 0 and what
+        :meth:`finish_stage` returned as carry for the previous stage after that.
+        """
+        raise NotImplementedError
+
+    def blocks_of(self, stage_idx: int) -> nn.ModuleList:  # pragma: no cover
+        """The blocks of stage ``stage_idx`` (the module itself, not a copy)."""
+        raise NotImplementedError
+
+    def norm_of(self, stage_idx: int) -> nn.Module:  # pragma: no cover
+        """The norm applied to the output of stage ``stage_idx``."""
+        raise NotImplementedError
+
+    def finish_stage(
+        self, stage_idx: int, tokens: Tensor, h: int, w: int
+    ) -> tuple[Tensor, Any]:  # pragma: no cover
+        """End stage ``stage_idx``: ``(feature tokens [B, N, C] after the stage norm, carry)``."""
+        raise NotImplementedError
+
+    def tokens_to_map(self, tokens: Tensor, h: int, w: int) -> Tensor:
+        """``[B, P + h*w, C]`` tokens -> ``[B, C, h, w]`` map, dropping the ``P`` prefix tokens
+        (a channels-last view when there are none)."""
+        if self.num_prefix_tokens:
+            tokens = tokens[:, self.num_prefix_tokens :]
+        b, _, c = tokens.shape
+        return tokens.transpose(1, 2).reshape(b, c, h, w)
+
+    @staticmethod
+    def map_to_tokens(x: Tensor) -> tuple[Tensor, int, int]:
+        """``[B, C, h, w]`` map -> ``([B, h*w, C] tokens, h, w)``."""
+        b, c, h, w = x.shape
+        return x.flatten(2).transpose(1, 2), h, w
+
+    def run_block(self, blk: nn.Module, tokens: Tensor, h: int, w: int) -> Tensor:
+        """``blk(tokens, h, w)``, recomputed in backward when grad checkpointing is on."""
+        if self.grad_checkpointing and torch.is_grad_enabled() and tokens.requires_grad:
+            return checkpoint(blk, tokens, h, w, use_reentrant=False)
+        return blk(tokens, h, w)
+
+    def forward_stage(self, stage_idx: int, carry: Any) -> tuple[Tensor, Any]:
+        """Run one whole stage; returns ``(NCHW map, carry for the next stage)``."""
+        tokens, h, w = self.embed(stage_idx, carry)
+        for blk in self.blocks_of(stage_idx):
+            tokens = self.run_block(blk, tokens, h, w)
+        feat, carry = self.finish_stage(stage_idx, tokens, h, w)
+        return self.tokens_to_map(feat, h, w), carry
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """``[B, in_chans, H, W] -> [f_1, ..., f_S]`` (one map per stage)."""
+        self.check_input(x)
+        outs: list[Tensor] = []
+        carry: Any = x
+        for s in range(self.num_stages):
+            out, carry = self.forward_stage(s, carry)
+            outs.append(out)
+        return outs
+
+
+def strip_prefixes(
+    state_dict: Mapping[str, Tensor], prefixes: Sequence[str], own_keys: Sequence[str] = ()
+) -> dict[str, Tensor]:
+    """Strip the first of ``prefixes`` that every key carries (repeatedly: ``module.backbone.``).
+
+    A prefix that our own keys also start with (one of ``own_keys``) is kept, so the function is
+    idempotent on a module's own state dict.
+    """
+    sd = dict(state_dict)
+    changed = True
+    while changed and sd:
+        changed = False
+        for p in prefixes:
+            if all(k.startswith(p) for k in sd) and not any(k.startswith(p) for k in own_keys):
+                sd = {k[len(p) :]: v for k, v in sd.items()}
+                changed = True
+                break
+    return sd
