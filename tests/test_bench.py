@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_MIT
 from torch import nn
 
 from fusionseg.bench import count_flops, make_random_batch, measure
 from fusionseg.models import count_parameters, create_model
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_model():
@@ -26,9 +19,7 @@ def tiny_model():
             "modalities": ["rgb", "depth"],
             "num_classes": 4,
             "decoder_dim": 16,
-            "backbone_kwargs": dict(
-                embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)
-            ),
+            "backbone_kwargs": TINY_MIT,
         }
     )
 

@@ -12,11 +12,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).parent))
+from conftest import TINY_MIT as TINY  # noqa: E402
 from fixtures.deliver_tree import deliver_path, make_deliver_tree  # noqa: E402
 
 from fusionseg.cli import app  # noqa: E402
 
-TINY = {"embed_dims": [8, 16, 24, 32], "depths": [1, 1, 1, 1], "num_heads": [1, 1, 1, 1]}
 runner = CliRunner()
 
 
@@ -141,3 +141,27 @@ def test_bad_inputs_give_one_clear_line(trained, tmp_path):
     cfg2 = _config(tmp_path, broken)
     msg = _err(["eval", str(cfg2), "--ckpt", str(ckpt)])
     assert str(victim) in msg and "depth" in msg
+
+
+def test_eval_listed_subsets_and_per_condition_switch(trained):
+    from fusionseg.config import load_config
+    from fusionseg.engine.runner import evaluate
+
+    tmp, root, cfg, run = trained
+    ckpt = run / "checkpoints" / "best.ckpt"
+    full = evaluate(load_config(cfg), ckpt, missing="all", write_json=False)
+    res = evaluate(load_config(cfg), ckpt, missing=[["rgb"]], write_json=False)
+    # the overall numbers stay those of all modalities; the table holds the listed subset only
+    assert res["overall"]["mIoU"] == pytest.approx(full["overall"]["mIoU"])
+    assert list(res["missing"]) == ["rgb"]
+    assert res["missing"]["rgb"]["mIoU"] == pytest.approx(full["missing"]["rgb"]["mIoU"])
+    off = evaluate(load_config(cfg, ["eval.per_condition=false"]), ckpt, write_json=False)
+    assert off["per_condition"] == {}
+    assert off["overall"]["mIoU"] == pytest.approx(full["overall"]["mIoU"])
+
+
+def test_bench_does_not_read_model_pretrained(trained):
+    tmp, root, cfg, run = trained
+    res = runner.invoke(app, ["bench", str(cfg), "--size", "32", "--batch", "1", "--steps", "1",
+                              "--set", "model.pretrained=does/not/exist.pth"])
+    assert res.exit_code == 0, res.output

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from conftest import TINY_MIT
 from safetensors.torch import save_file
 
 from fusionseg.models import create_backbone
@@ -13,17 +14,9 @@ from fusionseg.models.backbones import list_backbones
 from fusionseg.models.backbones.mit import Attention, Block, MixVisionTransformer
 from fusionseg.models.weights import CheckpointMismatchError, load_state_dict_file
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models: one thread avoids OpenMP wake-up latency on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-TINY = dict(embed_dims=(8, 16, 32, 64), depths=(1, 2, 1, 1), num_heads=(1, 2, 2, 4))
+# conftest.TINY_MIT with two blocks in stage 2 and more heads: the key-name and attention tests
+# need a second block and multi-head attention
+TINY = {**TINY_MIT, "depths": [1, 2, 1, 1], "num_heads": [1, 2, 2, 4]}
 
 
 def tiny_mit(**kw) -> MixVisionTransformer:
@@ -230,3 +223,19 @@ def test_bad_files(tmp_path):
     g.write_bytes(b"not a checkpoint at all")
     with pytest.raises(ValueError, match="garbage.pth"):
         load_state_dict_file(g)
+
+
+@pytest.mark.parametrize("wrap", ["module.", "mmseg"])
+def test_filter_strips_ddp_and_segmentation_checkpoint_prefixes(tmp_path, wrap):
+    src = tiny_mit()
+    sd = _official_state(src)
+    if wrap == "module.":
+        sd = {f"module.{k}": v for k, v in sd.items()}
+    else:  # a whole mmseg SegFormer checkpoint: backbone.* + decode_head.*
+        sd = {**{f"backbone.{k}": v for k, v in sd.items()},
+              "decode_head.linear_pred.weight": torch.zeros(19, 8, 1, 1)}
+    torch.save({"state_dict": sd}, tmp_path / "seg.pth")
+    dst = create_backbone("mit_b0", pretrained=tmp_path / "seg.pth", **TINY).eval()
+    x = torch.randn(1, 3, 32, 32)
+    for a, b in zip(dst(x), src(x), strict=True):
+        torch.testing.assert_close(a, b, atol=0, rtol=0)

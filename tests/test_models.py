@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TINY_MIT
 from safetensors.torch import save_file
 from torch import nn
 
@@ -18,17 +19,7 @@ from fusionseg.models import (
 from fusionseg.models.heads.segformer import SegFormerHead
 from fusionseg.models.registry import register_model
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _single_thread():
-    """Tiny models: one thread avoids OpenMP wake-up latency on a loaded machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-TINY = dict(embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
+TINY = TINY_MIT
 
 
 def tiny(modalities=("rgb", "depth"), num_classes=5, seed=0, **kw):

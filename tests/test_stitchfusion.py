@@ -20,18 +20,11 @@ from fusionseg.models.segmentors.stitchfusion import StitchFusionSegmentor, rele
 from fusionseg.models.weights import convert_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
+# larger than conftest.TINY_MIT on purpose: two blocks in stages 1 and 3 exercise the
+# sequential adapter update across blocks, and distinct head counts the release's attention
 TINY = {"embed_dims": (16, 32, 48, 64), "depths": (2, 1, 2, 1), "num_heads": (1, 2, 3, 4)}
 MODS = ["rgb", "depth", "event", "lidar", "thermal", "nir", "aolp", "dolp", "hha"]
 K = 7
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP wake-up costs (large on a busy machine)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def tiny_model(
@@ -283,6 +276,19 @@ def test_release_loading_is_strict(tmp_path):
     torch.save(sd, tmp_path / "two.pth")
     with pytest.raises(CheckpointMismatchError):
         load_checkpoint(tiny_model(3), tmp_path / "two.pth")
+
+
+def test_release_conversion_applies_to_stitchfusion_models_only(tmp_path):
+    ref = release_model(2, ("pairwise",) * 4, "sum")
+    torch.save(ref.state_dict(), tmp_path / "released.pth")
+    spec = {"name": "sum_fusion", "backbone": "mit_b0", "modalities": MODS[:2],
+            "num_classes": K, "decoder_dim": 32, "backbone_kwargs": TINY}
+    # a sum-fusion model does not rename StitchFusion's keys: the adapters are unexpected
+    with pytest.raises(CheckpointMismatchError, match="unexpected") as e:
+        load_checkpoint(create_model(spec), tmp_path / "released.pth")
+    assert any(k.startswith("backbone.block1.0.adap") for k in e.value.unexpected)
+    assert StitchFusionSegmentor.is_released_format(ref.state_dict())
+    assert not StitchFusionSegmentor.is_released_format(tiny_model(2).state_dict())
 
 
 def test_release_training_checkpoint_and_lightning_format(tmp_path):

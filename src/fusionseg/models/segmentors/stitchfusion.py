@@ -275,7 +275,8 @@ class StitchFusionSegmentor(Segmentor):
         "adapter": "pairwise",
         "fusion": "featurecross",
         "decoder_dim": 16,
-        "backbone_kwargs": MIT_TINY,
+        # FeatureCross's channel attention reduces by 16: stage widths >= 16
+        "backbone_kwargs": {**MIT_TINY, "embed_dims": (16, 16, 32, 64)},
     },
 )
 def build_stitchfusion(
