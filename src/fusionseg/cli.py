@@ -284,6 +284,7 @@ def info():
     from . import __version__
     from .data import list_datasets
     from .data.modalities import DEFAULT_SPECS
+    from .engine.losses import LOSSES
     from .models import list_models
     from .models.backbones import list_backbones
     console.print(f"fusionseg {__version__}  torch {torch.__version__}  "
@@ -295,6 +296,7 @@ def info():
     t.add_row("models", ", ".join(list_models()))
     t.add_row("backbones", ", ".join(list_backbones()))
     t.add_row("datasets", ", ".join(list_datasets()))
+    t.add_row("losses", ", ".join(LOSSES.names()))
     t.add_row("modalities", ", ".join(DEFAULT_SPECS))
     console.print(t)
 

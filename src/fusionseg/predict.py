@@ -24,6 +24,7 @@ from PIL import Image
 from .config import Config, config_from_dict, load_config
 from .data.io import DataError
 from .engine.inference import predict_logits
+from .engine.runner import model_spec
 from .models import create_model, load_checkpoint
 from .viz import colorize, default_palette, sample_panel, save_panel
 
@@ -121,10 +122,8 @@ def predict(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path,
     num_classes = cfg.model.num_classes or (len(classes) if classes else None)
     if num_classes is None:
         raise ValueError(f"{ckpt}: number of classes unknown; set model.num_classes")
-    spec = cfg.model.to_dict()
-    spec["num_classes"] = num_classes
-    spec["pretrained"] = None  # the checkpoint replaces the backbone weights
-    model = create_model(spec)
+    # the checkpoint replaces the backbone weights: model.pretrained is not read
+    model = create_model(model_spec(cfg, num_classes, for_checkpoint=True))
     load_checkpoint(model, ckpt)
     model.eval()
     palette = meta.get("fusionseg_palette") or getattr(ds, "palette", None)

@@ -53,7 +53,7 @@ from torch.utils.checkpoint import checkpoint
 
 from ...registry import Registry
 
-__all__ = ["BACKBONES", "Backbone", "TransformerBackbone", "register_backbone"]
+__all__ = ["BACKBONES", "Backbone", "TransformerBackbone", "register_backbone", "strip_prefixes"]
 
 #: ``name -> builder(**overrides) -> Backbone``
 BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
@@ -185,7 +185,7 @@ class TransformerBackbone(Backbone):
 
     def run_block(self, blk: nn.Module, tokens: Tensor, h: int, w: int) -> Tensor:
         """``blk(tokens, h, w)``, recomputed in backward when grad checkpointing is on."""
-        if self.grad_checkpointing and torch.is_grad_enabled() and tokens.requires_grad:
+        if self.grad_checkpointing and torch.is_grad_enabled():
             return checkpoint(blk, tokens, h, w, use_reentrant=False)
         return blk(tokens, h, w)
 
