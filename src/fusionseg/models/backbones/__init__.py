@@ -2,7 +2,8 @@
 
 Every backbone meets the contract of :mod:`.base` (:class:`~.base.Backbone`) and registers
 itself in :data:`~.base.BACKBONES` in its own file. Known names: ``mit_b0 .. mit_b5``
-(SegFormer Mix Transformer, :mod:`.mit`).
+(SegFormer Mix Transformer, :mod:`.mit`), ``dinov2_vit{s,b,l,g}14[_reg4]`` (DINOv2 ViT,
+:mod:`.dinov2`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,15 @@ from pathlib import Path
 
 from torch import nn
 
-from . import mit  # noqa: F401  (registers mit_b0 .. mit_b5)
+from . import dinov2, mit  # noqa: F401  (register their builders)
 from .base import BACKBONES, Backbone, TransformerBackbone, register_backbone
+from .dinov2 import DinoVisionTransformer
 from .mit import MixVisionTransformer
 
 __all__ = [
     "BACKBONES",
     "Backbone",
+    "DinoVisionTransformer",
     "MixVisionTransformer",
     "TransformerBackbone",
     "create_backbone",
