@@ -7,7 +7,7 @@ from torch import nn
 from fusionseg.engine.checkpoint import atomic_torch_save
 from fusionseg.engine.inference import predict_logits
 from fusionseg.engine.masking import random_modality_dropout
-from fusionseg.engine.module import warmup_poly_factor
+from fusionseg.engine.module import warmup_cosine_factor, warmup_poly_factor
 
 
 class PointwiseModel(nn.Module):
@@ -69,3 +69,47 @@ def test_atomic_save_keeps_old_file_on_failure(tmp_path):
         atomic_torch_save({"step": 2, "x": Boom()}, path)
     assert torch.load(path)["step"] == 1
     assert os.listdir(tmp_path) == ["last.ckpt"]
+
+
+def test_warmup_cosine_schedule():
+    assert warmup_cosine_factor(0, 110, 10, 0.1, 0.01) == pytest.approx(0.1)
+    assert warmup_cosine_factor(10, 110, 10, 0.1, 0.01) == pytest.approx(1.0)
+    assert warmup_cosine_factor(60, 110, 10, 0.1, 0.01) == pytest.approx(0.505)
+    assert warmup_cosine_factor(110, 110, 10, 0.1, 0.01) == pytest.approx(0.01)
+    assert warmup_cosine_factor(500, 110, 10, 0.1, 0.01) == pytest.approx(0.01)
+
+
+class _PixelwiseModel(torch.nn.Module):
+    """Logits from 1x1 convolutions only: sliding-window and whole-image inference agree."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.a = torch.nn.Conv2d(3, 8, 1)
+        self.b = torch.nn.Conv2d(1, 8, 1)
+        self.c = torch.nn.Conv2d(8, 6, 1)
+        self.calls = []
+
+    def forward(self, batch):
+        self.calls.append(tuple(batch["irrg"].shape[-2:]))
+        return self.c(torch.relu(self.a(batch["irrg"]) + self.b(batch["dsm"])))
+
+
+@pytest.mark.parametrize("size, window, stride", [((203, 251), (64, 64), (32, 32)),
+                                                  ((100, 77), (64, 48), (40, 30)),
+                                                  ((50, 40), (64, 64), (32, 32))])
+def test_sliding_window_covers_every_pixel_and_equals_whole_image(size, window, stride):
+    g = torch.Generator().manual_seed(0)
+    batch = {"irrg": torch.randn(2, 3, *size, generator=g),
+             "dsm": torch.randn(2, 1, *size, generator=g)}
+    model = _PixelwiseModel().eval()
+    whole = predict_logits(model, batch, mode="whole")
+    model.calls.clear()
+    slide = predict_logits(model, batch, mode="slide", window=window, stride=stride)
+    assert slide.shape == (2, 6, *size)
+    torch.testing.assert_close(slide, whole, rtol=1e-5, atol=1e-5)
+    assert all(c == tuple(window) for c in model.calls)  # every window at full size
+    # a constant model: the count-normalised sum is 1 wherever a window landed, i.e. everywhere
+    ones = predict_logits(lambda b: torch.ones(b["irrg"].shape[0], 1, *b["irrg"].shape[-2:]),
+                          batch, mode="slide", window=window, stride=stride)
+    assert torch.equal(ones, torch.ones_like(ones))

@@ -71,7 +71,7 @@ class DataConfig(_Strict):
 
 
 class TrainConfig(_Strict):
-    """Optimisation and trainer settings (AdamW, linear warm-up then poly decay)."""
+    """Optimisation and trainer settings (AdamW, linear warm-up then poly or cosine decay)."""
 
     max_epochs: int = 10
     max_steps: int = -1
@@ -79,8 +79,13 @@ class TrainConfig(_Strict):
     head_lr_mult: float = 10.0
     weight_decay: float = 0.01
     warmup_epochs: float = 1.0
+    warmup_steps: int | None = None  # overrides warmup_epochs when set
     warmup_ratio: float = 0.1
+    schedule: Literal["poly", "cosine"] = "poly"  # after the warm-up, per iteration
     poly_power: float = 0.9
+    min_lr: float = 0.0  # end of the cosine schedule (as a fraction min_lr / lr of every group)
+    #: iterations per epoch (Lightning ``limit_train_batches``); None: one pass over the data
+    epoch_steps: int | None = None
     #: main loss spec: a registered loss and its options, e.g. ``{name: ohem, thresh: 0.7,
     #: min_kept_frac: 0.0625}``; a bare name (``ce``) is accepted
     loss: dict[str, Any] = Field(default_factory=lambda: {"name": "ohem"})

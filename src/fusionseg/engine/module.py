@@ -8,8 +8,9 @@ logged as ``train/loss_<name>`` and the total as ``train/loss``. The engine know
 Optimizer and schedule follow the SegFormer / DELIVER / StitchFusion recipes: AdamW over the
 segmentor's own :meth:`~fusionseg.models.Segmentor.param_groups` (weight decay on weights only,
 the learning rate multiplied by ``head_lr_mult`` outside the backbone), a linear warm-up from
-``warmup_ratio * lr`` over ``warmup_epochs`` and then poly decay ``(1 - t/T) ** power`` per
-iteration.
+``warmup_ratio * lr`` over ``warmup_epochs`` (or ``warmup_steps``) and then, per iteration,
+poly decay ``(1 - t/T) ** power`` (``train.schedule: poly``) or cosine decay to ``min_lr``
+(``train.schedule: cosine``, e.g. MoBaNet).
 
 Validation accumulates a confusion matrix (torchmetrics, synced across DDP processes) overall
 and per condition (``meta["condition"]``) and logs ``val/mIoU``, ``val/OA``, ``val/mAcc`` and
@@ -49,11 +50,31 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float,
 
 def warmup_poly_factor(step: int, total: int, warmup: int, warmup_ratio: float,
                        power: float) -> float:
-    """LR factor at ``step``: linear warm-up from ``warmup_ratio`` to 1, then poly decay."""
+    """LR factor at ``step``: linear warm-up from ``warmup_ratio`` to 1, then poly decay
+    ``(1 - step/total) ** power`` (mmseg / SegFormer: the decay counts from step 0)."""
     if warmup > 0 and step < warmup:
         return warmup_ratio + (1 - warmup_ratio) * step / warmup
     t = min(step, total) / max(total, 1)
     return max((1 - t) ** power, 0.0)
+
+
+def warmup_cosine_factor(step: int, total: int, warmup: int, warmup_ratio: float,
+                         min_ratio: float = 0.0) -> float:
+    """LR factor at ``step``: linear warm-up from ``warmup_ratio`` to 1 over ``warmup`` steps,
+    then cosine from 1 down to ``min_ratio`` at ``total`` (over the steps after the warm-up)."""
+    if warmup > 0 and step < warmup:
+        return warmup_ratio + (1 - warmup_ratio) * step / warmup
+    t = min(max(step - warmup, 0) / max(total - warmup, 1), 1.0)
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+
+def lr_factor_fn(t, total: int, warmup: int):
+    """The schedule ``step -> factor`` of ``train.schedule`` (``poly`` or ``cosine``) for a
+    :class:`~fusionseg.config.TrainConfig` ``t``."""
+    if t.schedule == "cosine":
+        min_ratio = t.min_lr / t.lr if t.lr > 0 else 0.0
+        return lambda s: warmup_cosine_factor(s, total, warmup, t.warmup_ratio, min_ratio)
+    return lambda s: warmup_poly_factor(s, total, warmup, t.warmup_ratio, t.poly_power)
 
 
 class SegmentationModule(L.LightningModule):
@@ -143,8 +164,9 @@ class SegmentationModule(L.LightningModule):
             total = max(t.max_steps, 1)
         steps_per_epoch = max(total // max(self.trainer.max_epochs or 1, 1), 1)
         warmup = int(round(t.warmup_epochs * steps_per_epoch)) if t.max_epochs > 0 else 0
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda s: warmup_poly_factor(s, total, warmup, t.warmup_ratio, t.poly_power))
+        if t.warmup_steps is not None:
+            warmup = int(t.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor_fn(t, total, warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints ----------------------------------------------------------------------

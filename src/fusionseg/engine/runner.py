@@ -172,6 +172,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
         precision=_precision(cfg), accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, check_val_every_n_epoch=t.val_every_n_epochs,
         log_every_n_steps=t.log_every_n_steps, callbacks=callbacks, logger=loggers,
+        limit_train_batches=t.epoch_steps,
         plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress,
         enable_model_summary=False, default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
