@@ -342,10 +342,12 @@ class DinoVisionTransformer(TransformerBackbone):
         patch = patch.permute(0, 2, 3, 1).reshape(1, gh * gw, -1)
         return torch.cat([pos[:, :1], patch], dim=1).to(self.pos_embed.dtype)
 
-    def prepare_tokens(self, x: Tensor) -> tuple[Tensor, int, int]:
+    def prepare_tokens(self, x: Tensor, patch_embed: nn.Module | None = None
+                       ) -> tuple[Tensor, int, int]:
         """Image -> ``([B, 1 + R + N, C] tokens, gh, gw)``: patch embedding, class token,
         position embeddings (class + patches), then the registers after the class token
-        (official ``prepare_tokens_with_masks`` without masks).
+        (official ``prepare_tokens_with_masks`` without masks). ``patch_embed`` replaces the
+        backbone's own (e.g. MoBaNet's trainable DSM copy).
 
         Raises:
             ValueError: sides not multiples of the patch size.
@@ -356,7 +358,7 @@ class DinoVisionTransformer(TransformerBackbone):
         if h % p or w % p:
             raise ValueError(f"{type(self).__name__} needs sides that are multiples of {p}, got "
                              f"{h}x{w}; pad the input (segmentors pad to input_multiple)")
-        tokens, gh, gw = self.patch_embed(x)
+        tokens, gh, gw = (patch_embed or self.patch_embed)(x)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         tokens = tokens + self.interpolate_pos_encoding(gh, gw)
         if self.num_register_tokens:

@@ -1,6 +1,6 @@
 """Segmentors; importing this package registers their builders in the model registry."""
 
-from . import baselines, stitchfusion
+from . import baselines, mobanet, stitchfusion
 from .base import ModalityInput, SegmentationOutput, Segmentor
 
-__all__ = ["ModalityInput", "SegmentationOutput", "Segmentor", "baselines", "stitchfusion"]
+__all__ = ["ModalityInput", "SegmentationOutput", "Segmentor", "baselines", "mobanet", "stitchfusion"]
