@@ -188,3 +188,14 @@ def test_invalid_arguments():
         RandomScaleCrop(8, interpolation={"rgb": "bicubic"})
     with pytest.raises(ValueError):
         GaussianBlur(kernel_size=4)
+
+
+def test_vertical_flip_moves_rows_of_every_modality_and_the_label():
+    from fusionseg.data.transforms import RandomVerticalFlip
+
+    s = {"rgb": torch.arange(12.0).view(1, 3, 4).expand(3, 3, 4).clone(),
+         "dsm": torch.arange(12.0).view(1, 3, 4), "label": torch.arange(12).view(3, 4)}
+    out = RandomVerticalFlip(1.0)(s)
+    assert torch.equal(out["label"][0], s["label"][2])
+    assert torch.equal(out["dsm"][0, 0], s["dsm"][0, 2]) and torch.equal(out["rgb"][1, 0], s["rgb"][1, 2])
+    assert RandomVerticalFlip(0.0)(s) is s

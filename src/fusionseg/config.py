@@ -62,6 +62,7 @@ class DataConfig(_Strict):
     crop_size: tuple[int, int] = (256, 256)
     scale_range: tuple[float, float] = (0.5, 2.0)
     flip_prob: float = 0.5
+    vflip_prob: float = 0.0  # vertical flips (aerial data)
     photometric: bool = True
     eval_size: tuple[int, int] | None = None  # resize for evaluation (None: native size)
     batch_size: int = 8

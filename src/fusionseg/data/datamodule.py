@@ -21,7 +21,8 @@ def build_dataset(cfg: Config, split: str, train: bool):
     probe = create_dataset(d.dataset, d.root, split, d.modalities, **d.options)
     if train:
         tf = build_train_transforms(probe.specs, crop_size=d.crop_size, scale_range=d.scale_range,
-                                    flip_prob=d.flip_prob, photometric=d.photometric)
+                                    flip_prob=d.flip_prob, photometric=d.photometric,
+                                    vflip_prob=d.vflip_prob)
     else:
         tf = build_eval_transforms(probe.specs, size=d.eval_size)
     probe.transform = tf

@@ -47,6 +47,7 @@ __all__ = [
     "Normalize",
     "PadToMultiple",
     "RandomHorizontalFlip",
+    "RandomVerticalFlip",
     "RandomScaleCrop",
     "RandomSource",
     "Resize",
@@ -320,6 +321,8 @@ class RandomScaleCrop(_Geometric):
 class RandomHorizontalFlip(Transform):
     """Flip all modalities and the label left-right with probability ``p``."""
 
+    dim = -1
+
     def __init__(self, p: float = 0.5) -> None:
         self.p = p
 
@@ -328,10 +331,17 @@ class RandomHorizontalFlip(Transform):
             return sample
         out = _copy(sample)
         for k in modality_keys(sample):
-            out[k] = sample[k].flip(-1)
+            out[k] = sample[k].flip(self.dim)
         if isinstance(sample.get(LABEL_KEY), torch.Tensor):
-            out[LABEL_KEY] = sample[LABEL_KEY].flip(-1)
+            out[LABEL_KEY] = sample[LABEL_KEY].flip(self.dim)
         return out
+
+
+class RandomVerticalFlip(RandomHorizontalFlip):
+    """Flip all modalities and the label top-bottom with probability ``p`` (aerial images, e.g.
+    the MoBaNet recipe)."""
+
+    dim = -2
 
 
 class Resize(_Geometric):
@@ -566,6 +576,7 @@ def build_train_transforms(
     flip_prob: float = 0.5,
     photometric: bool = True,
     *,
+    vflip_prob: float = 0.0,
     cat_max_ratio: float | None = None,
     base_size: int | Sequence[int] | None = None,
     jitter_p: float = 0.2,
@@ -574,7 +585,8 @@ def build_train_transforms(
     normalize: bool = True,
     ignore_index: int = IGNORE_INDEX,
 ) -> Compose:
-    """Training pipeline: RandomScaleCrop -> RandomHorizontalFlip -> [ColorJitter ->
+    """Training pipeline: RandomScaleCrop -> RandomHorizontalFlip -> [RandomVerticalFlip]
+    -> [ColorJitter ->
     GaussianBlur on modalities whose spec has ``photometric=True``] -> [Normalize].
 
     Interpolation modes and pad values come from ``specs`` (a dict of ModalitySpecs, e.g. the
@@ -595,6 +607,8 @@ def build_train_transforms(
         ),
         RandomHorizontalFlip(flip_prob),
     ]
+    if vflip_prob > 0:
+        ts.append(RandomVerticalFlip(vflip_prob))
     photo = [k for k, s in specs.items() if s.photometric]
     if photometric and photo:
         ts.append(ColorJitter(jitter_p, photometric=photo))
