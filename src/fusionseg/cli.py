@@ -224,6 +224,32 @@ def synth_city(out: Annotated[Path, typer.Option(help="output root (DELIVER layo
     return summary
 
 
+@synth_app.command("aerial")
+@cli_errors
+def synth_aerial(out: Annotated[Path, typer.Option(help="output root (ISPRS Vaihingen layout)")],
+                 tiles: Annotated[int, typer.Option(
+                     help="tiles, 1..33 (33: every id of the Vaihingen train/test lists)")] = 33,
+                 size: Annotated[int, typer.Option(help="tile size (px); a tile is 90 m across")] = 1000,
+                 seed: Annotated[int, typer.Option(help="random seed")] = 0,
+                 workers: Annotated[int | None, typer.Option(help="processes")] = None):
+    """Render synthaerial: IRRG orthophoto tiles with a DSM (metres) and ISPRS colour labels."""
+    from rich.progress import Progress
+
+    from .data.synthetic.aerial import render_aerial
+    with Progress(console=console, transient=True) as progress:
+        task = progress.add_task("rendering synthaerial", total=tiles)
+
+        def cb(done: int, total: int) -> None:
+            progress.update(task, completed=done, total=total)
+
+        summary = render_aerial(out, n_tiles=tiles, size=size, seed=seed, workers=workers,
+                                progress=cb)
+    sp = summary["splits"]
+    console.print(f"synthaerial: {sp['train']['total']} train + {sp['test']['total']} test tiles "
+                  f"at {size}x{size} ({summary['gsd_m'] * 100:.1f} cm) in {out}")
+    return summary
+
+
 @data_app.command("check")
 @cli_errors
 def data_check(config: Annotated[Path | None, typer.Argument(help="run config")] = None,
