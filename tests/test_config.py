@@ -41,3 +41,31 @@ def test_wrong_type_and_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="must be the model's modalities"):
         load_config(_write(tmp_path, "model: {modalities: [rgb, depth]}\n"
                                      "data: {modalities: [rgb]}\n"))
+
+
+def test_missing_modalities_must_be_some_of_the_models():
+    import pytest
+
+    from fusionseg.config import config_from_dict
+
+    raw = {"model": {"modalities": ["irrg", "dsm"]}}
+    cfg = config_from_dict({**raw, "data": {"missing_modalities": ["dsm"]}})
+    assert cfg.data.missing_modalities == ["dsm"]
+    for bad in (["thermal"], ["irrg", "dsm"]):
+        with pytest.raises(ConfigError, match="missing_modalities"):
+            config_from_dict({**raw, "data": {"missing_modalities": bad}})
+
+
+def test_training_module_drops_the_missing_modalities():
+    import torch
+
+    from fusionseg.config import config_from_dict
+    from fusionseg.engine.module import SegmentationModule
+
+    cfg = config_from_dict({"model": {"modalities": ["rgb", "depth"]},
+                            "data": {"missing_modalities": ["depth"]}, "train": {"loss": "ce"}})
+    module = SegmentationModule(torch.nn.Identity(), cfg, ["a", "b"])
+    batch = {"rgb": torch.ones(2, 3, 4, 4), "depth": torch.ones(2, 1, 4, 4),
+             "present": torch.ones(2, 2, dtype=torch.bool), "label": torch.zeros(2, 4, 4)}
+    out = module._drop_missing(batch)
+    assert "depth" not in out and out["present"].tolist() == [[True, False], [True, False]]

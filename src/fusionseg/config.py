@@ -69,6 +69,9 @@ class DataConfig(_Strict):
     val_batch_size: int = 4
     num_workers: int = 2
     modality_dropout: float = 0.0  # probability to drop each non-primary modality in training
+    #: modalities of the model fed as missing (absent) in training and validation, e.g. an
+    #: optical-only baseline of a two-stream method: ``missing_modalities: [dsm]``
+    missing_modalities: list[str] = Field(default_factory=list)
 
 
 class TrainConfig(_Strict):
@@ -168,6 +171,10 @@ class Config(_Strict):
                              f"modalities {self.model.modalities}")
         # one order everywhere: the batch's "present" columns follow model.modalities
         self.data.modalities = list(self.model.modalities)
+        unknown = [m for m in self.data.missing_modalities if m not in self.model.modalities]
+        if unknown or len(self.data.missing_modalities) >= len(self.model.modalities):
+            raise ValueError(f"data.missing_modalities {self.data.missing_modalities} must name "
+                             f"some but not all of the model's modalities {self.model.modalities}")
         return self
 
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from ..config import Config
+from ..data.sample import drop_modalities
 from .inference import predict_logits
 from .losses import SegmentationCriterion
 from .masking import random_modality_dropout
@@ -109,7 +110,16 @@ class SegmentationModule(L.LightningModule):
     def forward(self, batch: dict):
         return self.model(batch)
 
+    def _drop_missing(self, batch: dict) -> dict:
+        """Remove ``data.missing_modalities`` (absent key, ``present`` column false)."""
+        missing = self.cfg.data.missing_modalities
+        if not missing:
+            return batch
+        mods = list(self.cfg.model.modalities)
+        return drop_modalities(batch, [m for m in mods if m not in missing], modalities=mods)
+
     def training_step(self, batch: dict, batch_idx: int):
+        batch = self._drop_missing(batch)
         if self.cfg.data.modality_dropout > 0:
             batch = random_modality_dropout(batch, list(self.cfg.model.modalities),
                                             self.cfg.data.modality_dropout)
@@ -124,6 +134,7 @@ class SegmentationModule(L.LightningModule):
 
     # -- validation -----------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int):
+        batch = self._drop_missing(batch)
         e = self.cfg.eval
         logits = predict_logits(self.model, batch, mode=e.mode, window=e.window,
                                 stride=e.stride, scales=e.scales, flip=e.flip)

@@ -212,7 +212,8 @@ class DinoVisionTransformer(TransformerBackbone):
             hub: 0.1 / False for the plain models, 0.0 / True for ``_reg4``).
         drop_path_rate: stochastic depth, linear over the blocks (0; the models are frozen in
             MoBaNet).
-        init_values: LayerScale initialisation (irrelevant once weights are loaded).
+        init_values: LayerScale initialisation, 1.0 as the official hub builds the models
+            (irrelevant once weights are loaded).
         in_chans: 3.
 
     ``forward(x [B, 3, H, W]) -> list`` of ``len(out_indices)`` maps ``[B, C, H/14, W/14]``.
@@ -238,7 +239,7 @@ class DinoVisionTransformer(TransformerBackbone):
         interpolate_offset: float = 0.1,
         interpolate_antialias: bool = False,
         drop_path_rate: float = 0.0,
-        init_values: float = 1e-5,
+        init_values: float = 1.0,
         in_chans: int = 3,
     ) -> None:
         super().__init__()
