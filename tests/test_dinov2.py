@@ -139,3 +139,30 @@ def test_hf_checkpoint_converts_to_the_same_patch_tokens(tmp_path, registers, sw
             torch.testing.assert_close(got, expect, rtol=1e-4, atol=1e-5)
         torch.testing.assert_close(taps[-1].flatten(2).transpose(1, 2),
                                    ref.last_hidden_state[:, p:], rtol=1e-4, atol=1e-5)
+
+
+def test_weights_convert_cli_writes_official_keys_from_a_hf_file(tmp_path):
+    from typer.testing import CliRunner
+
+    from fusionseg.cli import app
+    from fusionseg.models.weights import convert_backbone_checkpoint
+
+    hf = _hf_model()
+    hf.save_pretrained(tmp_path / "hf")
+    out = convert_backbone_checkpoint(tmp_path / "hf" / "model.safetensors",
+                                      tmp_path / "ours.safetensors",
+                                      create_backbone("dinov2_vits14", **TINY))
+    sd = load_file(out)
+    assert "blocks.0.attn.qkv.weight" in sd and "pos_embed" in sd
+    ours = create_backbone("dinov2_vits14", pretrained=out, **TINY)  # strict
+    assert ours.blocks[2].ls2.gamma.shape == (32,)
+    # the CLI route needs a full-size file: a ViT-S sized random Hugging Face model
+    torch.manual_seed(0)
+    small = transformers.Dinov2Model(transformers.Dinov2Config(
+        hidden_size=384, num_hidden_layers=12, num_attention_heads=6, image_size=518))
+    small.save_pretrained(tmp_path / "small")
+    res = CliRunner().invoke(app, ["weights", "convert", str(tmp_path / "small" /
+                                                             "model.safetensors"),
+                                   str(tmp_path / "vits14.pth"), "--backbone", "dinov2_vits14"])
+    assert res.exit_code == 0, res.output
+    create_backbone("dinov2_vits14", pretrained=tmp_path / "vits14.pth")

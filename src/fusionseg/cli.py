@@ -286,13 +286,23 @@ def data_check(config: Annotated[Path | None, typer.Argument(help="run config")]
 @cli_errors
 def weights_convert(src: Path, dst: Path,
                     config: Annotated[Path | None, typer.Option(
-                        help="run config of the model the weights are for")] = None):
+                        help="run config of the model the weights are for")] = None,
+                    backbone: Annotated[str | None, typer.Option(
+                        help="a pretrained-encoder file for this backbone (e.g. "
+                             "dinov2_vits14 from a Hugging Face facebook/dinov2-small file)")]
+                    = None):
     """Convert a released checkpoint (e.g. the StitchFusion authors') to fusionseg's format.
 
     With --config the weights are loaded into the configured model strictly (mismatches are
-    reported now); without, the registered methods are asked which released format SRC is in.
+    reported now); with --backbone SRC is a pretrained encoder (official or Hugging Face keys)
+    written in the official key names; without either, the registered methods are asked which
+    released format SRC is in.
     """
-    if config is not None:
+    if backbone is not None:
+        from .models import create_backbone
+        from .models.weights import convert_backbone_checkpoint
+        out = convert_backbone_checkpoint(src, dst, create_backbone(backbone))
+    elif config is not None:
         from .config import load_config
         from .engine.runner import convert_weights
         out = convert_weights(load_config(config), src, dst)

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "CheckpointMismatchError",
+    "convert_backbone_checkpoint",
     "convert_checkpoint",
     "load_backbone_weights",
     "load_checkpoint",
@@ -287,6 +288,19 @@ def save_state_dict(sd: Mapping[str, Tensor], dst: str | Path,
         if tmp.exists():
             tmp.unlink()
     return dst
+
+
+def convert_backbone_checkpoint(src: str | Path, dst: str | Path, backbone: nn.Module) -> Path:
+    """Convert a pretrained-encoder file (e.g. a Hugging Face ``facebook/dinov2-small``
+    ``model.safetensors``) to the official key names ``backbone`` uses, through its
+    ``checkpoint_filter_fn``; the result loads strictly (checked) and is written to ``dst``.
+
+    Raises:
+        FileNotFoundError, ValueError, CheckpointMismatchError: unreadable source, or weights
+            that do not fit ``backbone``.
+    """
+    load_backbone_weights(backbone, src)
+    return save_state_dict(backbone.state_dict(), dst, {"fusionseg_source": str(src)})
 
 
 def _detect_segmentor(sd: StateDict) -> type | None:
