@@ -40,6 +40,7 @@ def main() -> None:
     p.add_argument("--window", type=int, default=256)
     p.add_argument("--stride", type=int, default=128)
     p.add_argument("--tiles", type=int, default=1)
+    p.add_argument("--window-batch", type=int, default=8, help="windows per forward pass")
     p.add_argument("--bf16", action="store_true", help="torch.autocast(cpu, bfloat16)")
     args = p.parse_args()
 
@@ -88,11 +89,12 @@ def main() -> None:
         t = time.perf_counter()
         with torch.no_grad(), amp:
             predict_logits(model, tile, mode="slide", window=(args.window,) * 2,
+                           window_batch=args.window_batch,
                            stride=(args.stride,) * 2)
         times.append(time.perf_counter() - t)
     sec = sum(times) / len(times)
     print(json.dumps({**base, "what": "slide", "tile": [h, w], "window": args.window,
-                      "stride": args.stride, "s_per_tile": sec, "tiles_per_min": 60 / sec}))
+                      "stride": args.stride, "window_batch": args.window_batch, "s_per_tile": sec, "tiles_per_min": 60 / sec}))
 
 
 if __name__ == "__main__":

@@ -107,8 +107,13 @@ def test_sliding_window_covers_every_pixel_and_equals_whole_image(size, window, 
     model.calls.clear()
     slide = predict_logits(model, batch, mode="slide", window=window, stride=stride)
     assert slide.shape == (2, 6, *size)
+
     torch.testing.assert_close(slide, whole, rtol=1e-5, atol=1e-5)
     assert all(c == tuple(window) for c in model.calls)  # every window at full size
+    # several windows per forward pass: the same result
+    batched = predict_logits(model, {**batch, "present": torch.ones(2, 2, dtype=torch.bool)},
+                             mode="slide", window=window, stride=stride, window_batch=5)
+    torch.testing.assert_close(batched, slide, rtol=1e-5, atol=1e-6)
     # a constant model: the count-normalised sum is 1 wherever a window landed, i.e. everywhere
     ones = predict_logits(lambda b: torch.ones(b["irrg"].shape[0], 1, *b["irrg"].shape[-2:]),
                           batch, mode="slide", window=window, stride=stride)

@@ -145,6 +145,7 @@ class EvalConfig(_Strict):
     mode: Literal["whole", "slide"] = "whole"
     window: tuple[int, int] = (512, 512)
     stride: tuple[int, int] = (341, 341)
+    window_batch: int = 1  # sliding windows per forward pass (throughput; same result)
     flip: bool = False
     scales: list[float] = Field(default_factory=lambda: [1.0])
     miou: Literal["nanmean", "zero"] = "nanmean"

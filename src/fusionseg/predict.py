@@ -136,7 +136,7 @@ def predict(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path,
         sample = ds[i]
         batch = {m: sample[m][None] for m in modalities if m in sample}
         logits = predict_logits(model, batch, mode=e.mode, window=e.window, stride=e.stride,
-                                scales=e.scales, flip=e.flip)
+                                scales=e.scales, flip=e.flip, window_batch=e.window_batch)
         pred = logits.argmax(1)[0]
         name = str(sample["meta"]["id"]).replace("/", "_")
         Image.fromarray(colorize(pred, palette)).save(out_dir / "masks" / f"{name}.png")

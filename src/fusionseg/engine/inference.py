@@ -37,12 +37,13 @@ def _input_size(batch: dict) -> tuple[int, int]:
 
 
 def slide_inference(model: nn.Module, batch: dict, window: Sequence[int],
-                    stride: Sequence[int]) -> torch.Tensor:
+                    stride: Sequence[int], window_batch: int = 1) -> torch.Tensor:
     """Sliding-window inference; overlapping logits are averaged with a real count map.
 
     Windows of ``window = (h, w)`` px move by ``stride``; the last window in each direction is
     aligned to the image border, so every pixel is covered. An image smaller than the window is
-    zero-padded and the padding cropped away.
+    zero-padded and the padding cropped away. ``window_batch`` windows go through the model as
+    one batch (faster for small batches; the result is the same).
     """
     h, w = _input_size(batch)
     wh, ww = window
@@ -59,14 +60,23 @@ def slide_inference(model: nn.Module, batch: dict, window: Sequence[int],
         xs.append(W - ww)
     total = None
     count = torch.zeros(1, 1, H, W)
-    for y in ys:
-        for x in xs:
-            crop = _map_images(batch, lambda _k, t, y=y, x=x: t[..., y:y + wh, x:x + ww])
-            logits = logits_of(model(crop)).float()
-            if total is None:
-                total = logits.new_zeros(logits.shape[0], logits.shape[1], H, W)
-                count = count.to(logits.device)
-            total[..., y:y + wh, x:x + ww] += logits
+    positions = [(y, x) for y in ys for x in xs]
+    keys = _image_keys(batch)
+    n_img = batch[keys[0]].shape[0]
+    step = max(int(window_batch), 1)
+    for i in range(0, len(positions), step):
+        chunk = positions[i:i + step]
+        crop = {k: v for k, v in batch.items() if k not in ("label", "meta")}
+        for k in keys:
+            crop[k] = torch.cat([batch[k][..., y:y + wh, x:x + ww] for y, x in chunk])
+        if isinstance(batch.get("present"), torch.Tensor):
+            crop["present"] = batch["present"].repeat(len(chunk), 1)
+        logits = logits_of(model(crop)).float()
+        if total is None:
+            total = logits.new_zeros(n_img, logits.shape[1], H, W)
+            count = count.to(logits.device)
+        for j, (y, x) in enumerate(chunk):
+            total[..., y:y + wh, x:x + ww] += logits[j * n_img:(j + 1) * n_img]
             count[..., y:y + wh, x:x + ww] += 1
     return (total / count)[..., :h, :w]
 
@@ -74,13 +84,15 @@ def slide_inference(model: nn.Module, batch: dict, window: Sequence[int],
 @torch.no_grad()
 def predict_logits(model: nn.Module, batch: dict, mode: str = "whole",
                    window: Sequence[int] = (512, 512), stride: Sequence[int] = (341, 341),
-                   scales: Sequence[float] = (1.0,), flip: bool = False) -> torch.Tensor:
+                   scales: Sequence[float] = (1.0,), flip: bool = False,
+                   window_batch: int = 1) -> torch.Tensor:
     """Logits ``[B, K, H, W]`` at input size, averaged over ``scales`` and an optional h-flip.
 
     Args:
         mode: ``"whole"`` (one forward pass) or ``"slide"`` (windows of ``window`` px).
         scales: resize factors; logits are resized back before averaging (softmax-free mean).
         flip: also run the horizontally flipped input and flip its logits back.
+        window_batch: sliding windows per model call (see :func:`slide_inference`).
 
     Raises:
         ValueError: unknown mode.
@@ -102,7 +114,7 @@ def predict_logits(model: nn.Module, batch: dict, mode: str = "whole",
             if mode == "whole":
                 logits = logits_of(model(inp)).float()
             else:
-                logits = slide_inference(model, inp, window, stride)
+                logits = slide_inference(model, inp, window, stride, window_batch)
             if flipped:
                 logits = logits.flip(-1)
             if logits.shape[-2:] != (h, w):

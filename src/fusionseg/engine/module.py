@@ -137,7 +137,8 @@ class SegmentationModule(L.LightningModule):
         batch = self._drop_missing(batch)
         e = self.cfg.eval
         logits = predict_logits(self.model, batch, mode=e.mode, window=e.window,
-                                stride=e.stride, scales=e.scales, flip=e.flip)
+                                stride=e.stride, scales=e.scales, flip=e.flip,
+                                window_batch=e.window_batch)
         pred = logits.argmax(1)
         label = batch["label"]
         self.val_cm.update(pred, label)

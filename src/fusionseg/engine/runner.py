@@ -223,7 +223,7 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
 
     def predict(sub: dict) -> torch.Tensor:
         return predict_logits(model, sub, mode=e.mode, window=e.window, stride=e.stride,
-                              scales=e.scales, flip=e.flip)
+                              scales=e.scales, flip=e.flip, window_batch=e.window_batch)
 
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
