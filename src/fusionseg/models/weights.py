@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -40,6 +41,8 @@ __all__ = [
     "load_checkpoint",
     "load_state_dict_file",
     "load_state_dict_strict",
+    "rename_key",
+    "rename_keys",
     "save_state_dict",
     "to_model_keys",
 ]
@@ -204,6 +207,23 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> nn.Module:
         sd = filter_fn(sd)
     load_state_dict_strict(backbone, sd, path)
     return backbone
+
+
+# --------------------------------------------------------------------------- key renaming
+def rename_key(key: str, rules) -> str:
+    """``key`` renamed by the first of ``rules`` (``(pattern, replacement)`` pairs, patterns as
+    strings or compiled, matched at the start with :func:`re.match`) that matches; unchanged
+    when none does."""
+    for pat, rep in rules:
+        if re.match(pat, key):
+            return re.sub(pat, rep, key, count=1)
+    return key
+
+
+def rename_keys(state_dict: Mapping[str, Tensor], rules) -> StateDict:
+    """A state dict with every key renamed by :func:`rename_key` (tensors not copied). The
+    released-format converters of backbones and segmentors are tables of such rules."""
+    return {rename_key(k, rules): v for k, v in state_dict.items()}
 
 
 # --------------------------------------------------------------------------- whole models

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..weights import rename_key
 from .base import TransformerBackbone, register_backbone, strip_prefixes
 from .mit import DropPath
 
@@ -449,11 +450,7 @@ def convert_hf_dinov2(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if mt:
             gate.setdefault((mt.group(1), mt.group(3)), {})[mt.group(2)] = v
             continue
-        for pat, rep in _HF_RULES:
-            if re.match(pat, k):
-                k = re.sub(pat, rep, k)
-                break
-        out[k] = v
+        out[rename_key(k, _HF_RULES)] = v
     for (i, kind), parts in qkv.items():
         out[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts["q"], parts["k"], parts["v"]], 0)
     for (i, kind), parts in gate.items():

@@ -62,7 +62,6 @@ Where ours departs from the release (none changes the function of released weigh
 from __future__ import annotations
 
 import copy
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -76,6 +75,7 @@ from ..fusion.dgfm import DGFM
 from ..heads.upernet import AuxHead, UperNetHead
 from ..peft.cpia import CPIA
 from ..registry import register_model
+from ..weights import rename_keys
 from .base import AuxiliaryLogits, SegmentationOutput, Segmentor
 
 __all__ = ["DSM_LIKE", "OPTICAL", "MoBaNetSegmentor", "build_mobanet"]
@@ -269,14 +269,7 @@ class MoBaNetSegmentor(Segmentor):
         ``DataParallel`` ``module.`` prefix is stripped before (generic)."""
         if not cls.is_released_format(state_dict):
             return dict(state_dict)
-        out = {}
-        for k, v in state_dict.items():
-            for pat, rep in cls._RELEASE:
-                if re.match(pat, k):
-                    k = re.sub(pat, rep, k)
-                    break
-            out[k] = v
-        return out
+        return rename_keys(state_dict, cls._RELEASE)
 
     @classmethod
     def infer_num_classes(cls, state_dict: Mapping[str, Tensor]) -> int | None:

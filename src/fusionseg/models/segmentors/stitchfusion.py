@@ -68,6 +68,7 @@ from ..fusion.featurecross import FeatureCrossStage
 from ..heads.segformer import SegFormerHead
 from ..peft.adapters import ADAPTER_DENSITIES, MultiAdapter
 from ..registry import register_model
+from ..weights import rename_keys
 from .base import Segmentor
 
 __all__ = [
@@ -368,14 +369,7 @@ def release_to_fusionseg(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     ``fusion.{s}.{proj, mix_ffn, channel_attn}``; every other key (MiT encoder, decode head)
     is already ours.
     """
-    out: dict[str, Tensor] = {}
-    for k, v in sd.items():
-        for pat, rep in _RELEASE_RULES:
-            if pat.match(k):
-                k = pat.sub(rep, k)
-                break
-        out[k] = v
-    return out
+    return rename_keys(sd, _RELEASE_RULES)
 
 
 _SHARED_TO_PAIR = {"adap_t": "adap_t_att12", "adap2_t": "adap_t_mlp12"}
