@@ -535,3 +535,26 @@ def test_baseline_config_loads_and_reads_its_dataset(tmp_path, name):
     assert set(cfg.model.modalities) <= set(v)
     result = CliRunner().invoke(app, ["data", "check", str(path), "--set", f"data.root={root}"])
     assert result.exit_code == 0, result.output
+
+
+@pytest.mark.parametrize("windows", [False, True])
+def test_isprs_dsm_nodata_and_nan_are_filled_and_counted(tmp_path, windows):
+    import tifffile
+    from fixtures.isprs_tree import make_vaihingen_tree
+
+    make_vaihingen_tree(tmp_path, tiles=["1"], height=40, width=32)
+    path = tmp_path / "dsm" / "dsm_09cm_matching_area1.tif"
+    dsm = tifffile.imread(path).astype(np.float32)
+    dsm[:4, :4] = -9999.0  # a nodata sentinel
+    dsm[10, 10] = np.nan
+    tifffile.imwrite(path, dsm)
+    opts = {"tile_size": 16, "stride": 16} if windows else {}
+    ds = create_dataset("vaihingen", tmp_path, "x", ["irrg", "dsm"], tiles=["1"], **opts)
+    samples = [ds[i] for i in range(len(ds))]
+    valid = dsm[np.isfinite(dsm) & (dsm > -1000)]
+    lo, hi = float(valid.min()), float(valid.max())
+    first = samples[0]["dsm"][0]
+    assert all(torch.isfinite(s["dsm"]).all() for s in samples)
+    assert float(first[:4, :4].abs().max()) == 0.0  # filled with the lowest valid height
+    torch.testing.assert_close(first[5, 5], torch.tensor((dsm[5, 5] - lo) / (hi - lo)))
+    assert sum(ds.dsm_nodata.values()) == 16 + 1

@@ -27,7 +27,10 @@ name contains ``gt``, ``label`` or ``ground_truth``, and the image only from one
 
 Modalities: ``irrg``/``rgb`` ``[3, H, W]`` in [0, 1] (ImageNet normalization); Potsdam also
 ``rgbir`` ``[4, H, W]`` and ``nir`` (channel 4 of the RGBIR file, repeated to 3); ``dsm``
-``[1, H, W]`` min-max normalized per tile to [0, 1] (as MoBaNet does). A DSM whose size differs
+``[1, H, W]`` min-max normalized per tile to [0, 1] (as MoBaNet does). DSM pixels that are
+non-finite or below ``dsm_nodata_below`` metres (nodata sentinels such as -9999; default
+-1000) are left out of the min-max, filled with the tile's lowest valid height (0 after
+normalization) and counted per file in ``dataset.dsm_nodata``. A DSM whose size differs
 from its tile by at most ``dsm_size_tolerance`` pixels is cropped or edge-padded at the
 bottom/right; larger differences are a size mismatch.
 
@@ -235,6 +238,7 @@ class ISPRSDataset(MultimodalDataset):
         stride: int | None = None,
         tile_splits: Sequence[str] | None = None,
         dsm_size_tolerance: int = 16,
+        dsm_nodata_below: float = -1000.0,
         max_samples: int | None = None,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     ) -> None:
@@ -266,6 +270,9 @@ class ISPRSDataset(MultimodalDataset):
         self.stride = stride or tile_size
         self.dsm_size_tolerance = int(dsm_size_tolerance)
         self.size_tolerance = {"dsm": self.dsm_size_tolerance}
+        self.dsm_nodata_below = float(dsm_nodata_below)
+        #: DSM file -> pixels filled so far (non-finite, or below ``dsm_nodata_below`` metres)
+        self.dsm_nodata: dict[str, int] = {}
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._dsm_range: dict[str, tuple[float, float]] = {}
         super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
@@ -405,8 +412,13 @@ class ISPRSDataset(MultimodalDataset):
             out = np.pad(np.asarray(out), ((0, ph), (0, pw), (0, 0)), mode="edge")
         return np.ascontiguousarray(out)
 
+    def _dsm_valid(self, phys: np.ndarray) -> np.ndarray:
+        """Valid DSM pixels: finite and not below ``dsm_nodata_below`` (nodata sentinels such as
+        -9999 or -32768)."""
+        return np.isfinite(phys) & (phys >= self.dsm_nodata_below)
+
     def _dsm_minmax(self, path: Path, spec: ModalitySpec) -> tuple[float, float]:
-        """Physical min and max of a whole DSM tile (non-finite values count as 0)."""
+        """Physical min and max of the valid pixels of a whole DSM tile (0, 0 if none)."""
         key = str(path)
         if key not in self._dsm_range:
             arr = self._full_array(path, "dsm")
@@ -414,10 +426,10 @@ class ISPRSDataset(MultimodalDataset):
             lo, hi = np.inf, -np.inf
             for r0 in range(0, arr.shape[0], 512):
                 block = np.asarray(arr[r0 : r0 + 512], dtype=np.float64) * scale + spec.offset
-                if not np.isfinite(block).all():
-                    block = np.where(np.isfinite(block), block, 0.0)
-                lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
-            self._dsm_range[key] = (lo, hi)
+                block = block[self._dsm_valid(block)]
+                if block.size:
+                    lo, hi = min(lo, float(block.min())), max(hi, float(block.max()))
+            self._dsm_range[key] = (lo, hi) if lo <= hi else (0.0, 0.0)
         return self._dsm_range[key]
 
     def read_modality(self, record: SampleRecord, modality: str) -> torch.Tensor:
@@ -427,11 +439,18 @@ class ISPRSDataset(MultimodalDataset):
         raw = self._read_window(path, modality, record)
         if spec.normalize != "minmax":
             return spec.from_array(raw, path=path)
-        x = spec.model_copy(update={"normalize": None}).from_array(raw, path=path)
+        phys = np.asarray(raw, dtype=np.float64) * spec.scale_for(raw.dtype) + spec.offset
+        valid = self._dsm_valid(phys)
         if record.extra.get("window") is None:  # whole tile: its own range
-            lo, hi = float(x.amin()), float(x.amax())
+            lo, hi = (float(phys[valid].min()), float(phys[valid].max())) if valid.any() else (
+                0.0, 0.0)
         else:
             lo, hi = self._dsm_minmax(path, spec)
+        if not valid.all():  # nodata / NaN: filled with the tile's lowest valid height, counted
+            self.dsm_nodata[str(path)] = self.dsm_nodata.get(str(path), 0) + int((~valid).sum())
+            raw = np.where(valid, phys, lo).astype(np.float32)
+            spec = spec.model_copy(update={"scale": 1.0, "offset": 0.0})
+        x = spec.model_copy(update={"normalize": None}).from_array(raw, path=path)
         if hi > lo:
             return ((x - lo) / (hi - lo)).clamp_(0.0, 1.0)
         return torch.zeros_like(x)
