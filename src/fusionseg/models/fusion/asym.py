@@ -1,0 +1,79 @@
+"""AsymFusion's parameter-free fusion: channel shuffle + pixel shift between two streams.
+
+Source: Yikai Wang, Fuchun Sun, Ming Lu, Anbang Yao, "Learning Deep Multimodal Feature
+Representation with Asymmetric Multi-layer Fusion", ACM MM 2020 (arXiv 2108.05009), Sec. 3;
+official code GitHub ``yikaiw/AsymFusion``, ``models/model.py`` (``ShiftShuffle``,
+``Bottleneck``).
+
+For two streams ``x1, x2: [B, C, H, W]``, ``g = floor(C / 5)`` and ``s = 4 g``:
+
+* shuffle: ``x1' = [x1[:s]; x2[s:]]``, ``x2' = [x2[:s]; x1[s:]]`` (the last ``C - s`` channels
+  change streams);
+* shift: for ``k = 0..3`` the channel group ``x_m[k g:(k+1) g]`` moves by one pixel,
+  ``out[i, j] = x[i + p_h, j + p_w]`` with zero fill, offsets ``p = (-1, 0), (0, -1), (0, 1),
+  (1, 0)`` in that order (reversed with ``reverse=True``); channels ``s..C`` of the shifted
+  tensor are zero. The shifted copy ``sigma_m`` of stream ``m`` is added to the *other* stream
+  later (AsymFusion's fused bottleneck).
+
+With fewer than 5 channels ``g = 0``: the shuffle swaps every channel and the shift is all
+zeros, as the release computes it.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["SHIFT_OFFSETS", "ShiftShuffle", "pixel_shift", "shift_shuffle"]
+
+#: (dy, dx) of the four shifted channel groups, in order (``out[i, j] = x[i + dy, j + dx]``)
+SHIFT_OFFSETS: tuple[tuple[int, int], ...] = ((-1, 0), (0, -1), (0, 1), (1, 0))
+
+
+def pixel_shift(x: Tensor, group: int, reverse: bool = False) -> Tensor:
+    """The shifted copy of ``x [B, C, H, W]``: channel group ``k`` (``group`` channels) moved by
+    ``SHIFT_OFFSETS[k]`` (reversed order with ``reverse``) with zero fill; channels from
+    ``4 * group`` on are zero."""
+    offsets = SHIFT_OFFSETS[::-1] if reverse else SHIFT_OFFSETS
+    h, w = x.shape[-2:]
+    out = torch.zeros_like(x)
+    if group == 0:
+        return out
+    padded = F.pad(x[:, : 4 * group], (1, 1, 1, 1))
+    for k, (dy, dx) in enumerate(offsets):
+        sl = slice(k * group, (k + 1) * group)
+        out[:, sl] = padded[:, sl, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w]
+    return out
+
+
+def shift_shuffle(x1: Tensor, x2: Tensor, reverse: bool = False
+                  ) -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """``((x1', x2'), (sigma1, sigma2))``: the shuffled streams and each stream's shifted copy
+    (see the module docstring). Shapes ``[B, C, H, W]``; no parameters.
+
+    Raises:
+        ValueError: the two streams differ in shape.
+    """
+    if x1.shape != x2.shape:
+        raise ValueError(f"shift_shuffle needs two streams of one shape, got {tuple(x1.shape)} "
+                         f"and {tuple(x2.shape)}")
+    g = x1.shape[1] // 5
+    s = 4 * g
+    shuffled = (torch.cat([x1[:, :s], x2[:, s:]], 1), torch.cat([x2[:, :s], x1[:, s:]], 1))
+    return shuffled, (pixel_shift(x1, g, reverse), pixel_shift(x2, g, reverse))
+
+
+class ShiftShuffle(nn.Module):
+    """:func:`shift_shuffle` as a module (no parameters); ``reverse`` picks the offset order
+    (AsymFusion uses the forward order after ``conv1`` and the reversed one after ``conv2``)."""
+
+    def __init__(self, reverse: bool = False) -> None:
+        super().__init__()
+        self.reverse = bool(reverse)
+
+    def forward(self, x1: Tensor, x2: Tensor):
+        return shift_shuffle(x1, x2, self.reverse)
+
+    def extra_repr(self) -> str:
+        return f"reverse={self.reverse}"
