@@ -78,13 +78,14 @@ def test_backbone_checkpoint_filter_is_idempotent_and_round_trips(name, tmp_path
 
 @pytest.mark.parametrize("name", BACKBONE_NAMES)
 def test_backbone_no_weight_decay_names_and_grad_checkpointing(name):
-    bb = tiny_backbone(name, drop_path_rate=0.0)
+    bb = tiny_backbone(name)
     params = dict(bb.named_parameters())
     assert set(bb.no_weight_decay()) <= set(params)
     x = torch.randn(2, bb.in_chans, *_sizes(bb.input_multiple)[0], requires_grad=True)
     bb.train()
 
     def grads():
+        torch.manual_seed(0)  # the same stochastic-depth draws in both runs
         bb.zero_grad()
         sum(o.square().mean() for o in bb(x)).backward()
         return {k: p.grad.clone() for k, p in params.items() if p.grad is not None}

@@ -3,7 +3,7 @@
 Every backbone meets the contract of :mod:`.base` (:class:`~.base.Backbone`) and registers
 itself in :data:`~.base.BACKBONES` in its own file. Known names: ``mit_b0 .. mit_b5``
 (SegFormer Mix Transformer, :mod:`.mit`), ``dinov2_vit{s,b,l,g}14[_reg4]`` (DINOv2 ViT,
-:mod:`.dinov2`).
+:mod:`.dinov2`), ``resnet50 / 101 / 152`` (torchvision layout, :mod:`.resnet`).
 """
 
 from __future__ import annotations
@@ -12,16 +12,18 @@ from pathlib import Path
 
 from torch import nn
 
-from . import dinov2, mit  # noqa: F401  (register their builders)
+from . import dinov2, mit, resnet  # noqa: F401  (register their builders)
 from .base import BACKBONES, Backbone, TransformerBackbone, register_backbone
 from .dinov2 import DinoVisionTransformer
 from .mit import MixVisionTransformer
+from .resnet import ResNet
 
 __all__ = [
     "BACKBONES",
     "Backbone",
     "DinoVisionTransformer",
     "MixVisionTransformer",
+    "ResNet",
     "TransformerBackbone",
     "create_backbone",
     "default_decoder_dim",

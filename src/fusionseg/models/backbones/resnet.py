@@ -1,0 +1,172 @@
+"""ResNet-50/101/152 (bottleneck, v1.5) with torchvision's key names, without torchvision.
+
+Kaiming He et al., "Deep Residual Learning for Image Recognition", CVPR 2016; the stride of a
+stage's first block sits on its 3x3 convolution ("v1.5", as in torchvision's
+``torchvision/models/resnet.py``). Module and parameter names are torchvision's, so its ImageNet
+files (``resnet50-0676ba61.pth``, ``resnet50-11ad3fa6.pth``, ``resnet101-63fe2227.pth``,
+``resnet152-394f9c45.pth``, ...) load strictly after :meth:`ResNet.checkpoint_filter_fn` drops
+their classifier ``fc.weight`` / ``fc.bias``::
+
+    conv1 (7x7 s2) bn1 -> maxpool (3x3 s2)
+    layer{1..4}.{i}.conv1 / bn1 / conv2 / bn2 / conv3 / bn3 [/ downsample.0 (1x1) / .1 (BN)]
+
+``forward(x [B, 3, H, W]) -> [c2, c3, c4, c5]`` with 256, 512, 1024, 2048 channels at strides 4,
+8, 16, 32 (``ceil`` sizes). ``input_multiple`` is 32: decoders that add upsampled maps to
+lateral ones (RefineNet, FPN) need the exact factor-2 relations, so segmentors pad to it.
+Parameters without the classifier: ResNet-50 23,508,032, ResNet-101 42,500,160, ResNet-152
+58,143,808 (torchvision's totals minus the 2,049,000 of ``fc``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from .base import Backbone, register_backbone, strip_prefixes
+
+__all__ = ["RESNET_LAYERS", "RESNET_TINY", "Bottleneck", "ResNet"]
+
+#: blocks per stage (torchvision ``resnet50 / 101 / 152``)
+RESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
+    "resnet152": (3, 8, 36, 3),
+}
+
+#: tiny constructor overrides used by the contract tests
+RESNET_TINY = dict(layers=(1, 1, 1, 1), width=8)
+
+
+class Bottleneck(nn.Module):
+    """``conv1 1x1 -> conv2 3x3 (stride) -> conv3 1x1 (x4)``, BN + ReLU, residual
+    (``downsample`` = 1x1 conv + BN where shape changes). ``[B, C_in, H, W] -> [B, 4p, H/s, W/s]``.
+    """
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out = planes * self.expansion
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or inplanes != out:
+            self.downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False),
+                                            nn.BatchNorm2d(out))
+
+    def forward(self, x: Tensor) -> Tensor:
+        idt = x if self.downsample is None else self.downsample(x)
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        return self.relu(self.bn3(self.conv3(y)) + idt)
+
+
+class ResNet(Backbone):
+    """Bottleneck ResNet encoder (see the module docstring).
+
+    Args:
+        layers: blocks per stage, e.g. ``(3, 4, 6, 3)``.
+        width: channels of ``conv1`` and of the first stage's bottleneck (64); stage ``i`` uses
+            ``width * 2**i`` bottleneck channels and outputs 4x that.
+        in_chans: 3.
+        zero_init_residual: zero the last BN scale of every block (off, as torchvision's
+            default).
+
+    With :meth:`set_grad_checkpointing` each block is recomputed in backward; BatchNorm layers in
+    training mode then update their running statistics a second time (freeze them, as
+    AsymFusion does, or keep checkpointing off when they train).
+
+    Raises:
+        ValueError: ``layers`` without 4 entries; at forward, an input that is not
+            ``[B, in_chans, H, W]``.
+    """
+
+    strides = (4, 8, 16, 32)
+    input_multiple = 32
+
+    def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), width: int = 64, in_chans: int = 3,
+                 zero_init_residual: bool = False) -> None:
+        super().__init__()
+        if len(layers) != 4:
+            raise ValueError(f"layers must have 4 entries (one per stage), got {list(layers)}")
+        self.in_chans = int(in_chans)
+        self.layers = [int(n) for n in layers]
+        self.width = int(width)
+        self.conv1 = nn.Conv2d(in_chans, width, 7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        inplanes = width
+        for i, n in enumerate(self.layers):
+            planes = width * 2**i
+            blocks = []
+            for j in range(n):
+                blocks.append(Bottleneck(inplanes, planes, stride=2 if (j == 0 and i > 0) else 1))
+                inplanes = planes * Bottleneck.expansion
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if zero_init_residual:
+            for m in self.modules():
+                if isinstance(m, Bottleneck):
+                    nn.init.zeros_(m.bn3.weight)
+
+    @property
+    def out_channels(self) -> list[int]:
+        """``[4w, 8w, 16w, 32w]`` (256 .. 2048 for ``width = 64``)."""
+        return [self.width * 2**i * Bottleneck.expansion for i in range(4)]
+
+    def stage(self, i: int) -> nn.Sequential:
+        """``layer{i+1}`` (0-based ``i``)."""
+        return getattr(self, f"layer{i + 1}")
+
+    def stem(self, x: Tensor) -> Tensor:
+        """``maxpool(relu(bn1(conv1(x))))``, ``[B, w, H/4, W/4]``."""
+        return self.maxpool(self.relu(self.bn1(self.conv1(x))))
+
+    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """torchvision files -> our keys (the same names): ``module.`` / ``backbone.`` prefixes
+        stripped, the ImageNet classifier ``fc.*`` dropped. Idempotent."""
+        own = self.state_dict()
+        sd = strip_prefixes(state_dict, ("module.", "backbone."), list(own))
+        return {k: v for k, v in sd.items() if not (k.startswith("fc.") and k not in own)}
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """``[B, in_chans, H, W] -> [c2, c3, c4, c5]``."""
+        self.check_input(x)
+        x = self.stem(x)
+        outs = []
+        for i in range(4):
+            for blk in self.stage(i):
+                if self.grad_checkpointing and torch.is_grad_enabled():
+                    x = checkpoint(blk, x, use_reentrant=False)
+                else:
+                    x = blk(x)
+            outs.append(x)
+        return outs
+
+
+def _register(name: str) -> None:
+    def build(**overrides) -> ResNet:
+        return ResNet(**{"layers": RESNET_LAYERS[name], **overrides})
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"Build {name} (torchvision layout, overridable by keyword)."
+    register_backbone(name, tiny=RESNET_TINY)(build)
+
+
+for _name in RESNET_LAYERS:
+    _register(_name)
+del _name
