@@ -46,3 +46,61 @@ def test_shift_shuffle_adds_no_parameters_and_checks_shapes():
     a, b = torch.ones(1, 4, 2, 2), torch.zeros(1, 4, 2, 2)
     (s1, s2), (g1, g2) = shift_shuffle(a, b)
     assert torch.equal(s1, b) and torch.equal(s2, a) and not g1.any() and not g2.any()
+
+
+def test_parallel_batchnorm_copies_the_pretrained_bn_and_splits_streams():
+    from torch import nn
+
+    from fusionseg.models import create_backbone
+    from fusionseg.models.backbones.resnet import RESNET_TINY
+    from fusionseg.models.fusion.asym import ParallelBatchNorm2d, parallelize_batchnorms
+
+    torch.manual_seed(0)
+    bb = create_backbone("resnet50", **RESNET_TINY).eval()
+    with torch.no_grad():
+        bb.bn1.running_mean.normal_()
+    ref = {k: v.clone() for k, v in bb.state_dict().items()}
+    n_before = sum(p.numel() for p in bb.parameters())
+    parallelize_batchnorms(bb, 2)
+    assert isinstance(bb.bn1, ParallelBatchNorm2d) and isinstance(bb.layer1[0].downsample[1],
+                                                                   ParallelBatchNorm2d)
+    sd = bb.state_dict()
+    for i in (0, 1):
+        assert torch.equal(sd[f"bn1.bn_{i}.running_mean"], ref["bn1.running_mean"])
+    assert torch.equal(sd["conv1.weight"], ref["conv1.weight"])  # convolutions shared, once
+    n_bn = sum(p.numel() for m in bb.modules() if isinstance(m, nn.BatchNorm2d)
+               for p in m.parameters())
+    assert sum(p.numel() for p in bb.parameters()) == n_before + n_bn // 2
+    # one stream through a parallel BN equals the original BN on that stream
+    bn = nn.BatchNorm2d(3).eval()
+    with torch.no_grad():
+        bn.running_mean.uniform_()
+    pbn = ParallelBatchNorm2d(bn, 2).eval()
+    with torch.no_grad():
+        pbn.bn_1.weight.mul_(2)
+    x = torch.randn(4, 3, 2, 2)
+    out = pbn(x)
+    assert torch.equal(out[:2], bn(x[:2])) and not torch.equal(out[2:], bn(x[2:]))
+
+
+def test_fused_bottleneck_follows_the_release_order():
+    from fusionseg.models.backbones.resnet import Bottleneck
+    from fusionseg.models.fusion.asym import fused_bottleneck, parallelize_batchnorms
+
+    torch.manual_seed(0)
+    blk = parallelize_batchnorms(Bottleneck(40, 10), 2).eval()
+    x1, x2 = torch.randn(1, 40, 6, 7), torch.randn(1, 40, 6, 7)
+    with torch.no_grad():
+        got = fused_bottleneck(blk, torch.cat([x1, x2]))
+        # literal: per stream with its own BN, the release's sequence of operations
+        def bn(name, i, t):
+            return getattr(getattr(blk, name), f"bn_{i}")(t)
+        h = [blk.relu(bn("bn1", i, blk.conv1(x))) for i, x in enumerate((x1, x2))]
+        (a1, a2), (s1, s2) = shift_shuffle(h[0], h[1])
+        u = [blk.relu(bn("bn2", i, blk.conv2(t))) for i, t in enumerate((a1, a2))]
+        (b1, b2), _ = shift_shuffle(u[0] + s2, u[1] + s1, reverse=True)
+        ref = [blk.relu(bn("bn3", i, blk.conv3(t)) + x) for i, (t, x) in
+               enumerate(((b1, x1), (b2, x2)))]
+        torch.testing.assert_close(got, torch.cat(ref))
+        plain = fused_bottleneck(blk, torch.cat([x1, x2]), shift_shuffle_on=False)
+        assert not torch.allclose(plain, got)

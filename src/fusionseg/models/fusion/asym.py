@@ -1,4 +1,4 @@
-"""AsymFusion's parameter-free fusion: channel shuffle + pixel shift between two streams.
+"""AsymFusion's fusion parts: shift-shuffle, per-modality BatchNorm, the fused bottleneck.
 
 Source: Yikai Wang, Fuchun Sun, Ming Lu, Anbang Yao, "Learning Deep Multimodal Feature
 Representation with Asymmetric Multi-layer Fusion", ACM MM 2020 (arXiv 2108.05009), Sec. 3;
@@ -21,11 +21,21 @@ zeros, as the release computes it.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["SHIFT_OFFSETS", "ShiftShuffle", "pixel_shift", "shift_shuffle"]
+__all__ = [
+    "SHIFT_OFFSETS",
+    "ParallelBatchNorm2d",
+    "ShiftShuffle",
+    "fused_bottleneck",
+    "parallelize_batchnorms",
+    "pixel_shift",
+    "shift_shuffle",
+]
 
 #: (dy, dx) of the four shifted channel groups, in order (``out[i, j] = x[i + dy, j + dx]``)
 SHIFT_OFFSETS: tuple[tuple[int, int], ...] = ((-1, 0), (0, -1), (0, 1), (1, 0))
@@ -77,3 +87,59 @@ class ShiftShuffle(nn.Module):
 
     def extra_repr(self) -> str:
         return f"reverse={self.reverse}"
+
+
+# --------------------------------------------------------------------------- shared-conv encoder
+class ParallelBatchNorm2d(nn.Module):
+    """One BatchNorm per modality stream over a stream-major batch ``[M * B, C, H, W]``.
+
+    Built from one (pretrained) ``BatchNorm2d``: every stream's copy starts from its weights and
+    running statistics (AsymFusion's ``BatchNorm2dParallel`` initialised by
+    ``expand_model_dict``). Keys ``bn_0``, ``bn_1``, ... as released.
+    """
+
+    def __init__(self, bn: nn.BatchNorm2d, num_streams: int) -> None:
+        super().__init__()
+        self.num_streams = int(num_streams)
+        for i in range(self.num_streams):
+            self.add_module(f"bn_{i}", copy.deepcopy(bn))
+
+    def forward(self, x: Tensor) -> Tensor:
+        chunks = x.chunk(self.num_streams, dim=0)
+        return torch.cat([getattr(self, f"bn_{i}")(c) for i, c in enumerate(chunks)], dim=0)
+
+
+def parallelize_batchnorms(module: nn.Module, num_streams: int) -> nn.Module:
+    """Replace every ``BatchNorm2d`` inside ``module`` (in place) by a
+    :class:`ParallelBatchNorm2d` of ``num_streams`` copies; convolutions stay shared."""
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.BatchNorm2d):
+            setattr(module, name, ParallelBatchNorm2d(child, num_streams))
+        else:
+            parallelize_batchnorms(child, num_streams)
+    return module
+
+
+def fused_bottleneck(blk: nn.Module, x: Tensor, shift_shuffle_on: bool = True) -> Tensor:
+    """AsymFusion's fused bottleneck (official ``Bottleneck.forward`` with ``use_shuffle``) on a
+    two-stream batch ``x = [x_1; x_2]`` (``[2B, C, H, W]``) of a ResNet bottleneck ``blk`` whose
+    BNs are :class:`ParallelBatchNorm2d`::
+
+        h = ReLU(BN1(conv1 x));  (h', sigma) = ShiftShuffle(h)
+        u = ReLU(BN2(conv2 h'));  u_1 += sigma_2;  u_2 += sigma_1
+        u' = shuffle of u (reversed-order operation; its shift part unused)
+        out = ReLU(BN3(conv3 u') + residual)
+
+    With ``shift_shuffle_on=False`` it is the plain block (the ablation).
+    """
+    idt = x if blk.downsample is None else blk.downsample(x)
+    h = blk.relu(blk.bn1(blk.conv1(x)))
+    if shift_shuffle_on:
+        (h1, h2), (s1, s2) = shift_shuffle(*h.chunk(2, dim=0))
+        h = torch.cat([h1, h2], dim=0)
+    u = blk.relu(blk.bn2(blk.conv2(h)))
+    if shift_shuffle_on:
+        u1, u2 = u.chunk(2, dim=0)
+        (u1, u2), _ = shift_shuffle(u1 + s2, u2 + s1, reverse=True)
+        u = torch.cat([u1, u2], dim=0)
+    return blk.relu(blk.bn3(blk.conv3(u)) + idt)
