@@ -34,6 +34,7 @@ __all__ = [
     "fused_bottleneck",
     "parallelize_batchnorms",
     "pixel_shift",
+    "set_active_streams",
     "shift_shuffle",
 ]
 
@@ -101,12 +102,24 @@ class ParallelBatchNorm2d(nn.Module):
     def __init__(self, bn: nn.BatchNorm2d, num_streams: int) -> None:
         super().__init__()
         self.num_streams = int(num_streams)
+        #: streams in the batch, in order (``None``: all); set by :func:`set_active_streams`
+        self.active: tuple[int, ...] | None = None
         for i in range(self.num_streams):
             self.add_module(f"bn_{i}", copy.deepcopy(bn))
 
     def forward(self, x: Tensor) -> Tensor:
-        chunks = x.chunk(self.num_streams, dim=0)
-        return torch.cat([getattr(self, f"bn_{i}")(c) for i, c in enumerate(chunks)], dim=0)
+        streams = self.active if self.active is not None else range(self.num_streams)
+        chunks = x.chunk(len(streams), dim=0)
+        return torch.cat([getattr(self, f"bn_{i}")(c) for i, c in zip(streams, chunks, strict=True)],
+                         dim=0)
+
+
+def set_active_streams(module: nn.Module, streams: tuple[int, ...] | None) -> None:
+    """Tell every :class:`ParallelBatchNorm2d` in ``module`` which streams the next batch holds
+    (``None``: all of them), e.g. ``(1,)`` when only the second modality is present."""
+    for m in module.modules():
+        if isinstance(m, ParallelBatchNorm2d):
+            m.active = None if streams is None else tuple(streams)
 
 
 def parallelize_batchnorms(module: nn.Module, num_streams: int) -> nn.Module:

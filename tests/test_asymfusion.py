@@ -1,0 +1,96 @@
+"""AsymFusion segmentor: release equivalence (tests/reference/asymfusion_release.py), single-
+stream path, loss route, frozen BN statistics, bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from reference.asymfusion_release import AsymFusionRelease, randomize_
+
+from fusionseg.engine.losses import SegmentationCriterion
+from fusionseg.models import SegmentationOutput, create_model, load_checkpoint
+from fusionseg.models.segmentors.asymfusion import AsymFusionSegmentor
+
+K = 40
+BB = {"layers": [2, 2, 2, 2], "width": 8}
+
+
+def ours(seed=0, **kw) -> AsymFusionSegmentor:
+    torch.manual_seed(seed)
+    return create_model({"name": "asymfusion", "backbone": "resnet50",
+                         "modalities": ["rgb", "depth"], "num_classes": K, "backbone_kwargs": BB,
+                         **kw})
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    ref = randomize_(AsymFusionRelease(K, layers=(2, 2, 2, 2), width=8)).eval()
+    path = tmp_path_factory.mktemp("asym") / "model.pth"
+    torch.save({"state_dict": ref.state_dict()}, path)
+    return ref, path
+
+
+def test_released_weights_give_released_logits(released):
+    ref, path = released
+    model = load_checkpoint(ours(seed=3), path).eval()
+    g = torch.Generator().manual_seed(1)
+    rgb, depth = torch.randn(2, 3, 64, 96, generator=g), torch.randn(2, 3, 64, 96, generator=g)
+    with torch.no_grad():
+        outs, _ = ref([rgb, depth])
+        got = model.stream_logits({"rgb": rgb, "depth": depth})
+
+        def up(t):  # the release stops at 1/4 scale
+            return F.interpolate(t, size=(64, 96), mode="bilinear", align_corners=False)
+
+        for name, r in (("rgb", outs[0]), ("depth", outs[1]), ("ensemble", outs[2])):
+            expect = up(r)
+            assert (got[name] - expect).abs().max() < 1e-4 * expect.abs().max(), name
+        torch.testing.assert_close(model({"rgb": rgb, "depth": depth}), got["ensemble"])
+    assert AsymFusionSegmentor.is_released_format(ref.state_dict())
+    assert AsymFusionSegmentor.infer_num_classes(ref.state_dict()) == K
+
+
+def test_one_modality_runs_as_a_single_stream_with_its_own_bn():
+    model = ours().eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        only_depth = model({"depth": x})
+        # the same as a one-stream model holding the depth BNs
+        single = create_model({"name": "asymfusion", "backbone": "resnet50",
+                               "modalities": ["depth"], "num_classes": K, "backbone_kwargs": BB})
+        sd = {k.replace("bn_1", "bn_0"): v for k, v in model.state_dict().items()
+              if "bn_0" not in k}
+        sd["alpha"] = sd["alpha"][:1]
+        single.load_state_dict(sd)
+        torch.testing.assert_close(only_depth, single.eval()({"depth": x}))
+        flagged = model({"rgb": torch.randn(1, 3, 64, 64), "depth": x,
+                         "present": torch.tensor([[False, True]])})
+        torch.testing.assert_close(only_depth, flagged)
+
+
+def test_training_output_sums_stream_and_ensemble_nll_and_keeps_bn_stats():
+    model = ours().train()
+    bn = model.backbone.bn1.bn_0
+    before = bn.running_mean.clone()
+    batch = {"rgb": torch.randn(2, 3, 64, 64), "depth": torch.randn(2, 1, 64, 64),
+             "label": torch.randint(0, K, (2, 64, 64))}
+    out = model(batch)
+    assert isinstance(out, SegmentationOutput)
+    assert set(out.aux) == {"stream_rgb", "stream_depth"}
+    assert all(a.weight == 1.0 and a.loss == {"name": "ce"} for a in out.aux.values())
+    total, terms = SegmentationCriterion("ce")(out, batch["label"])
+    torch.testing.assert_close(total, terms["main"] + terms["stream_rgb"] + terms["stream_depth"])
+    total.backward()
+    assert torch.equal(bn.running_mean, before) and not bn.training
+    assert model.alpha.grad is not None and model.backbone.conv1.weight.grad is not None
+
+
+def test_shift_shuffle_switch_and_bad_input():
+    x = {"rgb": torch.randn(1, 3, 64, 64), "depth": torch.randn(1, 3, 64, 64)}
+    a, b = ours().eval(), ours(shift_shuffle=False).eval()
+    assert a.param_counts() == b.param_counts()  # the fusion adds no parameters
+    with torch.no_grad():
+        assert not torch.allclose(a(x), b(x))
+    with pytest.raises(ValueError, match="one or two modalities"):
+        ours(modalities=["rgb", "depth", "thermal"])
