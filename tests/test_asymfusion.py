@@ -20,7 +20,7 @@ def ours(seed=0, **kw) -> AsymFusionSegmentor:
     torch.manual_seed(seed)
     return create_model({"name": "asymfusion", "backbone": "resnet50",
                          "modalities": ["rgb", "depth"], "num_classes": K, "backbone_kwargs": BB,
-                         **kw})
+                         "decoder_channels": kw.pop("decoder_channels", 256), **kw})
 
 
 @pytest.fixture(scope="module")
@@ -94,3 +94,33 @@ def test_shift_shuffle_switch_and_bad_input():
         assert not torch.allclose(a(x), b(x))
     with pytest.raises(ValueError, match="one or two modalities"):
         ours(modalities=["rgb", "depth", "thermal"])
+
+
+def test_eval_reports_every_stream_and_the_ensemble(released, tmp_path):
+    import json
+
+    import yaml
+    from fixtures.deliver_tree import make_deliver_tree
+    from typer.testing import CliRunner
+
+    from fusionseg.cli import app
+
+    root = tmp_path / "deliver"
+    make_deliver_tree(root, conditions=("cloud",), per_split=2, size=64)
+    _, path = released
+    cfg = {"name": "af", "model": {"name": "asymfusion", "backbone": "resnet50",
+                                   "modalities": ["rgb", "depth"], "num_classes": 25,
+                                   "backbone_kwargs": BB},
+           "data": {"dataset": "deliver", "root": str(root), "num_workers": 0,
+                    "val_batch_size": 2}}
+    (tmp_path / "af.yaml").write_text(yaml.safe_dump(cfg))
+    model = ours(num_classes=25)
+    torch.save(model.state_dict(), tmp_path / "af.pth")
+    res = CliRunner().invoke(app, ["eval", str(tmp_path / "af.yaml"), "--ckpt",
+                                   str(tmp_path / "af.pth"), "--missing", "all"])
+    assert res.exit_code == 0, res.output
+    assert "per output" in res.output and "ensemble" in res.output
+    out = json.loads((tmp_path / "af_eval_val.json").read_text())
+    assert set(out["outputs"]) == {"rgb", "depth", "ensemble"}
+    assert out["outputs"]["ensemble"]["mIoU"] == pytest.approx(out["overall"]["mIoU"])
+    assert set(out["missing"]) == {"rgb+depth", "rgb", "depth"}

@@ -99,6 +99,13 @@ def print_results(res: dict) -> None:
         for c, m in res["per_condition"].items():
             t.add_row(c, _fmt(m["mIoU"]), _fmt(m["OA"]))
         console.print(t)
+    if res.get("outputs"):
+        t = Table(title="per output (all modalities present)")
+        for col in ("output", "pixel acc", "mean acc", "mIoU"):
+            t.add_column(col, justify="right" if col != "output" else "left")
+        for name, m in res["outputs"].items():
+            t.add_row(name, _fmt(m["OA"]), _fmt(m["mAcc"]), _fmt(m["mIoU"]))
+        console.print(t)
     if res.get("missing"):
         conds = sorted({c for m in res["missing"].values() for c in m["per_condition"]})
         t = Table(title="missing modalities (mIoU)")

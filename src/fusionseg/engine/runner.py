@@ -34,11 +34,30 @@ from ..runtime import setup_threads
 from .checkpoint import AtomicCheckpointIO
 from .inference import predict_logits
 from .module import SegmentationModule
+from .metrics import confusion_metric, metrics_from_confusion
 from .robustness import SubsetEvaluator, modality_subsets
 
 
 class RunError(RuntimeError):
     """A run cannot start (e.g. it would overwrite an earlier run's checkpoints)."""
+
+
+class _OutputOf(torch.nn.Module):
+    """One named output of a model with ``stream_logits(batch) -> {name: logits}``."""
+
+    def __init__(self, model: torch.nn.Module, name: str) -> None:
+        super().__init__()
+        self.model, self.name = model, name
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.model.stream_logits(batch)[self.name]
+
+
+def _output_names(model: torch.nn.Module) -> list[str]:
+    """Names of a multi-output model's outputs (its modalities + ``"ensemble"``), or []."""
+    if not hasattr(model, "stream_logits"):
+        return []
+    return [*model.modalities, "ensemble"]
 
 
 def model_spec(cfg: Config, num_classes: int | None = None,
@@ -195,8 +214,10 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
 
     Returns:
         ``{"overall": metrics, "classes": [...], "per_condition": {cond: metrics},
-        "missing": {"rgb+depth": {"mIoU": ..., "per_condition": {...}}, ...}, "json": path}``
-        where metrics are those of :func:`metrics_from_confusion` (percent).
+        "missing": {"rgb+depth": {"mIoU": ..., "per_condition": {...}}, ...},
+        "outputs": {"rgb": {"OA", "mAcc", "mIoU"}, ..., "ensemble": {...}}, "json": path}``
+        where metrics are those of :func:`metrics_from_confusion` (percent); ``outputs`` only
+        for models with several outputs (``stream_logits``, e.g. AsymFusion).
 
     Raises:
         CheckpointMismatchError: the checkpoint does not match the configured model.
@@ -225,10 +246,22 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         return predict_logits(model, sub, mode=e.mode, window=e.window, stride=e.stride,
                               scales=e.scales, flip=e.flip, window_batch=e.window_batch)
 
+    # methods with several outputs (AsymFusion: one per stream + the ensemble) are also scored
+    # per output, with every modality present
+    outputs = _output_names(model)
+    out_cms = {n: confusion_metric(ds.num_classes, ds.ignore_index) for n in outputs}
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
         evaluator.update(batch, predict, device)
+        if outputs:
+            sub = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
+                   for k, v in batch.items()}
+            for n in outputs:
+                logits = predict_logits(_OutputOf(model, n), sub, mode=e.mode, window=e.window,
+                                        stride=e.stride, scales=e.scales, flip=e.flip,
+                                        window_batch=e.window_batch)
+                out_cms[n].update(logits.argmax(1).cpu(), batch["label"])
     main = evaluator.metrics(full, e.miou, e.ignore_classes)
     result: dict[str, Any] = {
         "checkpoint": str(ckpt),
@@ -241,6 +274,11 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
     }
     if missing:
         result["missing"] = evaluator.table(e.miou, e.ignore_classes, requested)
+    if outputs:
+        result["outputs"] = {}
+        for n, cm in out_cms.items():
+            r = metrics_from_confusion(cm.compute(), e.miou, e.ignore_classes)
+            result["outputs"][n] = {"OA": r["OA"], "mAcc": r["mAcc"], "mIoU": r["mIoU"]}
     if write_json:
         out = Path(ckpt).with_name(Path(ckpt).stem + f"_eval_{cfg.data.val_split}.json")
         tmp = out.with_suffix(".json.tmp")

@@ -95,26 +95,29 @@ class RefineNetLW(nn.Module):
         in_channels: channels of ``l1..l4`` (ResNet: 256, 512, 1024, 2048).
         num_classes: ``K``.
         dropout: dropout on ``l3``, ``l4`` and before the classifier (0.5).
+        channels: decoder width (256 as released; the deepest level uses twice that).
     """
 
-    def __init__(self, in_channels: Sequence[int], num_classes: int, dropout: float = 0.5) -> None:
+    def __init__(self, in_channels: Sequence[int], num_classes: int, dropout: float = 0.5,
+                 channels: int = 256) -> None:
         super().__init__()
         c1, c2, c3, c4 = (int(c) for c in in_channels)
+        w, top = int(channels), 2 * int(channels)  # released: 256 and 512
         self.dropout = nn.Dropout(dropout)
-        self.p_ims1d2_outl1_dimred = _conv3x3(c4, 512)
-        self.adapt_stage1_b = _rcu(512, 512, 2)
-        self.mflow_conv_g1_pool = _crp(512)
-        self.mflow_conv_g1_b = _rcu(512, 512, 3)
-        self.mflow_conv_g1_b3_joint_varout_dimred = _conv3x3(512, 256)
+        self.p_ims1d2_outl1_dimred = _conv3x3(c4, top)
+        self.adapt_stage1_b = _rcu(top, top, 2)
+        self.mflow_conv_g1_pool = _crp(top)
+        self.mflow_conv_g1_b = _rcu(top, top, 3)
+        self.mflow_conv_g1_b3_joint_varout_dimred = _conv3x3(top, w)
         for lvl, c in ((2, c3), (3, c2), (4, c1)):
-            self.add_module(f"p_ims1d2_outl{lvl}_dimred", _conv3x3(c, 256))
-            self.add_module(f"adapt_stage{lvl}_b", _rcu(256, 256, 2))
-            self.add_module(f"adapt_stage{lvl}_b2_joint_varout_dimred", _conv3x3(256, 256))
-            self.add_module(f"mflow_conv_g{lvl}_pool", _crp(256))
-            self.add_module(f"mflow_conv_g{lvl}_b", _rcu(256, 256, 3))
+            self.add_module(f"p_ims1d2_outl{lvl}_dimred", _conv3x3(c, w))
+            self.add_module(f"adapt_stage{lvl}_b", _rcu(w, w, 2))
+            self.add_module(f"adapt_stage{lvl}_b2_joint_varout_dimred", _conv3x3(w, w))
+            self.add_module(f"mflow_conv_g{lvl}_pool", _crp(w))
+            self.add_module(f"mflow_conv_g{lvl}_b", _rcu(w, w, 3))
             if lvl < 4:
-                self.add_module(f"mflow_conv_g{lvl}_b3_joint_varout_dimred", _conv3x3(256, 256))
-        self.clf_conv = _conv3x3(256, num_classes, bias=True)
+                self.add_module(f"mflow_conv_g{lvl}_b3_joint_varout_dimred", _conv3x3(w, w))
+        self.clf_conv = _conv3x3(w, num_classes, bias=True)
 
     def forward(self, feats: Sequence[Tensor]) -> Tensor:
         l1, l2, l3, l4 = feats

@@ -71,6 +71,7 @@ class AsymFusionSegmentor(Segmentor):
         dropout: decoder dropout (0.5).
         freeze_bn_stats: keep the encoder BatchNorms' running statistics fixed in training (as
             released; their affine parameters train).
+        decoder_channels: RefineNet width (256 as released; smaller for CPU demos).
 
     Raises:
         ValueError: more than two modalities; a backbone that is not a ResNet.
@@ -78,14 +79,15 @@ class AsymFusionSegmentor(Segmentor):
 
     def __init__(self, backbone: ResNet, modalities: Sequence[str], num_classes: int,
                  shift_shuffle: bool = True, dropout: float = 0.5,
-                 freeze_bn_stats: bool = True) -> None:
+                 freeze_bn_stats: bool = True, decoder_channels: int = 256) -> None:
         super().__init__(modalities, num_classes)
         if len(self.modalities) > 2:
             raise ValueError(f"AsymFusion fuses one or two modalities, got {self.modalities}")
         if not isinstance(backbone, ResNet):
             raise ValueError("AsymFusion needs a ResNet backbone (resnet50 / 101 / 152)")
         self.backbone = parallelize_batchnorms(backbone, len(self.modalities))
-        self.decode_head = RefineNetLW(backbone.out_channels, num_classes, dropout)
+        self.decode_head = RefineNetLW(backbone.out_channels, num_classes, dropout,
+                                       decoder_channels)
         self.alpha = nn.Parameter(torch.ones(len(self.modalities)))
         self.shift_shuffle = bool(shift_shuffle) and len(self.modalities) == 2
         self.freeze_bn_stats = bool(freeze_bn_stats)
@@ -183,7 +185,7 @@ class AsymFusionSegmentor(Segmentor):
 def build_asymfusion(num_classes: int, modalities: Sequence[str] = ("rgb", "depth"),
                      backbone: str = "resnet101", pretrained: str | Path | None = None,
                      shift_shuffle: bool = True, dropout: float = 0.5,
-                     freeze_bn_stats: bool = True,
+                     freeze_bn_stats: bool = True, decoder_channels: int = 256,
                      backbone_kwargs: Mapping[str, object] | None = None) -> AsymFusionSegmentor:
     """Build AsymFusion (``resnet50 / 101 / 152``; ``pretrained`` = a torchvision ImageNet file).
 
@@ -194,5 +196,6 @@ def build_asymfusion(num_classes: int, modalities: Sequence[str] = ("rgb", "dept
     """
     enc = create_backbone(backbone, pretrained=pretrained, **dict(backbone_kwargs or {}))
     return AsymFusionSegmentor(enc, modalities, num_classes, shift_shuffle=shift_shuffle,
-                               dropout=dropout, freeze_bn_stats=freeze_bn_stats)
+                               dropout=dropout, freeze_bn_stats=freeze_bn_stats,
+                               decoder_channels=decoder_channels)
 
