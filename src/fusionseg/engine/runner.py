@@ -33,8 +33,8 @@ from ..models.weights import to_model_keys
 from ..runtime import setup_threads
 from .checkpoint import AtomicCheckpointIO
 from .inference import predict_logits
-from .module import SegmentationModule
 from .metrics import confusion_metric, metrics_from_confusion
+from .module import SegmentationModule
 from .robustness import SubsetEvaluator, modality_subsets
 
 
