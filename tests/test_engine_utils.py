@@ -118,3 +118,22 @@ def test_sliding_window_covers_every_pixel_and_equals_whole_image(size, window, 
     ones = predict_logits(lambda b: torch.ones(b["irrg"].shape[0], 1, *b["irrg"].shape[-2:]),
                           batch, mode="slide", window=window, stride=stride)
     assert torch.equal(ones, torch.ones_like(ones))
+
+
+def test_staged_learning_rates_per_group():
+    from fusionseg.config import config_from_dict
+    from fusionseg.engine.module import stage_factor_fn
+
+    t = config_from_dict({"train": {"lr": 5e-4, "head_lr_mult": 6.0, "schedule": "stages",
+                                    "optimizer": "sgd", "lr_stages": [
+                                        {"epochs": 2, "lr": 5e-4, "head_lr_mult": 6.0},
+                                        {"epochs": 2, "lr": 2.5e-4, "head_lr_mult": 6.0},
+                                        {"epochs": 1, "lr": 1e-4, "head_lr_mult": 7.0}]}}).train
+    enc, dec = stage_factor_fn(t, "backbone", 10), stage_factor_fn(t, "rest_no_decay", 10)
+    assert [enc(s) * 5e-4 for s in (0, 19, 20, 39, 40, 99)] == pytest.approx(
+        [5e-4, 5e-4, 2.5e-4, 2.5e-4, 1e-4, 1e-4])
+    assert [dec(s) * 3e-3 for s in (0, 25, 45)] == pytest.approx([3e-3, 1.5e-3, 7e-4])
+    from fusionseg.config import ConfigError
+
+    with pytest.raises(ConfigError, match="lr_stages"):
+        config_from_dict({"train": {"schedule": "stages"}})

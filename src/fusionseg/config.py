@@ -85,7 +85,12 @@ class TrainConfig(_Strict):
     warmup_epochs: float = 1.0
     warmup_steps: int | None = None  # overrides warmup_epochs when set
     warmup_ratio: float = 0.1
-    schedule: Literal["poly", "cosine"] = "poly"  # after the warm-up, per iteration
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    momentum: float = 0.9  # SGD
+    #: poly / cosine after the warm-up, per iteration; stages: constant rates per stage
+    schedule: Literal["poly", "cosine", "stages"] = "poly"
+    #: ``schedule: stages``: ``[{epochs: 100, lr: 5.0e-4, head_lr_mult: 6.0}, ...]``
+    lr_stages: list[dict[str, float]] = Field(default_factory=list)
     poly_power: float = 0.9
     min_lr: float = 0.0  # end of the cosine schedule (as a fraction min_lr / lr of every group)
     #: iterations per epoch (Lightning ``limit_train_batches``); None: one pass over the data
@@ -136,6 +141,8 @@ class TrainConfig(_Strict):
                     f"train.aux_weights, e.g. {{aux: {value}}}"
                 )
         data["loss"] = loss
+        if data.get("schedule") == "stages" and not data.get("lr_stages"):
+            raise ValueError("schedule: stages needs lr_stages: [{epochs, lr, head_lr_mult}, ...]")
         return data
 
 

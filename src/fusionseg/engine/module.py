@@ -69,6 +69,33 @@ def warmup_cosine_factor(step: int, total: int, warmup: int, warmup_ratio: float
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
 
 
+def stage_factor_fn(t, group: str, steps_per_epoch: int):
+    """``step -> factor`` of ``train.schedule: stages`` for the parameter group named ``group``:
+    constant learning rates per stage, ``stage.lr`` for the backbone groups and ``stage.lr *
+    stage.head_lr_mult`` for the rest (AsymFusion / CEN: encoder 5e-4, 2.5e-4, 1e-4; decoder
+    3e-3, 1.5e-3, 7e-4 over 3 x 100 epochs). Relative to the group's base (``lr``, or ``lr *
+    head_lr_mult``); after the last stage the last one's rates hold. The release builds new
+    optimisers per stage (momentum restarts); here the momentum buffers carry over."""
+    bounds, rates = [], []
+    end = 0
+    for st in t.lr_stages:
+        end += int(st["epochs"]) * steps_per_epoch
+        bounds.append(end)
+        backbone = group.startswith("backbone")
+        lr = float(st["lr"]) if backbone else float(st["lr"]) * float(
+            st.get("head_lr_mult", t.head_lr_mult))
+        base = t.lr if backbone else t.lr * t.head_lr_mult
+        rates.append(lr / base if base > 0 else 0.0)
+
+    def factor(step: int) -> float:
+        for b, r in zip(bounds, rates, strict=True):
+            if step < b:
+                return r
+        return rates[-1]
+
+    return factor
+
+
 def lr_factor_fn(t, total: int, warmup: int):
     """The schedule ``step -> factor`` of ``train.schedule`` (``poly`` or ``cosine``) for a
     :class:`~fusionseg.config.TrainConfig` ``t``."""
@@ -169,8 +196,11 @@ class SegmentationModule(L.LightningModule):
     # -- optimisation ---------------------------------------------------------------------
     def configure_optimizers(self):
         t = self.cfg.train
-        opt = torch.optim.AdamW(param_groups(self.model, t.lr, t.weight_decay, t.head_lr_mult),
-                                lr=t.lr, betas=(0.9, 0.999))
+        groups = param_groups(self.model, t.lr, t.weight_decay, t.head_lr_mult)
+        if t.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum)
+        else:
+            opt = torch.optim.AdamW(groups, lr=t.lr, betas=(0.9, 0.999))
         total = int(self.trainer.estimated_stepping_batches)
         if not math.isfinite(total) or total <= 0:
             total = max(t.max_steps, 1)
@@ -178,7 +208,12 @@ class SegmentationModule(L.LightningModule):
         warmup = int(round(t.warmup_epochs * steps_per_epoch)) if t.max_epochs > 0 else 0
         if t.warmup_steps is not None:
             warmup = int(t.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_factor_fn(t, total, warmup))
+        if t.schedule == "stages":
+            fns = [stage_factor_fn(t, g.get("name", "rest"), steps_per_epoch)
+                   for g in opt.param_groups]
+        else:
+            fns = lr_factor_fn(t, total, warmup)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, fns)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # -- checkpoints ----------------------------------------------------------------------
