@@ -42,15 +42,18 @@ class RunError(RuntimeError):
     """A run cannot start (e.g. it would overwrite an earlier run's checkpoints)."""
 
 
-class _OutputOf(torch.nn.Module):
-    """One named output of a model with ``stream_logits(batch) -> {name: logits}``."""
+class _AllOutputs(torch.nn.Module):
+    """Every named output of a model with ``stream_logits(batch) -> {name: logits}``, stacked
+    along channels ``[B, n * K, H, W]`` so one forward pass serves them all (the inference modes
+    average / resize per channel, so the split afterwards is exact)."""
 
-    def __init__(self, model: torch.nn.Module, name: str) -> None:
+    def __init__(self, model: torch.nn.Module, names: list[str]) -> None:
         super().__init__()
-        self.model, self.name = model, name
+        self.model, self.names = model, names
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.model.stream_logits(batch)[self.name]
+        out = self.model.stream_logits(batch)
+        return torch.cat([out[n] for n in self.names], dim=1)
 
 
 def _output_names(model: torch.nn.Module) -> list[str]:
@@ -257,10 +260,10 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         if outputs:
             sub = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                    for k, v in batch.items()}
-            for n in outputs:
-                logits = predict_logits(_OutputOf(model, n), sub, mode=e.mode, window=e.window,
-                                        stride=e.stride, scales=e.scales, flip=e.flip,
-                                        window_batch=e.window_batch)
+            stacked = predict_logits(_AllOutputs(model, outputs), sub, mode=e.mode,
+                                     window=e.window, stride=e.stride, scales=e.scales,
+                                     flip=e.flip, window_batch=e.window_batch)
+            for n, logits in zip(outputs, stacked.chunk(len(outputs), dim=1), strict=True):
                 out_cms[n].update(logits.argmax(1).cpu(), batch["label"])
     main = evaluator.metrics(full, e.miou, e.ignore_classes)
     result: dict[str, Any] = {
