@@ -68,8 +68,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
-import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -83,6 +81,7 @@ from fusionseg.data.datasets.isprs import (
     VAIHINGEN_TEST_TILES,
     VAIHINGEN_TRAIN_TILES,
 )
+from fusionseg.data.synthetic._jobs import run_jobs
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -926,27 +925,7 @@ def render_aerial(out: str | Path, n_tiles: int = DEFAULT_TILES, size: int = DEF
     jobs = [(str(out), seed, size, g, boundary_px, t) for t in tiles]
     total = len(jobs)
     out.mkdir(parents=True, exist_ok=True)
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    workers = max(1, min(workers, total))
-    infos: dict[str, dict] = {}
-    done = 0
-    if workers == 1:
-        for j in jobs:
-            info = _job(j)
-            infos[info["id"]] = info
-            done += 1
-            if progress is not None:
-                progress(done, total)
-    else:
-        # fork where available (as synthcity): workers only run numpy/tifffile code
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if "fork" in methods and os.name == "posix" else "spawn")
-        with ctx.Pool(workers) as pool:
-            for info in pool.imap_unordered(_job, jobs):
-                infos[info["id"]] = info
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+    infos = {info["id"]: info for info in run_jobs(_job, jobs, workers, progress)}
 
     splits = {s: [t for t in tiles if tile_split(t) == s] for s in ("train", "test")}
     meta = {

@@ -76,8 +76,6 @@ from __future__ import annotations
 
 import json
 import math
-import multiprocessing as mp
-import os
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -85,6 +83,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ._jobs import run_jobs
 from ._raycast import Camera, Scene, cast, normals, shadows
 
 __all__ = [
@@ -1149,26 +1148,7 @@ def render_city(out: str | Path, n_train: int = 400, n_val: int = 100, size: int
     jobs = [(str(out), int(seed), int(size), it) for it in items]
     total = len(jobs)
     out.mkdir(parents=True, exist_ok=True)
-    workers = (os.cpu_count() or 1) if workers is None else int(workers)
-    workers = max(1, min(workers, total)) if total else 1
-    done = 0
-    if workers == 1:
-        for j in jobs:
-            _job(j)
-            done += 1
-            if progress is not None:
-                progress(done, total)
-    else:
-        # fork (where available) skips re-importing the package in every worker (importing
-        # fusionseg.data pulls in torch); workers only run numpy/Pillow code, so forking a
-        # process that has torch loaded is safe here.
-        methods = mp.get_all_start_methods()
-        ctx = mp.get_context("fork" if "fork" in methods and os.name == "posix" else "spawn")
-        with ctx.Pool(workers) as pool:
-            for _ in pool.imap_unordered(_job, jobs, chunksize=max(1, min(8, total // (4 * workers)))):
-                done += 1
-                if progress is not None:
-                    progress(done, total)
+    run_jobs(_job, jobs, workers, progress, chunksize=None)
 
     splits = {}
     for split, plan in plans.items():
