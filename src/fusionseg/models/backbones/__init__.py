@@ -3,7 +3,8 @@
 Every backbone meets the contract of :mod:`.base` (:class:`~.base.Backbone`) and registers
 itself in :data:`~.base.BACKBONES` in its own file. Known names: ``mit_b0 .. mit_b5``
 (SegFormer Mix Transformer, :mod:`.mit`), ``dinov2_vit{s,b,l,g}14[_reg4]`` (DINOv2 ViT,
-:mod:`.dinov2`), ``resnet50 / 101 / 152`` (torchvision layout, :mod:`.resnet`).
+:mod:`.dinov2`), ``resnet50 / 101 / 152`` (torchvision layout, :mod:`.resnet`),
+``sam2.1_hiera_{t,s,b+,l}`` (SAM 2.1 Hiera trunk :class:`Hiera`, :mod:`.hiera`).
 """
 
 from __future__ import annotations
@@ -12,18 +13,22 @@ from pathlib import Path
 
 from torch import nn
 
-from . import dinov2, mit, resnet  # noqa: F401  (register their builders)
+from . import dinov2, hiera, mit, resnet, sam_vit  # noqa: F401  (register their builders)
 from .base import BACKBONES, Backbone, TransformerBackbone, register_backbone
 from .dinov2 import DinoVisionTransformer
+from .hiera import Hiera
 from .mit import MixVisionTransformer
 from .resnet import ResNet
+from .sam_vit import SamVisionTransformer
 
 __all__ = [
     "BACKBONES",
     "Backbone",
     "DinoVisionTransformer",
+    "Hiera",
     "MixVisionTransformer",
     "ResNet",
+    "SamVisionTransformer",
     "TransformerBackbone",
     "create_backbone",
     "default_decoder_dim",

@@ -1,0 +1,502 @@
+"""SAM 2.1 Hiera image-encoder trunk (``sam2.1_hiera_{t,s,b+,l}``).
+
+Our own implementation of the hierarchical ViT that SAM 2 uses as its image encoder trunk:
+
+    Chaitanya Ryali et al., "Hiera: A Hierarchical Vision Transformer without the
+    Bells-and-Whistles", ICML 2023 (arXiv 2306.00989); the SAM 2 variant ("HieraDet": windowed
+    attention with a few global blocks, windowed absolute position embeddings of Daniel Bolya et
+    al., "Window Attention is Bugged", arXiv 2311.05613) of Nikhila Ravi et al., "SAM 2: Segment
+    Anything in Images and Videos", arXiv 2408.00714.
+
+Every detail follows the official code (``facebookresearch/sam2``,
+``sam2/modeling/backbones/hieradet.py`` and ``.../backbones/utils.py``) and the released
+settings (``sam2/configs/sam2.1/sam2.1_hiera_{t,s,b+,l}.yaml``, see :data:`SAM21_HIERA_SETTINGS`).
+Module and parameter names are the official ones, so the ``image_encoder.trunk.*`` keys of an
+official ``sam2.1_hiera_*.pt`` (``{"model": {...}}``) load strictly::
+
+    patch_embed.proj            Conv2d(3, C, 7, stride 4, padding 3)
+    pos_embed                   [1, C, *window_pos_embed_bkg_spatial_size]   (background)
+    pos_embed_window            [1, C, window_spec[0], window_spec[0]]       (tiled per window)
+    blocks.{i}.norm1            LayerNorm(dim, eps 1e-6)
+    blocks.{i}.attn.qkv         Linear(dim, 3 * dim_out)  -> q | k | v on the last dim
+    blocks.{i}.attn.proj        Linear(dim_out, dim_out)
+    blocks.{i}.norm2            LayerNorm(dim_out, eps 1e-6)
+    blocks.{i}.mlp.layers.0/1   Linear(dim_out, 4 dim_out), GELU, Linear(4 dim_out, dim_out)
+    blocks.{i}.proj             Linear(dim, dim_out)      (first block of stages 2..4 only)
+
+Hugging Face ``facebook/sam2.1-hiera-*`` weights (``Sam2Model``: ``vision_encoder.backbone.*``;
+``Sam2VisionModel``: ``backbone.*``; ``Sam2HieraDetModel``: no prefix; module names
+``patch_embed.projection``, ``layer_norm1/2``, ``mlp.proj_in/proj_out``; the hub files and
+``transformers`` 5 in memory use the same names) convert through
+:meth:`Hiera.checkpoint_filter_fn`.
+
+Layout: tokens stay channels-last ``[B, H, W, C]`` inside the trunk (as official). Windowed
+blocks partition the map into ``window_size`` squares (zero padding at the bottom / right when
+the map is not a multiple), ordered batch first (``[B * nW, ws, ws, C]``: the windows of sample 0
+first), so every op keeps the batch dimension outermost and a module that wraps ``attn.qkv`` may
+split dim 0 into equal per-stream chunks. The first block of stages 2..4 pools the queries (and
+the projected shortcut) with a 2 x 2 max-pool (``q_stride``), halving the resolution.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
+
+from ..weights import rename_key
+from .base import Backbone, register_backbone, strip_prefixes
+from .mit import DropPath
+
+__all__ = [
+    "HIERA_TINY",
+    "SAM21_HIERA_SETTINGS",
+    "Hiera",
+    "HieraMLP",
+    "MultiScaleAttention",
+    "MultiScaleBlock",
+    "convert_hf_sam2_trunk",
+    "window_partition",
+    "window_unpartition",
+]
+
+_LN_EPS = 1e-6
+
+#: official trunk settings of the SAM 2.1 configs (``sam2/configs/sam2.1/sam2.1_hiera_*.yaml``,
+#: ``image_encoder.trunk``; keys the yaml leaves out take the ``Hiera.__init__`` defaults of
+#: ``hieradet.py``: ``q_pool=3, q_stride=(2, 2), dim_mul=2.0, head_mul=2.0``, b+ uses every
+#: default). All four run at 1024 x 1024 in SAM 2.1.
+SAM21_HIERA_SETTINGS: dict[str, dict] = {
+    "sam2.1_hiera_t": dict(embed_dim=96, num_heads=1, stages=(1, 2, 7, 2),
+                           global_att_blocks=(5, 7, 9), window_pos_embed_bkg_spatial_size=(7, 7),
+                           window_spec=(8, 4, 14, 7)),
+    "sam2.1_hiera_s": dict(embed_dim=96, num_heads=1, stages=(1, 2, 11, 2),
+                           global_att_blocks=(7, 10, 13),
+                           window_pos_embed_bkg_spatial_size=(7, 7), window_spec=(8, 4, 14, 7)),
+    "sam2.1_hiera_b+": dict(embed_dim=112, num_heads=2, stages=(2, 3, 16, 3),
+                            global_att_blocks=(12, 16, 20),
+                            window_pos_embed_bkg_spatial_size=(14, 14),
+                            window_spec=(8, 4, 14, 7)),
+    "sam2.1_hiera_l": dict(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4),
+                           global_att_blocks=(23, 33, 43),
+                           window_pos_embed_bkg_spatial_size=(7, 7), window_spec=(8, 4, 16, 8)),
+}
+for _s in SAM21_HIERA_SETTINGS.values():
+    _s.update(q_pool=3, q_stride=(2, 2), dim_mul=2.0, head_mul=2.0)
+del _s
+
+#: tiny constructor overrides (contract tests): widths 8/16/32/64, 6 blocks, block 3 global,
+#: windows 4 (stage 1: the window position embedding is 4 x 4), a 3 x 5 background embedding.
+#: At 64 x 96 the stage-3 map (4 x 6) is padded to 4 x 8 for its 4 x 4 windows, so padding,
+#: q-pooling inside windows and a global block are all exercised.
+HIERA_TINY: dict = dict(embed_dim=8, num_heads=1, stages=(1, 1, 3, 1), global_att_blocks=(3,),
+                        window_spec=(4, 4, 4, 2), window_pos_embed_bkg_spatial_size=(3, 5))
+
+
+# --------------------------------------------------------------------------- windows
+def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
+    """Cut ``[B, H, W, C]`` into ``window_size`` squares, zero-padding bottom / right first.
+
+    Returns ``(windows [B * nH * nW, ws, ws, C], (Hp, Wp))`` with the windows ordered batch
+    first, then row-major (official ``window_partition``, ``sam2/modeling/backbones/utils.py``).
+    """
+    b, h, w, c = x.shape
+    ph, pw = (-h) % window_size, (-w) % window_size
+    if ph or pw:
+        x = F.pad(x, (0, 0, 0, pw, 0, ph))
+    hp, wp = h + ph, w + pw
+    x = x.reshape(b, hp // window_size, window_size, wp // window_size, window_size, c)
+    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c), (hp, wp)
+
+
+def window_unpartition(windows: Tensor, window_size: int, pad_hw: tuple[int, int],
+                       hw: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`window_partition`: ``[B * nW, ws, ws, C] -> [B, H, W, C]`` (padding
+    cropped)."""
+    hp, wp = pad_hw
+    h, w = hw
+    nh, nw = hp // window_size, wp // window_size
+    b = windows.shape[0] // (nh * nw)
+    x = windows.reshape(b, nh, nw, window_size, window_size, -1)
+    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
+    if hp > h or wp > w:
+        x = x[:, :h, :w]
+    return x
+
+
+def _pool(x: Tensor, stride: tuple[int, int] | None) -> Tensor:
+    """2-D max-pool (kernel = stride, floor) of a channels-last ``[N, H, W, C]`` map (official
+    ``do_pool`` with its ``nn.MaxPool2d(q_stride, q_stride, ceil_mode=False)``)."""
+    if stride is None:
+        return x
+    return F.max_pool2d(x.permute(0, 3, 1, 2), kernel_size=stride, stride=stride).permute(
+        0, 2, 3, 1)
+
+
+# --------------------------------------------------------------------------- blocks
+class MultiScaleAttention(nn.Module):
+    """Multi-head self-attention with optional query pooling (official ``MultiScaleAttention``).
+
+    ``forward(x [N, H, W, dim]) -> [N, H', W', dim_out]`` with ``(H', W') = (H, W) // q_stride``
+    when ``q_stride`` is set (queries max-pooled; keys / values keep the full resolution), else
+    ``(H, W)``. ``N`` is the batch, or batch x windows. The fused projection is called as the
+    attribute ``self.qkv(x)`` (``Linear(dim, 3 * dim_out)``, output ``q | k | v``, each split
+    into heads as ``[..., heads, dim_out / heads]``). Attention through
+    :func:`torch.nn.functional.scaled_dot_product_attention` (scale ``head_dim ** -0.5``).
+    """
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int,
+                 q_stride: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        if dim_out % num_heads:
+            raise ValueError(f"dim_out {dim_out} must be divisible by num_heads {num_heads}")
+        self.dim, self.dim_out, self.num_heads = dim, dim_out, num_heads
+        self.q_stride = q_stride
+        self.qkv = nn.Linear(dim, 3 * dim_out)
+        self.proj = nn.Linear(dim_out, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n, h, w, _ = x.shape
+        q, k, v = self.qkv(x).reshape(n, h * w, 3, self.num_heads, -1).unbind(2)
+        if self.q_stride is not None:
+            q = _pool(q.reshape(n, h, w, -1), self.q_stride)
+            h, w = q.shape[1:3]
+            q = q.reshape(n, h * w, self.num_heads, -1)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2),
+                                             v.transpose(1, 2))
+        return self.proj(out.transpose(1, 2).reshape(n, h, w, -1))
+
+
+class HieraMLP(nn.Module):
+    """``layers.1(GELU(layers.0(x)))`` (the 2-layer case of the official ``sam2_utils.MLP``;
+    keys ``layers.0``, ``layers.1``)."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList([nn.Linear(dim, hidden), nn.Linear(hidden, dim)])
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.layers[1](self.act(self.layers[0](x)))
+
+
+class MultiScaleBlock(nn.Module):
+    """Hiera block (official ``MultiScaleBlock``), channels-last ``[B, H, W, dim] -> [B, H',
+    W', dim_out]``::
+
+        y = norm1(x)
+        shortcut = pool(proj(y)) if dim != dim_out else x
+        a = attn(window_partition(y))  -> window_unpartition   (ws = 0: global attention)
+        x = shortcut + drop_path(a)
+        x = x + drop_path(mlp(norm2(x)))
+
+    With ``q_stride`` the queries are pooled inside each window, so the windows shrink to
+    ``window_size // q_stride`` and the output map is ``(H, W) // q_stride``.
+
+    Args:
+        dim, dim_out: input / output width (they differ at the first block of a stage).
+        num_heads: heads of the attention (of ``dim_out``).
+        window_size: window side, 0 = global attention.
+        q_stride: query / shortcut pooling stride (first block of a pooled stage) or ``None``.
+        mlp_ratio: hidden width of the MLP relative to ``dim_out`` (4).
+        drop_path: stochastic-depth probability of both residual branches.
+
+    Raises:
+        ValueError: a pooling block whose window is not a multiple of the stride, or that does
+            not change the width (the official code would fail at forward time).
+    """
+
+    def __init__(self, dim: int, dim_out: int, num_heads: int, window_size: int = 0,
+                 q_stride: tuple[int, int] | None = None, mlp_ratio: float = 4.0,
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        if q_stride is not None:
+            if dim == dim_out:
+                raise ValueError("a query-pooling block must change the width (dim_mul != 1)")
+            if window_size % q_stride[0]:
+                raise ValueError(f"window {window_size} of a query-pooling block must be a "
+                                 f"multiple of q_stride {q_stride[0]}")
+        self.dim, self.dim_out = dim, dim_out
+        self.window_size = int(window_size)
+        self.q_stride = q_stride
+        self.norm1 = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.attn = MultiScaleAttention(dim, dim_out, num_heads, q_stride)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.norm2 = nn.LayerNorm(dim_out, eps=_LN_EPS)
+        self.mlp = HieraMLP(dim_out, int(dim_out * mlp_ratio))
+        if dim != dim_out:
+            self.proj = nn.Linear(dim, dim_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shortcut = x
+        x = self.norm1(x)
+        if self.dim != self.dim_out:
+            shortcut = _pool(self.proj(x), self.q_stride)
+        ws = self.window_size
+        if ws > 0:
+            hw = x.shape[1:3]
+            x, pad_hw = window_partition(x, ws)
+        x = self.attn(x)
+        if ws > 0:
+            if self.q_stride is not None:  # the windows and the map shrank with the queries
+                ws = ws // self.q_stride[0]
+                hw = shortcut.shape[1:3]
+                pad_hw = (hw[0] + (-hw[0]) % ws, hw[1] + (-hw[1]) % ws)
+            x = window_unpartition(x, ws, pad_hw, hw)
+        x = shortcut + self.drop_path(x)
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+
+class PatchEmbed(nn.Module):
+    """``Conv2d(in_chans, C, 7, stride 4, padding 3)``, ``[B, 3, H, W] -> [B, H/4, W/4, C]``
+    (channels-last; official ``utils.PatchEmbed``). Key ``proj``."""
+
+    def __init__(self, in_chans: int, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=7, stride=4, padding=3)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(x).permute(0, 2, 3, 1)
+
+
+# --------------------------------------------------------------------------- trunk
+class Hiera(Backbone):
+    """SAM 2 / 2.1 Hiera trunk (see the module docstring).
+
+    Args (names and defaults of the official ``Hiera.__init__``; the registered builders set
+    the SAM 2.1 configs, :data:`SAM21_HIERA_SETTINGS`):
+        embed_dim: width ``C`` of stage 1 (t/s 96, b+ 112, l 144).
+        num_heads: heads of stage 1 (t/s 1, b+/l 2).
+        stages: blocks per stage (t ``(1, 2, 7, 2)``, s ``(1, 2, 11, 2)``, b+ ``(2, 3, 16, 3)``,
+            l ``(2, 6, 36, 4)``).
+        q_pool: number of stage transitions that pool (3: stages 2, 3, 4 halve the map).
+        q_stride: pooling stride ``(2, 2)`` (square).
+        dim_mul, head_mul: width / head multipliers at each stage change (2.0, 2.0), applied
+            with ``int()`` at each step as the official code does.
+        window_pos_embed_bkg_spatial_size: grid of the background position embedding
+            ``pos_embed`` (b+ ``(14, 14)``, others ``(7, 7)``), bicubically resized to the
+            stride-4 grid at every forward.
+        window_spec: window side of each stage (``(8, 4, 14, 7)``; l ``(8, 4, 16, 8)``). The
+            first block of a stage uses the previous stage's window (official "lag by one
+            block"); ``window_spec[0]`` is also the side of ``pos_embed_window``.
+        global_att_blocks: block indices (0-based, over all blocks) with global attention (t
+            ``(5, 7, 9)``, s ``(7, 10, 13)``, b+ ``(12, 16, 20)``, l ``(23, 33, 43)``).
+        drop_path_rate: stochastic depth, ``linspace(0, rate, depth)`` over the blocks (0 in the
+            SAM 2.1 inference configs).
+        mlp_ratio: MLP hidden width / block width (4).
+        in_chans: 3.
+
+    ``forward(x [B, 3, H, W]) -> [f1, f2, f3, f4]``, ``f_i [B, C * 2^(i-1), H / s_i, W / s_i]``
+    at :attr:`strides` ``(4, 8, 16, 32)`` (NCHW views of the channels-last tokens, as the
+    official trunk returns them). :attr:`channel_list` is the official reversed order (lowest
+    resolution first), what :class:`~fusionseg.models.necks.Sam2FpnNeck` takes.
+
+    Stage access (for methods that run several streams or insert modules): :meth:`embed`
+    (patch embedding + position embedding, ``[B, H/4, W/4, C]``), :attr:`blocks`,
+    :attr:`stage_ends` (index of each stage's last block), :meth:`run_block` (honours
+    :attr:`grad_checkpointing`).
+
+    Departures from the official code: query pooling is functional (the official
+    ``MaxPool2d`` modules hold no weights, so the keys are the same); bad settings and inputs
+    raise ``ValueError`` (the official code asserts or fails inside ``view``); no
+    ``weights_path`` loading in the constructor (use ``create_backbone(..., pretrained=)``).
+
+    Raises:
+        ValueError: inconsistent settings; at forward, an input that is not ``[B, in_chans, H,
+            W]`` or whose sides are not multiples of :attr:`input_multiple` (32).
+    """
+
+    def __init__(
+        self,
+        embed_dim: int = 96,
+        num_heads: int = 1,
+        stages: Sequence[int] = (2, 3, 16, 3),
+        q_pool: int = 3,
+        q_stride: Sequence[int] = (2, 2),
+        dim_mul: float = 2.0,
+        head_mul: float = 2.0,
+        window_pos_embed_bkg_spatial_size: Sequence[int] = (14, 14),
+        window_spec: Sequence[int] = (8, 4, 14, 7),
+        global_att_blocks: Sequence[int] = (12, 16, 20),
+        drop_path_rate: float = 0.0,
+        mlp_ratio: float = 4.0,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        stages = [int(s) for s in stages]
+        window_spec = [int(w) for w in window_spec]
+        q_stride = tuple(int(s) for s in q_stride)
+        if len(stages) != len(window_spec) or not stages or min(stages) < 1:
+            raise ValueError(f"stages {stages} and window_spec {window_spec} need one positive "
+                             "entry per stage")
+        if len(q_stride) != 2 or q_stride[0] != q_stride[1] or q_stride[0] < 1:
+            raise ValueError(f"q_stride must be a square stride (s, s), got {q_stride}")
+        if not 0 <= q_pool <= len(stages) - 1:
+            raise ValueError(f"q_pool must be in 0..{len(stages) - 1}, got {q_pool}")
+        depth = sum(stages)
+        self.global_att_blocks = tuple(int(i) for i in global_att_blocks)
+        if any(not 0 <= i < depth for i in self.global_att_blocks):
+            raise ValueError(f"global_att_blocks {self.global_att_blocks} outside the {depth} "
+                             "blocks")
+        self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
+        self.stages, self.window_spec, self.q_stride = tuple(stages), tuple(window_spec), q_stride
+        self.q_pool = int(q_pool)
+        self.in_chans = int(in_chans)
+        self.window_pos_embed_bkg_spatial_size = tuple(
+            int(s) for s in window_pos_embed_bkg_spatial_size)
+        #: index of the last block of each stage
+        self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(len(stages))]
+        #: blocks that pool (first block of stages 2 .. q_pool + 1)
+        self.q_pool_blocks = [e + 1 for e in self.stage_ends[:-1]][: self.q_pool]
+
+        dims, heads = [self.embed_dim], [self.num_heads]
+        for _ in stages[1:]:
+            dims.append(int(dims[-1] * dim_mul))
+            heads.append(int(heads[-1] * head_mul))
+        self._dims = dims
+        self.strides = tuple(4 * q_stride[0] ** min(i, self.q_pool) for i in range(len(stages)))
+        self.input_multiple = 4 * math.lcm(window_spec[0], q_stride[0] ** self.q_pool)
+
+        self.patch_embed = PatchEmbed(self.in_chans, self.embed_dim)
+        self.pos_embed = nn.Parameter(
+            torch.zeros(1, self.embed_dim, *self.window_pos_embed_bkg_spatial_size))
+        self.pos_embed_window = nn.Parameter(
+            torch.zeros(1, self.embed_dim, window_spec[0], window_spec[0]))
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linspace(0, rate)
+        self.blocks = nn.ModuleList()
+        stage_of = [s for s, n in enumerate(stages) for _ in range(n)]
+        for i, s in enumerate(stage_of):
+            first = i > 0 and stage_of[i - 1] != s
+            window = window_spec[s - 1] if first else window_spec[s]
+            if i in self.global_att_blocks:
+                window = 0
+            self.blocks.append(MultiScaleBlock(
+                dim=dims[s - 1] if first else dims[s], dim_out=dims[s], num_heads=heads[s],
+                window_size=window, q_stride=q_stride if i in self.q_pool_blocks else None,
+                mlp_ratio=mlp_ratio, drop_path=dpr[i]))
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def out_channels(self) -> list[int]:
+        """``[C, 2C, 4C, 8C]`` (stage widths, highest resolution first)."""
+        return list(self._dims)
+
+    @property
+    def channel_list(self) -> list[int]:
+        """Stage widths lowest resolution first (the official ``Hiera.channel_list``, the
+        neck's ``backbone_channel_list``)."""
+        return list(reversed(self._dims))
+
+    def no_weight_decay(self) -> set[str]:
+        """The two position embeddings."""
+        return {"pos_embed", "pos_embed_window"}
+
+    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Official or Hugging Face SAM 2 / 2.1 files -> our keys (= the official trunk names).
+
+        * a DDP ``module.`` prefix on every key is stripped;
+        * the trunk is taken from a whole-model file: the keys under the first of
+          ``image_encoder.trunk.`` (official ``sam2.1_hiera_*.pt``), ``vision_encoder.backbone.``
+          (HF ``Sam2Model``), ``trunk.`` (an official ``ImageEncoder``), ``backbone.`` (HF
+          ``Sam2VisionModel``, or a segmentor) that any key carries, prefix stripped; every
+          other key (neck, prompt encoder, mask decoder, memory modules) is dropped;
+        * Hugging Face module names are renamed by :func:`convert_hf_sam2_trunk`.
+
+        Our own state dict comes back unchanged (same keys, order and tensors).
+        """
+        own = list(self.state_dict().keys())
+        sd = strip_prefixes(state_dict, ("module.",), own)
+        for prefix in ("image_encoder.trunk.", "vision_encoder.backbone.", "trunk.",
+                       "backbone."):
+            if any(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+                break
+        if any(_HF_MARK.search(k) for k in sd):
+            sd = convert_hf_sam2_trunk(sd)
+        return sd
+
+    # ------------------------------------------------------------------ forward
+    def get_pos_embed(self, h: int, w: int) -> Tensor:
+        """Position embedding ``[1, h, w, C]`` of a stride-4 grid ``h x w``: the background
+        ``pos_embed`` resized bicubically (``align_corners=False``) to ``h x w`` plus
+        ``pos_embed_window`` tiled over it (official ``Hiera._get_pos_embed``; ``h`` and ``w``
+        must be multiples of ``window_spec[0]``)."""
+        pos = F.interpolate(self.pos_embed, size=(h, w), mode="bicubic")
+        win = self.pos_embed_window
+        pos = pos + win.tile([1, 1, h // win.shape[-2], w // win.shape[-1]])
+        return pos.permute(0, 2, 3, 1)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """Image -> channels-last stride-4 tokens ``[B, H/4, W/4, C]``: patch embedding plus
+        :meth:`get_pos_embed`.
+
+        Raises:
+            ValueError: ``x`` not ``[B, in_chans, H, W]``, or sides not multiples of
+                :attr:`input_multiple`.
+        """
+        self.check_input(x)
+        h, w = x.shape[-2:]
+        m = self.input_multiple
+        if h % m or w % m:
+            raise ValueError(f"{type(self).__name__} needs sides that are multiples of {m}, got "
+                             f"{h}x{w}; pad the input (segmentors pad to input_multiple)")
+        x = self.patch_embed(x)
+        return x + self.get_pos_embed(x.shape[1], x.shape[2])
+
+    def run_block(self, blk: nn.Module, x: Tensor) -> Tensor:
+        """``blk(x)``, recomputed in backward (``torch.utils.checkpoint``, non-reentrant) when
+        :attr:`grad_checkpointing` is on and gradients are enabled."""
+        if self.grad_checkpointing and torch.is_grad_enabled():
+            return checkpoint(blk, x, use_reentrant=False)
+        return blk(x)
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """``[B, 3, H, W] -> [f1..f4]`` NCHW at strides (4, 8, 16, 32) (see the class)."""
+        x = self.embed(x)
+        outs: list[Tensor] = []
+        ends = set(self.stage_ends)
+        for i, blk in enumerate(self.blocks):
+            x = self.run_block(blk, x)
+            if i in ends:
+                outs.append(x.permute(0, 3, 1, 2))
+        return outs
+
+
+# --------------------------------------------------------------------------- Hugging Face
+_HF_MARK = re.compile(r"(^patch_embed\.projection\.|\.layer_norm[12]\.|\.mlp\.proj_(in|out)\.)")
+_HF_RULES: tuple[tuple[str, str], ...] = (
+    (r"^patch_embed\.projection\.", "patch_embed.proj."),
+    (r"^blocks\.(\d+)\.layer_norm([12])\.", r"blocks.\1.norm\2."),
+    (r"^blocks\.(\d+)\.mlp\.proj_in\.", r"blocks.\1.mlp.layers.0."),
+    (r"^blocks\.(\d+)\.mlp\.proj_out\.", r"blocks.\1.mlp.layers.1."),
+)
+
+
+def convert_hf_sam2_trunk(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a Hugging Face ``Sam2HieraDetModel`` state dict (prefix already stripped) to the
+    official trunk keys: ``patch_embed.projection -> patch_embed.proj``, ``layer_norm1/2 ->
+    norm1/2``, ``mlp.proj_in/proj_out -> mlp.layers.0/1``; ``pos_embed``, ``pos_embed_window``,
+    ``attn.qkv``, ``attn.proj`` and ``proj`` keep their names (the HF conversion script
+    ``convert_sam2_to_hf.py`` renames in the other direction). Unknown keys are kept (a strict
+    load then reports them)."""
+    return {rename_key(k, _HF_RULES): v for k, v in sd.items()}
+
+
+# --------------------------------------------------------------------------- registration
+def _register(name: str) -> None:
+    def build(**overrides) -> Hiera:
+        return Hiera(**{**SAM21_HIERA_SETTINGS[name], **overrides})
+
+    build.__name__ = build.__qualname__ = name.replace(".", "_").replace("+", "_plus")
+    build.__doc__ = f"Build the {name} trunk (official SAM 2.1 config, overridable by keyword)."
+    register_backbone(name, tiny=dict(HIERA_TINY))(build)
+
+
+for _name in SAM21_HIERA_SETTINGS:
+    _register(_name)
+del _name

@@ -1,0 +1,12 @@
+"""Necks between a backbone and a head.
+
+:class:`Sam2FpnNeck` (:mod:`.sam2_fpn`): the SAM 2 / 2.1 image-encoder FPN neck over a Hiera
+trunk (:class:`~fusionseg.models.backbones.hiera.Hiera`), with the sine position encoding
+:func:`sine_position_encoding`.
+"""
+
+from __future__ import annotations
+
+from .sam2_fpn import Sam2FpnNeck, checkpoint_filter_fn, sine_position_encoding
+
+__all__ = ["Sam2FpnNeck", "checkpoint_filter_fn", "sine_position_encoding"]
