@@ -1,0 +1,567 @@
+"""SAM v1 image encoder (ViT-B/L/H, patch 16, windowed attention with relative positions).
+
+Our own implementation of the image encoder of
+
+    Alexander Kirillov et al., "Segment Anything", ICCV 2023 (arXiv 2304.02643); the encoder
+    is the ViTDet backbone of Yanghao Li et al., "Exploring Plain Vision Transformer Backbones
+    for Object Detection", ECCV 2022 (arXiv 2203.16527), decomposed relative positions from
+    MViTv2 (Yanghao Li et al., CVPR 2022).
+
+Module and parameter names are those of the official code (``facebookresearch/segment-anything``,
+``segment_anything/modeling/image_encoder.py``, ``common.py``; settings from ``build_sam.py``),
+i.e. the keys under ``image_encoder.`` of the official ``sam_vit_{b,l,h}_*.pth`` files::
+
+    patch_embed.proj                         Conv2d(3, C, 16, stride 16)
+    pos_embed [1, 64, 64, C]                 absolute, channels last (1024 px pretraining)
+    blocks.{i}.norm1 / .norm2                LayerNorm(C, eps 1e-6)
+    blocks.{i}.attn.qkv                      Linear(C, 3C) (bias), output q | k | v
+    blocks.{i}.attn.proj                     Linear(C, C)
+    blocks.{i}.attn.rel_pos_h / rel_pos_w    [2S - 1, C / heads]; S = window (14) in window
+                                             blocks, the pretraining grid (64) in global ones
+    blocks.{i}.mlp.lin1 / .mlp.lin2          GELU MLP, ratio 4
+    neck.0  Conv2d(C, 256, 1, no bias)   neck.1  LayerNorm2d(256)
+    neck.2  Conv2d(256, 256, 3, pad 1, no bias)   neck.3  LayerNorm2d(256)
+
+=========  =====  =====  =====  =====================
+name       C      depth  heads  global attention
+=========  =====  =====  =====  =====================
+sam_vit_b   768    12     12    blocks 2, 5, 8, 11
+sam_vit_l  1024    24     16    blocks 5, 11, 17, 23
+sam_vit_h  1280    32     16    blocks 7, 15, 23, 31
+=========  =====  =====  =====  =====================
+
+Every other block attends inside 14 x 14 windows (the grid zero-padded bottom/right to a
+multiple of 14 first, as official ``window_partition``; windows ordered batch-major,
+``[B * nh * nw, 14, 14, C]``). Relative position tables of another length than the grid needs
+are linearly interpolated in every forward, as official ``get_rel_pos`` does, so any grid works.
+
+Files accepted by :meth:`SamVisionTransformer.checkpoint_filter_fn` (so
+``create_backbone("sam_vit_b", pretrained=path)`` loads strictly):
+
+* an official whole-SAM file (``image_encoder.*`` kept, ``prompt_encoder.*`` / ``mask_decoder.*``
+  dropped) or a bare encoder state dict (``module.`` stripped);
+* Hugging Face ``facebook/sam-vit-{base,large,huge}`` ``SamModel`` / ``SamVisionModel`` files
+  (``vision_encoder.patch_embed.projection``, ``vision_encoder.layers.{i}.layer_norm1`` /
+  ``attn.*`` / ``layer_norm2`` / ``mlp.lin*``, ``vision_encoder.neck.{conv1, layer_norm1, conv2,
+  layer_norm2}``; the hub's names are those ``transformers`` holds in memory) - converted by
+  :func:`convert_hf_sam_vision`;
+* a ``pos_embed`` of another grid is resized bicubically to this instance's ``img_size // 16``
+  grid, relative-position tables of another length linearly to this instance's lengths (the
+  interpolation ``get_rel_pos`` would apply at that grid).
+
+As a :class:`~fusionseg.models.backbones.base.TransformerBackbone` the stages are the groups of
+blocks ending at each tap ``out_indices`` (default: the global-attention blocks, ViTDet's /
+SAM-adapter taps); ``forward(x) -> [f_1..f_S]``, each the block output of its tap as a ``[B, C,
+H/16, W/16]`` map (SAM has no final norm: ``norm_of`` is the identity). Blocks after the last
+tap are not run by ``forward``. SAM's image embedding (all blocks, then the neck) is
+:meth:`SamVisionTransformer.forward_neck` ``-> [B, 256, H/16, W/16]``. Tokens between blocks are
+``[B, h*w, C]`` (no prefix tokens); each block reshapes them to ``[B, h, w, C]`` itself.
+
+Departures from the official code (none changes the function at the native 1024 x 1024 input):
+
+* other input sizes (sides multiples of 16) are accepted: the position embedding is resized
+  bicubically (``align_corners=False``) to the input's grid in each forward, as MoBaNet's SAM
+  encoder (GitHub ``sauryeo/MoBaNet``, ``Model/models/sam/modeling/image_encoder.py``) does; the
+  official encoder adds its 64 x 64 table unresized and so needs 1024 x 1024 input;
+* attention runs through :func:`torch.nn.functional.scaled_dot_product_attention` with the
+  decomposed relative positions as an additive mask (the official code forms the attention
+  matrix explicitly);
+* optional stochastic depth (``drop_path_rate``, 0 by default; the official encoder has none).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..weights import rename_key
+from .base import TransformerBackbone, register_backbone, strip_prefixes
+from .mit import DropPath
+
+__all__ = [
+    "SAM_SETTINGS",
+    "SAM_TINY",
+    "LayerNorm2d",
+    "SamBlock",
+    "SamVisionTransformer",
+    "convert_hf_sam_vision",
+    "get_rel_pos",
+    "resize_rel_pos",
+    "resize_sam_pos_embed",
+    "window_partition",
+    "window_unpartition",
+]
+
+_LN_EPS = 1e-6
+
+#: official settings (``segment_anything/build_sam.py``)
+SAM_SETTINGS: dict[str, dict] = {
+    "sam_vit_b": dict(embed_dim=768, depth=12, num_heads=12, global_attn_indexes=(2, 5, 8, 11)),
+    "sam_vit_l": dict(embed_dim=1024, depth=24, num_heads=16,
+                      global_attn_indexes=(5, 11, 17, 23)),
+    "sam_vit_h": dict(embed_dim=1280, depth=32, num_heads=16,
+                      global_attn_indexes=(7, 15, 23, 31)),
+}
+
+#: tiny constructor overrides used by the contract tests
+SAM_TINY = dict(embed_dim=32, depth=4, num_heads=2, window_size=2, global_attn_indexes=(1, 3),
+                img_size=64, out_chans=16)
+
+
+# --------------------------------------------------------------------------- helpers
+def window_partition(x: Tensor, window: int) -> tuple[Tensor, tuple[int, int]]:
+    """``[B, H, W, C] -> ([B * nh * nw, window, window, C], (Hp, Wp))``.
+
+    The grid is zero-padded at the bottom/right to multiples of ``window`` (``Hp, Wp``); windows
+    are ordered batch first, then window row, then window column (official
+    ``window_partition``).
+    """
+    b, h, w, c = x.shape
+    ph, pw = (-h) % window, (-w) % window
+    if ph or pw:
+        x = F.pad(x, (0, 0, 0, pw, 0, ph))
+    hp, wp = h + ph, w + pw
+    x = x.view(b, hp // window, window, wp // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(windows: Tensor, window: int, padded: tuple[int, int],
+                       size: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`window_partition`: ``[B * nh * nw, window, window, C] -> [B, H, W, C]``
+    (the padding cropped)."""
+    hp, wp = padded
+    h, w = size
+    nh, nw = hp // window, wp // window
+    b = windows.shape[0] // (nh * nw)
+    x = windows.view(b, nh, nw, window, window, -1).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, hp, wp, -1)
+    if hp != h or wp != w:
+        x = x[:, :h, :w]
+    return x
+
+
+def resize_rel_pos(rel_pos: Tensor, length: int) -> Tensor:
+    """``[L, D]`` relative-position table -> ``[length, D]`` by linear interpolation
+    (``align_corners=False``), the resampling of official ``get_rel_pos``."""
+    if rel_pos.shape[0] == length:
+        return rel_pos
+    out = F.interpolate(rel_pos.t().unsqueeze(0), size=length, mode="linear")
+    return out.squeeze(0).t()
+
+
+def get_rel_pos(size: int, rel_pos: Tensor) -> Tensor:
+    """Relative position embeddings ``[size, size, D]`` for self-attention along one axis of
+    ``size`` positions: entry ``(i, j)`` is row ``i - j + size - 1`` of ``rel_pos`` resized to
+    ``2 * size - 1`` rows (official ``get_rel_pos`` with equal query and key sizes)."""
+    table = resize_rel_pos(rel_pos, 2 * size - 1)
+    idx = torch.arange(size, device=rel_pos.device)
+    return table[idx[:, None] - idx[None, :] + (size - 1)]
+
+
+def resize_sam_pos_embed(pos_embed: Tensor, size: Sequence[int]) -> Tensor:
+    """``[1, gh0, gw0, C]`` channels-last position embedding -> ``[1, *size, C]`` (bicubic,
+    ``align_corners=False``, computed in float32)."""
+    if tuple(pos_embed.shape[1:3]) == tuple(size):
+        return pos_embed
+    out = F.interpolate(pos_embed.float().permute(0, 3, 1, 2), size=tuple(size), mode="bicubic",
+                        align_corners=False)
+    return out.permute(0, 2, 3, 1).to(pos_embed.dtype)
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of an NCHW map (official ``common.LayerNorm2d``, eps 1e-6).
+
+    ``forward(x [B, C, H, W]) -> [B, C, H, W]``. Keys ``weight``, ``bias`` ``[C]``.
+    """
+
+    def __init__(self, channels: int, eps: float = _LN_EPS) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = float(eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias,
+                         self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class PatchEmbed(nn.Module):
+    """``Conv2d(k = s = 16)``; ``[B, 3, H, W] -> ([B, (H/16)(W/16), C], H/16, W/16)``. Key
+    ``proj``."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
+        x = self.proj(x)
+        h, w = x.shape[-2:]
+        return x.flatten(2).transpose(1, 2), h, w
+
+
+class MLPBlock(nn.Module):
+    """``lin2(GELU(lin1(x)))`` (official ``common.MLPBlock``). Keys ``lin1``, ``lin2``."""
+
+    def __init__(self, dim: int, hidden: int) -> None:
+        super().__init__()
+        self.lin1 = nn.Linear(dim, hidden)
+        self.lin2 = nn.Linear(hidden, dim)
+        self.act = nn.GELU()
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.lin2(self.act(self.lin1(x)))
+
+
+class SamAttention(nn.Module):
+    """Multi-head self-attention with decomposed relative positions (official ``Attention``).
+
+    ``forward(x [B, h, w, C]) -> [B, h, w, C]``: ``q, k, v`` from ``self.qkv(x)`` (one
+    ``Linear(C, 3C)``, output ``q | k | v``), scores ``q k^T / sqrt(d) + rel_h + rel_w`` with
+    ``rel_h[b, n, i, j, k] = <q[b, n, i, j], R_h[i, k]>`` (unscaled ``q``, :func:`get_rel_pos`
+    tables for the current ``h`` and ``w``), SDPA, ``proj``.
+
+    Keys: ``qkv``, ``proj``, ``rel_pos_h`` / ``rel_pos_w`` ``[2 S - 1, C / heads]`` (zero
+    initialised as official), with ``S`` = ``input_size``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, input_size: tuple[int, int],
+                 use_rel_pos: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+        self.dim, self.num_heads = dim, num_heads
+        head_dim = dim // num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.use_rel_pos = bool(use_rel_pos)
+        if self.use_rel_pos:
+            self.rel_pos_h = nn.Parameter(torch.zeros(2 * input_size[0] - 1, head_dim))
+            self.rel_pos_w = nn.Parameter(torch.zeros(2 * input_size[1] - 1, head_dim))
+
+    def rel_pos_bias(self, q: Tensor, h: int, w: int) -> Tensor:
+        """Additive mask ``[B, heads, h*w, h*w]`` from ``q [B, heads, h*w, d]`` (official
+        ``add_decomposed_rel_pos``)."""
+        b, n, _, d = q.shape
+        rh = get_rel_pos(h, self.rel_pos_h).to(q.dtype)  # [h, h, d]
+        rw = get_rel_pos(w, self.rel_pos_w).to(q.dtype)  # [w, w, d]
+        rq = q.reshape(b, n, h, w, d)
+        bias_h = torch.einsum("bnhwd,hkd->bnhwk", rq, rh)
+        bias_w = torch.einsum("bnhwd,wkd->bnhwk", rq, rw)
+        bias = bias_h[..., :, None] + bias_w[..., None, :]  # [b, n, h, w, kh, kw]
+        return bias.reshape(b, n, h * w, h * w)
+
+    def forward(self, x: Tensor) -> Tensor:
+        b, h, w, c = x.shape
+        q, k, v = self.qkv(x).reshape(b, h * w, 3, self.num_heads, c // self.num_heads).permute(
+            2, 0, 3, 1, 4).unbind(0)
+        mask = self.rel_pos_bias(q, h, w) if self.use_rel_pos else None
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(b, h, w, c))
+
+
+class SamBlock(nn.Module):
+    """Pre-norm ViT block with windowed or global attention (official ``Block``).
+
+    ``x = x + drop_path(unwindow(attn(window(norm1(x))))); x = x + drop_path(mlp(norm2(x)))``.
+    ``forward(x [B, H*W, C], H, W) -> [B, H*W, C]`` (the transformer-backbone block contract;
+    the grid is reshaped to ``[B, H, W, C]`` inside). ``window_size = 0``: global attention.
+    Keys ``norm1, attn.{qkv, proj, rel_pos_h, rel_pos_w}, norm2, mlp.{lin1, lin2}``.
+    """
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0, window_size: int = 0,
+                 input_size: tuple[int, int] = (64, 64), use_rel_pos: bool = True,
+                 drop_path: float = 0.0) -> None:
+        super().__init__()
+        self.window_size = int(window_size)
+        self.norm1 = nn.LayerNorm(dim, eps=_LN_EPS)
+        size = input_size if self.window_size == 0 else (self.window_size, self.window_size)
+        self.attn = SamAttention(dim, num_heads, size, use_rel_pos)
+        self.norm2 = nn.LayerNorm(dim, eps=_LN_EPS)
+        self.mlp = MLPBlock(dim, int(dim * mlp_ratio))
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+
+    def attn_residual(self, x: Tensor, H: int, W: int) -> Tensor:
+        """``drop_path(attention of norm1(x))``, windowed unless a global block."""
+        b, n, c = x.shape
+        y = self.norm1(x).reshape(b, H, W, c)
+        if self.window_size > 0:
+            y, padded = window_partition(y, self.window_size)
+            y = window_unpartition(self.attn(y), self.window_size, padded, (H, W))
+        else:
+            y = self.attn(y)
+        return self.drop_path(y.reshape(b, n, c))
+
+    def mlp_residual(self, x: Tensor, H: int | None = None, W: int | None = None) -> Tensor:
+        """``drop_path(mlp(norm2(x)))``."""
+        return self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x: Tensor, H: int, W: int) -> Tensor:
+        x = x + self.attn_residual(x, H, W)
+        return x + self.mlp_residual(x)
+
+
+# --------------------------------------------------------------------------- the encoder
+class SamVisionTransformer(TransformerBackbone):
+    """SAM v1 image encoder (see the module docstring).
+
+    Args:
+        embed_dim, depth, num_heads: width ``C``, blocks, heads.
+        global_attn_indexes: blocks with global attention (the others use windows).
+        out_indices: block indices tapped (0-based, increasing); one output map per tap.
+            ``None`` = ``global_attn_indexes``.
+        window_size: window side of the windowed blocks (14).
+        img_size: pretraining size (1024): sets the ``img_size // 16`` grid of ``pos_embed`` and
+            the table length ``2 * grid - 1`` of the global blocks' relative positions.
+        patch_size: 16.
+        mlp_ratio: 4.
+        out_chans: neck width (256).
+        neck: build the neck (``neck.0..3``). Without it :meth:`forward_neck` is unavailable and
+            ``neck.*`` keys of a checkpoint are dropped by :meth:`checkpoint_filter_fn`.
+        use_rel_pos: decomposed relative positions (True for every SAM v1 model).
+        drop_path_rate: stochastic depth, linear over the blocks (0; not in the official code).
+        in_chans: 3.
+
+    ``forward(x [B, 3, H, W]) -> list`` of ``len(out_indices)`` maps ``[B, C, H/16, W/16]``
+    (the tap blocks' outputs, no norm); :meth:`forward_neck` ``(x) -> [B, out_chans, H/16,
+    W/16]`` (SAM's image embedding).
+
+    Raises:
+        ValueError: bad settings (taps or global indexes outside the depth, unsorted taps); at
+            forward, an input that is not ``[B, in_chans, H, W]`` or whose sides are not
+            multiples of 16.
+    """
+
+    input_multiple = 16
+    num_prefix_tokens = 0
+
+    def __init__(
+        self,
+        embed_dim: int = 768,
+        depth: int = 12,
+        num_heads: int = 12,
+        global_attn_indexes: Sequence[int] = (2, 5, 8, 11),
+        out_indices: Sequence[int] | None = None,
+        window_size: int = 14,
+        img_size: int = 1024,
+        patch_size: int = 16,
+        mlp_ratio: float = 4.0,
+        out_chans: int = 256,
+        neck: bool = True,
+        use_rel_pos: bool = True,
+        drop_path_rate: float = 0.0,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        glob = sorted({int(i) for i in global_attn_indexes})
+        if any(not 0 <= i < depth for i in glob):
+            raise ValueError(f"global_attn_indexes {list(global_attn_indexes)} outside the "
+                             f"{depth} blocks")
+        taps = list(glob) if out_indices is None else [int(i) for i in out_indices]
+        if not taps or sorted(set(taps)) != taps:
+            raise ValueError(f"out_indices must be increasing block indices, got {taps}")
+        if taps[0] < 0 or taps[-1] >= depth:
+            raise ValueError(f"out_indices {taps} outside the {depth} blocks")
+        self.embed_dim, self.depth, self.num_heads = int(embed_dim), int(depth), int(num_heads)
+        self.global_attn_indexes = glob
+        self.out_indices = taps
+        self.window_size = int(window_size)
+        self.patch_size = int(patch_size)
+        self.input_multiple = self.patch_size
+        self.in_chans = int(in_chans)
+        self.out_chans = int(out_chans)
+        self.num_stages = len(taps)
+        self.strides = (self.patch_size,) * self.num_stages
+        grid = int(img_size) // self.patch_size
+        self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
+        self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
+        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.ModuleList(
+            SamBlock(embed_dim, num_heads, mlp_ratio,
+                     window_size=0 if i in glob else self.window_size, input_size=(grid, grid),
+                     use_rel_pos=use_rel_pos, drop_path=dpr[i])
+            for i in range(depth)
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(embed_dim, out_chans, 1, bias=False),
+            LayerNorm2d(out_chans),
+            nn.Conv2d(out_chans, out_chans, 3, padding=1, bias=False),
+            LayerNorm2d(out_chans),
+        ) if neck else None
+        #: the (absent) norm of every tap
+        self.tap_norm = nn.Identity()
+
+    # ------------------------------------------------------------------ contract
+    @property
+    def out_channels(self) -> list[int]:
+        """``[C] * len(out_indices)``."""
+        return [self.embed_dim] * self.num_stages
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        """The position-embedding grid ``(img_size // 16,) * 2``."""
+        return tuple(self.pos_embed.shape[1:3])
+
+    def no_weight_decay(self) -> set[str]:
+        """``pos_embed`` and every block's ``attn.rel_pos_h`` / ``attn.rel_pos_w``."""
+        names = {"pos_embed"}
+        for i, blk in enumerate(self.blocks):
+            if blk.attn.use_rel_pos:
+                names |= {f"blocks.{i}.attn.rel_pos_h", f"blocks.{i}.attn.rel_pos_w"}
+        return names
+
+    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Official SAM or Hugging Face files -> our keys (= the official encoder names).
+
+        * ``module.`` prefixes are stripped; of a whole-SAM file only ``image_encoder.*`` is kept
+          (prompt encoder and mask decoder dropped), of a Hugging Face ``SamModel`` /
+          ``SamVisionModel`` file only ``vision_encoder.*``, renamed by
+          :func:`convert_hf_sam_vision`;
+        * ``neck.*`` is dropped when this instance has no neck;
+        * ``pos_embed`` of another grid is resized bicubically to :attr:`grid`
+          (:func:`resize_sam_pos_embed`), relative-position tables of another length linearly to
+          this instance's (:func:`resize_rel_pos`).
+
+        Keys it does not know are kept (the strict load reports them). Our own state dict comes
+        back unchanged.
+        """
+        own = self.state_dict()
+        sd = strip_prefixes(state_dict, ("module.",), list(own))
+        for prefix in ("image_encoder.", "vision_encoder."):
+            if any(k.startswith(prefix) for k in sd):
+                sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+                break
+        if any(k.startswith(("layers.", "patch_embed.projection.", "neck.conv1.")) for k in sd):
+            sd = convert_hf_sam_vision(sd)
+        if self.neck is None:
+            sd = {k: v for k, v in sd.items() if not k.startswith("neck.")}
+        pe = sd.get("pos_embed")
+        if pe is not None and pe.ndim == 4 and pe.shape != own["pos_embed"].shape:
+            sd["pos_embed"] = resize_sam_pos_embed(pe, self.grid)
+        for k, v in sd.items():
+            if k.endswith((".rel_pos_h", ".rel_pos_w")) and k in own and v.ndim == 2 and (
+                    v.shape != own[k].shape and v.shape[1] == own[k].shape[1]):
+                sd[k] = resize_rel_pos(v.float(), own[k].shape[0]).to(v.dtype)
+        return sd
+
+    # ------------------------------------------------------------------ stages
+    def prepare_tokens(self, x: Tensor, patch_embed: nn.Module | None = None
+                       ) -> tuple[Tensor, int, int]:
+        """Image -> ``([B, gh*gw, C] tokens, gh, gw)``: patch embedding plus the position
+        embedding resized to the ``gh x gw`` grid. ``patch_embed`` replaces the backbone's own
+        (e.g. MoBaNet's DSM patch embedding).
+
+        Raises:
+            ValueError: not ``[B, in_chans, H, W]``, or sides not multiples of 16.
+        """
+        self.check_input(x)
+        h, w = x.shape[-2:]
+        p = self.patch_size
+        if h % p or w % p:
+            raise ValueError(f"{type(self).__name__} needs sides that are multiples of {p}, got "
+                             f"{h}x{w}; pad the input (segmentors pad to input_multiple)")
+        tokens, gh, gw = (patch_embed or self.patch_embed)(x)
+        pos = resize_sam_pos_embed(self.pos_embed, (gh, gw))
+        return tokens + pos.reshape(1, gh * gw, -1), gh, gw
+
+    def _bounds(self, stage_idx: int) -> tuple[int, int]:
+        self._check_stage(stage_idx)
+        start = 0 if stage_idx == 0 else self.out_indices[stage_idx - 1] + 1
+        return start, self.out_indices[stage_idx] + 1
+
+    def blocks_of(self, stage_idx: int) -> nn.ModuleList:
+        """Blocks ``out_indices[s-1]+1 .. out_indices[s]`` (the modules themselves)."""
+        a, b = self._bounds(stage_idx)
+        return self.blocks[a:b]
+
+    def tail_blocks(self) -> nn.ModuleList:
+        """The blocks after the last tap (run by :meth:`forward_neck`, not by ``forward``)."""
+        return self.blocks[self.out_indices[-1] + 1:]
+
+    def norm_of(self, stage_idx: int) -> nn.Module:
+        """The identity: SAM has no final norm, its taps are the raw block outputs."""
+        self._check_stage(stage_idx)
+        return self.tap_norm
+
+    def embed(self, stage_idx: int, carry) -> tuple[Tensor, int, int]:
+        """Stage 0: :meth:`prepare_tokens` of the image; later: the previous stage's tokens
+        (``carry = (tokens, gh, gw)``)."""
+        self._check_stage(stage_idx)
+        if stage_idx == 0:
+            return self.prepare_tokens(carry)
+        return carry
+
+    def finish_stage(self, stage_idx: int, tokens: Tensor, h: int, w: int):
+        """``(tokens, (tokens, h, w))``: taps are not normalised."""
+        return self.norm_of(stage_idx)(tokens), (tokens, h, w)
+
+    # ------------------------------------------------------------------ neck
+    def apply_neck(self, x: Tensor) -> Tensor:
+        """The neck on a final block-output map: ``[B, C, h, w] -> [B, out_chans, h, w]``.
+
+        Raises:
+            RuntimeError: built with ``neck=False``.
+        """
+        if self.neck is None:
+            raise RuntimeError(f"{type(self).__name__} was built with neck=False")
+        return self.neck(x)
+
+    def forward_neck(self, x: Tensor) -> Tensor:
+        """SAM's image embedding: every block, then the neck; ``[B, 3, H, W] -> [B, out_chans,
+        H/16, W/16]`` (official ``ImageEncoderViT.forward`` at any multiple-of-16 size).
+
+        Raises:
+            ValueError: see :meth:`prepare_tokens`; RuntimeError: built with ``neck=False``.
+        """
+        if self.neck is None:
+            raise RuntimeError(f"{type(self).__name__} was built with neck=False")
+        tokens, h, w = self.prepare_tokens(x)
+        for blk in self.blocks:
+            tokens = self.run_block(blk, tokens, h, w)
+        return self.neck(self.tokens_to_map(tokens, h, w))
+
+
+# --------------------------------------------------------------------------- Hugging Face
+_HF_RULES: tuple[tuple[str, str], ...] = (
+    (r"^patch_embed\.projection\.", "patch_embed.proj."),
+    (r"^layers\.(\d+)\.layer_norm1\.", r"blocks.\1.norm1."),
+    (r"^layers\.(\d+)\.layer_norm2\.", r"blocks.\1.norm2."),
+    (r"^layers\.(\d+)\.(attn|mlp)\.", r"blocks.\1.\2."),
+    (r"^neck\.conv1\.", "neck.0."),
+    (r"^neck\.layer_norm1\.", "neck.1."),
+    (r"^neck\.conv2\.", "neck.2."),
+    (r"^neck\.layer_norm2\.", "neck.3."),
+)
+_HF_KEY = re.compile(r"^(?:vision_encoder\.)?")
+
+
+def convert_hf_sam_vision(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a Hugging Face ``SamVisionEncoder`` state dict (``vision_encoder.`` prefix
+    optional; the hub's names equal the in-memory ones of ``transformers`` 5) to the official
+    encoder keys: ``patch_embed.projection`` -> ``patch_embed.proj``, ``layers.{i}.layer_norm1 /
+    layer_norm2`` -> ``blocks.{i}.norm1 / norm2``, ``layers.{i}.{attn, mlp}`` -> ``blocks.{i}.*``
+    (``qkv``, ``proj``, ``rel_pos_*``, ``lin1``, ``lin2`` keep their names), ``neck.{conv1,
+    layer_norm1, conv2, layer_norm2}`` -> ``neck.{0, 1, 2, 3}``. Keys it does not know are kept.
+    """
+    return {rename_key(_HF_KEY.sub("", k, count=1), _HF_RULES): v for k, v in sd.items()}
+
+
+# --------------------------------------------------------------------------- registration
+def _register(name: str) -> None:
+    def build(**overrides) -> SamVisionTransformer:
+        return SamVisionTransformer(**{**SAM_SETTINGS[name], **overrides})
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = (f"Build {name} (official ``build_sam.py`` settings: window 14, 1024 px, "
+                     f"relative positions; overridable by keyword).")
+    register_backbone(name, tiny=dict(SAM_TINY))(build)
+
+
+for _name in SAM_SETTINGS:
+    _register(_name)
+del _name
