@@ -355,3 +355,255 @@ def test_position_encoding_formula():
     xy = torch.tensor([2.5 / 3, 1.5 / 2]) * 2 - 1
     proj = 2 * torch.pi * (xy @ g)
     torch.testing.assert_close(pe[:, 1, 2], torch.cat([proj.sin(), proj.cos()]))
+
+
+# =========================================================================== SAM v1 variant
+SAM1 = dict(TINY, variant="sam")
+SAM1_EXTRA = {"no_mask_embed", "positional_encoding_gaussian_matrix"}
+
+
+def official_sam1_decoder_shapes(c: int, depth: int, mlp_dim: int, n_mask: int = 4,
+                                 iou_hidden: int = 256) -> dict[str, tuple]:
+    """Key -> shape of an official SAM v1 ``mask_decoder`` (no high-res convs, no object-score
+    token / head, token MLPs ``common.MLPBlock`` with ``lin1`` / ``lin2``), written from
+    ``segment_anything/modeling/{mask_decoder,transformer,common}.py``."""
+    s = official_decoder_shapes(c, depth, mlp_dim, n_mask, iou_hidden)
+    for k in list(s):
+        if k.startswith(("conv_s0.", "conv_s1.", "obj_score_token.", "pred_obj_score_head.")):
+            del s[k]
+        elif ".mlp.layers." in k:
+            s[k.replace(".mlp.layers.0.", ".mlp.lin1.").replace(".mlp.layers.1.", ".mlp.lin2.")] = (
+                s.pop(k))
+    return s
+
+
+def official_sam1_file_dict(seed: int = 0, c: int = C) -> dict[str, torch.Tensor]:
+    """A random flat state dict in the official ``sam_vit_*.pth`` layout (decoder, the
+    prompt-encoder tensors we use, and keys the loader must skip or ignore)."""
+    g = torch.Generator().manual_seed(seed)
+    sd = {"mask_decoder." + k: torch.randn(s, generator=g)
+          for k, s in official_sam1_decoder_shapes(c, DEPTH, MLP_DIM, iou_hidden=c).items()}
+    sd["prompt_encoder.no_mask_embed.weight"] = torch.randn(1, c, generator=g)
+    sd["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = torch.randn(
+        2, c // 2, generator=g)
+    for i in range(4):
+        sd[f"prompt_encoder.point_embeddings.{i}.weight"] = torch.randn(1, c, generator=g)
+    sd["prompt_encoder.not_a_point_embed.weight"] = torch.randn(1, c, generator=g)
+    sd["prompt_encoder.mask_downscaling.0.weight"] = torch.randn(4, 1, 2, 2, generator=g)
+    sd["image_encoder.patch_embed.proj.weight"] = torch.randn(16, 3, 16, 16, generator=g)
+    sd["image_encoder.neck.0.weight"] = torch.randn(c, 16, 1, 1, generator=g)
+    return sd
+
+
+def test_sam1_key_names_and_shapes_match_official():
+    ours = Sam2SemanticDecoder(4, **SAM1)
+    shapes = {k: tuple(v.shape) for k, v in ours.state_dict().items() if k not in SAM1_EXTRA}
+    official = official_sam1_decoder_shapes(C, DEPTH, MLP_DIM)
+    assert shapes == {k: v for k, v in official.items()
+                      if not k.startswith("iou_prediction_head.")}
+    assert not hasattr(ours, "conv_s0") and not hasattr(ours, "no_mem_embed")
+    assert not hasattr(ours, "obj_score_token")
+    assert set(ours.state_dict()) - set(shapes) == SAM1_EXTRA
+    assert ours.no_weight_decay() == {"mask_tokens.weight", "no_mask_embed", "iou_token.weight"}
+    k = Sam2SemanticDecoder(3, keep_sam_tokens=False, **SAM1)
+    assert k.no_weight_decay() == {"mask_tokens.weight", "no_mask_embed"}
+    with torch.device("meta"):
+        full = Sam2SemanticDecoder(4, variant="sam")
+    got = {k: tuple(v.shape) for k, v in full.state_dict().items() if k not in SAM1_EXTRA}
+    assert got == {k: v for k, v in official_sam1_decoder_shapes(256, 2, 2048).items()
+                   if not k.startswith("iou_prediction_head.")}
+    with pytest.raises(ValueError, match="variant"):
+        Sam2SemanticDecoder(4, variant="sam3")
+
+
+@pytest.fixture(scope="module")
+def hf_sam1():
+    """Tiny random ``SamModel`` (decoder width 32, 2 heads, MLP 64, 4 x 4 embedding grid);
+    decoder / prompt tensors randomised so none is trivially 0 or 1. ``layer_norm_eps`` 1e-5:
+    the official ``nn.LayerNorm`` default (HF's config default is 1e-6)."""
+    torch.manual_seed(0)
+    T = transformers
+    vc = T.SamVisionConfig(hidden_size=16, output_channels=C, num_hidden_layers=1,
+                           num_attention_heads=1, image_size=64, patch_size=16, window_size=2,
+                           global_attn_indexes=[0], num_pos_feats=C // 2, mlp_dim=32)
+    pc = T.SamPromptEncoderConfig(hidden_size=C, image_size=64, patch_size=16,
+                                  mask_input_channels=4)
+    mc = T.SamMaskDecoderConfig(hidden_size=C, mlp_dim=MLP_DIM, num_hidden_layers=DEPTH,
+                                num_attention_heads=HEADS, iou_head_hidden_dim=C,
+                                layer_norm_eps=1e-5)
+    hf = T.SamModel(T.SamConfig(vision_config=vc, prompt_encoder_config=pc,
+                                mask_decoder_config=mc)).eval()
+    with torch.no_grad():
+        for n, p in hf.named_parameters():
+            if n.startswith("vision_encoder."):
+                continue
+            if "token" in n or "embed" in n:
+                p.normal_(0, 1)
+            elif p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.3)
+            else:
+                fan_in = p[0].numel() if "upscale" not in n else p.shape[0]
+                p.normal_(0, fan_in ** -0.5)
+        hf.shared_image_embedding.positional_embedding.normal_(0, 1)
+    return hf
+
+
+def _hf_sam1_pe(hf, h, w):
+    """HF's image PE: its own grid for the configured square size, else its
+    ``SamPositionalEmbedding`` applied to the ``h x w`` cell centres (HF only builds squares)."""
+    if (h, w) == (4, 4):
+        return hf.get_image_wide_positional_embeddings()
+    ys = (torch.arange(h, dtype=torch.float32) + 0.5) / h
+    xs = (torch.arange(w, dtype=torch.float32) + 0.5) / w
+    grid = torch.stack(torch.broadcast_tensors(xs[None, :], ys[:, None]), dim=-1)
+    return hf.shared_image_embedding(grid).permute(2, 0, 1)[None]
+
+
+def _hf_sam1_all_masks(hf, img):
+    """HF SAM v1's 4 low-res masks: empty sparse prompt ([B, 1, 0, C]), dense = no_mask_embed;
+    mask 0 from ``multimask_output=False``, 1..3 from ``True``."""
+    b, c, h, w = img.shape
+    pe = _hf_sam1_pe(hf, h, w).repeat(b, 1, 1, 1)
+    dense = hf.prompt_encoder.no_mask_embed.weight.reshape(1, c, 1, 1)
+    if (h, w) == (4, 4):  # the prompt encoder's own dense output for its grid
+        _, dense = hf.prompt_encoder(None, None, None, None)
+    sparse = torch.zeros(b, 1, 0, c)
+    single = hf.mask_decoder(img, pe, sparse, dense, False)[0]
+    multi = hf.mask_decoder(img, pe, sparse, dense, True)[0]
+    return torch.cat([single, multi], dim=2)[:, 0], pe
+
+
+def test_sam1_hf_names_convert_to_official(hf_sam1):
+    from fusionseg.models.heads.sam2_decoder import convert_hf_sam_decoder
+
+    conv = convert_hf_sam_decoder(hf_sam1.state_dict())
+    dec = {k[len("mask_decoder."):]: tuple(v.shape) for k, v in conv.items()
+           if k.startswith("mask_decoder.")}
+    assert dec == official_sam1_decoder_shapes(C, DEPTH, MLP_DIM, iou_hidden=C)
+    assert conv["prompt_encoder.no_mask_embed.weight"].shape == (1, C)
+    assert torch.equal(conv["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"],
+                       hf_sam1.shared_image_embedding.positional_embedding)
+
+
+@pytest.mark.parametrize("hw", [(4, 4), (3, 5)])
+@pytest.mark.parametrize("source", ["state_dict", "save_pretrained"])
+def test_sam1_matches_hf_mask_decoder(hf_sam1, tmp_path, source, hw):
+    if source == "state_dict":
+        src = hf_sam1.state_dict()
+    else:
+        hf_sam1.save_pretrained(tmp_path / "hf")
+        src = tmp_path / "hf" / "model.safetensors"
+    ours = Sam2SemanticDecoder(4, **SAM1).eval()
+    report = ours.load_pretrained(src)
+    assert report.source_format == "hf" and report.cycled == []
+    assert set(report.loaded) == set(ours.state_dict())
+    assert "mask_decoder.iou_prediction_head.layers.2.weight" in report.skipped
+    img = torch.randn(2, C, *hw, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref, pe = _hf_sam1_all_masks(hf_sam1, img)
+        got = ours(img)
+    assert got.shape == ref.shape == (2, 4, 4 * hw[0], 4 * hw[1])
+    torch.testing.assert_close(ours.image_pe(*hw), pe[:1], rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    assert ref.abs().mean() > 0.3
+    # the comparison can fail: without the iou token the class tokens see other context
+    no_tok = Sam2SemanticDecoder(4, keep_sam_tokens=False, **SAM1)
+    no_tok.load_pretrained(src)
+    with torch.no_grad():
+        assert not torch.allclose(no_tok(img), ref, atol=1e-3)
+
+
+def test_sam1_load_official_file_with_six_classes(tmp_path):
+    off = official_sam1_file_dict()
+    path = tmp_path / "sam_vit_tiny.pth"
+    torch.save(off, path)  # flat dict, as the official files
+    m = Sam2SemanticDecoder(6, **SAM1)
+    report = m.load_pretrained(path)
+    assert report.source_format == "official"
+    sd = m.state_dict()
+    hyper_cycled = {k for k in sd if re.match(r"output_hypernetworks_mlps\.[45]\.", k)}
+    assert set(report.cycled) == {"mask_tokens.weight"} | hyper_cycled
+    assert set(report.loaded) == set(sd) - set(report.cycled)
+    for k in report.loaded:
+        src = {"no_mask_embed": "prompt_encoder.no_mask_embed.weight",
+               "positional_encoding_gaussian_matrix":
+                   "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"
+               }.get(k, "mask_decoder." + k)
+        assert torch.equal(sd[k], off[src]), k
+    assert torch.equal(sd["transformer.layers.0.mlp.lin1.weight"],
+                       off["mask_decoder.transformer.layers.0.mlp.lin1.weight"])
+    tok = off["mask_decoder.mask_tokens.weight"]
+    assert torch.equal(sd["mask_tokens.weight"], tok[[0, 1, 2, 3, 0, 1]])
+    for i, j in ((4, 0), (5, 1)):
+        for p in ("layers.0.weight", "layers.1.bias", "layers.2.weight"):
+            assert torch.equal(sd[f"output_hypernetworks_mlps.{i}.{p}"],
+                               off[f"mask_decoder.output_hypernetworks_mlps.{j}.{p}"])
+    assert {"mask_decoder.iou_prediction_head.layers.0.weight",
+            "prompt_encoder.point_embeddings.3.weight", "prompt_encoder.not_a_point_embed.weight",
+            "prompt_encoder.mask_downscaling.0.weight"} <= set(report.skipped)
+    assert report.ignored == 2
+    assert m(torch.randn(1, C, 2, 3)).shape == (1, 6, 8, 12)
+    # also as a mapping, and through the old method name
+    m2 = Sam2SemanticDecoder(6, **SAM1)
+    m2.load_sam2_pretrained(off)
+    for k, v in m2.state_dict().items():
+        assert torch.equal(v, sd[k]), k
+
+
+@pytest.mark.parametrize("key", [
+    "mask_decoder.transformer.layers.1.mlp.lin2.weight",
+    "mask_decoder.output_upscaling.1.bias",
+    "mask_decoder.output_hypernetworks_mlps.2.layers.1.weight",
+    "prompt_encoder.no_mask_embed.weight",
+    "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix",
+])
+def test_sam1_missing_required_key_raises_and_changes_nothing(tmp_path, key):
+    off = official_sam1_file_dict()
+    del off[key]
+    path = tmp_path / "broken.pth"
+    torch.save(off, path)
+    m = Sam2SemanticDecoder(6, **SAM1)
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    with pytest.raises(CheckpointMismatchError, match=re.escape(key)) as e:
+        m.load_pretrained(path)
+    assert e.value.missing == [key] and str(path) in str(e.value)
+    for k, v in m.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+
+def test_sam1_and_sam2_files_do_not_cross_load():
+    with pytest.raises(CheckpointMismatchError, match="missing key") as e:
+        Sam2SemanticDecoder(4, **SAM1).load_pretrained(official_file_dict())
+    assert "mask_decoder.transformer.layers.0.mlp.lin1.weight" in e.value.missing
+    with pytest.raises(CheckpointMismatchError, match="sam_mask_decoder.conv_s0.weight"):
+        Sam2SemanticDecoder(4, **TINY).load_pretrained(official_sam1_file_dict())
+    big = Sam2SemanticDecoder(4, **{**SAM1, "mlp_dim": 2 * MLP_DIM})
+    with pytest.raises(CheckpointMismatchError, match="shape mismatch") as e:
+        big.load_pretrained(official_sam1_file_dict())
+    assert any(k == "mask_decoder.transformer.layers.0.mlp.lin1.weight"
+               for k, _, _ in e.value.mismatched)
+
+
+@pytest.mark.parametrize("keep, shared", [(True, False), (False, True)])
+def test_sam1_gradients_batch_and_bad_inputs(keep, shared):
+    torch.manual_seed(0)
+    m = Sam2SemanticDecoder(5, keep_sam_tokens=keep, shared_hypernetwork=shared, **SAM1)
+    img = torch.randn(2, C, 3, 5)
+    out = m(img)
+    assert out.shape == (2, 5, 12, 20)
+    (out * torch.randn_like(out)).sum().backward()
+    g = m.mask_tokens.weight.grad
+    assert g is not None and (g.norm(dim=1) > 0).all()
+    assert m.no_mask_embed.grad is not None
+    assert m.transformer.layers[1].mlp.lin1.weight.grad.abs().sum() > 0
+    if keep:
+        assert m.iou_token.weight.grad.abs().sum() > 0
+    m.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m(img)[1:], m(img[1:]), rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="high_res=None"):
+        m(img, (torch.randn(2, C, 12, 20), torch.randn(2, C, 6, 10)))
+    with pytest.raises(ValueError, match=r"expects \[B, 32, h, w\]"):
+        m(img[:, :16])
+    with pytest.raises(ValueError, match="with variant='sam2', got None"):
+        Sam2SemanticDecoder(3, **TINY)(img)
