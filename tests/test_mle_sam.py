@@ -212,3 +212,58 @@ def test_published_setting_parameter_budget_on_meta_device():
     counts = model.param_counts()
     assert counts["trainable"] < 0.25 * trunk
     assert model.decode_head.mask_tokens.weight.shape == (25, 256)
+
+
+# --------------------------------------------------------------------------- SAM v1 encoder
+def _sam_tiny() -> dict:
+    from fusionseg.models.backbones.sam_vit import SAM_TINY
+
+    return {**SAM_TINY, "out_indices": (0, 1, 2, 3)}  # 4 taps, the last at the last block
+
+
+def _tiny_sam_v1(seed: int = 0, **kw):
+    torch.manual_seed(seed)
+    return create_model(tiny_model_cfg("mle_sam", modalities=MODS, backbone="sam_vit_b",
+                                       backbone_kwargs=_sam_tiny(), **kw))
+
+
+def test_sam_v1_encoder_runs_every_subset_and_keeps_its_neck_frozen():
+    model = _tiny_sam_v1()
+    assert model.encoder_kind == "sam" and model.input_multiple == 32
+    trainable = {n for n, p in model.named_parameters() if p.requires_grad}
+    assert all(".lora." in n for n in trainable if n.startswith("encoder."))
+    assert any(n.startswith("neck.simfp_2") for n in trainable)  # the new pyramid trains
+    assert not hasattr(model.decode_head, "conv_s0")
+    model.eval()
+    full = batch(h=40, w=72)
+    with torch.no_grad():
+        for subset in (("rgb",), ("depth", "lidar"), tuple(MODS)):
+            out = model({m: full[m] for m in subset})
+            assert out.shape == (2, 3, 40, 72) and torch.isfinite(out).all()
+    out = model.train()(batch(h=32, w=32, label=True))
+    out.logits.sum().backward()
+    assert all(p.grad is None for n, p in model.named_parameters() if not p.requires_grad)
+
+
+def test_official_sam_v1_file_loads_encoder_and_decoder(tmp_path):
+    torch.manual_seed(7)
+    vit = create_backbone("sam_vit_b", **_sam_tiny())
+    dec = Sam2SemanticDecoder(4, transformer_dim=16, num_heads=2, mlp_dim=16, variant="sam")
+    sd = {f"image_encoder.{k}": v for k, v in vit.state_dict().items()}
+    for k, v in dec.state_dict().items():
+        if k == "no_mask_embed":
+            sd["prompt_encoder.no_mask_embed.weight"] = v
+        elif k == "positional_encoding_gaussian_matrix":
+            sd["prompt_encoder.pe_layer.positional_encoding_gaussian_matrix"] = v
+        else:
+            sd[f"mask_decoder.{k}"] = v
+    torch.save(sd, tmp_path / "sam_vit_tiny.pth")
+    model = create_model(tiny_model_cfg("mle_sam", modalities=MODS, backbone="sam_vit_b",
+                                        backbone_kwargs=_sam_tiny(),
+                                        pretrained=str(tmp_path / "sam_vit_tiny.pth")))
+    enc = model.encoder.state_dict()
+    assert all(torch.equal(enc[k], v) for k, v in vit.state_dict().items())
+    ours, ref = model.decode_head.state_dict(), dec.state_dict()
+    assert torch.equal(ours["transformer.layers.1.mlp.lin1.weight"],
+                       ref["transformer.layers.1.mlp.lin1.weight"])
+    torch.testing.assert_close(ours["mask_tokens.weight"], ref["mask_tokens.weight"][:3])

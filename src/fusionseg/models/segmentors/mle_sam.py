@@ -19,6 +19,12 @@ Model (``M`` modalities ``x_m [B, 3, H, W]``, zero-padded to a multiple of 32)::
     logits_aux  = SegFormer-style MLP head over F^1..F^4                       # 1/4 scale
     both bilinear to the padded size and cropped
 
+SAM v1 option (``backbone: sam_vit_b | _l | _h``, the spec's second encoder): the ViT's taps at
+its global-attention blocks (stride 16, LoRA experts in every block) feed a new, trainable
+ViTDet simple feature pyramid (strides 4, 8, 16, 32) whose stride-16 level is SAM's own frozen
+neck output (the embedding SAM's decoder was trained on); SAM v1's mask decoder (no
+high-resolution features) decodes the routed stride-16 level. Inputs are padded to 32.
+
 Training returns :class:`~fusionseg.models.SegmentationOutput` with ``aux["aux"]`` (weight
 ``aux_weight``, 0.4, the configured loss): loss = L(main) + 0.4 L(aux). Inference returns the
 main head's logits (``inference="mean"``: the mean of both heads' logits).
@@ -38,6 +44,7 @@ Our whole-model checkpoints keep our keys (``encoder.*``, ``neck.*``, ``routers.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -46,10 +53,12 @@ from torch import Tensor, nn
 
 from ..backbones import create_backbone
 from ..backbones.hiera import HIERA_TINY
+from ..backbones.sam_vit import SamVisionTransformer
 from ..fusion.moe_routing import ModalityRouter
 from ..heads.sam2_decoder import Sam2SemanticDecoder
 from ..heads.segformer import SegFormerHead
 from ..necks.sam2_fpn import Sam2FpnNeck
+from ..necks.simple_pyramid import SimpleFeaturePyramid
 from ..peft.lora import inject_lora_experts, lora_modules, set_active_experts
 from ..registry import register_model
 from .base import AuxiliaryLogits, SegmentationOutput, Segmentor
@@ -61,10 +70,15 @@ class MLESAMSegmentor(Segmentor):
     """MLE-SAM (see the module docstring).
 
     Args:
-        encoder: a SAM2 Hiera trunk (``sam2.1_hiera_*``; pretrained weights loaded before);
-            LoRA experts are injected into it here.
-        neck: the SAM2 FPN neck over the trunk's 4 maps (``d`` channels out).
-        decode_head: the prompt-free SAM2 mask decoder with one token per class.
+        encoder: a SAM2 Hiera trunk (``sam2.1_hiera_*``) or a SAM v1 ViT with 4 taps and its
+            neck (``sam_vit_*``); pretrained weights loaded before; LoRA experts are injected
+            into it here.
+        neck: the SAM2 FPN neck over the trunk's 4 maps (Hiera), or a
+            :class:`~fusionseg.models.necks.simple_pyramid.SimpleFeaturePyramid` over the ViT's
+            taps whose stride-16 level is SAM's own (frozen) neck output (SAM v1); ``d``
+            channels out.
+        decode_head: the prompt-free SAM2 (Hiera) or SAM (ViT) mask decoder with one token per
+            class.
         modalities: the modality names (one LoRA expert each).
         num_classes: ``K``.
         rank, lora_alpha, shared_expert: LoRA rank (32), scale numerator (``None`` = rank:
@@ -82,14 +96,14 @@ class MLESAMSegmentor(Segmentor):
     label.
 
     Raises:
-        ValueError: an encoder without 4 output maps, a neck of another width than the
-            decoder's, an unknown ``inference``.
+        ValueError: an encoder without 4 output maps, a SAM ViT whose last tap is not its last
+            block, an unknown ``inference``.
     """
 
     def __init__(
         self,
         encoder: nn.Module,
-        neck: Sam2FpnNeck,
+        neck: nn.Module,
         decode_head: Sam2SemanticDecoder,
         modalities: Sequence[str],
         num_classes: int,
@@ -114,6 +128,11 @@ class MLESAMSegmentor(Segmentor):
             raise ValueError(f"inference must be 'main' or 'mean', got {inference!r}")
         if inference == "mean" and not aux_head:
             raise ValueError("inference='mean' needs the auxiliary head (aux_head=True)")
+        #: "sam2" (Hiera + FPN neck + SAM 2 decoder) or "sam" (SAM v1 ViT + pyramid + SAM decoder)
+        self.encoder_kind = "sam" if isinstance(encoder, SamVisionTransformer) else "sam2"
+        if self.encoder_kind == "sam" and encoder.out_indices[-1] != encoder.depth - 1:
+            raise ValueError("MLE-SAM with a SAM ViT needs its last tap at the last block (the "
+                             "image embedding is SAM's neck on it)")
         self.encoder = encoder
         self.neck = neck
         d = neck.d_model
@@ -141,19 +160,20 @@ class MLESAMSegmentor(Segmentor):
 
     # ------------------------------------------------------------------ parameters
     def backbone_modules(self) -> list[nn.Module]:
-        """The frozen parts: the trunk (unless ``freeze_encoder`` is off) and the neck (unless
-        ``train_neck``). LoRA experts inside the trunk are the method's own (trainable)."""
+        """The frozen parts: the trunk (unless ``freeze_encoder`` is off; a SAM ViT with its
+        neck) and the SAM2 FPN neck (unless ``train_neck``; the SAM v1 pyramid is new and
+        always trains). LoRA experts inside the trunk are the method's own (trainable)."""
         mods: list[nn.Module] = []
         if self.freeze_encoder:
             mods.append(self.encoder)
-        if not self.train_neck:
+        if not self.train_neck and self.encoder_kind == "sam2":
             mods.append(self.neck)
         return mods
 
     @property
     def input_multiple(self) -> int:
-        """The trunk's (32 for Hiera)."""
-        return int(getattr(self.encoder, "input_multiple", 32))
+        """32: Hiera's, and for a SAM ViT (16) the pyramid's stride-32 level."""
+        return math.lcm(int(getattr(self.encoder, "input_multiple", 32)), 32)
 
     def trainable_fraction(self) -> float:
         """Trainable parameters / parameters of the frozen trunk (without its LoRA)."""
@@ -173,7 +193,11 @@ class MLESAMSegmentor(Segmentor):
         run = [j for j in range(len(images)) if bool(present[:, j].any())]
         set_active_experts(self.encoder, [self.modalities[j] for j in run])
         x = torch.cat([images[j] for j in run], dim=0)  # [R * B, 3, H, W], stream-major
-        levels = self.neck(self.encoder(x))
+        feats = self.encoder(x)
+        if self.encoder_kind == "sam":
+            levels = self.neck(feats, embed=self.encoder.apply_neck(feats[-1]))
+        else:
+            levels = self.neck(feats)
         fused = []
         for lvl, f in enumerate(levels):
             per = f.view(len(run), b, *f.shape[1:])
@@ -191,8 +215,8 @@ class MLESAMSegmentor(Segmentor):
         images = [self.pad_to_multiple(x) for x in streams.images]
         padded = images[0].shape[-2:]
         fused = self.encode(images, streams.present)
-        main = self.upsample_logits(self.decode_head(fused[2], (fused[0], fused[1])), size,
-                                    padded)
+        high_res = (fused[0], fused[1]) if self.encoder_kind == "sam2" else None
+        main = self.upsample_logits(self.decode_head(fused[2], high_res), size, padded)
         aux = None
         if self.aux_head is not None and (self.training or self.inference == "mean"):
             aux = self.upsample_logits(self.aux_head(fused), size, padded)
@@ -246,20 +270,33 @@ def build_mle_sam(
                       "pretrained": "checkpoints/sam2.1_hiera_base_plus.pt"})
 
     Args:
-        backbone: ``sam2.1_hiera_t | _s | _b+ | _l`` (B+ as published, secondhand).
-        pretrained: an official ``sam2.1_hiera_*.pt``: trunk (strict), neck (strict) and mask
-            decoder (where shapes allow) load from it; ``None`` = random weights.
+        backbone: ``sam2.1_hiera_t | _s | _b+ | _l`` (B+ as published, secondhand), or the SAM
+            v1 ``sam_vit_b | _l | _h`` (the spec's second option: taps at the global-attention
+            blocks, a new simple feature pyramid, SAM v1's decoder).
+        pretrained: an official ``sam2.1_hiera_*.pt`` (trunk strict, neck strict, mask decoder
+            where shapes allow) or ``sam_vit_*.pth`` (encoder with its neck strict, mask
+            decoder where shapes allow); ``None`` = random weights.
         neck_dim: FPN width ``d`` (256 in SAM2; the decoder's width).
         backbone_kwargs, decoder_kwargs: constructor overrides (tiny test widths).
         other keys: see :class:`MLESAMSegmentor`.
     """
     enc = create_backbone(backbone, pretrained=pretrained, **dict(backbone_kwargs or {}))
-    neck = Sam2FpnNeck.from_trunk(enc, d_model=neck_dim)
-    head = Sam2SemanticDecoder(num_classes, transformer_dim=neck_dim,
-                               **dict(decoder_kwargs or {}))
-    if pretrained is not None:
-        neck.load_pretrained(pretrained)
-        head.load_sam2_pretrained(pretrained)
+    if isinstance(enc, SamVisionTransformer):
+        if enc.out_chans != neck_dim:
+            raise ValueError(f"{backbone}'s neck gives {enc.out_chans} channels but neck_dim is "
+                             f"{neck_dim}")
+        neck: nn.Module = SimpleFeaturePyramid(enc.embed_dim, d_model=neck_dim)
+        head = Sam2SemanticDecoder(num_classes, transformer_dim=neck_dim, variant="sam",
+                                   **dict(decoder_kwargs or {}))
+        if pretrained is not None:
+            head.load_pretrained(pretrained)
+    else:
+        neck = Sam2FpnNeck.from_trunk(enc, d_model=neck_dim)
+        head = Sam2SemanticDecoder(num_classes, transformer_dim=neck_dim,
+                                   **dict(decoder_kwargs or {}))
+        if pretrained is not None:
+            neck.load_pretrained(pretrained)
+            head.load_pretrained(pretrained)
     return MLESAMSegmentor(
         enc, neck, head, modalities, num_classes, rank=rank, lora_alpha=lora_alpha,
         shared_expert=shared_expert, gate=gate, top_k=top_k, weighted=weighted,
