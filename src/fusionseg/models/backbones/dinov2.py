@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers import PatchEmbed
 from ..weights import rename_key
 from .base import TransformerBackbone, register_backbone, strip_prefixes
 from .mit import DropPath
@@ -182,21 +183,6 @@ class ViTBlock(nn.Module):
     def forward(self, x: Tensor, H: int | None = None, W: int | None = None) -> Tensor:
         x = x + self.attn_residual(x)
         return x + self.mlp_residual(x)
-
-
-class PatchEmbed(nn.Module):
-    """``Conv2d(k = s = 14)``; ``[B, 3, H, W] -> ([B, (H/14)(W/14), C], H/14, W/14)``. Key
-    ``proj``."""
-
-    def __init__(self, in_chans: int, dim: int, patch_size: int) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
-        x = self.proj(x)
-        h, w = x.shape[-2:]
-        return x.flatten(2).transpose(1, 2), h, w
 
 
 class DinoVisionTransformer(TransformerBackbone):

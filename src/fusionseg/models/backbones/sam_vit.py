@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers import LayerNorm2d, PatchEmbed
 from ..weights import rename_key
 from .base import TransformerBackbone, register_backbone, strip_prefixes
 from .mit import DropPath
@@ -170,39 +171,6 @@ def resize_sam_pos_embed(pos_embed: Tensor, size: Sequence[int]) -> Tensor:
     out = F.interpolate(pos_embed.float().permute(0, 3, 1, 2), size=tuple(size), mode="bicubic",
                         align_corners=False)
     return out.permute(0, 2, 3, 1).to(pos_embed.dtype)
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of an NCHW map (official ``common.LayerNorm2d``, eps 1e-6).
-
-    ``forward(x [B, C, H, W]) -> [B, C, H, W]``. Keys ``weight``, ``bias`` ``[C]``.
-    """
-
-    def __init__(self, channels: int, eps: float = _LN_EPS) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = float(eps)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias,
-                         self.eps)
-        return x.permute(0, 3, 1, 2)
-
-
-class PatchEmbed(nn.Module):
-    """``Conv2d(k = s = 16)``; ``[B, 3, H, W] -> ([B, (H/16)(W/16), C], H/16, W/16)``. Key
-    ``proj``."""
-
-    def __init__(self, in_chans: int, dim: int, patch_size: int) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
-
-    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
-        x = self.proj(x)
-        h, w = x.shape[-2:]
-        return x.flatten(2).transpose(1, 2), h, w
 
 
 class MLPBlock(nn.Module):

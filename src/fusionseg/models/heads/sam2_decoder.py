@@ -88,6 +88,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers import LayerNorm2d
 from ..weights import CheckpointMismatchError, load_state_dict_file, rename_key
 
 __all__ = [
@@ -152,22 +153,6 @@ class MLPBlock(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.lin2(F.relu(self.lin1(x)))
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channels of ``[B, C, H, W]`` maps (official
-    ``sam2_utils.LayerNorm2d``, eps 1e-6). Keys ``weight``, ``bias`` ``[C]``."""
-
-    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.eps = eps
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias,
-                         self.eps)
-        return x.permute(0, 3, 1, 2)
 
 
 class Attention(nn.Module):

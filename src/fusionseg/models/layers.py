@@ -1,0 +1,43 @@
+"""Small layers shared by several backbones and heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["LayerNorm2d", "PatchEmbed"]
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channels of an NCHW map (SAM / SAM 2 ``LayerNorm2d``, ConvNeXt's
+    channels-first LayerNorm; eps 1e-6 as there).
+
+    ``forward(x [B, C, H, W]) -> [B, C, H, W]``. Keys ``weight``, ``bias`` ``[C]``.
+    """
+
+    def __init__(self, num_channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.eps = float(eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias,
+                         self.eps)
+        return x.permute(0, 3, 1, 2)
+
+
+class PatchEmbed(nn.Module):
+    """Non-overlapping patch embedding of a plain ViT: ``Conv2d(k = s = patch_size)``,
+    ``[B, C_in, H, W] -> ([B, (H/p)(W/p), C], H/p, W/p)``. Key ``proj`` (DINOv2, SAM)."""
+
+    def __init__(self, in_chans: int, dim: int, patch_size: int) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_chans, dim, patch_size, stride=patch_size)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, int, int]:
+        x = self.proj(x)
+        h, w = x.shape[-2:]
+        return x.flatten(2).transpose(1, 2), h, w
