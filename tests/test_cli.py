@@ -79,7 +79,11 @@ def test_eval_tables_and_json(trained):
     res = runner.invoke(app, ["eval", str(cfg), "--ckpt", str(ckpt), "--missing", "all"])
     assert res.exit_code == 0, res.output
     assert "per condition" in res.output and "night" in res.output
-    out = json.loads((run / "checkpoints" / "best_eval_val.json").read_text())
+    def no_nan(name):  # a strict parser: bare NaN / Infinity are not JSON
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    out = json.loads((run / "checkpoints" / "best_eval_val.json").read_text(),
+                     parse_constant=no_nan)
     assert set(out["per_condition"]) == {"cloud", "night"}
     assert set(out["missing"]) == {"rgb+depth", "rgb", "depth"}
     assert 0 <= out["overall"]["mIoU"] <= 100

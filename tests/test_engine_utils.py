@@ -137,3 +137,21 @@ def test_staged_learning_rates_per_group():
 
     with pytest.raises(ConfigError, match="lr_stages"):
         config_from_dict({"train": {"schedule": "stages"}})
+
+
+def test_json_results_are_strict_json_with_null_for_nan(tmp_path):
+    import json
+    import math
+
+    import torch
+
+    from fusionseg.engine.checkpoint import atomic_write_json, json_safe
+
+    obj = {"IoU": [1.5, float("nan"), float("inf")], "n": torch.tensor(2.0),
+           "nested": ({"x": -math.inf},)}
+    assert json_safe(obj) == {"IoU": [1.5, None, None], "n": 2.0, "nested": [{"x": None}]}
+    path = atomic_write_json(obj, tmp_path / "sub" / "r.json")
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json.loads(text)["IoU"] == [1.5, None, None]
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left

@@ -1,4 +1,4 @@
-"""Atomic checkpoint writing for Lightning.
+"""Atomic checkpoint (and JSON result) writing for Lightning.
 
 Lightning's ``TorchCheckpointIO`` writes the target path directly; a crash or a full disk in
 the middle of ``torch.save`` would leave a truncated ``last.ckpt`` or ``best.ckpt``. Here the
@@ -8,6 +8,8 @@ checkpoint goes to a temporary file in the same directory, is flushed and fsynce
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -32,6 +34,44 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def json_safe(obj: Any) -> Any:
+    """``obj`` with every non-finite float (NaN, +-inf) replaced by ``None``, recursively
+    through dicts, lists and tuples, so it serialises as strict JSON (``null``; a class absent
+    from the data has no IoU). Tensors and numpy scalars with ``.item()`` become Python
+    numbers."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 0) == 0:
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def atomic_write_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> Path:
+    """Write ``json_safe(obj)`` as strict JSON (``allow_nan=False``) to ``path`` atomically
+    (temporary file + ``os.replace``). Returns the path.
+
+    Raises:
+        TypeError: a value JSON cannot hold (from :func:`json.dumps`).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = json.dumps(json_safe(obj), indent=indent, allow_nan=False) + "\n"
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -10,7 +10,6 @@ and (optionally) missing-modality results (:mod:`fusionseg.engine.robustness`).
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +30,7 @@ from ..models import (
 )
 from ..models.weights import to_model_keys
 from ..runtime import setup_threads
-from .checkpoint import AtomicCheckpointIO
+from .checkpoint import AtomicCheckpointIO, atomic_write_json
 from .inference import predict_logits
 from .metrics import confusion_metric, metrics_from_confusion
 from .module import SegmentationModule
@@ -284,8 +283,6 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
             result["outputs"][n] = {"OA": r["OA"], "mAcc": r["mAcc"], "mIoU": r["mIoU"]}
     if write_json:
         out = Path(ckpt).with_name(Path(ckpt).stem + f"_eval_{cfg.data.val_split}.json")
-        tmp = out.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(result, indent=2, allow_nan=True))
-        os.replace(tmp, out)
+        atomic_write_json(result, out)  # strict JSON: null for classes absent from the data
         result["json"] = str(out)
     return result
