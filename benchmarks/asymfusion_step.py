@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
-import time
+
+from _common import gemm_gflops, peak_rss_gb, time_steps, train_step_fn
 
 
 def main() -> None:
@@ -34,11 +34,7 @@ def main() -> None:
     from fusionseg.runtime import configure_cpu_allocator
 
     configure_cpu_allocator()
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    a @ b
-    t = time.perf_counter()
-    a @ b
-    gemm = 2 * 2048**3 / (time.perf_counter() - t) / 1e9
+    gemm = gemm_gflops()
     torch.manual_seed(0)
     model = create_model({"name": "asymfusion", "backbone": args.backbone,
                           "modalities": ["rgb", "depth"], "num_classes": args.classes}).train()
@@ -47,21 +43,13 @@ def main() -> None:
              "label": torch.randint(0, args.classes, (args.batch, h, w))}
     opt = torch.optim.SGD([q for q in model.parameters() if q.requires_grad], lr=5e-4,
                           momentum=0.9, weight_decay=1e-5)
-    crit = SegmentationCriterion("ce")
-    times = []
-    for i in range(args.warmup + args.steps):
-        t = time.perf_counter()
-        loss, _ = crit(model(batch), batch["label"])
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - t)
+    times = time_steps(train_step_fn(model, batch, opt, SegmentationCriterion("ce")),
+                       args.warmup, args.steps)
     print(json.dumps({"backbone": args.backbone, "size": [h, w], "batch": args.batch,
                       "threads": torch.get_num_threads(), "gemm_gflops": round(gemm, 1),
                       **model.param_counts(), "step_s_mean": sum(times) / len(times),
                       "step_s_min": min(times),
-                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+                      "peak_rss_mb": peak_rss_gb() * 1024}))
 
 
 if __name__ == "__main__":

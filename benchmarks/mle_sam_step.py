@@ -15,22 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
-import time
+
+from _common import gemm_gflops, peak_rss_gb, time_steps, train_step_fn
 
 MODALITIES = ["rgb", "depth", "event", "lidar"]
-
-
-def gemm_gflops(n: int = 2048) -> float:
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    a @ b
-    return 2 * n**3 / (time.perf_counter() - t) / 1e9
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -53,29 +43,16 @@ def measure(args: argparse.Namespace) -> dict:
            "trainable_over_trunk": round(model.trainable_fraction(), 4)}
     if args.what == "train":
         opt = torch.optim.AdamW(model.param_groups(6e-4, 0.01, 1.0))
-        crit = SegmentationCriterion("ce")
         model.train()
-        times = []
-        for i in range(args.warmup + args.steps):
-            t = time.perf_counter()
-            loss, _ = crit(model(batch), batch["label"])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t)
+        times = time_steps(train_step_fn(model, batch, opt, SegmentationCriterion("ce")),
+                           args.warmup, args.steps)
     else:
         model.eval()
-        times = []
         with torch.no_grad():
-            for i in range(args.warmup + args.steps):
-                t = time.perf_counter()
-                model(batch)
-                if i >= args.warmup:
-                    times.append(time.perf_counter() - t)
+            times = time_steps(lambda: model(batch), args.warmup, args.steps)
     out.update(what=args.what, s_mean=round(sum(times) / len(times), 3),
                s_min=round(min(times), 3),
-               peak_rss_gb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2))
+               peak_rss_gb=round(peak_rss_gb(), 2))
     return out
 
 

@@ -17,15 +17,7 @@ import argparse
 import json
 import time
 
-
-def gemm_gflops(n: int = 2048) -> float:
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    t = time.perf_counter()
-    a @ b
-    return 2 * n**3 / (time.perf_counter() - t) / 1e9
+from _common import gemm_gflops, time_steps, train_step_fn
 
 
 def main() -> None:
@@ -65,19 +57,9 @@ def main() -> None:
         batch = {"irrg": torch.randn(args.batch, 3, s, s), "dsm": torch.rand(args.batch, 1, s, s),
                  "label": torch.randint(0, 6, (args.batch, s, s))}
         opt = torch.optim.AdamW(model.param_groups(2e-4, 0.05, 1.0))
-        crit = SegmentationCriterion("ce")
         model.train()
-        times = []
-        for i in range(args.warmup + args.steps):
-            t = time.perf_counter()
-            with amp:
-                out = model(batch)
-            loss, _ = crit(out, batch["label"])
-            loss.backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            if i >= args.warmup:
-                times.append(time.perf_counter() - t)
+        times = time_steps(train_step_fn(model, batch, opt, SegmentationCriterion("ce"), amp),
+                           args.warmup, args.steps)
         print(json.dumps({**base, "what": "train_step", "size": s, "batch": args.batch,
                           "step_s_mean": sum(times) / len(times), "step_s_min": min(times)}))
         return

@@ -20,23 +20,10 @@ import argparse
 import json
 import subprocess
 import sys
-import time
+
+from _common import gemm_gflops
 
 MODALITIES = ["rgb", "depth", "event", "lidar", "thermal", "nir"]
-
-
-def gemm_gflops(n: int = 2048, reps: int = 3) -> float:
-    """Best-of-``reps`` fp32 matmul throughput (GFLOPS) on the current torch threads."""
-    import torch
-
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - t)
-    return 2 * n**3 / best / 1e9
 
 
 def child(args: argparse.Namespace) -> None:
