@@ -200,11 +200,13 @@ class MLESAMSegmentor(Segmentor):
             levels = self.neck(feats)
         fused = []
         for lvl, f in enumerate(levels):
-            per = f.view(len(run), b, *f.shape[1:])
-            full = [per.new_zeros(per.shape[1:])] * len(images)
-            for i, j in enumerate(run):
-                full[j] = per[i]
-            fused.append(self.routers[lvl](torch.stack(full, dim=0), present))
+            per = f.view(len(run), b, *f.shape[1:])  # [R, B, d, h, w]
+            if len(run) < len(images):  # zeros for the modalities not encoded
+                full = [per.new_zeros(per.shape[1:])] * len(images)
+                for i, j in enumerate(run):
+                    full[j] = per[i]
+                per = torch.stack(full, dim=0)
+            fused.append(self.routers[lvl](per, present))
         return fused
 
     def forward(self, batch: Mapping[str, object]) -> Tensor | SegmentationOutput:
