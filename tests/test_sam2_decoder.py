@@ -160,6 +160,13 @@ def hf_model():
                                  dynamic_multimask_via_stability=False)
     hf = T.Sam2Model(T.Sam2Config(vision_config=vc, prompt_encoder_config=pc,
                                   mask_decoder_config=mc)).eval()
+    return _randomise_decoder(hf)
+
+
+def _randomise_decoder(hf):
+    """Random non-trivial decoder / prompt-encoder weights of a HF Sam(2)Model (in place):
+    tokens and embeddings N(0, 1), biases and norms shifted, weights with unit-variance
+    outputs (HF initialises with std 0.02)."""
     with torch.no_grad():
         for n, p in hf.named_parameters():
             if n.startswith("vision_encoder."):
@@ -168,7 +175,7 @@ def hf_model():
                 p.normal_(0, 1)
             elif p.ndim == 1:
                 p.add_(torch.randn_like(p) * 0.3)
-            else:  # weights: unit-variance outputs (HF initialises with std 0.02)
+            else:
                 fan_in = p[0].numel() if "upscale" not in n else p.shape[0]
                 p.normal_(0, fan_in ** -0.5)
         hf.shared_image_embedding.positional_embedding.normal_(0, 1)
@@ -433,19 +440,7 @@ def hf_sam1():
                                 layer_norm_eps=1e-5)
     hf = T.SamModel(T.SamConfig(vision_config=vc, prompt_encoder_config=pc,
                                 mask_decoder_config=mc)).eval()
-    with torch.no_grad():
-        for n, p in hf.named_parameters():
-            if n.startswith("vision_encoder."):
-                continue
-            if "token" in n or "embed" in n:
-                p.normal_(0, 1)
-            elif p.ndim == 1:
-                p.add_(torch.randn_like(p) * 0.3)
-            else:
-                fan_in = p[0].numel() if "upscale" not in n else p.shape[0]
-                p.normal_(0, fan_in ** -0.5)
-        hf.shared_image_embedding.positional_embedding.normal_(0, 1)
-    return hf
+    return _randomise_decoder(hf)
 
 
 def _hf_sam1_pe(hf, h, w):
