@@ -96,3 +96,225 @@ def sample_panel(sample: dict, modalities: Sequence[str], pred: torch.Tensor | n
         images["label"] = colorize(sample["label"], palette, ignore_index)
     images["prediction"] = colorize(pred, palette, ignore_index)
     return images
+
+
+# --------------------------------------------------------------------------- robustness plots
+def _pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (files only, no display)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save_figure(fig, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    _pyplot().close(fig)
+    return path
+
+
+def _no_data(ax, title: str) -> None:
+    ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
+    ax.set_title(title, fontsize=10)
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _subset_label(entry: dict) -> str:
+    return "+".join(entry["present"])
+
+
+def _plot_emm_bars(ax, emm: dict) -> None:
+    """Horizontal mIoU bars per subset (first subset on top), mean line, expectations."""
+    subsets = emm.get("subsets") or []
+    if not subsets:
+        _no_data(ax, "EMM: mIoU per modality subset")
+        return
+    ys = np.arange(len(subsets))
+    for y, entry in zip(ys, subsets, strict=True):
+        v = entry.get("mIoU")
+        if v is None:
+            ax.text(0.5, y, "n/a", va="center", fontsize=8)
+            continue
+        ax.barh(y, v, color="tab:blue", height=0.7)
+        ax.text(v, y, f" {v:.1f}", va="center", fontsize=8)
+    ax.set_yticks(ys, [_subset_label(e) for e in subsets], fontsize=8)
+    ax.set_ylim(len(subsets) - 0.5, -0.5)  # first subset on top
+    if emm.get("mean") is not None:
+        ax.axvline(emm["mean"], color="tab:red", linestyle="--", label=f"mean {emm['mean']:.1f}")
+    for p, v in (emm.get("expectation") or {}).items():
+        if v is not None:  # legend entries without a marker
+            ax.plot([], [], linestyle="none", label=f"E[p={p}] {v:.1f}")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(loc="best", fontsize=8, handlelength=1.5)
+    ax.set_xlabel("mIoU (%)")
+    ax.set_xlim(0, max([e["mIoU"] for e in subsets if e.get("mIoU") is not None] + [1]) * 1.25)
+    ax.set_title("EMM: mIoU per modality subset", fontsize=10)
+
+
+def _plot_emm_curve(ax, emm: dict) -> None:
+    """Mean mIoU over the subsets with ``k`` missing modalities, against ``k``."""
+    by_missing: dict[int, list[float]] = {}
+    for entry in emm.get("subsets") or []:
+        if entry.get("mIoU") is not None:
+            by_missing.setdefault(len(entry.get("missing", [])), []).append(entry["mIoU"])
+    if not by_missing:
+        _no_data(ax, "EMM: degradation with missing modalities")
+        return
+    ks = sorted(by_missing)
+    means = [float(np.mean(by_missing[k])) for k in ks]
+    ax.plot(ks, means, marker="o", color="tab:blue")
+    for k, v in zip(ks, means, strict=True):
+        ax.annotate(f"{v:.1f}", (k, v), textcoords="offset points", xytext=(0, 6),
+                    ha="center", fontsize=8)
+    ax.set_xticks(ks)
+    ax.set_xlabel("missing modalities")
+    ax.set_ylabel("mean mIoU (%)")
+    ax.set_ylim(0, max(means) * 1.2 + 1)
+    ax.set_title("EMM: degradation with missing modalities", fontsize=10)
+
+
+def _plot_rmm(ax, rmm: dict) -> None:
+    """Grouped horizontal bars: one group per subset, one bar per failure ratio ``r``."""
+    ratios = rmm.get("ratios") or []
+    labels: list[str] = []
+    for ratio in ratios:
+        for entry in ratio.get("subsets") or []:
+            if _subset_label(entry) not in labels:
+                labels.append(_subset_label(entry))
+    if not labels:
+        _no_data(ax, "RMM: mIoU per subset and failure ratio r")
+        return
+    height = 0.8 / len(ratios)
+    for i, ratio in enumerate(ratios):
+        values = {_subset_label(e): e.get("mIoU") for e in ratio.get("subsets") or []}
+        ys = [j - 0.4 + (i + 0.5) * height for j, lab in enumerate(labels)
+              if values.get(lab) is not None]
+        xs = [values[lab] for lab in labels if values.get(lab) is not None]
+        mean = ratio.get("mean")
+        name = f"r={ratio['r']}" + (f" (mean {mean:.1f})" if mean is not None else "")
+        ax.barh(ys, xs, height=height, label=name)
+    ax.set_yticks(np.arange(len(labels)), labels, fontsize=8)
+    ax.set_ylim(len(labels) - 0.5, -0.5)  # first subset on top
+    ax.set_xlabel("mIoU (%)")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title("RMM: mIoU per subset and failure ratio r", fontsize=10)
+
+
+def _plot_nm(ax, nm: dict) -> None:
+    """mIoU against the noise level for both noise variants; the clean mIoU is level 0."""
+    levels = nm.get("levels") or []
+    ticks = ["clean"] + [
+        f"{lv['level']}\np={lv.get('density')}, σ={lv.get('std')}" for lv in levels
+    ]
+    variants = {"salt-and-pepper + Gaussian": "mIoU",
+                "salt-and-pepper only": "mIoU_salt_pepper_only"}
+    drawn = False
+    for name, key in variants.items():
+        points = [(0, nm.get("clean"))] + [(i + 1, lv.get(key)) for i, lv in enumerate(levels)]
+        points = [(x, y) for x, y in points if y is not None]
+        if points:
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, marker="o", label=name)
+            drawn = True
+    if not drawn:
+        _no_data(ax, "NM: degradation with sensor noise")
+        return
+    ax.set_xticks(np.arange(len(ticks)), ticks, fontsize=8)
+    ax.set_xlabel("noise level")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    ax.set_title("NM: degradation with sensor noise", fontsize=10)
+
+
+def plot_robustness(results: dict[str, dict], path: str | Path) -> Path:
+    """One PNG of the robustness protocols' results, one panel per protocol given.
+
+    Args:
+        results: protocol name (``"emm"``, ``"rmm"``, ``"nm"``; any subset) -> the result
+            JSON dict written by ``fusionseg eval --protocol`` (percent floats or null).
+            EMM gives two panels: mIoU bars per modality subset (mean as a dashed line, the
+            Bernoulli-failure expectations in a box) and the mean mIoU against the number of
+            missing modalities; RMM gives grouped bars per subset, one per failure ratio ``r``;
+            NM gives mIoU against the noise level (clean, low, mid, high) for the two noise
+            variants. Null values are left out.
+        path: the PNG to write; parent dirs are created.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: ``results`` is empty or names an unknown protocol.
+    """
+    known = ("emm", "rmm", "nm")
+    unknown = [k for k in results if k not in known]
+    if not results or unknown:
+        raise ValueError(f"plot_robustness needs results of protocols {', '.join(known)}; "
+                         f"got {sorted(results) or 'none'}")
+    panels = []
+    if "emm" in results:
+        panels += [(_plot_emm_bars, results["emm"]), (_plot_emm_curve, results["emm"])]
+    if "rmm" in results:
+        panels.append((_plot_rmm, results["rmm"]))
+    if "nm" in results:
+        panels.append((_plot_nm, results["nm"]))
+    ncols = min(len(panels), 2)
+    nrows = -(-len(panels) // ncols)
+    plt = _pyplot()
+    fig, axes = plt.subplots(nrows, ncols, figsize=(6.2 * ncols, 4.4 * nrows), squeeze=False)
+    for ax, (draw, res) in zip(axes.flat, panels, strict=False):
+        draw(ax, res)
+    for ax in list(axes.flat)[len(panels):]:
+        ax.axis("off")
+    first = next(iter(results.values()))
+    header = [str(first.get(k)) for k in ("dataset", "split") if first.get(k)]
+    if first.get("modalities"):
+        header.append("+".join(first["modalities"]))
+    if first.get("checkpoint"):
+        header.append(Path(first["checkpoint"]).name)
+    if header:
+        fig.suptitle("  ".join(header), fontsize=11)
+    return _save_figure(fig, path)
+
+
+def plot_report(rows: list[dict], path: str | Path) -> Path:
+    """Grouped bar chart across runs: mIoU (all modalities), EMM mean and E[p=0.1] per run.
+
+    Args:
+        rows: one dict per run as :func:`fusionseg.report.collect_run` returns (keys ``run``,
+            ``mIoU``, ``emm_mean``, ``expectation``); null values are left out.
+        path: the PNG to write; parent dirs are created.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+    """
+    series = {
+        "mIoU (all modalities)": [r.get("mIoU") for r in rows],
+        "EMM mean": [r.get("emm_mean") for r in rows],
+        "E[p=0.1]": [(r.get("expectation") or {}).get("0.1") for r in rows],
+    }
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5.0, 1.6 * len(rows) + 2), 4.2))
+    width = 0.8 / len(series)
+    for i, (name, values) in enumerate(series.items()):
+        points = [(j - 0.4 + (i + 0.5) * width, v) for j, v in enumerate(values) if v is not None]
+        if not points:
+            continue
+        xs, ys = zip(*points, strict=True)
+        bars = ax.bar(xs, ys, width=width, label=name)
+        ax.bar_label(bars, fmt="%.1f", fontsize=7)
+    ax.set_xticks(np.arange(len(rows)), [r["run"].replace("/", "/\n") for r in rows],
+                  fontsize=8)
+    ax.set_ylabel("mIoU (%)")
+    ax.set_ylim(bottom=0)
+    ax.margins(y=0.15)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    ax.set_title("runs compared", fontsize=10)
+    return _save_figure(fig, path)
