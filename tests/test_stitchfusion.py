@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import warnings
 from pathlib import Path
 
@@ -391,8 +392,9 @@ def test_one_to_eight_modalities(m):
         tiny_model(9)
 
 
-def test_missing_modalities_enter_as_zeros():
-    model = tiny_model(3, "pairwise", "featurecross").eval()
+def test_missing_zeros_mode_feeds_zero_images():
+    """``missing="zeros"``: an absent key, a present-false flag and a zero image are the same."""
+    model = tiny_model(3, "pairwise", "featurecross", missing="zeros").eval()
     xs = inputs(3, h=32, w=32)
     with torch.no_grad():
         zeros = model({"rgb": xs[0], "depth": torch.zeros_like(xs[1]), "event": xs[2]})
@@ -401,6 +403,184 @@ def test_missing_modalities_enter_as_zeros():
         masked = model({"rgb": xs[0], "depth": xs[1], "event": xs[2], "present": present})
     torch.testing.assert_close(absent, zeros)
     torch.testing.assert_close(masked, zeros)
+
+
+@pytest.mark.parametrize("fusion", ["sum", "featurecross"])
+def test_skip_and_zeros_differ_when_missing_and_agree_when_all_present(fusion):
+    skip = tiny_model(3, "pairwise", fusion).eval()
+    assert skip.missing == "skip"
+    zeros = tiny_model(3, "pairwise", fusion, missing="zeros").eval()
+    zeros.load_state_dict(skip.state_dict())
+    xs = inputs(3, h=32, w=32)
+    with torch.no_grad():
+        assert torch.equal(skip(batch_of(xs)), zeros(batch_of(xs)))
+        for gone in MODS[:3]:
+            b = {k: v for k, v in batch_of(xs).items() if k != gone}
+            assert (skip(b) - zeros(b)).abs().max() > 1e-3, gone
+
+
+def _model_over(model: StitchFusionSegmentor, keep: list[int], **kw) -> StitchFusionSegmentor:
+    """A StitchFusion over ``keep`` (indices into ``model.modalities``) with ``model``'s
+    weights: the adapters among the kept streams renumbered, the FeatureCross projection
+    restricted to their input columns, everything else as it is."""
+    adapters = model.stage_adapters
+    sub = tiny_model(len(keep), adapters, model.fusion_kind, **kw)
+    sub.modalities = [model.modalities[i] for i in keep]  # same names as the big model
+    src = model.state_dict()
+    out = {}
+    for k in sub.state_dict():
+        mt = re.match(r"^(adapters\.block\d\.\d+\.adap_t_(?:att|mlp))(\d)(\d)(\..+)$", k)
+        if mt:
+            a, b = keep[int(mt.group(2)) - 1] + 1, keep[int(mt.group(3)) - 1] + 1
+            out[k] = src[f"{mt.group(1)}{a}{b}{mt.group(4)}"]
+        elif re.match(r"^fusion\.\d\.proj\.weight$", k):
+            w = src[k]
+            c = w.shape[0]
+            out[k] = w.view(c, len(model.modalities), c)[:, keep].reshape(c, -1)
+        else:
+            out[k] = src[k]
+    sub.load_state_dict(out)
+    return sub.eval()
+
+
+@pytest.mark.parametrize(
+    "adapter, fusion, gone",
+    [("pairwise", "featurecross", 1), ("directional", "sum", 0), ("shared", "sum", 2),
+     ([None, "shared", "pairwise", "directional"], "featurecross", 0)],
+)
+def test_skipped_modality_equals_the_model_over_the_others(adapter, fusion, gone):
+    """``missing="skip"``: 3 streams with one absent == the 2-stream model with the same
+    encoder, the adapters among the 2 streams and FeatureCross's columns of those streams;
+    a sample flagged absent in a mixed batch gets the same logits."""
+    model = tiny_model(3, adapter, fusion).eval()
+    keep = [i for i in range(3) if i != gone]
+    sub = _model_over(model, keep)
+    xs = inputs(3, h=32, w=64)
+    names = MODS[:3]
+    b_abs = {names[i]: xs[i] for i in keep}
+    present = torch.ones(2, 3, dtype=torch.bool)
+    present[0, gone] = False
+    mixed = dict(batch_of(xs), present=present)
+    with torch.no_grad():
+        ref = sub(b_abs)
+        torch.testing.assert_close(model(b_abs), ref, atol=1e-5, rtol=1e-4)
+        out = model(mixed)
+        torch.testing.assert_close(out[:1], ref[:1], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(out[1:], model(batch_of([x[1:] for x in xs])), atol=1e-5,
+                                   rtol=1e-4)
+        # the dropped stream matters when present: the check is not vacuous
+        assert (model(batch_of(xs)) - ref).abs().max() > 1e-3
+
+
+def test_skipped_stream_is_not_encoded():
+    model = tiny_model(3, "pairwise", "sum").eval()
+    seen = []
+    hook = model.backbone.patch_embed1.register_forward_hook(
+        lambda mod, args, out: seen.append(args[0].shape[0]))
+    xs = inputs(3, h=32, w=32)
+    with torch.no_grad():
+        model({"rgb": xs[0], "event": xs[2]})
+        model(dict(batch_of(xs), present=torch.tensor([[True, False, True]] * 2)))
+        model(dict(batch_of(xs), present=torch.tensor([[True, False, True], [True, True, True]])))
+    hook.remove()
+    assert seen == [2 * 2, 2 * 2, 3 * 2]  # R streams x B samples
+
+
+def test_skipped_stream_adapters_get_no_gradient_in_training():
+    """Training with a modality absent: the adapters from and to it are not applied (no
+    gradient); those among the present streams train. A mixed batch trains too."""
+    model = tiny_model(3, "pairwise", "featurecross").train()
+    xs = inputs(3, h=32, w=32)
+    model({"rgb": xs[0], "event": xs[2]}).square().mean().backward()
+    ad = model.adapters["block1"][0]
+    assert ad.adap_t_att13.adapter_down.weight.grad is not None
+    for name in ("adap_t_att12", "adap_t_att23", "adap_t_mlp12", "adap_t_mlp23"):
+        assert getattr(ad, name).adapter_down.weight.grad is None, name
+    model.zero_grad(set_to_none=True)
+    present = torch.tensor([[True, False, True], [True, True, True]])
+    model(dict(batch_of(xs), present=present)).square().mean().backward()
+    g = ad.adap_t_att12.adapter_down.weight.grad
+    assert g is not None and g.abs().sum() > 0
+
+
+def test_stage_sum_over_present_streams_equals_manual_computation():
+    """No adapters, sum fusion, ``skip``: each stage map is the sum over the sample's present
+    streams of the shared encoder's maps."""
+    model = tiny_model(3, None, "sum").eval()
+    xs = inputs(3, b=3, h=32, w=32)
+    present = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
+    with torch.no_grad():
+        x, streams, mask = model.streams_to_run(dict(batch_of(xs), present=present))
+        assert streams is None and torch.equal(mask, present)
+        feats = model.encode(x, streams, mask)
+        per_stream = [model.backbone(x) for x in xs]
+    for s, f in enumerate(feats):
+        for i in range(3):
+            expected = sum(per_stream[m][s][i] for m in range(3) if present[i, m])
+            torch.testing.assert_close(f[i], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_sum_fusion_baseline_is_the_mean_over_present_modalities():
+    """``sum_fusion``: stage maps = per-sample mean over the present modalities (sum / count),
+    both encoder paths; with all present, the sum divided by M."""
+    spec = {"name": "sum_fusion", "backbone": "mit_b0", "modalities": MODS[:3],
+            "num_classes": K, "decoder_dim": 32, "backbone_kwargs": TINY}
+    model = create_model(spec).eval()
+    xs = inputs(3, b=3, h=32, w=32)
+    present = torch.tensor([[True, True, True], [True, False, True], [False, True, False]])
+    batch = dict(batch_of(xs), present=present)
+    with torch.no_grad():
+        per_stream = [model.backbone(x) for x in xs]
+        for batched in (True, False):
+            model.batch_modalities = batched
+            feats = model.encode(model._modality_inputs(batch))
+            full = model.encode(model._modality_inputs(batch_of(xs)))
+            for s in range(4):
+                for i in range(3):
+                    ms = [m for m in range(3) if present[i, m]]
+                    expected = sum(per_stream[m][s][i] for m in ms) / len(ms)
+                    torch.testing.assert_close(feats[s][i], expected, atol=1e-5, rtol=1e-4)
+                torch.testing.assert_close(
+                    full[s], sum(p[s] for p in per_stream) / 3, atol=1e-5, rtol=1e-4)
+            # the logits of the missing samples equal those with the keys absent
+            out = model(batch)
+            torch.testing.assert_close(
+                out[1:2], model({"rgb": xs[0][1:2], "event": xs[2][1:2]}), atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                out[2:3], model({"depth": xs[1][2:3]}), atol=1e-5, rtol=1e-4)
+
+
+def test_multiadapter_skipping_a_stream_equals_masking_its_messages():
+    """Rows skipped by ``streams`` == rows whose messages are masked by ``present``, for the
+    other rows; a masked source sends nothing."""
+    torch.manual_seed(0)
+    for density in ("shared", "pairwise", "directional"):
+        ad = MultiAdapter(8, 4, density, dropout=0.0).eval()
+        for p in ad.parameters():
+            torch.nn.init.normal_(p, std=0.5)
+        norm = torch.nn.LayerNorm(8)
+        x = torch.randn(4, 2, 5, 8)
+        present = torch.ones(2, 4, dtype=torch.bool)
+        present[1, 2] = False
+        masked = ad(x, "mlp", norm, torch.nn.Identity(), present=present)
+        skipped = ad(x[[0, 1, 3]], "mlp", norm, torch.nn.Identity(), streams=[0, 1, 3])
+        torch.testing.assert_close(masked[[0, 1, 3], 1], skipped[:, 1])
+        full = ad(x, "mlp", norm, torch.nn.Identity())
+        torch.testing.assert_close(masked[:, 0], full[:, 0])
+        assert (full[[0, 1, 3], 1] - skipped[:, 1]).abs().max() > 1e-3, density
+        # manual: only the kept streams, in order, with their own adapters
+        s = [x[j, 1:] for j in (0, 1, 3)]
+        idx = [0, 1, 3]
+        for a in range(3):
+            src = norm(s[a])
+            for b in range(3):
+                if b != a:
+                    s[b] = s[b] + ad.adapter("mlp", idx[a], idx[b])(src)
+        torch.testing.assert_close(skipped[:, 1:], torch.stack(s))
+    with pytest.raises(ValueError, match="increasing"):
+        ad(x[:2], "att", norm, torch.nn.Identity(), streams=[1, 0])
+    with pytest.raises(ValueError, match=r"present must be bool\[2, 4\]"):
+        ad(x, "att", norm, torch.nn.Identity(), present=present[:, :3])
 
 
 def test_one_channel_modality_is_repeated():
@@ -419,6 +599,8 @@ def test_bad_options():
         tiny_model(2, ["pairwise", "pairwise"])
     with pytest.raises(ValueError, match="fusion"):
         tiny_model(2, fusion="concat")
+    with pytest.raises(ValueError, match="unknown missing mode 'drop'"):
+        tiny_model(2, missing="drop")
     with pytest.raises(ValueError, match="unknown key"):
         create_model({"name": "stitchfusion", "num_classes": 3, "adaptor": "pairwise"})
 

@@ -184,7 +184,18 @@ class FeatureCrossStage(nn.Module):
         num_streams: ``M`` (1..8).
         reduction: channel-attention reduction (16).
 
-    ``forward(x [M, B, N, C], H, W) -> [B, C, H, W]`` (a channels-last view).
+    ``forward(x [R, B, N, C], H, W, streams=None, present=None) -> [B, C, H, W]`` (a
+    channels-last view); ``R = M`` unless ``streams`` names a subset.
+
+    Missing streams (ours; the release has no such case): ``proj`` is a sum of per-stream
+    linear maps, ``proj(concat_m x_m) = bias + sum_m W_m x_m`` (``W_m``: the ``C`` input columns
+    of stream ``m``), so a missing stream is skipped by leaving its term out: the streams not
+    in ``streams`` (absent from the whole batch) drop their columns of ``proj``, and a row whose
+    ``present`` entry is false contributes zeros for that sample. The Mix-FFN and the channel
+    attention then run on that projection, as with every stream present. Leaving the term out
+    is what StitchFusion's sum fusion does for a missing stream, it is defined for any
+    non-empty subset and per sample, and it gives the same result whether a stream is absent
+    or present-flagged false.
     """
 
     def __init__(self, dim: int, num_streams: int, reduction: int = 16) -> None:
@@ -196,15 +207,55 @@ class FeatureCrossStage(nn.Module):
         self.channel_attn = ChannelAttention(dim, reduction)
         release_init(self)
 
-    def forward(self, x: Tensor, H: int, W: int) -> Tensor:
-        m, b, n, c = x.shape
-        if m != self.num_streams or c != self.dim:
+    def forward(
+        self,
+        x: Tensor,
+        H: int,
+        W: int,
+        streams: list[int] | None = None,
+        present: Tensor | None = None,
+    ) -> Tensor:
+        """Fuse the stream tokens.
+
+        Args:
+            x: ``[R, B, N, C]`` tokens, ``N = H * W``; row ``r`` is stream ``streams[r]``.
+            H, W: the stage's token grid.
+            streams: the streams the rows are, increasing, from ``0..M-1`` (``None`` = all).
+            present: ``bool[B, R]`` or ``None`` (all true); false = the row is missing for
+                that sample (its tokens are not read).
+
+        Returns:
+            ``[B, C, H, W]``.
+
+        Raises:
+            ValueError: ``x`` not ``[R, B, N, C]`` for ``R`` = the number of ``streams``, bad
+                ``streams`` or ``present``.
+        """
+        r, b, n, c = x.shape
+        expected = self.num_streams if streams is None else len(streams)
+        if r != expected or c != self.dim:
             raise ValueError(
-                f"FeatureCrossStage expects [{self.num_streams}, B, N, {self.dim}], "
+                f"FeatureCrossStage expects [{expected}, B, N, {self.dim}], "
                 f"got {tuple(x.shape)}"
             )
-        # concat over streams along channels: [B, N, M * C] with block m = stream m
-        cat = x[0] if m == 1 else x.permute(1, 2, 0, 3).reshape(b, n, m * c)
-        y = self.proj(cat)
+        weight = self.proj.weight
+        if streams is not None and list(streams) != list(range(self.num_streams)):
+            if sorted(set(streams)) != list(streams) or not all(
+                0 <= i < self.num_streams for i in streams
+            ):
+                raise ValueError(
+                    f"streams must be increasing indices in 0..{self.num_streams - 1}, "
+                    f"got {streams}"
+                )
+            # keep the input columns of the given streams: [C, M * C] -> [C, R * C]
+            weight = weight.view(c, self.num_streams, c)[:, list(streams)].reshape(c, r * c)
+        if present is not None:
+            if tuple(present.shape) != (b, r):
+                raise ValueError(f"present must be bool[{b}, {r}], got {tuple(present.shape)}")
+            if not bool(present.all()):
+                x = x * present.t().to(x.dtype).view(r, b, 1, 1)
+        # concat over streams along channels: [B, N, R * C] with block r = row r
+        cat = x[0] if r == 1 else x.permute(1, 2, 0, 3).reshape(b, n, r * c)
+        y = F.linear(cat, weight, self.proj.bias)  # == self.proj(cat) with every stream
         y = self.mix_ffn(y, H, W) + self.channel_attn(y)
         return y.transpose(1, 2).reshape(b, c, H, W)

@@ -32,7 +32,7 @@ Our module names are exactly those names, so a block's adapters load from the re
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -116,6 +116,11 @@ class MultiAdapter(PeftModule):
     added to every target (identical result). The ``M - 1`` adapters of one source run as one
     batched computation (see :meth:`_send`) and the targets are updated with one
     ``index_add``, so the cost grows with the number of sources, not of pairs, in kernels.
+
+    **Missing streams** (ours; the release always has every stream): ``forward``'s ``streams``
+    runs a subset of the ``M`` streams, using only the adapters among them (a missing
+    modality of the whole batch is skipped); ``present`` zeroes a row's messages for the
+    samples that miss it, which gives the other rows the same values as skipping it.
     """
 
     def __init__(
@@ -172,51 +177,86 @@ class MultiAdapter(PeftModule):
         kind: str,
         norm: Callable[[Tensor], Tensor],
         drop_path: Callable[[Tensor], Tensor],
+        streams: Sequence[int] | None = None,
+        present: Tensor | None = None,
     ) -> Tensor:
         """Mix the streams.
 
         Args:
-            x: stream tokens ``[M, B, N, C]`` (after the block's attention or MLP residual).
+            x: stream tokens ``[R, B, N, C]`` (after the block's attention or MLP residual),
+                row ``r`` = stream ``streams[r]``.
             kind: ``"att"`` (after attention; ``norm`` = the block's ``norm1``) or ``"mlp"``
                 (after the Mix-FFN; ``norm`` = ``norm2``).
             norm: the block's LayerNorm applied to the source stream.
             drop_path: the block's stochastic-depth module.
+            streams: which of the ``M`` streams the rows of ``x`` are, strictly increasing
+                (``None`` = all, ``R = M``). A stream left out is *skipped*: it neither sends
+                nor receives, so only the adapters among the given streams run, in the same
+                sequential source order (a missing modality of the whole batch).
+            present: ``bool[B, R]`` or ``None`` (all true): where false, the row's messages to
+                the other rows are zeroed for that sample (it still receives; a sample missing
+                a modality in a mixed batch). With ``present`` false exactly for the samples
+                and rows left out by ``streams``, the other rows get the same values as with
+                those streams skipped.
 
         Returns:
-            ``[M, B, N, C]``: ``x`` plus the adapter contributions (a new tensor).
+            ``[R, B, N, C]``: ``x`` plus the adapter contributions (a new tensor).
+
+        Raises:
+            ValueError: ``streams`` not increasing indices below ``M``, or not ``R`` of them;
+                ``present`` not ``[B, R]``.
         """
-        m = x.shape[0]
-        if m != self.num_streams:
-            raise ValueError(f"MultiAdapter built for {self.num_streams} streams, got {m}")
-        if m < 2:
+        r = x.shape[0]
+        if streams is None:
+            if r != self.num_streams:
+                raise ValueError(f"MultiAdapter built for {self.num_streams} streams, got {r}")
+            streams = range(r)
+        else:
+            streams = [int(i) for i in streams]
+            increasing = all(a < b for a, b in zip(streams, streams[1:], strict=False))
+            in_range = all(0 <= i < self.num_streams for i in streams)
+            if len(streams) != r or not increasing or not in_range:
+                raise ValueError(
+                    f"streams must be {r} increasing indices in 0..{self.num_streams - 1}, "
+                    f"got {streams}"
+                )
+        if r < 2:
             return x
-        recompute = self.recompute and self.training and torch.is_grad_enabled()
         _, b, n, c = x.shape
-        for i in range(m):
-            targets = torch.tensor([j for j in range(m) if j != i], device=x.device)
+        if present is not None and tuple(present.shape) != (b, r):
+            raise ValueError(f"present must be bool[{b}, {r}], got {tuple(present.shape)}")
+        recompute = self.recompute and self.training and torch.is_grad_enabled()
+        for i in range(r):
+            targets = torch.tensor([j for j in range(r) if j != i], device=x.device)
+            dsts = [streams[j] for j in range(r) if j != i]
             if recompute:
-                y = checkpoint(self._send, kind, i, x[i], norm, use_reentrant=False)
+                y = checkpoint(self._send, kind, streams[i], dsts, x[i], norm,
+                               use_reentrant=False)
             else:
-                y = self._send(kind, i, x[i], norm)
-            if y.shape[0] != m - 1:  # shared adapter in eval: one output for every target
-                y = y.expand(m - 1, b, n, c)
+                y = self._send(kind, streams[i], dsts, x[i], norm)
+            if present is not None and not bool(present[:, i].all()):
+                y = y * present[:, i].to(y.dtype).view(1, b, 1, 1)  # no message from a gap
+            if y.shape[0] != r - 1:  # shared adapter in eval: one output for every target
+                y = y.expand(r - 1, b, n, c)
             if self.training:  # per (target, sample) stochastic depth, as the release's calls
-                y = drop_path(y.reshape((m - 1) * b, n, c)).view(m - 1, b, n, c)
+                y = drop_path(y.reshape((r - 1) * b, n, c)).view(r - 1, b, n, c)
             x = x.index_add(0, targets, y)  # out of place: x_j += y_j for the targets
         return x
 
-    def _send(self, kind: str, i: int, s: Tensor, norm: Callable[[Tensor], Tensor]) -> Tensor:
+    def _send(
+        self, kind: str, i: int, targets: Sequence[int], s: Tensor,
+        norm: Callable[[Tensor], Tensor],
+    ) -> Tensor:
         """Contributions ``A_ij(norm(s))`` of source stream ``i`` (tokens ``s: [B, N, C]``) to
-        the targets ``j != i`` in order: ``[M - 1, B, N, C]`` (``[1, B, N, C]`` for a shared
-        adapter in eval, to be broadcast).
+        the streams ``j`` in ``targets`` (in order): ``[len(targets), B, N, C]``
+        (``[1, B, N, C]`` for a shared adapter in eval, to be broadcast).
 
-        The ``M - 1`` adapters run batched: one ``Linear(C -> (M-1) * h)`` of the stacked
-        ``adapter_down`` weights, a block-diagonal ``adapter_mid``, GELU, dropout (independent
-        per target) and a batched ``adapter_up``; the same function as applying each
+        The adapters run batched: one ``Linear(C -> K * h)`` of the stacked ``adapter_down``
+        weights, a block-diagonal ``adapter_mid``, GELU, dropout (independent per target) and
+        a batched ``adapter_up``; the same function as applying each
         :class:`BottleneckAdapter` in turn.
         """
         src = norm(s)
-        targets = [j for j in range(self.num_streams) if j != i]
         if self.density == "shared" and not self.training:
             return self.adapter(kind, i, targets[0])(src).unsqueeze(0)
         ads = [self.adapter(kind, i, j) for j in targets]

@@ -1,9 +1,16 @@
-"""Baseline segmentors: late sum fusion over a shared SegFormer encoder.
+"""Baseline segmentors: late fusion (a per-sample mean) over a shared SegFormer encoder.
 
 ``sum_fusion`` (alias ``segformer``): one MiT encoder shared by all modalities (SegFormer,
-Xie et al. NeurIPS 2021); the four stage maps of the present modalities are summed and decoded
-by the SegFormer all-MLP head. With a single modality it is the plain SegFormer (RGB-only)
-baseline.
+Xie et al. NeurIPS 2021); at each of the four stages the maps of the modalities present in a
+sample are averaged (their sum divided by their number, per sample) and decoded by the
+SegFormer all-MLP head. With every modality present that is the sum divided by ``M``; with a
+single modality it is the plain SegFormer (RGB-only) baseline.
+
+Missing modalities (ours; a late-fusion baseline has no paper protocol): an absent key, or a
+sample whose ``present`` entry is false, is left out of that sample's mean, so an absent key
+and a zero (or any) image flagged absent give the same logits, and the fused maps keep the
+scale of one modality's features whatever the number present (a masked *sum* would shrink
+with every missing modality).
 """
 
 from __future__ import annotations
@@ -23,12 +30,19 @@ from .base import ModalityInput, Segmentor
 __all__ = ["SumFusionSegmentor", "build_sum_fusion"]
 
 
+def _like(count: Tensor | float, f: Tensor) -> Tensor | float:
+    """The divisor ``count`` in ``f``'s dtype (a bf16 feature stays bf16 under autocast)."""
+    return count.to(f.dtype) if isinstance(count, Tensor) else count
+
+
 class SumFusionSegmentor(Segmentor):
-    """Shared encoder, per-stage sum over modalities, SegFormer head.
+    """Shared encoder, per-stage mean over the present modalities, SegFormer head.
 
     ``forward(batch) -> logits [B, K, H, W]`` (bilinear upsampling of the 1/4-scale head
-    output, ``align_corners=False``). With ``batch["present"]``, each modality's features are
-    multiplied by its per-sample mask, so a missing modality contributes nothing.
+    output, ``align_corners=False``). Stage ``i`` of sample ``b`` is fused as
+    ``F_i[b] = sum_{m present in b} E_i(x_m)[b] / #present(b)`` (``E_i``: encoder stage ``i``),
+    where "present" means the key is in the batch and, with ``batch["present"]``, its entry for
+    the sample is true; a missing modality's image is never read.
 
     Args:
         backbone: an encoder module with ``forward(x [B, 3, H, W]) -> 4 maps`` and
@@ -54,34 +68,47 @@ class SumFusionSegmentor(Segmentor):
         self.batch_modalities = batch_modalities
 
     def encode(self, inputs: list[ModalityInput]) -> list[Tensor]:
-        """Summed stage maps ``[B, C_i, H_i, W_i]`` (i = 1..4) over the given modalities."""
+        """Per-sample mean of the stage maps over the present modalities.
+
+        Args:
+            inputs: ``[(name, x [B, 3, H, W], mask bool[B] or None = all present), ...]`` (see
+                :meth:`Segmentor._modality_inputs`; every sample has at least one present).
+
+        Returns:
+            ``[F_1, .., F_4]``, ``F_i: [B, C_i, H_i, W_i]``: ``sum_m mask_m * E_i(x_m) /
+            sum_m mask_m``, per sample.
+        """
         b = inputs[0][1].shape[0]
         masks = [m for _, _, m in inputs]
-        if len(inputs) > 1 and self.batch_modalities:
+        n = len(inputs)
+        if all(m is None for m in masks):
+            weights, count = None, float(n)
+        else:
+            ref = inputs[0][1]
+            weights = torch.stack([
+                torch.ones(b, dtype=ref.dtype, device=ref.device) if m is None
+                else m.to(device=ref.device, dtype=ref.dtype)
+                for m in masks
+            ])  # [n, B]
+            count = weights.sum(0).view(b, 1, 1, 1)  # >= 1: checked by _modality_inputs
+        if n > 1 and self.batch_modalities:
             feats = self.backbone(torch.cat([x for _, x, _ in inputs], dim=0))
-            n = len(inputs)
-            if any(m is not None for m in masks):
-                w = torch.stack(
-                    [
-                        torch.ones(b, dtype=feats[0].dtype, device=feats[0].device)
-                        if m is None
-                        else m.to(feats[0].dtype)
-                        for m in masks
-                    ]
-                ).view(n, b, 1, 1, 1)
-                return [(f.view(n, b, *f.shape[1:]) * w).sum(0) for f in feats]
-            return [f.view(n, b, *f.shape[1:]).sum(0) for f in feats]
+            feats = [f.view(n, b, *f.shape[1:]) for f in feats]
+            if weights is not None:
+                w = weights.to(feats[0].dtype).view(n, b, 1, 1, 1)
+                feats = [f * w for f in feats]
+            return [f.sum(0) / _like(count, f) for f in feats]
         summed: list[Tensor] | None = None
-        for _, x, m in inputs:
+        for k, (_, x, _) in enumerate(inputs):
             feats = self.backbone(x)
-            if m is not None:
-                w = m.to(feats[0].dtype).view(b, 1, 1, 1)
+            if weights is not None:
+                w = weights[k].to(feats[0].dtype).view(b, 1, 1, 1)
                 feats = [f * w for f in feats]
             summed = (
                 feats if summed is None else [s + f for s, f in zip(summed, feats, strict=True)]
             )
         assert summed is not None
-        return summed
+        return [s / _like(count, s) for s in summed]
 
     @classmethod
     def infer_num_classes(cls, state_dict: Mapping[str, Tensor]) -> int | None:

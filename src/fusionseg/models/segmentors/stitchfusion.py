@@ -40,9 +40,18 @@ StitchFusion models)::
 Where ours departs from the release (none changes the function of released weights):
 
 * SDPA instead of explicit attention matrices; streams batched; FeatureCross in map layout.
-* Missing modalities (absent key, or ``batch["present"]`` false) enter as zero images, the
-  protocol of the DELIVER/CMNeXt lineage the release belongs to; the release itself has no
-  missing-modality handling.
+* Missing modalities (absent key, or ``batch["present"]`` false; the release has no
+  missing-modality handling). ``missing="skip"`` (default, ours): a missing stream is skipped.
+  A modality absent from the whole batch is not encoded, the MultiAdapters from and to it are
+  not applied (the others keep their sequential order) and the stage fusion leaves it out (sum
+  over the present streams; FeatureCross without its ``proj`` columns, see
+  :class:`~fusionseg.models.fusion.featurecross.FeatureCrossStage`). A sample missing a
+  modality in a mixed batch still runs that stream (batched) but its adapter messages to the
+  other streams and its fusion term are zeroed for that sample, which gives the same logits
+  as the absent key (in eval; BatchNorm batch statistics couple samples in training).
+  ``missing="zeros"``: zero images through every stream, as if present - the zero-filling
+  protocol of the sensor-failure benchmark (arXiv 2503.18445) under which the published
+  StitchFusion EMM numbers were measured. With every modality present both are the same model.
 * Encoder LayerNorms (``norm1``, ``norm2``, ``norm{i}``) use eps ``1e-5`` like the release's
   ``nn.LayerNorm(dim)`` (the NVlabs MiT uses 1e-6); ``norm_eps`` sets it.
 * The released model builds a FeatureCross even in its sum-fusion variants (DELIVER), where it
@@ -60,6 +69,7 @@ import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 from torch import Tensor, nn
 
 from ..backbones import create_backbone, default_decoder_dim
@@ -74,6 +84,7 @@ from .base import Segmentor
 __all__ = [
     "FUSIONS",
     "MAX_MODALITIES",
+    "MISSING_MODES",
     "StitchFusionSegmentor",
     "build_stitchfusion",
     "release_to_fusionseg",
@@ -81,6 +92,8 @@ __all__ = [
 
 #: stage fusion choices
 FUSIONS = ("sum", "featurecross")
+#: missing-modality handling: skip the stream (ours) | zero images through it (2503.18445)
+MISSING_MODES = ("skip", "zeros")
 #: adapter key names use one digit per stream (``adap_t_att12``), as in the release
 MAX_MODALITIES = 8
 
@@ -124,8 +137,15 @@ class StitchFusionSegmentor(Segmentor):
         adapter_hidden: adapter bottleneck width (8).
         adapter_dropout: dropout inside the adapters (0.1).
         norm_eps: eps of the encoder's block and stage LayerNorms (release: 1e-5).
+        missing: ``"skip"`` (a missing modality's stream, adapters and fusion term are left
+            out, per batch or per sample; see the module docstring) or ``"zeros"`` (zero
+            images through every stream, the zero-filling protocol of arXiv 2503.18445).
 
     ``forward(batch) -> logits [B, K, H, W]``; see :meth:`encode` for the stage maps.
+
+    Raises:
+        ValueError: more than 8 modalities, a backbone that is not a MiT, an unknown fusion,
+            adapter density or missing mode.
     """
 
     def __init__(
@@ -139,6 +159,7 @@ class StitchFusionSegmentor(Segmentor):
         adapter_hidden: int = 8,
         adapter_dropout: float = 0.1,
         norm_eps: float = 1e-5,
+        missing: str = "skip",
     ) -> None:
         super().__init__(modalities, num_classes)
         m = len(self.modalities)
@@ -152,6 +173,11 @@ class StitchFusionSegmentor(Segmentor):
             )
         if fusion not in FUSIONS:
             raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+        if missing not in MISSING_MODES:
+            raise ValueError(
+                f"unknown missing mode {missing!r}; choose one of {', '.join(MISSING_MODES)}"
+            )
+        self.missing = missing
         self.backbone = backbone
         self.stage_adapters = _stage_densities(adapter)
         self.fusion_kind = fusion
@@ -184,7 +210,7 @@ class StitchFusionSegmentor(Segmentor):
     def extra_repr(self) -> str:
         return (
             f"modalities={self.modalities}, adapters={self.stage_adapters}, "
-            f"fusion={self.fusion_kind!r}"
+            f"fusion={self.fusion_kind!r}, missing={self.missing!r}"
         )
 
     # ------------------------------------------------------------------ forward
@@ -192,54 +218,118 @@ class StitchFusionSegmentor(Segmentor):
         """All modalities as one batch ``[M * B, 3, H, W]`` (stream-major, config order).
 
         Absent modalities and samples whose ``present`` entry is false are zero images (see
-        :meth:`Segmentor.stream_inputs`).
+        :meth:`Segmentor.stream_inputs`); the input of ``missing="zeros"``.
         """
         return self.stream_inputs(batch).stacked()
 
-    def _fuse(self, s: int, tokens: Tensor, h: int, w: int) -> Tensor:
-        """Stage fusion of ``tokens [M, B, N, C]`` -> ``[B, C, h, w]``."""
+    def streams_to_run(
+        self, batch: Mapping[str, object]
+    ) -> tuple[Tensor, list[int] | None, Tensor | None]:
+        """The streams :meth:`forward` encodes, for the model's ``missing`` mode.
+
+        Returns:
+            ``(x, streams, present)``: ``x [R * B, 3, H, W]`` stream-major; ``streams`` the
+            model-order indices of the ``R`` streams (``None`` = all ``M``); ``present``
+            ``bool[B, R]``, or ``None`` when every run stream is present in every sample.
+            ``"zeros"``: all ``M`` streams, missing ones as zero images, ``present`` ``None``.
+            ``"skip"``: the modalities with at least one present sample, with their mask.
+        """
+        inputs = self.stream_inputs(batch)
+        if self.missing == "zeros":
+            return inputs.stacked(), None, None
+        m = len(self.modalities)
+        run = [j for j in range(m) if bool(inputs.present[:, j].any())]
+        imgs = [inputs.images[j] for j in run]
+        x = torch.cat(imgs, dim=0) if len(imgs) > 1 else imgs[0]
+        present = inputs.present[:, run]
+        return x, (None if len(run) == m else run), (None if bool(present.all()) else present)
+
+    def _fuse(
+        self, s: int, tokens: Tensor, h: int, w: int, streams: list[int] | None,
+        present: Tensor | None,
+    ) -> Tensor:
+        """Stage fusion of ``tokens [R, B, N, C]`` (streams ``streams``, mask ``present``
+        ``bool[B, R]``) -> ``[B, C, h, w]``: the sum over the present streams, or
+        FeatureCross over them."""
         if self.fusion is not None:
-            return self.fusion[s](tokens, h, w)
+            return self.fusion[s](tokens, h, w, streams=streams, present=present)
+        if present is not None:
+            r, b = present.shape[1], present.shape[0]
+            tokens = tokens * present.t().to(tokens.dtype).view(r, b, 1, 1)
         return self.backbone.tokens_to_map(tokens.sum(0), h, w)
 
-    def encode(self, x: Tensor) -> list[Tensor]:
+    def encode(
+        self, x: Tensor, streams: Sequence[int] | None = None, present: Tensor | None = None
+    ) -> list[Tensor]:
         """Encoder + stage fusion.
 
         Args:
-            x: ``[M * B, 3, H, W]`` streams stacked stream-major (see :meth:`stream_input`).
+            x: ``[R * B, 3, H, W]`` streams stacked stream-major (see :meth:`stream_input`,
+                :meth:`streams_to_run`).
+            streams: the model-order indices of the ``R`` streams, increasing (``None`` = all
+                ``M``); the adapters of other streams are not applied.
+            present: ``bool[B, R]`` or ``None`` (all present): a false entry removes that
+                sample's stream from the adapter messages and the fusion.
 
         Returns:
             ``[F_1, F_2, F_3, F_4]``, ``F_s: [B, C_s, H / 2^(s+1), W / 2^(s+1)]`` (ceil).
+
+        Raises:
+            ValueError: ``x``'s batch not a multiple of ``R``; bad ``streams`` / ``present``.
         """
         m = len(self.modalities)
+        run = list(range(m)) if streams is None else [int(i) for i in streams]
+        r = len(run)
+        if r < 1 or x.shape[0] % r:
+            raise ValueError(f"x has {x.shape[0]} images, not a multiple of {r} streams")
+        if run != list(range(m)):
+            if any(a >= b for a, b in zip(run, run[1:], strict=False)) or not all(
+                0 <= i < m for i in run
+            ):
+                raise ValueError(f"streams must be increasing indices in 0..{m - 1}, got {run}")
+            sel: list[int] | None = run
+        else:
+            sel = None
         bb = self.backbone
-        b = x.shape[0] // m
+        b = x.shape[0] // r
+        if present is not None:
+            present = present.to(device=x.device, dtype=torch.bool)
+            if tuple(present.shape) != (b, r):
+                raise ValueError(f"present must be bool[{b}, {r}], got {tuple(present.shape)}")
+            if bool(present.all()):
+                present = None
         feats = []
         for s in range(4):
-            tokens, h, w = bb.embed(s, x)  # [M * B, N, C]
+            tokens, h, w = bb.embed(s, x)  # [R * B, N, C]
             n, c = tokens.shape[1:]
             adapters = self.adapters[f"block{s + 1}"] if f"block{s + 1}" in self.adapters else None
+            if r < 2:
+                adapters = None  # one stream: nothing to exchange
             for j, blk in enumerate(bb.blocks_of(s)):
                 if adapters is None:
                     tokens = bb.run_block(blk, tokens, h, w)
                     continue
                 ad = adapters[j]
                 tokens = tokens + blk.attn_residual(tokens, h, w)
-                tokens = ad(tokens.view(m, b, n, c), "att", blk.norm1, blk.drop_path)
-                tokens = tokens.view(m * b, n, c)
+                tokens = ad(tokens.view(r, b, n, c), "att", blk.norm1, blk.drop_path,
+                            streams=sel, present=present)
+                tokens = tokens.view(r * b, n, c)
                 tokens = tokens + blk.mlp_residual(tokens, h, w)
-                tokens = ad(tokens.view(m, b, n, c), "mlp", blk.norm2, blk.drop_path)
-                tokens = tokens.view(m * b, n, c)
+                tokens = ad(tokens.view(r, b, n, c), "mlp", blk.norm2, blk.drop_path,
+                            streams=sel, present=present)
+                tokens = tokens.view(r * b, n, c)
             tokens, x = bb.finish_stage(s, tokens, h, w)  # stage norm; x: next stage's input
-            feats.append(self._fuse(s, tokens.view(m, b, n, c), h, w))
+            feats.append(self._fuse(s, tokens.view(r, b, n, c), h, w, sel, present))
         return feats
 
     def forward(self, batch: Mapping[str, object]) -> Tensor:
-        """``batch`` (the fusionseg batch convention) -> logits ``[B, K, H, W]``."""
-        x = self.stream_input(batch)
+        """``batch`` (the fusionseg batch convention) -> logits ``[B, K, H, W]``; missing
+        modalities as set by ``missing`` (see :meth:`streams_to_run`)."""
+        x, streams, present = self.streams_to_run(batch)
         size = x.shape[-2:]
         x = self.pad_to_multiple(x)
-        return self.upsample_logits(self.decode_head(self.encode(x)), size, x.shape[-2:])
+        feats = self.encode(x, streams, present)
+        return self.upsample_logits(self.decode_head(feats), size, x.shape[-2:])
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
@@ -294,6 +384,7 @@ def build_stitchfusion(
     adapter_dropout: float = 0.1,
     norm_eps: float = 1e-5,
     backbone_kwargs: Mapping[str, object] | None = None,
+    missing: str = "skip",
 ) -> StitchFusionSegmentor:
     """Build StitchFusion.
 
@@ -319,6 +410,12 @@ def build_stitchfusion(
         adapter_hidden, adapter_dropout: adapter bottleneck width (8) and dropout (0.1).
         norm_eps: encoder LayerNorm eps (1e-5 as released).
         backbone_kwargs: constructor overrides for the backbone (e.g. tiny test widths).
+        missing: ``"skip"`` (default: a missing modality's stream, its adapters and its
+            fusion term are left out) or ``"zeros"`` (zero images through every stream, the
+            protocol of arXiv 2503.18445 behind the published StitchFusion EMM numbers).
+
+    Raises:
+        ValueError: see :class:`StitchFusionSegmentor`.
     """
     enc = create_backbone(
         backbone,
@@ -336,6 +433,7 @@ def build_stitchfusion(
         adapter_hidden=adapter_hidden,
         adapter_dropout=adapter_dropout,
         norm_eps=norm_eps,
+        missing=missing,
     )
     if freeze_backbone:
         model.freeze_backbone()
