@@ -2,9 +2,10 @@
 
     fusionseg data synth city --out data/synthcity
     fusionseg train configs/quickstart.yaml [--set train.max_epochs=2 ...]
-    fusionseg eval configs/quickstart.yaml --ckpt runs/.../best.ckpt [--missing all]
+    fusionseg eval configs/quickstart.yaml --ckpt runs/.../best.ckpt [--missing all] [--protocol all]
     fusionseg predict --ckpt best.ckpt --input DIR --out preds/
     fusionseg bench configs/quickstart.yaml --size 512 --batch 2
+    fusionseg report runs/a runs/b --out report/
     fusionseg info
 
 Bad input (config, data, checkpoint) prints one line naming the file, modality and problem
@@ -119,6 +120,55 @@ def print_results(res: dict) -> None:
         console.print(t)
 
 
+def print_protocols(protocols: dict) -> None:
+    """Print the EMM / RMM / NM tables of ``evaluate(..., protocol=...)``."""
+    from .engine.robustness import FAILURE_PROBABILITIES, subset_name
+    ps = [str(p) for p in FAILURE_PROBABILITIES]
+
+    def f(v):
+        return "-" if v is None else f"{v:.2f}"
+
+    if "emm" in protocols:
+        r = protocols["emm"]
+        t = Table(title="EMM: entire-missing modality (mIoU)")
+        t.add_column("present")
+        t.add_column("missing")
+        t.add_column("mIoU", justify="right")
+        for e in r["subsets"]:
+            t.add_row(subset_name(e["present"]), subset_name(e["missing"]) or "-", f(e["mIoU"]))
+        t.add_section()
+        t.add_row("[bold]mean[/]", "", f"[bold]{f(r['mean'])}[/]")
+        for p in ps:
+            t.add_row(f"E[p={p}]", "", f(r["expectation"][p]))
+        console.print(t)
+    if "rmm" in protocols:
+        rs = protocols["rmm"]["ratios"]
+        t = Table(title="RMM: random-missing modality (mIoU; failed modalities lose r of "
+                        "their pixels)")
+        t.add_column("intact")
+        t.add_column("failed")
+        for b in rs:
+            t.add_column(f"r={b['r']}", justify="right")
+        for i, e in enumerate(rs[0]["subsets"]):
+            t.add_row(subset_name(e["present"]), subset_name(e["missing"]) or "-",
+                      *[f(b["subsets"][i]["mIoU"]) for b in rs])
+        t.add_section()
+        t.add_row("[bold]mean[/]", "", *[f"[bold]{f(b['mean'])}[/]" for b in rs])
+        for p in ps:
+            t.add_row(f"E[p={p}]", "", *[f(b["expectation"][p]) for b in rs])
+        console.print(t)
+    if "nm" in protocols:
+        r = protocols["nm"]
+        t = Table(title="NM: noisy modalities (mIoU)")
+        for col in ("level", "s&p density", "Gaussian std", "s&p + Gaussian", "s&p only"):
+            t.add_column(col, justify="right" if col != "level" else "left")
+        t.add_row("clean", "0", "0", f(r["clean"]), f(r["clean"]))
+        for lv in r["levels"]:
+            t.add_row(lv["level"], str(lv["density"]), str(lv["std"]), f(lv["mIoU"]),
+                      f(lv["mIoU_salt_pepper_only"]))
+        console.print(t)
+
+
 @app.command()
 @cli_errors
 def train(config: Path, set: SetOpt = None,
@@ -148,17 +198,24 @@ def eval_cmd(config: Path, ckpt: Annotated[Path, typer.Option(help="checkpoint t
              split: Annotated[str | None, typer.Option(help="split (default data.val_split)")]
              = None,
              max_batches: Annotated[int | None, typer.Option(help="stop after N batches")]
-             = None):
-    """Evaluate a checkpoint: overall, per-class, per-condition (and missing-modality) tables."""
+             = None,
+             protocol: Annotated[str | None, typer.Option(
+                 help="sensor-failure protocols: emm, rmm, nm (comma list) or all")] = None,
+             seed: Annotated[int, typer.Option(help="seed of the protocols' corruptions")] = 0):
+    """Evaluate a checkpoint: overall, per-class, per-condition tables; with --missing, every
+    modality subset; with --protocol, the sensor-failure benchmark (EMM / RMM / NM)."""
     from .config import load_config
     from .engine.runner import evaluate
     cfg = load_config(config, set)
     subsets = missing
     if missing and missing != "all":
         subsets = [[m.strip() for m in s.split(",") if m.strip()] for s in missing.split(";")]
-    res = evaluate(cfg, ckpt, missing=subsets, split=split, max_batches=max_batches)
+    res = evaluate(cfg, ckpt, missing=subsets, split=split, max_batches=max_batches,
+                   protocol=protocol, seed=seed)
     print_results(res)
-    console.print(f"results written to {res['json']}")
+    if res.get("protocols"):
+        print_protocols(res["protocols"])
+    console.print("results written to " + ", ".join(res["files"]))
 
 
 @app.command()
@@ -205,6 +262,17 @@ def bench(config: Path, set: SetOpt = None,
         t.add_row(k, f"{v:,.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
                   else str(v))
     console.print(t)
+
+
+@app.command()
+@cli_errors
+def report(run_dirs: Annotated[list[Path], typer.Argument(help="run dirs (each with config.json)")],
+           out: Annotated[Path, typer.Option(help="output dir for report.md and report.png")]
+           = Path("report")):
+    """One comparison table across runs (method, modalities, params, mIoU overall and per
+    condition, EMM mean and expectations) as Markdown and on the console, and a bar chart."""
+    from .report import report_command
+    report_command(run_dirs, out, console)
 
 
 @synth_app.command("city")

@@ -68,10 +68,40 @@ class DataConfig(_Strict):
     batch_size: int = 8
     val_batch_size: int = 4
     num_workers: int = 2
-    modality_dropout: float = 0.0  # probability to drop each non-primary modality in training
+    #: probability to drop each modality per sample in training (never all); ``train.robust``
+    #: is the full recipe (dropout + rectangles + consistency)
+    modality_dropout: float = 0.0
     #: modalities of the model fed as missing (absent) in training and validation, e.g. an
     #: optical-only baseline of a two-stream method: ``missing_modalities: [dsm]``
     missing_modalities: list[str] = Field(default_factory=list)
+
+
+class RobustConfig(_Strict):
+    """Robust training against sensor failure (:mod:`fusionseg.engine.robust_training`).
+
+    ``train.robust: true`` turns it on with these defaults; a mapping sets them (``{enabled:
+    true, modality_dropout: {depth: 0.5, thermal: 0.5}}``).
+    """
+
+    enabled: bool = False
+    #: drop probability per sample of each modality (or ``{modality: p}``); never all dropped
+    modality_dropout: float | dict[str, float] = 0.5
+    rect_prob: float = 0.25  # per sample: one kept modality loses a random rectangle
+    rect_area: tuple[float, float] = (0.1, 0.3)  # fraction of the image
+    rect_aspect: tuple[float, float] = (0.5, 2.0)  # width / height
+    consistency_weight: float = 1.0  # KL from the full-modality half (0: none)
+    temperature: float = 2.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _switch(cls, data: Any) -> Any:
+        """``robust: true`` / ``false`` -> ``{enabled: ...}``; a non-empty mapping without
+        ``enabled`` means on."""
+        if isinstance(data, bool):
+            return {"enabled": data}
+        if isinstance(data, dict) and data and "enabled" not in data:
+            return {**data, "enabled": True}
+        return data
 
 
 class TrainConfig(_Strict):
@@ -100,6 +130,8 @@ class TrainConfig(_Strict):
     loss: dict[str, Any] = Field(default_factory=lambda: {"name": "ohem"})
     #: per-name weights of auxiliary outputs, replacing the weights the method declares
     aux_weights: dict[str, float] = Field(default_factory=dict)
+    #: robust training against sensor failure: ``robust: true`` (see :class:`RobustConfig`)
+    robust: RobustConfig = Field(default_factory=RobustConfig)
     accelerator: str = "auto"
     devices: int | str = "auto"
     num_nodes: int = 1

@@ -1,4 +1,4 @@
-"""Training-time modality dropout: randomly remove modalities per sample.
+"""Training-time input masking: modality dropout per sample and MCRM-style rectangles.
 
 A dropped modality is zeroed and marked absent in the batch's ``"present"`` mask (the batch
 convention of :mod:`fusionseg.data.sample`), so the model sees exactly what it sees at test
@@ -8,6 +8,7 @@ time when a sensor is missing. Each sample keeps at least one modality.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 
@@ -31,14 +32,7 @@ def random_modality_dropout(batch: dict, modalities: list[str], p: float,
     present = batch.get("present")
     if present is None:
         present = torch.tensor([[m in batch for m in modalities]] * b)
-    keep = torch.rand(b, len(modalities), generator=generator) >= p
-    keep &= present.cpu()
-    # a sample that lost everything keeps one of its present modalities at random
-    empty = ~keep.any(1)
-    for i in torch.nonzero(empty).flatten().tolist():
-        choices = torch.nonzero(present[i]).flatten()
-        j = choices[torch.randint(len(choices), (1,), generator=generator)]
-        keep[i, j] = True
+    keep = sample_modality_keep(present.cpu(), p, generator)
     out = dict(batch)
     for j, m in enumerate(modalities):
         if m in batch:
@@ -46,6 +40,60 @@ def random_modality_dropout(batch: dict, modalities: list[str], p: float,
             out[m] = batch[m] * mask
     out["present"] = keep.to(present.device)
     return out
+
+
+def random_rectangle(h: int, w: int, area: tuple[float, float] = (0.1, 0.3),
+                     aspect: tuple[float, float] = (0.5, 2.0),
+                     generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """A random rectangle ``(top, left, height, width)`` in an ``h x w`` image, drawn as
+    MoBaNet's MCRM draws it (official ``peft_modules.py``, ``apply_mcrc_mask``): area uniform in
+    ``area`` (fraction of ``h * w``), aspect (width / height) uniform in ``aspect``, up to 10
+    draws until it fits (else ``round(sqrt(0.1) * side)``), then a uniform position."""
+
+    def uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+    for _ in range(10):
+        a = uniform(*area) * h * w
+        r = uniform(*aspect)
+        bh, bw = round(math.sqrt(a / r)), round(math.sqrt(a * r))
+        if 1 <= bh <= h and 1 <= bw <= w:
+            break
+    else:
+        bh = max(1, min(h, round(h * math.sqrt(0.1))))
+        bw = max(1, min(w, round(w * math.sqrt(0.1))))
+    top = int(torch.randint(0, h - bh + 1, (), generator=generator))
+    left = int(torch.randint(0, w - bw + 1, (), generator=generator))
+    return top, left, bh, bw
+
+
+def sample_modality_keep(present: torch.Tensor, p: float | Sequence[float],
+                         generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample modality dropout: which modalities each sample keeps.
+
+    Args:
+        present: ``bool[B, M]``, the modalities each sample has.
+        p: drop probability per modality (one float for all, or ``M`` values in column order),
+            each in ``[0, 1]``.
+
+    Returns:
+        ``bool[B, M]`` within ``present``; a sample never loses all its modalities: one that
+        would keeps one of its present modalities, chosen uniformly.
+
+    Raises:
+        ValueError: ``p`` has the wrong length or a value outside ``[0, 1]``.
+    """
+    b, m = present.shape
+    probs = torch.full((m,), float(p)) if isinstance(p, (int, float)) else torch.tensor(
+        [float(v) for v in p])
+    if probs.numel() != m or (probs < 0).any() or (probs > 1).any():
+        raise ValueError(f"modality dropout needs {m} probabilities in [0, 1], got {p}")
+    keep = (torch.rand(b, m, generator=generator) >= probs) & present.cpu()
+    for i in torch.nonzero(~keep.any(1)).flatten().tolist():
+        choices = torch.nonzero(present[i].cpu()).flatten()
+        if len(choices):
+            keep[i, choices[torch.randint(len(choices), (1,), generator=generator)]] = True
+    return keep.to(present.device)
 
 
 def modality_conditional_random_mask(
@@ -81,21 +129,8 @@ def modality_conditional_random_mask(
     sel = torch.randperm(b, generator=generator)[:n]
     k = n // 2
 
-    def uniform(lo: float, hi: float) -> float:
-        return lo + (hi - lo) * float(torch.rand((), generator=generator))
-
     for j, idx in enumerate(sel.tolist()):
-        for _ in range(10):
-            a = uniform(*area) * h * w
-            r = uniform(*aspect)
-            bh, bw = round(math.sqrt(a / r)), round(math.sqrt(a * r))
-            if 1 <= bh <= h and 1 <= bw <= w:
-                break
-        else:
-            bh = max(1, min(h, round(h * math.sqrt(0.1))))
-            bw = max(1, min(w, round(w * math.sqrt(0.1))))
-        top = int(torch.randint(0, h - bh + 1, (), generator=generator))
-        left = int(torch.randint(0, w - bw + 1, (), generator=generator))
+        top, left, bh, bw = random_rectangle(h, w, area, aspect, generator)
         target = x_opt if j < k else x_dsm
         target[idx, :, top:top + bh, left:left + bw] = 0
         which[idx] = 1 if j < k else 2

@@ -27,10 +27,12 @@ from torch import nn
 
 from ..config import Config
 from ..data.sample import drop_modalities
+from ..models.segmentors.base import logits_of
 from .inference import predict_logits
 from .losses import SegmentationCriterion
 from .masking import random_modality_dropout
 from .metrics import confusion_metric, metrics_from_confusion
+from .robust_training import RobustTraining
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float,
@@ -132,6 +134,11 @@ class SegmentationModule(L.LightningModule):
         self.val_cm_cond = nn.ModuleDict({c: confusion_metric(k, ignore_index)
                                           for c in self.conditions})
         self.last_val_metrics: dict = {}
+        r = t.robust
+        self.robust = RobustTraining(
+            list(cfg.model.modalities), r.modality_dropout, r.rect_prob, r.rect_area,
+            r.rect_aspect, r.consistency_weight, r.temperature, ignore_index,
+        ) if r.enabled else None
 
     # -- training -------------------------------------------------------------------------
     def forward(self, batch: dict):
@@ -150,9 +157,16 @@ class SegmentationModule(L.LightningModule):
         if self.cfg.data.modality_dropout > 0:
             batch = random_modality_dropout(batch, list(self.cfg.model.modalities),
                                             self.cfg.data.modality_dropout)
+        changed = None
+        if self.robust is not None:  # [x; x'] in one forward pass (see robust_training)
+            batch, changed = self.robust.paired_batch(batch)
         out = self.model(batch)
         label = batch["label"]
         loss, terms = self.criterion(out, label)
+        if changed is not None and self.robust.consistency_weight > 0:
+            kl = self.robust.consistency_loss(logits_of(out), label, changed)
+            terms = {**terms, "consistency": kl.detach()}
+            loss = loss + kl
         if len(terms) > 1:
             for name, value in terms.items():
                 self.log(f"train/loss_{name}", value, batch_size=label.shape[0])

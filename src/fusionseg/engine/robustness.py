@@ -1,15 +1,46 @@
-"""Missing-modality evaluation: one trained model on subsets of its modalities.
+"""Sensor-failure evaluation: one trained model under missing and noisy modalities.
 
-A subset keeps some of the model's modalities; the others are removed the way the batch
-convention defines a missing modality (absent key, ``"present"`` column false), and each
-method fills them as it defines (zeros for the MiT-based methods). :class:`SubsetEvaluator`
-accumulates a confusion matrix per subset, overall and per condition.
+The protocols of the multimodal segmentation robustness benchmark (Liao et al., "Benchmarking
+Multi-modal Semantic Segmentation under Sensor Failures: Missing and Noisy Modality
+Robustness", arXiv 2503.18445; evaluation scripts ``val_mm_EMM.py``, ``val_mm_RMM.py``,
+``val_mm_NM.py`` of GitHub Chenfei-Liao/Multi-Modal-Semantic-Segmentation-Robustness-Benchmark):
+
+* **EMM** (entire-missing modality): every non-empty subset of the model's modalities; the
+  missing ones are removed the way the batch convention defines a missing modality (absent
+  key, ``"present"`` column false) and each method fills them as it defines (its doc says
+  how). Reported: mIoU per subset, the mean over subsets (``mIoU^Avg``) and the expectation
+  under independent Bernoulli failures (``mIoU^E``) for p in {0.05, 0.1, 0.2}: subset weight
+  ``p^k (1 - p)^(N - k)`` for ``k`` of ``N`` modalities missing, normalised over the subsets
+  evaluated (the all-missing case is never evaluated).
+* **RMM** (random-missing modality): the same subsets, but every "failed" modality keeps its
+  key and loses a random fraction ``r`` in {0.25, 0.5, 0.75} of its pixels, set to 0 (the
+  normalised mean). The script draws the mask per tensor element (channels independently);
+  we draw it per pixel (all channels of a pixel together), as the paper describes a pixel
+  loss.
+* **NM** (noisy modality): every modality gets salt-and-pepper noise (density 0.05 / 0.1 / 0.2
+  for low / mid / high: ``ceil(density * numel / 2)`` elements drawn with replacement set to
+  the sample's maximum, as many to its minimum) and then additive Gaussian noise on the
+  normalised input (std 0.1 / 0.2 / 0.5). The script's Gaussian lines sit in a string literal
+  in the released file, so whether its published numbers include them is ambiguous: both are
+  computed, ``mIoU`` with Gaussian noise (the paper's description) and
+  ``mIoU_salt_pepper_only``. Departures from the script: extremes per sample (the script takes
+  them over the whole batch tensor) and Gaussian noise on every modality (the script skips
+  the event stream).
+
+Every random draw comes from a generator seeded by ``(seed, scenario, modality, sample id)``,
+so the same checkpoint and data give the same numbers (and JSON bytes) in any batch size or
+order. :class:`ScenarioEvaluator` accumulates a confusion matrix per scenario, overall and per
+condition, in one pass over the data; :func:`protocol_results` turns it into the JSON of each
+protocol.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Sequence
+import math
+import zlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -17,15 +48,40 @@ import torch
 from ..data.sample import drop_modalities
 from .metrics import confusion_metric, metrics_from_confusion
 
-__all__ = ["SubsetEvaluator", "modality_subsets", "subset_name"]
+__all__ = [
+    "FAILURE_PROBABILITIES",
+    "NOISE_LEVELS",
+    "PROTOCOLS",
+    "RMM_RATIOS",
+    "Scenario",
+    "ScenarioEvaluator",
+    "SubsetEvaluator",
+    "bernoulli_expectation",
+    "drop_random_pixels",
+    "gaussian_noise",
+    "modality_subsets",
+    "protocol_markdown",
+    "protocol_results",
+    "protocol_scenarios",
+    "salt_and_pepper",
+    "subset_name",
+]
+
+PROTOCOLS = ("emm", "rmm", "nm")
+#: Bernoulli failure probabilities of the expectation metric (the benchmark's p1..p3)
+FAILURE_PROBABILITIES = (0.05, 0.1, 0.2)
+#: fractions of pixels a failed modality loses under RMM
+RMM_RATIOS = (0.25, 0.5, 0.75)
+#: NM levels: (name, salt-and-pepper density, Gaussian std on the normalised input)
+NOISE_LEVELS = (("low", 0.05, 0.1), ("mid", 0.1, 0.2), ("high", 0.2, 0.5))
 
 
 def modality_subsets(modalities: Sequence[str],
                      which: str | Sequence[Sequence[str]] = "all") -> list[tuple[str, ...]]:
     """Non-empty subsets of ``modalities`` for the missing-modality protocol.
 
-    ``which="all"`` gives every non-empty subset (largest first, the full set first); a list
-    of lists is taken as given (each checked to be a subset).
+    ``which="all"`` gives every non-empty subset (largest first, the full set first, then in
+    ``itertools.combinations`` order); a list of lists is taken as given (each checked).
 
     Raises:
         ValueError: a listed subset names a modality the model does not have, or is empty.
@@ -53,57 +109,241 @@ def subset_name(subset: Sequence[str]) -> str:
     return "+".join(subset)
 
 
-class SubsetEvaluator:
-    """Confusion matrices of one model over modality subsets, overall and per condition.
+def bernoulli_expectation(values: dict[tuple[str, ...], float | None], n_modalities: int,
+                          p: float) -> float | None:
+    """Expected metric when each of ``n_modalities`` fails independently with probability ``p``.
+
+    ``values`` maps the *missing* modalities of each evaluated subset to its metric; weights
+    ``p^k (1 - p)^(N - k)`` are normalised over the entries with a value (arXiv 2503.18445,
+    ``mIoU^E``; ``val_mm_EMM.py``). ``None`` when no entry has a value.
+    """
+    num = den = 0.0
+    for missing, v in values.items():
+        if v is None or v != v:
+            continue
+        k = len(missing)
+        w = p ** k * (1 - p) ** (n_modalities - k)
+        num += w * v
+        den += w
+    return num / den if den > 0 else None
+
+
+# ----------------------------------------------------------------------------- corruptions
+def _generator(*key: object) -> torch.Generator:
+    """A CPU generator seeded by a stable hash of ``key`` (same seed in every process)."""
+    return torch.Generator().manual_seed(zlib.crc32("|".join(map(str, key)).encode()))
+
+
+def drop_random_pixels(x: torch.Tensor, ratio: float, generator: torch.Generator) -> torch.Tensor:
+    """Set a random fraction ``ratio`` of the pixels of ``x [C, H, W]`` to 0 (every channel of
+    a chosen pixel; each pixel is chosen independently with probability ``ratio``).
+
+    Returns a new tensor; ``x`` is not modified.
+    """
+    keep = torch.rand(x.shape[-2:], generator=generator) >= ratio
+    return x * keep.to(x.dtype)
+
+
+def salt_and_pepper(x: torch.Tensor, density: float, generator: torch.Generator) -> torch.Tensor:
+    """Salt-and-pepper noise on ``x [C, H, W]``: ``ceil(density * numel / 2)`` elements drawn
+    uniformly with replacement are set to ``x.max()``, as many (drawn next) to ``x.min()``
+    (``add_salt_and_pepper_noise`` of the benchmark's ``val_mm_NM.py``, per sample)."""
+    out = x.clone()
+    n = math.ceil(density * x.numel() * 0.5)
+    hi, lo = x.max(), x.min()
+    flat = out.view(-1)
+    flat[torch.randint(0, x.numel(), (n,), generator=generator)] = hi
+    flat[torch.randint(0, x.numel(), (n,), generator=generator)] = lo
+    return out
+
+
+def gaussian_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> torch.Tensor:
+    """``x + N(0, std^2)`` elementwise (``std`` in units of the normalised input)."""
+    return x + torch.randn(x.shape, generator=generator, dtype=x.dtype) * std
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One evaluation condition of a protocol.
+
+    Attributes:
+        key: unique name, e.g. ``"emm/rgb+depth"``, ``"rmm/0.5/rgb"``, ``"nm/low"``.
+        present: modalities left intact.
+        missing: modalities removed (EMM) or losing ``ratio`` of their pixels (RMM).
+        ratio: RMM pixel fraction; ``None`` = the missing ones are removed entirely.
+        density, std: NM salt-and-pepper density and Gaussian std (0 = none), on every
+            present modality.
+    """
+
+    key: str
+    present: tuple[str, ...]
+    missing: tuple[str, ...] = ()
+    ratio: float | None = None
+    density: float = 0.0
+    std: float = 0.0
+
+    @property
+    def compute_key(self) -> str:
+        """Scenarios that feed the model identical inputs share this key (computed once)."""
+        if not self.missing and self.density == 0 and self.std == 0:
+            return "clean"
+        return self.key
+
+    def apply(self, batch: dict, modalities: Sequence[str], sample_ids: Sequence[str],
+              seed: int = 0) -> dict:
+        """The batch as this scenario feeds it (CPU tensors; ``batch`` is not modified).
+
+        Args:
+            batch: a collated batch (modality tensors ``[B, C, H, W]``, optional ``present``).
+            modalities: the model's modalities (column order of ``present``).
+            sample_ids: one stable id per sample (the seed of its random draws).
+        """
+        if self.ratio is None and self.missing:
+            batch = drop_modalities(batch, self.present, modalities=modalities)
+        corrupt = list(self.missing) if self.ratio is not None else []
+        noisy = list(self.present) if (self.density > 0 or self.std > 0) else []
+        if not corrupt and not noisy:
+            return batch
+        out = dict(batch)
+        for m in dict.fromkeys(corrupt + noisy):
+            if m not in batch:
+                continue
+            xs = []
+            for j, x in enumerate(batch[m]):
+                g = _generator(seed, self.key, m, sample_ids[j])
+                if m in corrupt:
+                    x = drop_random_pixels(x, self.ratio, g)
+                if m in noisy:
+                    if self.density > 0:
+                        x = salt_and_pepper(x, self.density, g)
+                    if self.std > 0:
+                        x = gaussian_noise(x, self.std, g)
+                xs.append(x)
+            out[m] = torch.stack(xs)
+        return out
+
+
+def protocol_scenarios(modalities: Sequence[str], protocols: Iterable[str]) -> list[Scenario]:
+    """The scenarios of ``protocols`` (``"emm"``, ``"rmm"``, ``"nm"``) for a model's modalities.
+
+    Raises:
+        ValueError: an unknown protocol name.
+    """
+    mods = list(modalities)
+    out: list[Scenario] = []
+    for proto in protocols:
+        if proto not in PROTOCOLS:
+            raise ValueError(f"unknown robustness protocol {proto!r}; choose from "
+                             f"{', '.join(PROTOCOLS)} or all")
+        if proto in ("emm", "rmm"):
+            ratios = [None] if proto == "emm" else list(RMM_RATIOS)
+            for r in ratios:
+                for s in modality_subsets(mods):
+                    missing = tuple(m for m in mods if m not in s)
+                    key = f"emm/{subset_name(s)}" if r is None else f"rmm/{r}/{subset_name(s)}"
+                    out.append(Scenario(key, tuple(s), missing, ratio=r))
+        else:
+            for name, density, std in NOISE_LEVELS:
+                out.append(Scenario(f"nm/{name}", tuple(mods), density=density, std=std))
+                out.append(Scenario(f"nm/{name}/salt_pepper_only", tuple(mods),
+                                    density=density))
+    return out
+
+
+class ScenarioEvaluator:
+    """Confusion matrices of one model over scenarios, overall and per condition.
 
     Args:
         modalities: the model's modalities (the batch's ``"present"`` column order).
-        subsets: subsets to evaluate (see :func:`modality_subsets`).
+        scenarios: what to evaluate; scenarios with the same :attr:`Scenario.compute_key` are
+            run once.
         num_classes, ignore_index: of the dataset.
         per_condition: also accumulate per ``meta["condition"]``.
+        seed: seed of the random corruptions.
     """
 
-    def __init__(self, modalities: Sequence[str], subsets: Sequence[Sequence[str]],
-                 num_classes: int, ignore_index: int = 255, per_condition: bool = True) -> None:
+    def __init__(self, modalities: Sequence[str], scenarios: Sequence[Scenario],
+                 num_classes: int, ignore_index: int = 255, per_condition: bool = True,
+                 seed: int = 0) -> None:
         self.modalities = list(modalities)
-        self.subsets = [tuple(s) for s in subsets]
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.per_condition = per_condition
-        self.cms = {s: confusion_metric(num_classes, ignore_index) for s in self.subsets}
-        self.cond_cms: dict[tuple[str, ...], dict[str, Any]] = {s: {} for s in self.subsets}
+        self.scenarios = {s.key: s for s in scenarios}
+        self.num_classes, self.ignore_index = num_classes, ignore_index
+        self.per_condition, self.seed = per_condition, seed
+        self._compute = {}
+        for s in scenarios:
+            self._compute.setdefault(s.compute_key, s)
+        self.cms = {k: confusion_metric(num_classes, ignore_index) for k in self._compute}
+        self.cond_cms: dict[str, dict[str, Any]] = {k: {} for k in self._compute}
+        self._seen = 0
 
     def update(self, batch: dict, predict: Callable[[dict], torch.Tensor],
                device: torch.device | str = "cpu") -> None:
-        """Run ``predict(batch_subset) -> logits [B, K, H, W]`` for every subset of ``batch``
-        (moved to ``device``) and accumulate against ``batch["label"]``."""
+        """Run ``predict(batch') -> logits [B, K, H, W]`` for every scenario's version of
+        ``batch`` (moved to ``device``) and accumulate against ``batch["label"]``."""
         label = batch["label"]
         metas = batch.get("meta") or []
-        for s in self.subsets:
-            sub = drop_modalities(batch, s, modalities=self.modalities)
+        b = label.shape[0]
+        ids = [str(m.get("id", self._seen + j)) if isinstance(m, dict) else str(self._seen + j)
+               for j, m in enumerate(metas)] or [str(self._seen + j) for j in range(b)]
+        self._seen += b
+        for key, s in self._compute.items():
+            sub = s.apply(batch, self.modalities, ids, self.seed)
             sub = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                    for k, v in sub.items()}
             pred = predict(sub).argmax(1).cpu()
-            self.cms[s].update(pred, label)
+            self.cms[key].update(pred, label)
             if not self.per_condition:
                 continue
             for j, m in enumerate(metas):
                 c = m.get("condition") or "all"
-                if c not in self.cond_cms[s]:
-                    self.cond_cms[s][c] = confusion_metric(self.num_classes, self.ignore_index)
-                self.cond_cms[s][c].update(pred[j:j + 1], label[j:j + 1])
+                if c not in self.cond_cms[key]:
+                    self.cond_cms[key][c] = confusion_metric(self.num_classes, self.ignore_index)
+                self.cond_cms[key][c].update(pred[j:j + 1], label[j:j + 1])
 
-    def metrics(self, subset: Sequence[str], miou: str = "nanmean",
+    def metrics(self, key: str, miou: str = "nanmean",
                 ignore_classes: Sequence[int] = ()) -> dict[str, Any]:
-        """Metrics of :func:`metrics_from_confusion` for ``subset`` (percent), with
-        ``"per_condition": {condition: metrics}``."""
-        s = tuple(subset)
-        res = metrics_from_confusion(self.cms[s].compute(), miou, list(ignore_classes))
+        """Metrics of :func:`metrics_from_confusion` (percent) of scenario ``key``, with
+        ``"per_condition": {condition: metrics}``.
+
+        Raises:
+            KeyError: ``key`` is not a scenario of this evaluator.
+        """
+        k = self.scenarios[key].compute_key
+        res = metrics_from_confusion(self.cms[k].compute(), miou, list(ignore_classes))
         res["per_condition"] = {
             c: metrics_from_confusion(cm.compute(), miou, list(ignore_classes))
-            for c, cm in sorted(self.cond_cms[s].items())
+            for c, cm in sorted(self.cond_cms[k].items())
         }
         return res
+
+
+class SubsetEvaluator(ScenarioEvaluator):
+    """:class:`ScenarioEvaluator` over modality subsets (the missing ones removed), keyed by
+    the subset tuple (``eval --missing``).
+
+    Args:
+        modalities: the model's modalities; subsets: tuples of them (see
+            :func:`modality_subsets`).
+        extra_scenarios: further scenarios (e.g. :func:`protocol_scenarios`) run in the same
+            pass; the rest as :class:`ScenarioEvaluator`.
+    """
+
+    def __init__(self, modalities: Sequence[str], subsets: Sequence[Sequence[str]],
+                 num_classes: int, ignore_index: int = 255, per_condition: bool = True,
+                 extra_scenarios: Sequence[Scenario] = (), seed: int = 0) -> None:
+        mods = list(modalities)
+        scenarios = [Scenario(f"emm/{subset_name(s)}", tuple(s),
+                              tuple(m for m in mods if m not in s)) for s in subsets]
+        keys = {s.key for s in scenarios}
+        scenarios += [s for s in extra_scenarios if s.key not in keys]
+        super().__init__(mods, scenarios, num_classes, ignore_index, per_condition, seed)
+        self.subsets = [tuple(s) for s in subsets]
+
+    def metrics(self, subset: Sequence[str] | str, miou: str = "nanmean",
+                ignore_classes: Sequence[int] = ()) -> dict[str, Any]:
+        """Metrics of ``subset`` (a tuple of modalities, or a scenario key)."""
+        key = subset if isinstance(subset, str) else f"emm/{subset_name(subset)}"
+        return super().metrics(key, miou, ignore_classes)
 
     def table(self, miou: str = "nanmean", ignore_classes: Sequence[int] = (),
               subsets: Sequence[Sequence[str]] | None = None) -> dict[str, Any]:
@@ -117,3 +357,116 @@ class SubsetEvaluator:
                 "per_condition": {c: v["mIoU"] for c, v in r["per_condition"].items()},
             }
         return out
+
+
+# ----------------------------------------------------------------------------- results
+def _num(v: float | None) -> float | None:
+    """A metric for JSON: ``None`` for NaN, rounded to 4 decimals (stable bytes)."""
+    if v is None or v != v:
+        return None
+    return round(float(v), 4)
+
+
+def _subset_block(ev: ScenarioEvaluator, prefix: str, miou: str,
+                  ignore_classes: Sequence[int]) -> dict[str, Any]:
+    n = len(ev.modalities)
+    entries, by_missing = [], {}
+    for s in modality_subsets(ev.modalities):
+        r = ev.metrics(f"{prefix}{subset_name(s)}", miou, ignore_classes)
+        missing = [m for m in ev.modalities if m not in s]
+        entries.append({"present": list(s), "missing": missing, "mIoU": _num(r["mIoU"]),
+                        "OA": _num(r["OA"]), "mF1": _num(r["mF1"]),
+                        "per_condition": {c: _num(v["mIoU"])
+                                          for c, v in r["per_condition"].items()}})
+        by_missing[tuple(missing)] = _num(r["mIoU"])
+    vals = [v for v in by_missing.values() if v is not None]
+    return {
+        "subsets": entries,
+        "mean": _num(sum(vals) / len(vals)) if vals else None,
+        "expectation": {str(p): _num(bernoulli_expectation(by_missing, n, p))
+                        for p in FAILURE_PROBABILITIES},
+    }
+
+
+def protocol_results(ev: ScenarioEvaluator, protocol: str, header: dict[str, Any],
+                     miou: str = "nanmean", ignore_classes: Sequence[int] = ()) -> dict[str, Any]:
+    """The JSON of one protocol from an evaluator that ran its scenarios.
+
+    Returns (``header`` keys first, then):
+
+    * EMM: ``{"protocol": "emm", "subsets": [{"present", "missing", "mIoU", "OA", "mF1",
+      "per_condition"}, ...], "mean": ..., "expectation": {"0.05": ..., "0.1": ..., "0.2":
+      ...}}`` (subsets full set first, then by size);
+    * RMM: ``{"protocol": "rmm", "ratios": [{"r": 0.25, "subsets", "mean", "expectation"},
+      ...]}`` (``missing`` = the modalities that lost pixels);
+    * NM: ``{"protocol": "nm", "clean": mIoU, "levels": [{"level", "density", "std", "mIoU",
+      "OA", "mIoU_salt_pepper_only", "OA_salt_pepper_only"}, ...]}``.
+
+    Metrics in percent, ``None`` (JSON ``null``) where undefined.
+    """
+    out: dict[str, Any] = {"protocol": protocol, **header}
+    if protocol == "emm":
+        out.update(_subset_block(ev, "emm/", miou, ignore_classes))
+    elif protocol == "rmm":
+        out["ratios"] = [{"r": r, **_subset_block(ev, f"rmm/{r}/", miou, ignore_classes)}
+                         for r in RMM_RATIOS]
+    elif protocol == "nm":
+        clean_key = next((k for k, s in ev.scenarios.items() if s.compute_key == "clean"), None)
+        out["clean"] = (_num(ev.metrics(clean_key, miou, ignore_classes)["mIoU"])
+                        if clean_key else None)
+        levels = []
+        for name, density, std in NOISE_LEVELS:
+            both = ev.metrics(f"nm/{name}", miou, ignore_classes)
+            sp = ev.metrics(f"nm/{name}/salt_pepper_only", miou, ignore_classes)
+            levels.append({"level": name, "density": density, "std": std,
+                           "mIoU": _num(both["mIoU"]), "OA": _num(both["OA"]),
+                           "mIoU_salt_pepper_only": _num(sp["mIoU"]),
+                           "OA_salt_pepper_only": _num(sp["OA"])})
+        out["levels"] = levels
+    else:
+        raise ValueError(f"unknown robustness protocol {protocol!r}")
+    return out
+
+
+def _md(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def protocol_markdown(res: dict[str, Any]) -> str:
+    """A Markdown report of one protocol's JSON (:func:`protocol_results`)."""
+    proto = res["protocol"]
+    title = {"emm": "Entire-missing modality (EMM)", "rmm": "Random-missing modality (RMM)",
+             "nm": "Noisy modality (NM)"}[proto]
+    lines = [f"# {title}", "",
+             f"`{res.get('checkpoint', '')}` on {res.get('dataset', '')} "
+             f"{res.get('split', '')}, modalities {subset_name(res.get('modalities', []))}, "
+             f"seed {res.get('seed', 0)}; mIoU in percent.", ""]
+    ps = [str(p) for p in FAILURE_PROBABILITIES]
+    if proto == "emm":
+        lines += ["| present | missing | mIoU | OA | mF1 |", "| --- | --- | --- | --- | --- |"]
+        for e in res["subsets"]:
+            lines.append(f"| {subset_name(e['present'])} | {subset_name(e['missing']) or '-'} "
+                         f"| {_md(e['mIoU'])} | {_md(e['OA'])} | {_md(e['mF1'])} |")
+        lines += ["", "| mean | " + " | ".join(f"E[p={p}]" for p in ps) + " |",
+                  "| --- | " + " | ".join("---" for _ in ps) + " |",
+                  f"| {_md(res['mean'])} | "
+                  + " | ".join(_md(res["expectation"][p]) for p in ps) + " |"]
+    elif proto == "rmm":
+        rs = res["ratios"]
+        lines += ["| intact | failed | " + " | ".join(f"r={b['r']}" for b in rs) + " |",
+                  "| --- | --- | " + " | ".join("---" for _ in rs) + " |"]
+        for i, e in enumerate(rs[0]["subsets"]):
+            lines.append(f"| {subset_name(e['present'])} | {subset_name(e['missing']) or '-'} | "
+                         + " | ".join(_md(b["subsets"][i]["mIoU"]) for b in rs) + " |")
+        lines.append("| **mean** | | " + " | ".join(_md(b["mean"]) for b in rs) + " |")
+        for p in ps:
+            lines.append(f"| **E[p={p}]** | | "
+                         + " | ".join(_md(b["expectation"][p]) for b in rs) + " |")
+    else:
+        lines += ["| level | s&p density | Gaussian std | mIoU (s&p + Gaussian) | "
+                  "mIoU (s&p only) |", "| --- | --- | --- | --- | --- |",
+                  f"| clean | 0 | 0 | {_md(res['clean'])} | {_md(res['clean'])} |"]
+        for lv in res["levels"]:
+            lines.append(f"| {lv['level']} | {lv['density']} | {lv['std']} | {_md(lv['mIoU'])} "
+                         f"| {_md(lv['mIoU_salt_pepper_only'])} |")
+    return "\n".join(lines) + "\n"

@@ -34,7 +34,14 @@ from .checkpoint import AtomicCheckpointIO, atomic_write_json
 from .inference import predict_logits
 from .metrics import confusion_metric, metrics_from_confusion
 from .module import SegmentationModule
-from .robustness import SubsetEvaluator, modality_subsets
+from .robustness import (
+    PROTOCOLS,
+    SubsetEvaluator,
+    modality_subsets,
+    protocol_markdown,
+    protocol_results,
+    protocol_scenarios,
+)
 
 
 class RunError(RuntimeError):
@@ -209,22 +216,52 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
 
 
 @torch.no_grad()
+def parse_protocols(protocol: str | list[str] | None) -> list[str]:
+    """``"all"`` -> ``["emm", "rmm", "nm"]``; ``"emm,nm"`` or a list -> those; ``None`` -> [].
+
+    Raises:
+        ValueError: an unknown protocol name.
+    """
+    if not protocol:
+        return []
+    names = protocol.split(",") if isinstance(protocol, str) else list(protocol)
+    names = [n.strip().lower() for n in names if n.strip()]
+    if "all" in names:
+        return list(PROTOCOLS)
+    bad = [n for n in names if n not in PROTOCOLS]
+    if bad:
+        raise ValueError(f"unknown --protocol {', '.join(bad)}: choose emm, rmm, nm or all")
+    return [p for p in PROTOCOLS if p in names]
+
+
 def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
              split: str | None = None, write_json: bool = True,
-             max_batches: int | None = None) -> dict[str, Any]:
+             max_batches: int | None = None, protocol: str | list[str] | None = None,
+             seed: int = 0) -> dict[str, Any]:
     """Evaluate a checkpoint on the validation split.
+
+    Args:
+        missing: ``"all"`` or a list of modality subsets to evaluate besides the full set.
+        protocol: sensor-failure protocols (:mod:`fusionseg.engine.robustness`): ``"emm"``,
+            ``"rmm"``, ``"nm"``, a comma list or ``"all"``; each writes
+            ``{stem}_{protocol}_{split}.json`` and ``.md`` next to the checkpoint, and a plot
+            ``{stem}_robustness_{split}.png``. All run in the same pass over the data.
+        seed: seed of the protocols' random corruptions.
 
     Returns:
         ``{"overall": metrics, "classes": [...], "per_condition": {cond: metrics},
         "missing": {"rgb+depth": {"mIoU": ..., "per_condition": {...}}, ...},
-        "outputs": {"rgb": {"OA", "mAcc", "mIoU"}, ..., "ensemble": {...}}, "json": path}``
-        where metrics are those of :func:`metrics_from_confusion` (percent); ``outputs`` only
-        for models with several outputs (``stream_logits``, e.g. AsymFusion).
+        "outputs": {"rgb": {"OA", "mAcc", "mIoU"}, ..., "ensemble": {...}},
+        "protocols": {"emm": {...}, ...}, "json": path, "files": [paths]}`` where metrics are
+        those of :func:`metrics_from_confusion` (percent); ``outputs`` only for models with
+        several outputs (``stream_logits``, e.g. AsymFusion).
 
     Raises:
         CheckpointMismatchError: the checkpoint does not match the configured model.
         DataError: bad data.
+        ValueError: an unknown protocol.
     """
+    protocols = parse_protocols(protocol)
     setup_threads(cfg.train.threads)
     if split:
         cfg = cfg.model_copy(deep=True)
@@ -242,7 +279,8 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
     subsets = requested if full in requested else [full, *requested]
     e = cfg.eval
     evaluator = SubsetEvaluator(full, subsets, ds.num_classes, ds.ignore_index,
-                                per_condition=e.per_condition)
+                                per_condition=e.per_condition,
+                                extra_scenarios=protocol_scenarios(full, protocols), seed=seed)
 
     def predict(sub: dict) -> torch.Tensor:
         return predict_logits(model, sub, mode=e.mode, window=e.window, stride=e.stride,
@@ -281,8 +319,26 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         for n, cm in out_cms.items():
             r = metrics_from_confusion(cm.compute(), e.miou, e.ignore_classes)
             result["outputs"][n] = {"OA": r["OA"], "mAcc": r["mAcc"], "mIoU": r["mIoU"]}
+    if protocols:
+        header = {"checkpoint": str(ckpt), "dataset": cfg.data.dataset,
+                  "split": cfg.data.val_split, "modalities": list(full), "seed": seed}
+        result["protocols"] = {p: protocol_results(evaluator, p, header, e.miou,
+                                                   e.ignore_classes) for p in protocols}
     if write_json:
-        out = Path(ckpt).with_name(Path(ckpt).stem + f"_eval_{cfg.data.val_split}.json")
-        atomic_write_json(result, out)  # strict JSON: null for classes absent from the data
+        stem, sp = Path(ckpt).stem, cfg.data.val_split
+        out = Path(ckpt).with_name(f"{stem}_eval_{sp}.json")
+        # strict JSON: null for classes absent from the data; the protocols have their own files
+        atomic_write_json({k: v for k, v in result.items() if k != "protocols"}, out)
         result["json"] = str(out)
+        result["files"] = [str(out)]
+        for p, res in result.get("protocols", {}).items():
+            pj = Path(ckpt).with_name(f"{stem}_{p}_{sp}.json")
+            atomic_write_json(res, pj)
+            pm = pj.with_suffix(".md")
+            pm.write_text(protocol_markdown(res))
+            result["files"] += [str(pj), str(pm)]
+        if protocols:
+            from ..viz import plot_robustness
+            png = Path(ckpt).with_name(f"{stem}_robustness_{sp}.png")
+            result["files"].append(str(plot_robustness(result["protocols"], png)))
     return result

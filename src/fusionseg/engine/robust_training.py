@@ -1,0 +1,183 @@
+"""Robust training against sensor failure, for any method: ``train.robust: true``.
+
+Every training batch ``x`` of ``B`` samples is paired with a corrupted copy ``x'`` and both run
+through the model as one batch of ``2B`` (one forward pass)::
+
+    x'  = rectangles(dropout(x))          per sample: modality dropout (each modality dropped
+                                          with its probability, never all), then with
+                                          probability rect_prob one present modality loses a
+                                          random rectangle (MCRM-style)
+    z, z' = model([x; x'])                 main logits of the two halves
+    loss  = L([z; z'], [y; y'])            the run's loss (and the method's auxiliary terms)
+                                          over both halves
+          + w * T^2 * KL(softmax(sg(z) / T) || softmax(z' / T))   on the corrupted samples
+
+``sg`` is stop-gradient: the full-modality prediction of the same forward pass is the teacher,
+so no second model is kept. Sources: the modality dropout of the missing-modality literature;
+the rectangles follow MoBaNet's modality-conditional random masking (MCRM, official
+``peft_modules.py``, here for any number of modalities, see
+:func:`~fusionseg.engine.masking.random_rectangle`); the full-to-partial distillation follows
+the any-modality segmentation papers (AnySeg, Zheng et al. 2024, and MAGIC++, Zheng et al.
+2024, distil multimodal predictions into missing-modality ones), with the temperature-scaled KL
+of Hinton et al. 2015. Ours: the teacher is the same network's full-input half of the batch
+(AnySeg / MAGIC++ use a separately trained teacher or feature-level terms), and the KL is
+averaged over the valid (non-ignored) pixels of the corrupted samples only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from .masking import random_rectangle, sample_modality_keep
+
+__all__ = ["RobustTraining", "consistency_kl"]
+
+
+def consistency_kl(student: Tensor, teacher: Tensor, valid: Tensor,
+                   temperature: float = 1.0) -> Tensor:
+    """``T^2 * KL(softmax(teacher / T) || softmax(student / T))`` averaged over valid pixels.
+
+    Args:
+        student, teacher: logits ``[N, K, H, W]`` (``teacher`` is detached here).
+        valid: ``bool[N, H, W]``, the pixels that count.
+        temperature: ``T`` > 0.
+
+    Returns:
+        A scalar (0 when no pixel is valid), computed in float32.
+    """
+    t = F.log_softmax(teacher.detach().float() / temperature, dim=1)
+    s = F.log_softmax(student.float() / temperature, dim=1)
+    kl = (t.exp() * (t - s)).sum(1)  # [N, H, W]
+    n = valid.sum()
+    if n == 0:
+        return student.sum() * 0.0
+    return (kl * valid).sum() / n * temperature ** 2
+
+
+class RobustTraining:
+    """The robust recipe's batch doubling, corruption and consistency loss.
+
+    Args:
+        modalities: the model's modalities (column order of ``present``).
+        modality_dropout: drop probability per modality (a float, or ``{modality: p}``; a
+            modality not named keeps 0).
+        rect_prob: probability per sample that one of its kept modalities loses a rectangle.
+        rect_area, rect_aspect: rectangle area (fraction of the image) and aspect ranges.
+        consistency_weight: ``w`` of the KL term (0: no distillation).
+        temperature: ``T``.
+        ignore_index: label value of pixels left out of the KL average.
+
+    Raises:
+        ValueError: a probability outside ``[0, 1]``, a dropout key that is not a modality,
+            a non-positive temperature.
+    """
+
+    def __init__(self, modalities: Sequence[str], modality_dropout: float | Mapping[str, float]
+                 = 0.5, rect_prob: float = 0.25, rect_area: Sequence[float] = (0.1, 0.3),
+                 rect_aspect: Sequence[float] = (0.5, 2.0), consistency_weight: float = 1.0,
+                 temperature: float = 2.0, ignore_index: int = 255) -> None:
+        self.modalities = list(modalities)
+        if isinstance(modality_dropout, Mapping):
+            unknown = sorted(set(modality_dropout) - set(self.modalities))
+            if unknown:
+                raise ValueError(f"robust.modality_dropout names {unknown}, not modalities of "
+                                 f"the model {self.modalities}")
+            self.p_drop = [float(modality_dropout.get(m, 0.0)) for m in self.modalities]
+        else:
+            self.p_drop = [float(modality_dropout)] * len(self.modalities)
+        if not all(0 <= p <= 1 for p in [*self.p_drop, rect_prob]):
+            raise ValueError("robust.modality_dropout and robust.rect_prob must lie in [0, 1]")
+        if temperature <= 0:
+            raise ValueError(f"robust.temperature must be > 0, got {temperature}")
+        self.rect_prob = float(rect_prob)
+        self.rect_area = (float(rect_area[0]), float(rect_area[1]))
+        self.rect_aspect = (float(rect_aspect[0]), float(rect_aspect[1]))
+        self.consistency_weight = float(consistency_weight)
+        self.temperature = float(temperature)
+        self.ignore_index = ignore_index
+
+    def corrupt(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+                ) -> tuple[dict[str, Any], Tensor]:
+        """The corrupted copy ``x'`` of ``batch`` and which samples changed.
+
+        Returns:
+            ``(batch', changed bool[B])``: ``batch'`` with dropped modalities zeroed and
+            ``present`` false, rectangles set to 0 (the normalised mean); ``batch`` is not
+            modified.
+        """
+        names = [m for m in self.modalities if m in batch]
+        b = batch[names[0]].shape[0]
+        present = batch.get("present")
+        present = (torch.tensor([[m in batch for m in self.modalities]] * b)
+                   if present is None else torch.as_tensor(present).cpu().bool())
+        keep = sample_modality_keep(present, self.p_drop, generator)
+        changed = (keep != present).any(1)
+        out = dict(batch)
+        tensors = {m: batch[m].clone() for m in names}
+        for j, m in enumerate(self.modalities):
+            if m in tensors:
+                tensors[m] *= keep[:, j].to(tensors[m]).view(-1, 1, 1, 1)
+        if self.rect_prob > 0:
+            h, w = tensors[names[0]].shape[-2:]
+            hit = torch.rand(b, generator=generator) < self.rect_prob
+            for i in torch.nonzero(hit).flatten().tolist():
+                cols = [j for j in torch.nonzero(keep[i]).flatten().tolist()
+                        if self.modalities[j] in tensors]
+                if not cols:
+                    continue
+                j = cols[int(torch.randint(len(cols), (), generator=generator))]
+                top, left, bh, bw = random_rectangle(h, w, self.rect_area, self.rect_aspect,
+                                                     generator)
+                tensors[self.modalities[j]][i, :, top:top + bh, left:left + bw] = 0
+                changed[i] = True
+        out.update(tensors)
+        out["present"] = keep.to(tensors[names[0]].device)
+        return out, changed
+
+    def paired_batch(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
+                     ) -> tuple[dict[str, Any], Tensor]:
+        """``[x; x']``: the batch followed by its corrupted copy, as one batch of ``2B``.
+
+        Tensors (modalities, ``label``) are concatenated along dim 0, ``present`` too (all true
+        for the first half when ``batch`` has none), ``meta`` lists joined.
+
+        Returns:
+            ``(paired batch, changed bool[B])`` (see :meth:`corrupt`).
+        """
+        corrupted, changed = self.corrupt(batch, generator)
+        names = [m for m in self.modalities if m in batch]
+        b = batch[names[0]].shape[0]
+        present = batch.get("present")
+        if present is None:
+            present = torch.tensor([[m in batch for m in self.modalities]] * b)
+        out: dict[str, Any] = {}
+        for k, v in batch.items():
+            if k == "present":
+                continue
+            if isinstance(v, Tensor) and v.ndim >= 1 and v.shape[0] == b:
+                out[k] = torch.cat([v, corrupted[k]], dim=0)
+            elif k == "meta" and isinstance(v, list):
+                out[k] = v + v
+            else:
+                out[k] = v
+        out["present"] = torch.cat([torch.as_tensor(present).bool().to(corrupted["present"]),
+                                    corrupted["present"]], dim=0)
+        return out, changed
+
+    def consistency_loss(self, logits: Tensor, label: Tensor, changed: Tensor) -> Tensor:
+        """The weighted KL term from the paired batch's main logits ``[2B, K, H, W]`` and labels
+        ``[2B, H, W]``: the first half teaches the second on the ``changed`` samples."""
+        b = logits.shape[0] // 2
+        teacher, student = logits[:b], logits[b:]
+        lab = label[b:]
+        if lab.shape[-2:] != student.shape[-2:]:
+            lab = F.interpolate(lab[:, None].float(), size=student.shape[-2:],
+                                mode="nearest")[:, 0].long()
+        valid = (lab != self.ignore_index) & changed.to(lab.device).view(-1, 1, 1)
+        return self.consistency_weight * consistency_kl(student, teacher, valid,
+                                                        self.temperature)
