@@ -10,14 +10,12 @@ memory on the ``meta`` device.
 
 from __future__ import annotations
 
-import contextlib
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 __all__ = ["collect_run", "report_command", "report_table", "run_labels", "write_report"]
 
@@ -45,40 +43,16 @@ def _result_file(ckpt_dir: Path, protocol: str, split: str) -> Path | None:
     return None
 
 
-@contextlib.contextmanager
-def _parameters_on_meta() -> Iterator[None]:
-    """Every parameter registered inside the block is moved to the ``meta`` device.
-
-    For builders that read tensor values while constructing (e.g. ``linspace(...).tolist()``
-    of drop-path rates), which fail under ``torch.device("meta")``. Patches
-    ``nn.Module.register_parameter`` process-wide for the duration of the block.
-    """
-    register = nn.Module.register_parameter
-
-    def register_on_meta(module: nn.Module, name: str, param: nn.Parameter | None) -> None:
-        if param is not None and param.device.type != "meta":
-            param = nn.Parameter(param.to("meta"), requires_grad=param.requires_grad)
-        register(module, name, param)
-
-    nn.Module.register_parameter = register_on_meta
-    try:
-        yield
-    finally:
-        nn.Module.register_parameter = register
-
-
 def _count_parameters(spec: dict[str, Any]) -> dict[str, int] | None:
     """:func:`fusionseg.models.count_parameters` of ``create_model(spec)`` built on the meta
     device (no weight memory); None when the model cannot be built."""
     from .models import count_parameters, create_model
 
-    for context in (lambda: torch.device("meta"), _parameters_on_meta):
-        try:
-            with context():
-                return count_parameters(create_model(spec))
-        except Exception:  # noqa: BLE001  (any failure to build: no counts, no crash)
-            continue
-    return None
+    try:
+        with torch.device("meta"):
+            return count_parameters(create_model(spec))
+    except Exception:  # noqa: BLE001  (any failure to build: no counts, no crash)
+        return None
 
 
 def run_labels(run_dirs: Sequence[str | Path]) -> list[str]:

@@ -305,7 +305,7 @@ class MixVisionTransformer(TransformerBackbone):
         self.num_heads = [int(h) for h in num_heads]
         self.sr_ratios = [int(r) for r in sr_ratios]
         self.in_chans = int(in_chans)
-        dpr = torch.linspace(0, drop_path_rate, sum(self.depths)).tolist()
+        dpr = torch.linspace(0, drop_path_rate, sum(self.depths), device="cpu").tolist()
         cur = 0
         for i in range(4):
             dim = self.embed_dims[i]
