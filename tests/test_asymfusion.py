@@ -86,6 +86,24 @@ def test_training_output_sums_stream_and_ensemble_nll_and_keeps_bn_stats():
     assert model.alpha.grad is not None and model.backbone.conv1.weight.grad is not None
 
 
+def test_mixed_presence_runs_per_pattern_and_masks_stream_losses():
+    model = ours().train()
+    label = torch.randint(0, K, (3, 64, 64))
+    batch = {"rgb": torch.randn(3, 3, 64, 64), "depth": torch.randn(3, 1, 64, 64),
+             "present": torch.tensor([[True, False], [True, True], [False, True]]),
+             "label": label}
+    out = model(batch)
+    depth_t, rgb_t = out.aux["stream_depth"].target, out.aux["stream_rgb"].target
+    assert (depth_t[0] == 255).all() and torch.equal(depth_t[1:], label[1:])
+    assert (rgb_t[2] == 255).all() and torch.equal(rgb_t[:2], label[:2])
+    assert not out.aux["stream_depth"].logits[0].any()  # no depth stream for sample 0
+    with torch.no_grad():
+        model.eval()
+        mixed = model(batch)
+        alone = model({"depth": batch["depth"][2:]})
+    torch.testing.assert_close(mixed[2:], alone)
+
+
 def test_shift_shuffle_switch_and_bad_input():
     x = {"rgb": torch.randn(1, 3, 64, 64), "depth": torch.randn(1, 3, 64, 64)}
     a, b = ours().eval(), ours(shift_shuffle=False).eval()

@@ -169,27 +169,15 @@ def test_absent_modality_is_zero_with_present_false(name):
         torch.testing.assert_close(model(absent), model(flagged))
 
 
-#: models whose per-sample missing-modality path is known to differ from the absent key, and why
-PER_SAMPLE_GAPS = {
-    "asymfusion": (
-        "AsymFusion runs a modality absent from the whole batch as a single stream without "
-        "fusion, but fills a sample missing it in a mixed batch with zeros and fuses both "
-        "streams (segmentors/asymfusion.py), so the two give different logits"
-    ),
-}
-
-
 @pytest.mark.parametrize("flagged", ["zeros", "random"])
 @pytest.mark.parametrize("name", MODEL_NAMES)
-def test_sample_missing_a_modality_equals_that_sample_with_the_key_absent(name, flagged, request):
+def test_sample_missing_a_modality_equals_that_sample_with_the_key_absent(name, flagged):
     """Per sample: a sample whose last modality is flagged absent (``present`` false; a zero or
     a random image, which must be ignored) gets the logits of that sample alone with the key
     absent, and the full sample next to it those of the full sample alone."""
     model = tiny_model(name).eval()
     if len(model.modalities) < 2:
         pytest.skip("one modality")
-    if name in PER_SAMPLE_GAPS:
-        request.applymarker(pytest.mark.xfail(reason=PER_SAMPLE_GAPS[name], strict=True))
     batch = batch_for(model, h=32, w=32)
     gone = model.modalities[-1]
     g = torch.Generator().manual_seed(7)

@@ -27,8 +27,9 @@ weights, ignore 255), as released; the ensemble term reaches only ``alpha``.
 
 One modality present (absent key, or ``present`` false for the whole batch): the model runs that
 stream alone with its own BNs, without fusion, and returns its logits (the release has no such
-path: its forward fails with one input). A sample missing a modality inside a mixed batch gets
-zeros for it (both streams run).
+path: its forward fails with one input). A batch mixing samples with and without a modality runs
+one sub-batch per presence pattern, so each sample gets what it would get alone; in training
+a stream's auxiliary loss leaves out the samples that lack its modality.
 
 Checkpoint keys (ours <- release): the release wraps each conv in ``ModuleParallel`` (``.module``)
 - ``conv1.module.weight`` -> ``backbone.conv1.weight``, ``bn1.bn_0.*`` -> ``backbone.bn1.bn_0.*``,
@@ -123,8 +124,17 @@ class AsymFusionSegmentor(Segmentor):
         return feats
 
     def stream_logits(self, batch: Mapping[str, object]) -> dict[str, Tensor]:
-        """``{modality: logits, ..., "ensemble": logits}``, each ``[B, K, H, W]`` at input size."""
+        """``{modality: logits, ..., "ensemble": logits}``, each ``[B, K, H, W]`` at input size.
+
+        A batch whose samples have different modalities (``present`` rows differ) is run as one
+        sub-batch per presence pattern, so a sample missing a modality gets exactly what it gets
+        alone (that stream without fusion); a modality's logits are zeros for the samples that
+        lack it. Ours: the release has no missing-modality path.
+        """
         sb = self.stream_inputs(batch)
+        patterns = torch.unique(sb.present, dim=0)
+        if patterns.shape[0] > 1:
+            return self._stream_logits_per_pattern(batch, sb.present, patterns)
         size = sb.size
         streams = tuple(i for i in range(len(sb.names)) if bool(sb.present[:, i].any()))
         x = self.pad_to_multiple(torch.cat([sb.images[i] for i in streams], dim=0))
@@ -140,6 +150,22 @@ class AsymFusionSegmentor(Segmentor):
         out["ensemble"] = self.upsample_logits(ens, size, x.shape[-2:])
         return out
 
+    def _stream_logits_per_pattern(self, batch: Mapping[str, object], present: Tensor,
+                                   patterns: Tensor) -> dict[str, Tensor]:
+        """:meth:`stream_logits` of a mixed batch, one sub-batch per row of ``patterns``."""
+        b = present.shape[0]
+        out: dict[str, Tensor] = {}
+        for pat in patterns:
+            idx = (present == pat).all(1).nonzero().flatten()
+            sub = {k: (v[idx.to(v.device)] if isinstance(v, Tensor) and v.ndim >= 1
+                       and v.shape[0] == b else v) for k, v in batch.items() if k != "meta"}
+            sub["present"] = present[idx]
+            for k, v in self.stream_logits(sub).items():
+                if k not in out:
+                    out[k] = v.new_zeros(b, *v.shape[1:])
+                out[k] = out[k].index_copy(0, idx.to(v.device), v)
+        return {k: out[k] for k in [*(m for m in self.modalities if m in out), "ensemble"]}
+
     def forward(self, batch: Mapping[str, object]) -> Tensor | SegmentationOutput:
         """``batch`` -> ensemble logits ``[B, K, H, W]`` (training: with the per-stream logits as
         auxiliary outputs)."""
@@ -147,9 +173,17 @@ class AsymFusionSegmentor(Segmentor):
         ens = out.pop("ensemble")
         if not self.training:
             return ens
-        return SegmentationOutput(ens, aux={
-            f"stream_{m}": AuxiliaryLogits(v, weight=1.0, loss={"name": "ce"})
-            for m, v in out.items()})
+        label = batch.get("label")
+        present = self.stream_inputs(batch).present if isinstance(label, Tensor) else None
+        aux = {}
+        for m, v in out.items():
+            target = None  # a stream's loss leaves out the samples that lack the modality
+            if present is not None and not bool(present[:, self.modalities.index(m)].all()):
+                have = present[:, self.modalities.index(m)].to(label.device).view(-1, 1, 1)
+                target = label.masked_fill(~have, 255)
+            aux[f"stream_{m}"] = AuxiliaryLogits(v, weight=1.0, loss={"name": "ce"},
+                                                 target=target)
+        return SegmentationOutput(ens, aux=aux)
 
     # ------------------------------------------------------------------ checkpoints
     _RELEASE = (
