@@ -178,6 +178,32 @@ def test_consistency_kl_teacher_is_stop_gradient():
     assert consistency_kl(s, t, torch.zeros_like(valid)).item() == 0.0
 
 
+def test_corrupted_half_weight_splits_main_and_auxiliary_losses():
+    from fusionseg.engine.losses import SegmentationCriterion
+    from fusionseg.models import AuxiliaryLogits, SegmentationOutput
+
+    torch.manual_seed(0)
+    crit = SegmentationCriterion("ce")
+    z, a = torch.randn(4, 3, 6, 6), torch.randn(4, 3, 3, 3)
+    y = torch.randint(0, 3, (4, 6, 6))
+    target = y.clone()
+    target[1] = 255
+    out = SegmentationOutput(z, aux={"aux": AuxiliaryLogits(a, 0.4, target=target)},
+                             losses={"extra": torch.tensor(0.7)})
+    same, _ = RobustTraining(MODS).halves_loss(crit, out, y)
+    assert same.item() == pytest.approx(crit(out, y)[0].item())
+    total, terms = RobustTraining(MODS, corrupt_weight=0.5).halves_loss(crit, out, y)
+
+    def half(sl):
+        return crit(SegmentationOutput(z[sl], aux={"aux": AuxiliaryLogits(a[sl], 0.4,
+                                                                          target=target[sl])}),
+                    y[sl])[0]
+
+    manual = (half(slice(0, 2)) + 0.5 * half(slice(2, 4))) / 1.5 + 0.7
+    assert total.item() == pytest.approx(manual.item(), rel=1e-6)
+    assert set(terms) == {"main", "aux", "extra"}
+
+
 def test_robust_config_switch():
     base = {"model": {"modalities": ["rgb", "depth"]}}
     on = config_from_dict({**base, "train": {"robust": True}})
@@ -225,6 +251,7 @@ def test_robust_training_and_protocol_all_are_reproducible(tmp_path):
                           for p in ("emm", "rmm", "nm")}
     assert files[0] == files[1]
     assert "EMM" in res.output and "RMM" in res.output and "NM" in res.output
+    assert "E[p=0.1]" in res.output  # not eaten as rich markup
     emm = json.loads(files[0]["emm"])
     assert emm["protocol"] == "emm" and len(emm["subsets"]) == 7
     assert set(emm["expectation"]) == {"0.05", "0.1", "0.2"}

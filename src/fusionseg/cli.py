@@ -139,7 +139,7 @@ def print_protocols(protocols: dict) -> None:
         t.add_section()
         t.add_row("[bold]mean[/]", "", f"[bold]{f(r['mean'])}[/]")
         for p in ps:
-            t.add_row(f"E[p={p}]", "", f(r["expectation"][p]))
+            t.add_row(f"E\\[p={p}]", "", f(r["expectation"][p]))
         console.print(t)
     if "rmm" in protocols:
         rs = protocols["rmm"]["ratios"]
@@ -155,7 +155,7 @@ def print_protocols(protocols: dict) -> None:
         t.add_section()
         t.add_row("[bold]mean[/]", "", *[f"[bold]{f(b['mean'])}[/]" for b in rs])
         for p in ps:
-            t.add_row(f"E[p={p}]", "", *[f(b["expectation"][p]) for b in rs])
+            t.add_row(f"E\\[p={p}]", "", *[f(b["expectation"][p]) for b in rs])
         console.print(t)
     if "nm" in protocols:
         r = protocols["nm"]

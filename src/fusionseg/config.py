@@ -90,6 +90,7 @@ class RobustConfig(_Strict):
     rect_area: tuple[float, float] = (0.1, 0.3)  # fraction of the image
     rect_aspect: tuple[float, float] = (0.5, 2.0)  # width / height
     consistency_weight: float = 1.0  # KL from the full-modality half (0: none)
+    corrupt_weight: float = 1.0  # weight of the corrupted half's loss against the full half's
     temperature: float = 2.0
 
     @model_validator(mode="before")

@@ -137,7 +137,7 @@ class SegmentationModule(L.LightningModule):
         r = t.robust
         self.robust = RobustTraining(
             list(cfg.model.modalities), r.modality_dropout, r.rect_prob, r.rect_area,
-            r.rect_aspect, r.consistency_weight, r.temperature, ignore_index,
+            r.rect_aspect, r.consistency_weight, r.temperature, ignore_index, r.corrupt_weight,
         ) if r.enabled else None
 
     # -- training -------------------------------------------------------------------------
@@ -162,7 +162,10 @@ class SegmentationModule(L.LightningModule):
             batch, changed = self.robust.paired_batch(batch)
         out = self.model(batch)
         label = batch["label"]
-        loss, terms = self.criterion(out, label)
+        if self.robust is not None:
+            loss, terms = self.robust.halves_loss(self.criterion, out, label)
+        else:
+            loss, terms = self.criterion(out, label)
         if changed is not None and self.robust.consistency_weight > 0:
             kl = self.robust.consistency_loss(logits_of(out), label, changed)
             terms = {**terms, "consistency": kl.detach()}

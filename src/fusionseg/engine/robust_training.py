@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.segmentors.base import AuxiliaryLogits, SegmentationOutput
 from .masking import random_rectangle, sample_modality_keep
 
 __all__ = ["RobustTraining", "consistency_kl"]
@@ -70,6 +71,8 @@ class RobustTraining:
         rect_area, rect_aspect: rectangle area (fraction of the image) and aspect ranges.
         consistency_weight: ``w`` of the KL term (0: no distillation).
         temperature: ``T``.
+        corrupt_weight: ``lambda``, weight of the corrupted half's loss: the loss is
+            ``(L(z, y) + lambda * L(z', y)) / (1 + lambda)`` (1: the plain mean over ``2B``).
         ignore_index: label value of pixels left out of the KL average.
 
     Raises:
@@ -80,7 +83,8 @@ class RobustTraining:
     def __init__(self, modalities: Sequence[str], modality_dropout: float | Mapping[str, float]
                  = 0.5, rect_prob: float = 0.25, rect_area: Sequence[float] = (0.1, 0.3),
                  rect_aspect: Sequence[float] = (0.5, 2.0), consistency_weight: float = 1.0,
-                 temperature: float = 2.0, ignore_index: int = 255) -> None:
+                 temperature: float = 2.0, ignore_index: int = 255,
+                 corrupt_weight: float = 1.0) -> None:
         self.modalities = list(modalities)
         if isinstance(modality_dropout, Mapping):
             unknown = sorted(set(modality_dropout) - set(self.modalities))
@@ -100,6 +104,40 @@ class RobustTraining:
         self.consistency_weight = float(consistency_weight)
         self.temperature = float(temperature)
         self.ignore_index = ignore_index
+        if corrupt_weight < 0:
+            raise ValueError(f"robust.corrupt_weight must be >= 0, got {corrupt_weight}")
+        self.corrupt_weight = float(corrupt_weight)
+
+    def halves_loss(self, criterion, output, label: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``criterion`` (a :class:`~fusionseg.engine.losses.SegmentationCriterion`) over the
+        paired batch's output, the corrupted half weighted by :attr:`corrupt_weight`.
+
+        With weight 1 this is ``criterion(output, label)``. Otherwise the main and auxiliary
+        logits (and auxiliary targets) are split into the two halves; a method's extra loss
+        terms (``output.losses``, already reduced over the batch) count once.
+        """
+        if self.corrupt_weight == 1.0:
+            return criterion(output, label)
+        b = label.shape[0] // 2
+        lam = self.corrupt_weight
+        if isinstance(output, Tensor):
+            halves = [output[:b], output[b:]]
+            extra: dict[str, Tensor] = {}
+        else:
+            halves = [SegmentationOutput(
+                output.logits[sl],
+                aux={k: AuxiliaryLogits(a.logits[sl], a.weight, a.loss,
+                                        None if a.target is None else a.target[sl])
+                     for k, a in output.aux.items()}) for sl in (slice(0, b), slice(b, None))]
+            extra = dict(output.losses)
+        (l_full, t_full), (l_cor, t_cor) = (criterion(h, y) for h, y in
+                                            zip(halves, (label[:b], label[b:]), strict=True))
+        total = (l_full + lam * l_cor) / (1 + lam)
+        terms = {k: (t_full[k] + lam * t_cor[k]) / (1 + lam) for k in t_full}
+        for k, v in extra.items():
+            total = total + v
+            terms[k] = v.detach()
+        return total, terms
 
     def corrupt(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
                 ) -> tuple[dict[str, Any], Tensor]:

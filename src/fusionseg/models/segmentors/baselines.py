@@ -50,6 +50,8 @@ class SumFusionSegmentor(Segmentor):
         modalities: ordered modality names.
         num_classes: ``K``.
         decoder_dim: SegFormer head width ``E``.
+        reduce: ``"mean"`` (default: the present modalities' maps averaged per sample) or
+            ``"sum"`` (summed, no rescaling: the fused maps grow with the number present).
         batch_modalities: run the present modalities as one concatenated batch through the
             encoder (faster on CPU: fewer, larger kernels) instead of one pass each.
     """
@@ -61,11 +63,15 @@ class SumFusionSegmentor(Segmentor):
         num_classes: int,
         decoder_dim: int = 256,
         batch_modalities: bool = True,
+        reduce: str = "mean",
     ) -> None:
         super().__init__(modalities, num_classes)
         self.backbone = backbone
         self.decode_head = SegFormerHead(backbone.out_channels, num_classes, embed_dim=decoder_dim)
         self.batch_modalities = batch_modalities
+        if reduce not in ("mean", "sum"):
+            raise ValueError(f"sum_fusion reduce must be 'mean' or 'sum', got {reduce!r}")
+        self.reduce = reduce
 
     def encode(self, inputs: list[ModalityInput]) -> list[Tensor]:
         """Per-sample mean of the stage maps over the present modalities.
@@ -82,7 +88,7 @@ class SumFusionSegmentor(Segmentor):
         masks = [m for _, _, m in inputs]
         n = len(inputs)
         if all(m is None for m in masks):
-            weights, count = None, float(n)
+            weights, count = None, float(n if self.reduce == "mean" else 1)
         else:
             ref = inputs[0][1]
             weights = torch.stack([
@@ -90,7 +96,8 @@ class SumFusionSegmentor(Segmentor):
                 else m.to(device=ref.device, dtype=ref.dtype)
                 for m in masks
             ])  # [n, B]
-            count = weights.sum(0).view(b, 1, 1, 1)  # >= 1: checked by _modality_inputs
+            count = (weights.sum(0).view(b, 1, 1, 1)  # >= 1: checked by _modality_inputs
+                     if self.reduce == "mean" else 1.0)
         if n > 1 and self.batch_modalities:
             feats = self.backbone(torch.cat([x for _, x, _ in inputs], dim=0))
             feats = [f.view(n, b, *f.shape[1:]) for f in feats]
@@ -145,6 +152,7 @@ def build_sum_fusion(
     freeze_backbone: bool = False,
     backbone_kwargs: Mapping[str, object] | None = None,
     batch_modalities: bool = True,
+    reduce: str = "mean",
 ) -> SumFusionSegmentor:
     """Build the sum-fusion baseline.
 
@@ -158,6 +166,7 @@ def build_sum_fusion(
         freeze_backbone: freeze the encoder (head trains).
         backbone_kwargs: extra constructor overrides for the backbone (e.g. tiny test widths).
         batch_modalities: run the modalities as one concatenated encoder batch.
+        reduce: ``"mean"`` over the present modalities (default) or ``"sum"``.
 
     Returns:
         :class:`SumFusionSegmentor`.
@@ -181,6 +190,7 @@ def build_sum_fusion(
         num_classes,
         decoder_dim=decoder_dim or default_decoder_dim(backbone),
         batch_modalities=batch_modalities,
+        reduce=reduce,
     )
     if freeze_backbone:
         model.freeze_backbone()
