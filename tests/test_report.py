@@ -157,7 +157,10 @@ def test_report_command_prints_the_table(tmp_path):
     console = Console(file=io.StringIO(), width=250)
     res = report_command([run], tmp_path / "out", console)
     text = console.file.getvalue()
-    assert "run1" in text and "41.00" in text and "30.00" in text
+    assert "run1" in text and "41.00" in text
+    assert "30.00" not in text  # per-condition columns: in the Markdown only
+    assert "E[p=0.1]" in text  # the header is not eaten as rich markup
+    assert "30.00" in Path(res["markdown"]).read_text()
     assert str(res["markdown"]) in text and str(res["png"]) in text
 
 

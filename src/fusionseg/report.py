@@ -187,16 +187,20 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
 
 def report_command(run_dirs: Sequence[str | Path], out: str | Path, console) -> dict[str, Any]:
     """``fusionseg report``: :func:`write_report`, then the table and the written paths on
-    ``console`` (a :class:`rich.console.Console`)."""
+    ``console`` (a :class:`rich.console.Console`). The console table leaves out the backbone
+    and per-condition columns to stay readable; the Markdown file has them all."""
+    from rich.markup import escape
     from rich.table import Table
 
     res = write_report(run_dirs, out)
     header, body = table_cells(res["rows"])
+    conditions = {c for r in res["rows"] for c in r["per_condition"]}
+    keep = [i for i, h in enumerate(header) if h not in conditions and h != "backbone"]
     table = Table(title="runs compared (mIoU %)")
-    for i, name in enumerate(header):
-        table.add_column(name, justify="left" if i < 5 else "right")
+    for i in keep:
+        table.add_column(escape(header[i]), justify="left" if i < 5 else "right")
     for cells in body:
-        table.add_row(*cells)
+        table.add_row(*(escape(cells[i]) for i in keep))
     console.print(table)
     console.print(f"wrote {res['markdown']} and {res['png']}")
     return res
