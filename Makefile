@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine (see README.md):
-#   make demo   set up, render synthcity, train + evaluate the quickstart model, write panels
+#   make demo   set up, render synthcity, train (robust recipe) + evaluate the quickstart model
+#               with every modality and under every missing-modality subset (EMM), write panels
 #   make test   set up and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -27,8 +28,8 @@ $(DATA)/synthcity.json: | $(VENV)/.installed
 
 demo: $(VENV)/.installed $(DATA)/synthcity.json
 	rm -rf $(RUN)
-	$(FS) train configs/quickstart.yaml --run-dir $(RUN)
-	$(FS) eval configs/quickstart.yaml --ckpt $(RUN)/checkpoints/best.ckpt
+	$(FS) train configs/quickstart.yaml --run-dir $(RUN) --set train.robust=true
+	$(FS) eval configs/quickstart.yaml --ckpt $(RUN)/checkpoints/best.ckpt --protocol emm
 	$(FS) predict --ckpt $(RUN)/checkpoints/best.ckpt --input $(DATA) --split val \
 		--max-samples 12 --out $(RUN)/predictions
 	@echo "prediction panels: $(RUN)/predictions/panels"

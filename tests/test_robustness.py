@@ -207,7 +207,7 @@ def test_corrupted_half_weight_splits_main_and_auxiliary_losses():
 def test_robust_config_switch():
     base = {"model": {"modalities": ["rgb", "depth"]}}
     on = config_from_dict({**base, "train": {"robust": True}})
-    assert on.train.robust.enabled and on.train.robust.modality_dropout == 0.5
+    assert on.train.robust.enabled and on.train.robust.modality_dropout == 0.25
     assert not config_from_dict(base).train.robust.enabled
     custom = config_from_dict({**base, "train": {"robust": {"rect_prob": 0.0}}})
     assert custom.train.robust.enabled and custom.train.robust.rect_prob == 0.0

@@ -85,7 +85,7 @@ class RobustConfig(_Strict):
 
     enabled: bool = False
     #: drop probability per sample of each modality (or ``{modality: p}``); never all dropped
-    modality_dropout: float | dict[str, float] = 0.5
+    modality_dropout: float | dict[str, float] = 0.25
     rect_prob: float = 0.25  # per sample: one kept modality loses a random rectangle
     rect_area: tuple[float, float] = (0.1, 0.3)  # fraction of the image
     rect_aspect: tuple[float, float] = (0.5, 2.0)  # width / height

@@ -81,7 +81,7 @@ class RobustTraining:
     """
 
     def __init__(self, modalities: Sequence[str], modality_dropout: float | Mapping[str, float]
-                 = 0.5, rect_prob: float = 0.25, rect_area: Sequence[float] = (0.1, 0.3),
+                 = 0.25, rect_prob: float = 0.25, rect_area: Sequence[float] = (0.1, 0.3),
                  rect_aspect: Sequence[float] = (0.5, 2.0), consistency_weight: float = 1.0,
                  temperature: float = 2.0, ignore_index: int = 255,
                  corrupt_weight: float = 1.0) -> None:
