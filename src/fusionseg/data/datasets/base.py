@@ -170,7 +170,8 @@ class MultimodalDataset(Dataset):
         records: list of :class:`SampleRecord`.
 
     Raises:
-        DataError: missing root or split folder (naming the path), a modality the dataset does
+        DataError: missing root, a root without the dataset's folders (see
+            :meth:`resolve_root`), missing split folder (naming the path), a modality the dataset does
             not offer, invalid spec overrides; per sample (at ``__getitem__``): missing or
             unreadable file, wrong bit depth / channel count, size mismatch, label value out
             of range (naming the files and modality).
@@ -194,6 +195,14 @@ class MultimodalDataset(Dataset):
     check_channels: Mapping[str, tuple[int, ...]] = {}
     #: modality -> size difference (pixels) to the reference modality that the loader fixes
     size_tolerance: Mapping[str, int] = {}
+    # -- how the root is recognised (see ``resolve_root``) --
+    #: folders (relative to the root; ``*`` matches one folder name) that the official layout
+    #: always has; a tuple entry is satisfied by any one of its folders. Empty: any existing
+    #: folder is a root.
+    root_markers: ClassVar[tuple[str | tuple[str, ...], ...]] = ()
+    #: names of the folder the official archive unpacks to (looked for one and two levels
+    #: below a given root that lacks the markers)
+    archive_folders: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -205,10 +214,7 @@ class MultimodalDataset(Dataset):
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
         max_samples: int | None = None,
     ) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            what = "dataset root not found" if not self.root.exists() else "root is not a folder"
-            raise DataError(f"{what} (dataset '{self.name or type(self).__name__}')", path=root)
+        self.root = self.resolve_root(root)
         self.split = split
         if isinstance(modalities, str):
             modalities = [modalities]
@@ -237,6 +243,91 @@ class MultimodalDataset(Dataset):
         self.records: list[SampleRecord] = records
         self.palette = np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
 
+    # ------------------------------------------------------------------ the root
+    @classmethod
+    def _marker_text(cls, markers: Sequence[str | tuple[str, ...]] | None = None) -> str:
+        """Markers as text: ``"list_folder/, polL_color/"``; alternatives ``"images/ or rgb/"``."""
+        items = cls.root_markers if markers is None else markers
+        return ", ".join(
+            " or ".join(f"{a}/" for a in m) if isinstance(m, tuple) else f"{m}/" for m in items
+        )
+
+    @classmethod
+    def _markers_present(cls, folder: Path) -> list[bool]:
+        """For each entry of ``root_markers``: whether ``folder`` has it."""
+        def has(rel: str) -> bool:
+            if "*" in rel:
+                return any(p.is_dir() for p in folder.glob(rel))
+            return (folder / rel).is_dir()
+
+        return [any(map(has, m if isinstance(m, tuple) else (m,))) for m in cls.root_markers]
+
+    @classmethod
+    def _root_candidates(cls, root: Path) -> list[Path]:
+        """Folders below ``root`` that may be the dataset root: its direct sub-folders (hidden
+        ones skipped), then ``root/*/<archive folder>`` for each name of ``archive_folders``."""
+        try:
+            with os.scandir(root) as it:
+                subdirs = sorted(
+                    Path(e.path) for e in it if not e.name.startswith(".") and e.is_dir()
+                )
+        except OSError:
+            return []
+        deeper = [d / a for d in subdirs for a in cls.archive_folders if (d / a).is_dir()]
+        return subdirs + [d for d in deeper if d not in subdirs]
+
+    @classmethod
+    def resolve_root(cls, root: str | os.PathLike) -> Path:
+        """The dataset root for a given ``data.root``: the folder the official archive unpacks
+        to, or its parent (or grandparent, for the names in ``archive_folders``).
+
+        ``root`` itself when it has every folder of ``root_markers`` (or some of them and no
+        folder below has them all: the loader then names what is missing); else the one folder
+        below it (a direct sub-folder, or ``root/*/<archive folder>``) that has them all.
+
+        Raises:
+            DataError: ``root`` missing or not a folder; several folders below it have the
+                markers (naming them); none has them (naming the expected markers, and the
+                folders below that have some of them). The path of the error is ``root``.
+        """
+        r = Path(root)
+        label = cls.__name__
+        if not r.is_dir():
+            what = "dataset root not found" if not r.exists() else "root is not a folder"
+            raise DataError(f"{what} (dataset '{cls.name or label}')", path=r)
+        if not cls.root_markers:
+            return r
+        present = cls._markers_present(r)
+        if all(present):
+            return r
+        candidates = cls._root_candidates(r)
+        full = [c for c in candidates if all(cls._markers_present(c))]
+        if len(full) == 1:
+            return full[0]
+        if len(full) > 1:
+            raise DataError(
+                f"holds {len(full)} {label} roots ({', '.join(map(str, full))}); point data.root "
+                "at one of them",
+                path=r,
+            )
+        if any(present):
+            return r  # a damaged root: the loader reports the missing folder and file
+        hints = []
+        for c in candidates:
+            has = cls._markers_present(c)
+            if any(has):
+                got = [m for m, h in zip(cls.root_markers, has, strict=True) if h]
+                lacks = [m for m, h in zip(cls.root_markers, has, strict=True) if not h]
+                hints.append(
+                    f"{c} has {cls._marker_text(got)} but lacks {cls._marker_text(lacks)}"
+                )
+        hint = f" (closest: {'; '.join(hints[:2])})" if hints else ""
+        raise DataError(
+            f"not a {label} root: expected {cls._marker_text()}; point data.root at the folder "
+            f"holding them{hint}",
+            path=r,
+        )
+
     # ------------------------------------------------------------------ to implement
     def offered_modalities(self) -> tuple[str, ...]:
         """Modalities this dataset can load (empty: any)."""
@@ -244,15 +335,26 @@ class MultimodalDataset(Dataset):
 
     @classmethod
     def available_splits(cls, root: str | os.PathLike) -> list[str]:
-        """Splits present under ``root`` (for ``fusionseg data check`` without ``--split``).
+        """Splits present under ``root`` (for ``fusionseg data check`` without ``--split``),
+        after the same root resolution as the constructor (:meth:`resolve_root`).
 
-        Default: ``known_splits`` if the class names them, else the sub-folders of ``root``.
-        Subclasses whose splits are list files or fixed id lists override this.
+        Returns ``[]`` for a missing root.
+
+        Raises:
+            DataError: ``root`` exists but is no dataset root (see :meth:`resolve_root`).
         """
+        if not Path(root).is_dir():
+            return []
+        return cls.splits_in(cls.resolve_root(root))
+
+    @classmethod
+    def splits_in(cls, root: Path) -> list[str]:
+        """Splits present in a resolved ``root``. Default: ``known_splits`` if the class names
+        them, else the sub-folders of ``root``. Subclasses whose splits are list files or
+        fixed id lists override this."""
         if cls.known_splits:
             return list(cls.known_splits)
-        r = Path(root)
-        return sorted(d.name for d in r.iterdir() if d.is_dir()) if r.is_dir() else []
+        return sorted(d.name for d in root.iterdir() if d.is_dir())
 
     def _index(self) -> list[SampleRecord]:
         """List the split's samples (sorted, filtered). Raises DataError on a bad layout."""

@@ -155,7 +155,9 @@ class DELIVER(MultimodalDataset):
     """The DELIVER dataset (see the module docstring for layout, specs, label and cases).
 
     Args:
-        root: folder holding ``img/``, ``semantic/`` and the other modality folders.
+        root: folder holding ``img/``, ``semantic/`` and the other modality folders (the
+            unpacked ``DELIVER`` folder), or a folder above it (see
+            :meth:`~.base.MultimodalDataset.resolve_root`).
         split: ``train``, ``val`` or ``test``.
         modalities: any of ``rgb, hha, depth, event, lidar, thermal`` (default
             ``["rgb"]``).
@@ -183,6 +185,8 @@ class DELIVER(MultimodalDataset):
     available_modalities = ("rgb", "hha", "depth", "event", "lidar", "thermal")
     default_modalities = ("rgb",)
     default_specs = DELIVER_SPECS
+    root_markers = ("img", "semantic")
+    archive_folders = ("DELIVER",)
 
     def __init__(
         self,
@@ -207,6 +211,13 @@ class DELIVER(MultimodalDataset):
         super().__init__(
             root, split, modalities, transform, specs=specs, max_samples=max_samples
         )
+
+    @classmethod
+    def splits_in(cls, root: Path) -> list[str]:
+        """The split folders found in any ``img/{condition}/``."""
+        img = root / "img"
+        conds = [c for c in img.iterdir() if c.is_dir()] if img.is_dir() else []
+        return sorted({s.name for c in conds for s in c.iterdir() if s.is_dir()})
 
     def _index(self) -> list[SampleRecord]:
         img_root = self.root / "img"

@@ -87,7 +87,8 @@ class FMB(MultimodalDataset):
     """The FMB RGB-infrared dataset (see the module docstring).
 
     Args:
-        root: the ``FMB`` folder holding ``train/`` and ``test/``.
+        root: the ``FMB`` folder holding ``train/`` and ``test/``, or a folder above it (see
+            :meth:`~.base.MultimodalDataset.resolve_root`).
         split: ``train`` or ``test``.
         modalities: any of ``rgb, thermal`` (default both).
         transform: applied to each Sample.
@@ -108,14 +109,13 @@ class FMB(MultimodalDataset):
     default_modalities = ("rgb", "thermal")
     default_specs = FMB_SPECS
     check_bit_depths: dict[str, tuple[int, ...]] = {"label": (8,)}
+    root_markers = ("*/Visible",)  # {split}/Visible
+    archive_folders = ("FMB",)
 
     @classmethod
-    def available_splits(cls, root: str | os.PathLike) -> list[str]:
+    def splits_in(cls, root: Path) -> list[str]:
         """The sub-folders of ``root`` that hold a ``Visible/`` folder."""
-        r = Path(root)
-        if not r.is_dir():
-            return []
-        return sorted(d.name for d in r.iterdir() if (d / FMB_FOLDERS["rgb"]).is_dir())
+        return sorted(d.name for d in root.iterdir() if (d / FMB_FOLDERS["rgb"]).is_dir())
 
     def __init__(
         self,
@@ -133,7 +133,7 @@ class FMB(MultimodalDataset):
         split_dir = self.root / self.split
         vis = split_dir / FMB_FOLDERS["rgb"]
         if not vis.is_dir():
-            present = self.available_splits(self.root)
+            present = self.splits_in(self.root)
             raise DataError(
                 f"FMB split '{self.split}' not found (expected {{split}}/Visible/*.png; splits "
                 f"present: {', '.join(present) or 'none'})",

@@ -194,7 +194,9 @@ class ISPRSDataset(MultimodalDataset):
     fields).
 
     Args:
-        root: dataset root.
+        root: dataset root: the folder holding the image folder (Vaihingen ``top/``; Potsdam
+            ``top/`` or ``2_Ortho_RGB/``, ``3_Ortho_IRRG/``, ``4_Ortho_RGBIR/``), or one up to
+            two levels above it (see :meth:`resolve_root`).
         split: ``train`` or ``test``.
         modalities: see the subclass (default: its image modality + ``dsm``).
         transform: applied to each Sample.
@@ -276,6 +278,17 @@ class ISPRSDataset(MultimodalDataset):
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._dsm_range: dict[str, tuple[float, float]] = {}
         super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
+
+    @classmethod
+    def resolve_root(cls, root: str | os.PathLike) -> Path:
+        """Like :meth:`MultimodalDataset.resolve_root` (the same errors), but a given root with
+        the image folder one or two levels below is kept: the file search covers three levels,
+        so label archives unpacked beside the image archive's folder are still found."""
+        given = Path(root)
+        resolved = super().resolve_root(root)
+        if resolved != given and len(resolved.relative_to(given).parts) <= 2:
+            return given
+        return resolved
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers (and pickling) start with an empty tile cache: no memory maps or
@@ -480,6 +493,8 @@ class Vaihingen(ISPRSDataset):
     default_modalities = ("irrg", "dsm")
     default_specs = {"irrg": get_spec("irrg", bit_depth=8), "dsm": get_spec("dsm")}
     tiles_by_split = {"train": VAIHINGEN_TRAIN_TILES, "test": VAIHINGEN_TEST_TILES}
+    root_markers = ("top",)
+    archive_folders = ("ISPRS_semantic_labeling_Vaihingen", "Vaihingen")
     label_folder_words = ("gt", "label", "ground_truth")
     file_specs = {
         "irrg": ("top_mosaic_09cm_area{id}.tif", ("top",)),
@@ -514,6 +529,8 @@ class Potsdam(ISPRSDataset):
         "dsm": get_spec("dsm"),
     }
     tiles_by_split = {"train": POTSDAM_TRAIN_TILES, "test": POTSDAM_TEST_TILES}
+    root_markers = (("top", "2_Ortho_RGB", "3_Ortho_IRRG", "4_Ortho_RGBIR"),)
+    archive_folders = ("Potsdam",)
     file_specs = {
         "rgb": ("top_potsdam_{r}_{c}_RGB.tif", ("top", "2_Ortho_RGB")),
         "irrg": ("top_potsdam_{r}_{c}_IRRG.tif", ("top", "3_Ortho_IRRG")),

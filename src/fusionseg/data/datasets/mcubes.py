@@ -1,7 +1,7 @@
 """MCubeS (multimodal material segmentation; 20 classes; RGB + AoLP + DoLP + NIR).
 
 Layout of the release (``multimodal_dataset.zip``; ``root`` is the ``multimodal_dataset``
-folder)::
+folder, or its parent or grandparent)::
 
     root/polL_color/{name}.png        RGB, 8-bit (16-bit accepted), 1224 x 1024
     root/polL_aolp_sin/{name}.npy     sin(AoLP), float [H, W] in [-1, 1]
@@ -149,7 +149,8 @@ class MCubeS(MultimodalDataset):
     """The MCubeS dataset (see the module docstring for layout, specs, crop and label).
 
     Args:
-        root: the ``multimodal_dataset`` folder.
+        root: the ``multimodal_dataset`` folder (holding ``list_folder/`` and ``polL_color/``)
+            or a folder above it (see :meth:`~.base.MultimodalDataset.resolve_root`).
         split: a list file name in ``list_folder/`` without ``.txt`` (``train``, ``val``,
             ``test``, ``all``).
         modalities: any of ``rgb, aolp, dolp, nir`` (default: all four).
@@ -173,6 +174,8 @@ class MCubeS(MultimodalDataset):
     available_modalities = ("rgb", "aolp", "dolp", "nir")
     default_modalities = ("rgb", "aolp", "dolp", "nir")
     default_specs = MCUBES_SPECS
+    root_markers = (LIST_DIR, "polL_color")
+    archive_folders = ("multimodal_dataset",)
     #: bit depths ``fusionseg data check`` accepts per file key
     check_bit_depths: dict[str, tuple[int, ...]] = {
         "rgb": (8, 16),
@@ -205,9 +208,9 @@ class MCubeS(MultimodalDataset):
         super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
 
     @classmethod
-    def available_splits(cls, root: str | os.PathLike) -> list[str]:
+    def splits_in(cls, root: Path) -> list[str]:
         """The list files in ``list_folder/`` (without ``all``, the union of the others)."""
-        lists = list_file_splits(Path(root) / LIST_DIR)
+        lists = list_file_splits(root / LIST_DIR)
         return [s for s in lists if s != "all"] or lists
 
     def list_file(self) -> Path:

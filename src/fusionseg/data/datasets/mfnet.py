@@ -115,7 +115,9 @@ class MFNet(MultimodalDataset):
     """The MFNet RGB-T dataset in either layout (see the module docstring).
 
     Args:
-        root: folder holding ``images/`` (or ``rgb/``, ``ther/``), ``labels/`` and the lists.
+        root: folder holding ``images/`` (or ``rgb/``, ``ther/``), ``labels/`` and the lists
+            (the unpacked ``ir_seg_dataset``), or a folder above it (see
+            :meth:`~.base.MultimodalDataset.resolve_root`).
         split: a list file in ``root`` without ``.txt`` (``train``, ``val``, ``test``,
             ``test_day``, ``test_night``).
         modalities: any of ``rgb, thermal`` (default both).
@@ -135,6 +137,8 @@ class MFNet(MultimodalDataset):
     available_modalities = ("rgb", "thermal")
     default_modalities = ("rgb", "thermal")
     check_bit_depths: dict[str, tuple[int, ...]] = {"label": (8,)}
+    root_markers = (("images", "rgb", "ther"), "labels")
+    archive_folders = ("ir_seg_dataset", "MFNet")
 
     def __init__(
         self,
@@ -147,17 +151,17 @@ class MFNet(MultimodalDataset):
         max_samples: int | None = None,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     ) -> None:
-        root_p = Path(root)
         if layout not in ("auto", "rgba", "split"):
             raise DataError(f"MFNet layout must be auto, rgba or split; got '{layout}'")
-        if layout == "auto" and root_p.is_dir():
-            layout = _detect_layout(root_p)
+        root = self.resolve_root(root)
+        if layout == "auto":
+            layout = _detect_layout(root)
         self.layout = layout if layout != "auto" else "rgba"
         self.default_specs = MFNET_SPECS[self.layout]
         super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
 
     @classmethod
-    def available_splits(cls, root: str | os.PathLike) -> list[str]:
+    def splits_in(cls, root: Path) -> list[str]:
         """The ``*.txt`` list files in ``root``."""
         return list_file_splits(root)
 

@@ -184,7 +184,8 @@ class MUSES(MultimodalDataset):
     """The MUSES dataset in its SDK-projected form (see the module docstring).
 
     Args:
-        root: the ``muses`` folder (holding ``frame_camera/``).
+        root: the ``muses`` folder (holding ``frame_camera/``), or a folder above it (see
+            :meth:`~.base.MultimodalDataset.resolve_root`).
         split: ``train``, ``val`` or ``test``.
         modalities: any of ``rgb, event, lidar, radar`` (default ``["rgb"]``; the others need
             the SDK projection first).
@@ -215,6 +216,8 @@ class MUSES(MultimodalDataset):
     }
     known_splits = ("train", "val", "test")
     check_bit_depths: dict[str, tuple[int, ...]] = {"label": (8,)}
+    root_markers = ("frame_camera",)
+    archive_folders = ("muses",)
 
     def __init__(
         self,
@@ -255,9 +258,9 @@ class MUSES(MultimodalDataset):
         super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
 
     @classmethod
-    def available_splits(cls, root: str | os.PathLike) -> list[str]:
+    def splits_in(cls, root: Path) -> list[str]:
         """The split folders of ``frame_camera/``."""
-        d = Path(root) / "frame_camera"
+        d = root / "frame_camera"
         return sorted(p.name for p in d.iterdir() if p.is_dir()) if d.is_dir() else []
 
     def sensor_dir(self, modality: str) -> Path:

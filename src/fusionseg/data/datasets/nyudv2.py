@@ -123,7 +123,9 @@ class NYUDv2(MultimodalDataset):
     """The NYUDv2 40-class RGB-D dataset (see the module docstring).
 
     Args:
-        root: folder holding ``RGB/``, ``HHA/`` and/or ``Depth/``, ``Label/`` and the lists.
+        root: folder holding ``RGB/``, ``HHA/`` and/or ``Depth/``, ``Label/`` and the lists
+            (e.g. ``NYUDepthv2``), or a folder above it (see
+            :meth:`~.base.MultimodalDataset.resolve_root`).
         split: a list file in ``root`` without ``.txt`` (``train``, ``test``).
         modalities: any of ``rgb, hha, depth`` (default ``["rgb", "depth"]``).
         transform: applied to each Sample.
@@ -142,6 +144,8 @@ class NYUDv2(MultimodalDataset):
     default_modalities = ("rgb", "depth")
     default_specs = NYUDV2_SPECS
     check_bit_depths: dict[str, tuple[int, ...]] = {"label": (8,)}
+    root_markers = ("Label", ("RGB", "HHA", "Depth"))
+    archive_folders = ("NYUDepthv2", "NYUDv2")
 
     def __init__(
         self,
@@ -156,7 +160,7 @@ class NYUDv2(MultimodalDataset):
         super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
 
     @classmethod
-    def available_splits(cls, root: str | os.PathLike) -> list[str]:
+    def splits_in(cls, root: Path) -> list[str]:
         """The ``*.txt`` list files in ``root``."""
         return list_file_splits(root)
 
