@@ -172,3 +172,10 @@ def test_data_check_reads_the_parent_and_cli_names_the_folder(trees, tmp_path):
     assert result.exit_code == 2
     out = " ".join(result.output.split())
     assert "not a MCubeS root: expected list_folder/, polL_color/" in out
+
+
+def test_data_check_finds_deliver_splits_from_the_parent(trees):
+    parent, folder = trees["deliver"]
+    from_parent, from_folder = check_dataset("deliver", parent), check_dataset("deliver", folder)
+    assert from_parent.ok and from_parent.splits == from_folder.splits
+    assert set(from_parent.splits) >= {"train", "val"}

@@ -287,8 +287,9 @@ def test_mfnet_both_layouts(tmp_path, layout):
 def test_mfnet_errors(tmp_path):
     root = tmp_path / "MFNet"
     names = make_mfnet_tree(root)
-    with pytest.raises(DataError, match="MFNet layout not recognized"):
-        create_dataset("mfnet", tmp_path, "train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="not a MFNet root"):
+        create_dataset("mfnet", tmp_path / "empty", "train")
     Image.fromarray(np.zeros((24, 32, 3), np.uint8)).save(root / "images" / f"{names['val'][0]}.png")
     ds = create_dataset("mfnet", root, "val")
     with pytest.raises(DataError, match="wrong channel count.*'thermal'|'thermal'.*wrong channel count"):

@@ -391,14 +391,13 @@ def probe_file(path: str | os.PathLike, npz_key: str | None = None) -> FileInfo:
 
 
 def _available_splits(cls: type[MultimodalDataset], root: Path) -> list[str]:
-    """The dataset's splits, ``train``, ``val``, ``test`` first."""
-    if cls.name == "deliver":  # DELIVER keeps its splits below img/{condition}/
-        img = root / "img"
-        found = set()
-        if img.is_dir():
-            found = {s.name for c in img.iterdir() if c.is_dir() for s in c.iterdir() if s.is_dir()}
-    else:
-        found = set(cls.available_splits(root))
+    """The dataset's splits, ``train``, ``val``, ``test`` first (the class resolves the root:
+    the official folder or its parent).
+
+    Raises:
+        DataError: ``root`` is not a root of this dataset (the message names what it expects).
+    """
+    found = set(cls.available_splits(root))
     order = ["train", "val", "test"]
     return [s for s in order if s in found] + sorted(found - set(order))
 
@@ -595,7 +594,8 @@ def check_dataset(
         never stops at a problem.
 
     Raises:
-        DataError: unknown dataset name.
+        DataError: unknown dataset name; without ``splits``, a ``root`` that is not a root of
+            the dataset (one line naming the folders it expects).
     """
     get_dataset_class(name)  # unknown name: error, not a report
     root_p = Path(root)
