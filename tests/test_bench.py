@@ -78,3 +78,33 @@ def test_flops_count_cpu_attention():
 
     b = {"rgb": torch.randn(2, 3, 4, 4)}
     assert count_flops(Attn(), b) == 4 * 2 * 1 * 16 * 5 * 3
+
+
+def test_precision_resolution_and_autocast():
+    from fusionseg.runtime import autocast, resolve_precision
+
+    assert resolve_precision(None, "cpu") == "32-true"
+    assert resolve_precision(None, "cuda") == "bf16-mixed"
+    assert resolve_precision("32", "cpu") == "32-true"
+    assert resolve_precision("16-mixed", "cpu", strict=False) == "bf16-mixed"
+    with pytest.raises(ValueError, match="needs a CUDA GPU"):
+        resolve_precision("16-mixed", "cpu")
+    with pytest.raises(ValueError, match="unknown"):
+        resolve_precision("fp8", "cpu")
+    m = tiny_model().eval()
+    b = make_random_batch(["rgb", "depth"], batch=1, size=32, num_classes=4)
+    with torch.no_grad():
+        full = m(b)
+        with autocast("bf16-mixed", "cpu"):
+            half = m(b)
+    assert half.dtype == torch.bfloat16 and full.dtype == torch.float32
+    # bf16 keeps ~3 significant digits: logits agree to a few percent of their spread
+    assert (half.float() - full).abs().max() < 0.05 * (full.max() - full.min())
+
+
+def test_measure_in_bf16():
+    m = tiny_model()
+    b = make_random_batch(["rgb", "depth"], batch=2, size=32, num_classes=4)
+    r = measure(m, b, steps=1, warmup=0, flops=False, precision="bf16-mixed")
+    assert r["precision"] == "bf16-mixed" and r["train_step_s"] > 0 and r["latency_ms"] > 0
+    assert measure(m, b, steps=1, warmup=0, flops=False, train=False)["precision"] == "32-true"

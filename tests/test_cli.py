@@ -84,6 +84,7 @@ def test_eval_tables_and_json(trained):
 
     out = json.loads((run / "checkpoints" / "best_eval_val.json").read_text(),
                      parse_constant=no_nan)
+    assert out["precision"] == "32-true"
     assert set(out["per_condition"]) == {"cloud", "night"}
     assert set(out["missing"]) == {"rgb+depth", "rgb", "depth"}
     assert 0 <= out["overall"]["mIoU"] <= 100
@@ -115,6 +116,15 @@ def test_bench_and_info(trained):
     res = runner.invoke(app, ["bench", str(cfg), "--size", "32", "--batch", "1", "--steps", "1"])
     assert res.exit_code == 0, res.output
     assert "trainable" in res.output
+    out = tmp / "bench.json"
+    res = runner.invoke(app, ["bench", str(cfg), "--size", "32", "--batch", "1", "--steps", "1",
+                              "--precision", "bf16-mixed", "--json", str(out)])
+    assert res.exit_code == 0, res.output
+    metrics = json.loads(out.read_text())
+    assert metrics["precision"] == "bf16-mixed" and metrics["train_step_s"] > 0
+    assert all(k in res.output for k in metrics)  # the printed metrics, same names
+    res = runner.invoke(app, ["bench", str(cfg), "--size", "32", "--precision", "16-mixed"])
+    assert res.exit_code == 2 and "needs a CUDA GPU" in res.output
     res = runner.invoke(app, ["info"])
     assert res.exit_code == 0 and "sum_fusion" in res.output and "deliver" in res.output
 
@@ -169,3 +179,13 @@ def test_bench_does_not_read_model_pretrained(trained):
     res = runner.invoke(app, ["bench", str(cfg), "--size", "32", "--batch", "1", "--steps", "1",
                               "--set", "model.pretrained=does/not/exist.pth"])
     assert res.exit_code == 0, res.output
+
+
+def test_eval_in_bf16(trained):
+    tmp, root, cfg, run = trained
+    ckpt = run / "checkpoints" / "best.ckpt"
+    res = runner.invoke(app, ["eval", str(cfg), "--ckpt", str(ckpt), "--split", "val",
+                              "--set", "train.precision=bf16-mixed"])
+    assert res.exit_code == 0, res.output
+    out = json.loads((run / "checkpoints" / "best_eval_val.json").read_text())
+    assert out["precision"] == "bf16-mixed" and 0 <= out["overall"]["mIoU"] <= 100

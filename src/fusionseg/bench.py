@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .models.segmentors.base import count_parameters, logits_of
-from .runtime import configure_cpu_allocator
+from .runtime import autocast, configure_cpu_allocator, resolve_precision
 
 __all__ = [
     "configure_cpu_allocator",
@@ -124,6 +124,7 @@ def measure(
     flops: bool = True,
     lr: float = 6e-5,
     ignore_index: int = 255,
+    precision: str | None = None,
 ) -> dict[str, Any]:
     """Benchmark ``model`` on a batch (``batch``, or a fresh one from ``batch_fn()`` per step).
 
@@ -135,17 +136,22 @@ def measure(
         steps / warmup: timed and untimed iterations for latency and training.
         inference / train / flops: which parts to measure.
         lr: AdamW learning rate of the training steps.
+        precision: ``32`` / ``bf16-mixed`` / ``16-mixed`` (GPU), see
+            :func:`fusionseg.runtime.autocast`; ``None``: bf16-mixed on GPU, 32 on CPU. The
+            forward passes run under autocast, the loss in float32.
 
     Returns:
         dict with ``params_total``, ``params_trainable``, ``device``, ``batch_size``,
-        ``input_size`` ([H, W]), ``threads``, ``steps``, ``warmup``, and as measured:
+        ``input_size`` ([H, W]), ``threads``, ``steps``, ``warmup``, ``precision``, and as
+        measured:
         ``gflops``, ``gmacs``, ``latency_ms``, ``latency_ms_min``, ``train_step_s``,
         ``train_step_s_min``, ``train_step_cpu_s`` (process CPU time per step, all threads;
         less sensitive than wall time to other load on the machine), ``peak_memory_mb``, ``memory_kind`` (``"cuda_max_allocated"`` or
         ``"cpu_peak_rss"``).
 
     Raises:
-        ValueError: neither or both of ``batch`` and ``batch_fn``; ``steps < 1``.
+        ValueError: neither or both of ``batch`` and ``batch_fn``; ``steps < 1``; a bad
+            ``precision``.
     """
     if (batch is None) == (batch_fn is None):
         raise ValueError("pass exactly one of batch or batch_fn")
@@ -165,7 +171,9 @@ def measure(
         "threads": torch.get_num_threads(),
         "steps": steps,
         "warmup": warmup,
+        "precision": resolve_precision(precision, device),
     }
+    amp = res["precision"]
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     if flops:
@@ -181,7 +189,8 @@ def measure(
                 b = get()
                 _sync(device)
                 t0 = time.perf_counter()
-                model(b)
+                with autocast(amp, device):
+                    model(b)
                 _sync(device)
                 if i >= warmup:
                     times.append(time.perf_counter() - t0)
@@ -200,7 +209,9 @@ def measure(
             _sync(device)
             t0 = time.perf_counter()
             c0 = time.process_time()
-            logits = logits_of(model(b))
+            with autocast(amp, device):
+                logits = logits_of(model(b))
+            logits = logits.float()
             if label is None:
                 label = torch.randint(
                     0,

@@ -4,7 +4,7 @@
     fusionseg train configs/quickstart.yaml [--set train.max_epochs=2 ...]
     fusionseg eval configs/quickstart.yaml --ckpt runs/.../best.ckpt [--missing all] [--protocol all]
     fusionseg predict --ckpt best.ckpt --input DIR --out preds/
-    fusionseg bench configs/quickstart.yaml --size 512 --batch 2
+    fusionseg bench configs/quickstart.yaml --size 512 --batch 2 [--precision bf16-mixed] [--json m.json]
     fusionseg report runs/a runs/b --out report/
     fusionseg info
 
@@ -241,7 +241,12 @@ def bench(config: Path, set: SetOpt = None,
           batch: Annotated[int, typer.Option(help="batch size")] = 2,
           steps: Annotated[int, typer.Option(help="timed steps")] = 3,
           num_classes: Annotated[int | None, typer.Option(help="classes if not in config")]
-          = None):
+          = None,
+          precision: Annotated[str | None, typer.Option(
+              help="32, bf16-mixed or 16-mixed (GPU); default: train.precision of the config")]
+          = None,
+          json_out: Annotated[Path | None, typer.Option(
+              "--json", help="also write the metrics to this JSON file")] = None):
     """Params (total / trainable), GFLOPs, inference latency, train-step time, peak memory."""
     from .bench import make_random_batch, measure
     from .config import load_config
@@ -253,7 +258,7 @@ def bench(config: Path, set: SetOpt = None,
     spec["num_classes"] = spec.get("num_classes") or num_classes or 25
     model = create_model(spec)
     batch_ = make_random_batch(cfg.model.modalities, batch, size, spec["num_classes"])
-    res = measure(model, batch_, steps=steps)
+    res = measure(model, batch_, steps=steps, precision=precision or cfg.train.precision)
     t = Table(title=f"{cfg.model.name} {cfg.model.backbone} {'+'.join(cfg.model.modalities)} "
                     f"{size}x{size} batch {batch}")
     t.add_column("metric")
@@ -262,6 +267,10 @@ def bench(config: Path, set: SetOpt = None,
         t.add_row(k, f"{v:,.3f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
                   else str(v))
     console.print(t)
+    if json_out is not None:
+        from .engine.checkpoint import atomic_write_json
+        atomic_write_json(res, json_out)
+        console.print(f"metrics written to {json_out}")
 
 
 @app.command()

@@ -26,6 +26,7 @@ from .data.io import DataError
 from .engine.inference import predict_logits
 from .engine.runner import model_spec
 from .models import create_model, load_checkpoint
+from .runtime import autocast, resolve_precision
 from .viz import colorize, default_palette, sample_panel, save_panel
 
 _EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
@@ -130,14 +131,17 @@ def predict(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path,
     palette = np.asarray(palette if palette is not None else default_palette(num_classes),
                          dtype=np.uint8)
     e = cfg.eval
+    precision = resolve_precision(cfg.train.precision, "cpu", strict=False)
     n = len(ds) if max_samples is None else min(len(ds), max_samples)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
     for i in range(n):
         sample = ds[i]
         batch = {m: sample[m][None] for m in modalities if m in sample}
-        logits = predict_logits(model, batch, mode=e.mode, window=e.window, stride=e.stride,
-                                scales=e.scales, flip=e.flip, window_batch=e.window_batch)
-        pred = logits.argmax(1)[0]
+        with autocast(precision, "cpu"):
+            logits = predict_logits(model, batch, mode=e.mode, window=e.window,
+                                    stride=e.stride, scales=e.scales, flip=e.flip,
+                                    window_batch=e.window_batch)
+        pred = logits.float().argmax(1)[0]
         name = str(sample["meta"]["id"]).replace("/", "_")
         Image.fromarray(colorize(pred, palette)).save(out_dir / "masks" / f"{name}.png")
         cond = sample["meta"].get("condition")

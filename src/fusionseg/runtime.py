@@ -2,11 +2,57 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 import torch
 
-__all__ = ["configure_cpu_allocator", "setup_threads"]
+__all__ = ["PRECISIONS", "autocast", "configure_cpu_allocator", "resolve_precision",
+           "setup_threads"]
+
+#: ``train.precision`` values (Lightning's names; ``32`` = ``32-true``)
+PRECISIONS = ("32", "32-true", "bf16-mixed", "16-mixed")
+
+
+def resolve_precision(precision: str | int | None, device: torch.device | str,
+                      strict: bool = True) -> str:
+    """The precision to run at on ``device``: ``None`` -> ``bf16-mixed`` on CUDA, ``32-true``
+    elsewhere; ``32`` -> ``32-true``. With ``strict=False`` (evaluating or predicting with a
+    checkpoint trained at ``16-mixed`` on a GPU), ``16-mixed`` off CUDA becomes ``bf16-mixed``.
+
+    Raises:
+        ValueError: an unknown name, or (``strict``) ``16-mixed`` on a device other than CUDA
+            (fp16 autocast needs a GPU; use ``bf16-mixed`` on CPU).
+    """
+    dev = torch.device(device).type
+    if precision is None:
+        return "bf16-mixed" if dev == "cuda" else "32-true"
+    p = str(precision)
+    if p not in PRECISIONS:
+        raise ValueError(f"precision {p!r} unknown; choose one of {', '.join(PRECISIONS)}")
+    if p == "16-mixed" and dev != "cuda":
+        if not strict:
+            return "bf16-mixed"
+        raise ValueError("precision 16-mixed needs a CUDA GPU; use bf16-mixed on CPU")
+    return "32-true" if p == "32" else p
+
+
+def autocast(precision: str | int | None, device: torch.device | str):
+    """A context manager running the model at ``precision`` on ``device``:
+    :func:`torch.autocast` with bfloat16 (``bf16-mixed``, on CPU it uses AMX where the CPU has
+    it) or float16 (``16-mixed``, CUDA), or nothing for ``32``. Losses and metrics are computed
+    outside it, in float32.
+
+    Raises:
+        ValueError: see :func:`resolve_precision`.
+    """
+    p = resolve_precision(precision, device)
+    dev = torch.device(device).type
+    if p == "bf16-mixed":
+        return torch.autocast(dev, dtype=torch.bfloat16)
+    if p == "16-mixed":
+        return torch.autocast(dev, dtype=torch.float16)
+    return contextlib.nullcontext()
 
 
 def configure_cpu_allocator() -> bool:

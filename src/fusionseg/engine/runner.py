@@ -29,7 +29,7 @@ from ..models import (
     load_state_dict_file,
 )
 from ..models.weights import to_model_keys
-from ..runtime import setup_threads
+from ..runtime import autocast, resolve_precision, setup_threads
 from .checkpoint import AtomicCheckpointIO, atomic_write_json
 from .inference import predict_logits
 from .metrics import confusion_metric, metrics_from_confusion
@@ -135,9 +135,9 @@ def _next_run_dir(cfg: Config) -> Path:
 
 
 def _precision(cfg: Config) -> str:
-    if cfg.train.precision:
-        return cfg.train.precision
-    return "bf16-mixed" if torch.cuda.is_available() else "32-true"
+    """Lightning's precision for ``train.precision`` (None: bf16-mixed on GPU, 32 on CPU)."""
+    device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu"
+    return resolve_precision(cfg.train.precision, device)
 
 
 def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
@@ -240,6 +240,9 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
              seed: int = 0) -> dict[str, Any]:
     """Evaluate a checkpoint on the validation split.
 
+    The model runs at ``train.precision`` (autocast; None: bf16-mixed on GPU, 32 on CPU), the
+    metrics in float32.
+
     Args:
         missing: ``"all"`` or a list of modality subsets to evaluate besides the full set.
         protocol: sensor-failure protocols (:mod:`fusionseg.engine.robustness`): ``"emm"``,
@@ -282,9 +285,13 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
                                 per_condition=e.per_condition,
                                 extra_scenarios=protocol_scenarios(full, protocols), seed=seed)
 
+    precision = resolve_precision(cfg.train.precision, device, strict=False)
+
     def predict(sub: dict) -> torch.Tensor:
-        return predict_logits(model, sub, mode=e.mode, window=e.window, stride=e.stride,
-                              scales=e.scales, flip=e.flip, window_batch=e.window_batch)
+        with autocast(precision, device):
+            logits = predict_logits(model, sub, mode=e.mode, window=e.window, stride=e.stride,
+                                    scales=e.scales, flip=e.flip, window_batch=e.window_batch)
+        return logits.float()
 
     # methods with several outputs (AsymFusion: one per stream + the ensemble) are also scored
     # per output, with every modality present
@@ -297,9 +304,10 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         if outputs:
             sub = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                    for k, v in batch.items()}
-            stacked = predict_logits(_AllOutputs(model, outputs), sub, mode=e.mode,
-                                     window=e.window, stride=e.stride, scales=e.scales,
-                                     flip=e.flip, window_batch=e.window_batch)
+            with autocast(precision, device):
+                stacked = predict_logits(_AllOutputs(model, outputs), sub, mode=e.mode,
+                                         window=e.window, stride=e.stride, scales=e.scales,
+                                         flip=e.flip, window_batch=e.window_batch).float()
             for n, logits in zip(outputs, stacked.chunk(len(outputs), dim=1), strict=True):
                 out_cms[n].update(logits.argmax(1).cpu(), batch["label"])
     main = evaluator.metrics(full, e.miou, e.ignore_classes)
@@ -308,6 +316,7 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         "dataset": cfg.data.dataset,
         "split": cfg.data.val_split,
         "modalities": list(full),
+        "precision": precision,
         "classes": list(ds.classes),
         "overall": {kk: v for kk, v in main.items() if kk != "per_condition"},
         "per_condition": main["per_condition"],
