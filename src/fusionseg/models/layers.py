@@ -6,7 +6,22 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LayerNorm2d", "PatchEmbed"]
+__all__ = ["LayerNorm2d", "PatchEmbed", "check_stream_indices"]
+
+
+def check_stream_indices(streams, num_streams: int) -> list[int]:
+    """``streams`` as a list of stream indices, checked to be strictly increasing and in
+    ``0..num_streams - 1`` (the streams a multi-stream module runs when some are skipped).
+
+    Raises:
+        ValueError: indices not increasing or out of range.
+    """
+    out = [int(i) for i in streams]
+    if any(a >= b for a, b in zip(out, out[1:], strict=False)) or not all(
+        0 <= i < num_streams for i in out
+    ):
+        raise ValueError(f"streams must be increasing indices in 0..{num_streams - 1}, got {out}")
+    return out
 
 
 class LayerNorm2d(nn.Module):

@@ -44,6 +44,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..layers import check_stream_indices
+
 __all__ = [
     "ChannelAttention",
     "DWConvK",
@@ -240,13 +242,7 @@ class FeatureCrossStage(nn.Module):
             )
         weight = self.proj.weight
         if streams is not None and list(streams) != list(range(self.num_streams)):
-            if sorted(set(streams)) != list(streams) or not all(
-                0 <= i < self.num_streams for i in streams
-            ):
-                raise ValueError(
-                    f"streams must be increasing indices in 0..{self.num_streams - 1}, "
-                    f"got {streams}"
-                )
+            streams = check_stream_indices(streams, self.num_streams)
             # keep the input columns of the given streams: [C, M * C] -> [C, R * C]
             weight = weight.view(c, self.num_streams, c)[:, list(streams)].reshape(c, r * c)
         if present is not None:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ..layers import check_stream_indices
 from .base import PeftModule
 
 __all__ = ["ADAPTER_DENSITIES", "BottleneckAdapter", "MultiAdapter", "adapter_param_count"]
@@ -212,14 +213,9 @@ class MultiAdapter(PeftModule):
                 raise ValueError(f"MultiAdapter built for {self.num_streams} streams, got {r}")
             streams = range(r)
         else:
-            streams = [int(i) for i in streams]
-            increasing = all(a < b for a, b in zip(streams, streams[1:], strict=False))
-            in_range = all(0 <= i < self.num_streams for i in streams)
-            if len(streams) != r or not increasing or not in_range:
-                raise ValueError(
-                    f"streams must be {r} increasing indices in 0..{self.num_streams - 1}, "
-                    f"got {streams}"
-                )
+            streams = check_stream_indices(streams, self.num_streams)
+            if len(streams) != r:
+                raise ValueError(f"x has {r} stream rows but streams names {len(streams)}")
         if r < 2:
             return x
         _, b, n, c = x.shape

@@ -76,6 +76,7 @@ from ..backbones import create_backbone, default_decoder_dim
 from ..backbones.mit import MIT_TINY, MixVisionTransformer
 from ..fusion.featurecross import FeatureCrossStage
 from ..heads.segformer import SegFormerHead
+from ..layers import check_stream_indices
 from ..peft.adapters import ADAPTER_DENSITIES, MultiAdapter
 from ..registry import register_model
 from ..weights import rename_keys
@@ -283,11 +284,7 @@ class StitchFusionSegmentor(Segmentor):
         if r < 1 or x.shape[0] % r:
             raise ValueError(f"x has {x.shape[0]} images, not a multiple of {r} streams")
         if run != list(range(m)):
-            if any(a >= b for a, b in zip(run, run[1:], strict=False)) or not all(
-                0 <= i < m for i in run
-            ):
-                raise ValueError(f"streams must be increasing indices in 0..{m - 1}, got {run}")
-            sel: list[int] | None = run
+            sel: list[int] | None = check_stream_indices(run, m)
         else:
             sel = None
         bb = self.backbone
