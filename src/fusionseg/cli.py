@@ -72,8 +72,9 @@ def cli_errors(fn):
     return wrapper
 
 
-def _fmt(v: float) -> str:
-    return "-" if v != v else f"{v:.2f}"
+def _fmt(v: float | None) -> str:
+    """A metric with 2 decimals; ``-`` for None (JSON null) or NaN."""
+    return "-" if v is None or v != v else f"{v:.2f}"
 
 
 def print_results(res: dict) -> None:
@@ -124,10 +125,7 @@ def print_protocols(protocols: dict) -> None:
     """Print the EMM / RMM / NM tables of ``evaluate(..., protocol=...)``."""
     from .engine.robustness import FAILURE_PROBABILITIES, subset_name
     ps = [str(p) for p in FAILURE_PROBABILITIES]
-
-    def f(v):
-        return "-" if v is None else f"{v:.2f}"
-
+    f = _fmt
     if "emm" in protocols:
         r = protocols["emm"]
         t = Table(title="EMM: entire-missing modality (mIoU)")
