@@ -116,16 +116,21 @@ class SegmentationModule(L.LightningModule):
         class_names: K names, for logging and the checkpoint.
         conditions: condition names for per-condition validation metrics.
         palette: ``[K, 3]`` uint8 colours, stored in the checkpoint for ``predict``.
+        specs: the dataset's :class:`~fusionseg.data.modalities.ModalitySpec` per modality
+            (how files were read, scaled to physical units and normalised), stored in the
+            checkpoint as ``fusionseg_specs`` so ``predict`` applies the training run's specs.
     """
 
     def __init__(self, model: nn.Module, cfg: Config, class_names: list[str],
-                 conditions: list[str] | None = None, palette=None, ignore_index: int = 255):
+                 conditions: list[str] | None = None, palette=None, ignore_index: int = 255,
+                 specs: dict | None = None):
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.class_names = list(class_names)
         self.palette = None if palette is None else [list(map(int, c)) for c in palette]
         self.ignore_index = ignore_index
+        self.specs = dict(specs or {})
         t = cfg.train
         self.criterion = SegmentationCriterion(t.loss, ignore_index, t.aux_weights)
         k = len(self.class_names)
@@ -239,3 +244,5 @@ class SegmentationModule(L.LightningModule):
         checkpoint["fusionseg_classes"] = self.class_names
         checkpoint["fusionseg_palette"] = self.palette
         checkpoint["fusionseg_conditions"] = self.conditions
+        checkpoint["fusionseg_specs"] = {m: s.model_dump(mode="json")
+                                         for m, s in self.specs.items()}

@@ -160,7 +160,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     model = build_model(cfg, ds.num_classes)
     module = SegmentationModule(model, cfg, ds.classes, conditions=getattr(ds, "conditions", []),
                                 palette=getattr(ds, "palette", None),
-                                ignore_index=getattr(ds, "ignore_index", 255))
+                                ignore_index=getattr(ds, "ignore_index", 255),
+                                specs=getattr(ds, "specs", None))
     if resume is not None:
         resume = Path(resume)
         if not resume.is_file():
