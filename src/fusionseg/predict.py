@@ -1,72 +1,422 @@
-"""Prediction on a dataset split or on a plain folder of modality images.
+"""Prediction on a dataset split, on a folder of modality images, or on per-modality files.
 
-Two input forms:
+Input forms (``inputs`` of :func:`predict`, one ``--input`` each; see ``docs/predict.md``):
 
-- a dataset root in the layout of the checkpoint's dataset (e.g. DELIVER / synthcity), read
-  through the same dataset class as training (``--split`` picks the split);
-- a folder ``DIR/{modality}/{stem}.{png,jpg,tif,npy}`` with one sub-folder per modality of
-  the model (and optionally ``DIR/label/{stem}.png`` with class ids), read with the default
-  :class:`~fusionseg.data.modalities.ModalitySpec` of each modality. A modality folder that is
-  absent is a missing modality (its key is left out), so a model can run on RGB alone.
+- ``ROOT``: a dataset root in the layout of the checkpoint's dataset (e.g. DELIVER /
+  synthcity), read through the same dataset class as training (``split`` picks the split);
+- ``DIR`` holding ``DIR/{modality}/{stem}.*`` (one sub-folder per modality of the model, and
+  optionally ``DIR/label/{stem}.png`` with class ids in channel 0). A modality folder that is
+  absent is a missing modality (its key is left out), so a model can run on RGB alone;
+- ``MODALITY=SOURCE[:I,J,...]``: ``SOURCE`` is a folder (its image files), a glob
+  (``*``/``?``/``[``; ``**`` recurses) or one file; the optional ``:I,J`` suffix selects the
+  file's channels by **0-based** index (the MFNet packing, RGB + thermal in one RGBA PNG:
+  ``rgb=DIR:0,1,2 thermal=DIR:3``). ``label=SOURCE`` gives labels. Any number of these may be
+  combined, also with one ``DIR`` (an explicit modality replaces ``DIR/{modality}``).
 
-For each sample it writes ``out/masks/{id}.png`` (colorized prediction) and
-``out/panels/{id}.png`` (each modality, the label when present, the prediction).
+Files are matched across modalities by file stem (``a.png`` in one source goes with
+``a.tif`` in another); a stem without a partner in every given modality is a
+:class:`~fusionseg.data.io.DataError` naming the modality and the stems.
+
+Modality specs: the files are read with the training run's
+:class:`~fusionseg.data.modalities.ModalitySpec` (bit depth, channels, scale, normalization)
+stored as ``fusionseg_specs`` in the checkpoint (or the ONNX metadata). An older checkpoint
+without them falls back, with one warning, to the specs of the dataset class named by
+``data.dataset`` of its config. ``spec_overrides`` (``--spec depth.bit_depth=8``) replace
+fields. A file that does not fit (an 8-bit depth PNG for a model trained on 16-bit
+millimetres, a wrong channel count) is a ``DataError`` naming the file, the modality, the
+problem, the spec the model was trained on and the override that would read it.
+
+Outputs, per sample ``{id}``: ``out/masks/{id}.png`` (colorized prediction),
+``out/panels/{id}.png`` (each modality, the label when present, the prediction, a legend of
+the classes present), with ``overlay`` ``out/overlays/{id}.png`` (the colour mask blended on
+the RGB image at alpha 0.5; without RGB on the first present modality's visualisation), with
+``video`` an animated GIF (or MP4) of the overlays (panels without ``overlay``), sorted by id.
+
+Large images run sliding-window inference automatically (:func:`inference_settings`).
 """
 
 from __future__ import annotations
 
+import glob as globlib
+import json
+import re
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image
+from pydantic import ValidationError
 
 from .config import Config, config_from_dict, load_config
-from .data.io import DataError
+from .data.io import IMAGE_EXTENSIONS, DataError, bit_depth_of, read_image
+from .data.modalities import ModalitySpec, resolve_specs
 from .engine.inference import predict_logits
 from .engine.runner import model_spec
 from .models import create_model, load_checkpoint
 from .runtime import autocast, resolve_precision
-from .viz import colorize, default_palette, sample_panel, save_panel
+from .viz import (
+    check_video_path,
+    class_legend,
+    colorize,
+    default_palette,
+    modality_image,
+    overlay_mask,
+    sample_panel,
+    save_panel,
+    save_video,
+)
 
-_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".npy")
+__all__ = [
+    "FileInput",
+    "InputSource",
+    "inference_settings",
+    "load_predictor",
+    "match_stems",
+    "open_inputs",
+    "parse_input",
+    "parse_spec_overrides",
+    "predict",
+    "source_files",
+    "training_specs",
+]
+
+LABEL = "label"
+_GLOB_CHARS = re.compile(r"[*?\[]")
+_CHANNELS = re.compile(r"^(?P<path>.+):(?P<idx>\d+(?:,\d+)*)$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
-def _checkpoint_meta(ckpt: Path) -> dict:
+# ----------------------------------------------------------------------------- model loading
+def _torch_meta(ckpt: Path) -> dict:
     if not ckpt.is_file():
         raise FileNotFoundError(f"{ckpt}: checkpoint not found")
     obj = torch.load(ckpt, map_location="cpu", weights_only=False)
     return obj if isinstance(obj, dict) else {}
 
 
-class FolderInput(torch.utils.data.Dataset):
-    """``root/{modality}/{stem}.*`` samples (see module docstring); labels from ``root/label``.
+def _meta_value(meta: Mapping, key: str) -> Any:
+    value = meta.get(key)
+    if isinstance(value, str):
+        try:  # ONNX metadata is text; a parsed .meta already holds the objects
+            return json.loads(value)
+        except json.JSONDecodeError:
+            return value
+    return value
+
+
+def load_predictor(ckpt: str | Path | None = None, onnx: str | Path | None = None,
+                   config: str | Path | None = None) -> tuple[Any, dict, Config]:
+    """Load a model for prediction from a checkpoint or an exported ONNX file.
+
+    Args:
+        ckpt: a fusionseg / Lightning checkpoint (``state_dict`` with the ``model.`` prefix and
+            ``fusionseg_config`` / ``fusionseg_classes`` / ``fusionseg_palette`` /
+            ``fusionseg_specs``), or a plain state dict together with ``config``.
+        onnx: an ONNX file written by ``fusionseg export``, run through
+            :class:`fusionseg.export.OnnxModel` (imported only here).
+        config: a YAML config replacing the one stored in the checkpoint / ONNX metadata.
+
+    Returns:
+        ``(model, meta, cfg)``: the model in eval mode (a ``torch.nn.Module``, or the
+        ``OnnxModel``; both map a batch dict to logits ``[B, K, H, W]``), the checkpoint's
+        ``fusionseg_*`` entries (JSON text already parsed) plus ``"source"`` (the file, for
+        messages), and the run config.
 
     Raises:
-        DataError: no modality folder of the model exists, or a folder has no images.
+        ValueError: neither or both of ``ckpt`` / ``onnx``; no config stored and none given;
+            the number of classes unknown.
+        FileNotFoundError: the file is missing.
+        CheckpointMismatchError: checkpoint and model disagree.
+        ConfigError: an invalid config.
+    """
+    if (ckpt is None) == (onnx is None):
+        raise ValueError("give exactly one of a checkpoint (--ckpt) or an ONNX file (--onnx)")
+    source = Path(ckpt if ckpt is not None else onnx)
+    if onnx is not None:
+        if not source.is_file():
+            raise FileNotFoundError(f"{source}: ONNX file not found")
+        from .export import OnnxModel
+
+        model = OnnxModel(source).eval()
+        raw = dict(getattr(model, "meta", {}) or {})
+    else:
+        raw = _torch_meta(source)
+        model = None
+    meta = {k: _meta_value(raw, k) for k in raw if str(k).startswith("fusionseg_")}
+    if config is not None:
+        cfg = load_config(config)
+    elif isinstance(meta.get("fusionseg_config"), dict):
+        cfg = config_from_dict(meta["fusionseg_config"], source=str(source))
+    else:
+        raise ValueError(f"{source}: holds no fusionseg config; pass --config")
+    if model is None:
+        classes = meta.get("fusionseg_classes")
+        num_classes = cfg.model.num_classes or (len(classes) if classes else None)
+        if num_classes is None:
+            raise ValueError(f"{source}: number of classes unknown; set model.num_classes")
+        # the checkpoint replaces the backbone weights: model.pretrained is not read
+        model = create_model(model_spec(cfg, num_classes, for_checkpoint=True))
+        load_checkpoint(model, source)
+        model.eval()
+    meta["source"] = str(source)
+    return model, meta, cfg
+
+
+# ----------------------------------------------------------------------------- modality specs
+def parse_spec_overrides(items: Sequence[str] | None) -> dict[str, dict[str, Any]]:
+    """``["depth.bit_depth=8", "depth.scale=0.01"]`` -> ``{"depth": {"bit_depth": 8,
+    "scale": 0.01}}``; values are parsed with ``yaml.safe_load`` (``null``, ``[3]``,
+    ``auto``; note that YAML reads ``1e-3`` as text, which the spec's validation accepts).
+
+    Raises:
+        DataError: an item not of the form ``modality.field=value``.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        modality, dot, field = key.strip().partition(".")
+        if not sep or not dot or not modality or not field or "." in field:
+            raise DataError(f"spec override {item!r} must look like modality.field=value "
+                            "(e.g. depth.bit_depth=8)")
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        out.setdefault(modality, {})[field] = parsed
+    return out
+
+
+def _validated(modality: str, data: Mapping[str, Any], what: str) -> ModalitySpec:
+    try:
+        return ModalitySpec.model_validate({**data, "name": modality})
+    except ValidationError as err:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc']) or 'spec'}: {e['msg']}" for e in err.errors())
+        raise DataError(f"invalid {what}: {problems}", modality=modality) from None
+
+
+def apply_spec_overrides(specs: Mapping[str, ModalitySpec],
+                         overrides: Mapping[str, Mapping[str, Any]] | None
+                         ) -> dict[str, ModalitySpec]:
+    """``specs`` with the fields of ``overrides[modality]`` replaced (validated).
+
+    Raises:
+        DataError: an override for a modality not in ``specs``, an unknown field or an invalid
+            value (naming the modality and field).
+    """
+    out = dict(specs)
+    for modality, fields in (overrides or {}).items():
+        if modality not in out:
+            raise DataError(f"spec override for '{modality}', which the model does not take "
+                            f"(modalities: {', '.join(out)})", modality=modality)
+        if "name" in fields:
+            raise DataError("spec override cannot rename a modality", modality=modality)
+        out[modality] = _validated(modality, {**out[modality].model_dump(), **dict(fields)},
+                                   "spec override")
+    return out
+
+
+def stored_specs(meta: Mapping[str, Any]) -> dict[str, ModalitySpec] | None:
+    """The ``fusionseg_specs`` of a checkpoint as ModalitySpecs, or ``None`` when absent.
+
+    Raises:
+        DataError: a stored spec that does not validate.
+    """
+    raw = meta.get("fusionseg_specs")
+    if not raw:
+        return None
+    return {m: _validated(m, d, "stored spec (fusionseg_specs)") for m, d in raw.items()}
+
+
+def training_specs(meta: Mapping[str, Any], cfg: Config,
+                   spec_overrides: Mapping[str, Mapping[str, Any]] | None = None
+                   ) -> dict[str, ModalitySpec]:
+    """The modality specs predict reads files with, for each of ``cfg.model.modalities``.
+
+    From ``meta["fusionseg_specs"]`` (the training dataset's specs); without them (a
+    checkpoint written before they were stored) the specs of the dataset class
+    ``cfg.data.dataset`` with ``cfg.data.options["specs"]`` applied, and one ``UserWarning``.
+    Then ``spec_overrides`` replace fields.
+
+    Raises:
+        DataError: a model modality missing from the stored specs, an invalid override,
+            an unknown dataset.
+    """
+    from .data.datasets import get_dataset_class
+
+    modalities = list(cfg.model.modalities)
+    stored = stored_specs(meta)
+    if stored is not None:
+        lacking = [m for m in modalities if m not in stored]
+        if lacking:
+            raise DataError(f"{meta.get('source', 'checkpoint')}: fusionseg_specs has no spec "
+                            f"for modality {', '.join(lacking)}", modality=lacking[0])
+        specs = {m: stored[m] for m in modalities}
+    else:
+        cls = get_dataset_class(cfg.data.dataset)
+        defaults = dict(getattr(cls, "default_specs", {}) or {})
+        specs = resolve_specs(modalities, cfg.data.options.get("specs"), defaults)
+        warnings.warn(
+            f"{meta.get('source', 'checkpoint')}: holds no fusionseg_specs (written before "
+            f"they were stored); reading files with the specs of dataset "
+            f"'{cfg.data.dataset}' - check bit depths and scales, or pass --spec",
+            UserWarning, stacklevel=2)
+    return apply_spec_overrides(specs, spec_overrides)
+
+
+def describe_spec(spec: ModalitySpec) -> str:
+    """A short text of what a spec reads: ``"16-bit, 1 channel(s), raw * 0.001 -> m"``."""
+    bits = f"{spec.bit_depth}-bit" if spec.bit_depth else "any bit depth"
+    chans = f"{spec.channels} channel(s)"
+    if spec.file_channels is not None:
+        chans += f" (file channels {list(spec.file_channels)})"
+    scale = "integer range -> [0, 1]" if spec.scale == "auto" else f"raw * {spec.scale:g}"
+    if spec.offset:
+        scale += f" + {spec.offset:g}"
+    return f"{bits}, {chans}, {scale}" + (f" -> {spec.unit}" if spec.unit else "")
+
+
+# ----------------------------------------------------------------------------- inputs
+@dataclass(frozen=True)
+class InputSource:
+    """One ``--input``: ``modality=None`` for a dataset root / ``DIR/{modality}`` folder.
+
+    Attributes:
+        modality: a model modality, ``"label"``, or ``None``.
+        path: folder, glob or file as given.
+        channels: 0-based file channel indices (the ``:I,J`` suffix) or ``None``.
     """
 
-    def __init__(self, root: Path, modalities: list[str], transform=None):
-        from .data.modalities import get_spec
+    modality: str | None
+    path: str
+    channels: tuple[int, ...] | None = None
 
-        self.root = Path(root)
-        self.modalities = [m for m in modalities if (self.root / m).is_dir()]
+
+def parse_input(text: str | Path) -> InputSource:
+    """Parse one input: ``PATH`` or ``MODALITY=SOURCE[:I,J,...]`` (0-based channels).
+
+    A trailing ``:digits[,digits]`` is always a channel selection. The text before a first
+    ``=`` counts as a modality name only if it is an identifier.
+
+    Raises:
+        DataError: an empty source, or a channel selection on a plain ``PATH``.
+    """
+    text = str(text)
+    name, sep, rest = text.partition("=")
+    if not sep or not _NAME.match(name):
+        if _CHANNELS.match(text) and not Path(text).exists():
+            raise DataError(f"input {text!r}: a channel selection needs a modality, e.g. "
+                            "thermal=DIR:3")
+        return InputSource(None, text)
+    m = _CHANNELS.match(rest)
+    path, channels = (m["path"], tuple(int(i) for i in m["idx"].split(","))) if m else (rest,
+                                                                                      None)
+    if not path:
+        raise DataError(f"input {text!r}: no folder, glob or file after '='", modality=name)
+    if channels is not None and name == LABEL:
+        raise DataError(f"input {text!r}: labels take channel 0; no channel selection",
+                        modality=name)
+    return InputSource(name, path, channels)
+
+
+def source_files(source: InputSource) -> dict[str, Path]:
+    """``{stem: file}`` of a per-modality source (a folder, a glob, or one file).
+
+    Only files with an image extension (``.png .jpg .jpeg .tif .tiff .npy .npz .bmp``) count.
+
+    Raises:
+        DataError: nothing matches, or two files share a stem (naming modality and files).
+    """
+    text, m = source.path, source.modality
+    p = Path(text)
+    if _GLOB_CHARS.search(text):
+        files = [Path(f) for f in sorted(globlib.glob(text, recursive=True))]
+    elif p.is_dir():
+        files = sorted(p.iterdir())
+    elif p.is_file():
+        files = [p]
+    else:
+        raise DataError("no such folder, file or glob match", path=text, modality=m)
+    files = [f for f in files if f.is_file() and f.suffix.lower() in IMAGE_EXTENSIONS]
+    if not files:
+        raise DataError(f"no image files ({' '.join(IMAGE_EXTENSIONS)})", path=text,
+                        modality=m)
+    out: dict[str, Path] = {}
+    for f in files:
+        if f.stem in out:
+            raise DataError(f"two files with stem '{f.stem}': {out[f.stem]} and {f}; stems "
+                            "match files across modalities, so they must be unique",
+                            path=text, modality=m)
+        out[f.stem] = f
+    return out
+
+
+def _some(stems: Sequence[str], n: int = 5) -> str:
+    shown = ", ".join(stems[:n])
+    return shown + (f" (+{len(stems) - n} more)" if len(stems) > n else "")
+
+
+def match_stems(files: Mapping[str, Mapping[str, Path]]) -> list[str]:
+    """The sorted stems present in every modality of ``files`` (modality -> stem -> file).
+
+    Raises:
+        DataError: some stems lack a partner; the message names, per modality, the stems it
+            has no file for.
+    """
+    if not files:
+        raise DataError("no inputs given")
+    union = sorted(set().union(*(set(f) for f in files.values())))
+    problems, first = [], None
+    for modality, by_stem in files.items():
+        lacking = [s for s in union if s not in by_stem]
+        if lacking:
+            first = first or modality
+            problems.append(f"'{modality}' has no file for stem(s) {_some(lacking)}")
+    if problems:
+        raise DataError("samples are matched by file stem across modalities; "
+                        + "; ".join(problems), modality=first)
+    return union
+
+
+class FileInput(torch.utils.data.Dataset):
+    """Samples from per-modality file lists matched by stem, read with given specs.
+
+    Args:
+        files: modality (or ``"label"``) -> ``{stem: file}`` (see :func:`source_files`).
+        specs: modality -> ModalitySpec (the training run's, see :func:`training_specs`).
+        channels: modality -> 0-based file channel indices replacing the spec's
+            ``file_channels`` (their count must be the spec's ``channels`` or ``repeat_to``).
+        transform: applied to each sample (e.g. the eval transforms).
+
+    Samples: ``{modality: float32 [C, H, W], "label": int64 [H, W] (channel 0 of the label
+    file), "meta": {"id": stem, "condition": None, "paths": {...}}}``, stems sorted.
+
+    Raises:
+        DataError: at construction, unmatched stems, a modality without a spec, a channel
+            selection of the wrong length; per sample, a file that does not fit its spec
+            (naming file, modality, problem, the trained spec and the override that reads
+            it), modalities of different sizes.
+    """
+
+    def __init__(self, files: Mapping[str, Mapping[str, Path]],
+                 specs: Mapping[str, ModalitySpec],
+                 channels: Mapping[str, tuple[int, ...]] | None = None, transform=None):
+        self.files = {k: dict(v) for k, v in files.items()}
+        self.modalities = [m for m in self.files if m != LABEL]
         if not self.modalities:
-            raise DataError(f"{root}: none of the model's modality folders "
-                            f"{modalities} exists (expected {root}/<modality>/<stem>.png)")
-        self.specs = {m: get_spec(m) for m in self.modalities}
-        first = self.root / self.modalities[0]
-        self.stems = sorted(p.stem for p in first.iterdir() if p.suffix.lower() in _EXTS)
-        if not self.stems:
-            raise DataError(f"{first}: no images found", modality=self.modalities[0])
+            raise DataError("no modality input given (only labels)")
+        lacking = [m for m in self.modalities if m not in specs]
+        if lacking:
+            raise DataError(f"no spec for modality '{lacking[0]}'", modality=lacking[0])
+        self.specs = {m: _select_channels(specs[m], (channels or {}).get(m))
+                      for m in self.modalities}
+        self.stems = match_stems(self.files)
         self.transform = transform
-
-    def _find(self, folder: Path, stem: str, modality: str) -> Path:
-        for ext in _EXTS:
-            p = folder / f"{stem}{ext}"
-            if p.is_file():
-                return p
-        raise DataError(f"{folder / stem}.*: missing file", modality=modality)
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -75,77 +425,275 @@ class FolderInput(torch.utils.data.Dataset):
         stem = self.stems[i]
         sample: dict = {"meta": {"id": stem, "condition": None, "paths": {}}}
         for m in self.modalities:
-            path = self._find(self.root / m, stem, m)
-            sample[m] = self.specs[m].load(path)
+            path = self.files[m][stem]
+            sample[m] = _read(self.specs[m], path)
             sample["meta"]["paths"][m] = str(path)
-        label_dir = self.root / "label"
-        if label_dir.is_dir():
-            path = self._find(label_dir, stem, "label")
-            sample["label"] = torch.from_numpy(
-                np.asarray(Image.open(path), dtype=np.int64))
+        sizes = {m: tuple(sample[m].shape[-2:]) for m in self.modalities}
+        if len(set(sizes.values())) > 1:
+            raise DataError(f"sample '{stem}': modality sizes differ "
+                            f"({', '.join(f'{m} {h}x{w}' for m, (h, w) in sizes.items())})",
+                            path=self.files[self.modalities[0]][stem])
+        if LABEL in self.files:
+            path = self.files[LABEL][stem]
+            raw = read_image(path, modality=LABEL)
+            sample[LABEL] = torch.from_numpy(raw[..., 0].astype(np.int64))
+            sample["meta"]["paths"][LABEL] = str(path)
         if self.transform is not None:
             sample = self.transform(sample)
         return sample
 
 
-def predict(ckpt: str | Path, input_dir: str | Path, out_dir: str | Path,
-            config: str | Path | None = None, split: str | None = None,
-            max_samples: int | None = None) -> int:
-    """Predict every sample of ``input_dir`` and write masks and panels; return the count.
+def _select_channels(spec: ModalitySpec, channels: tuple[int, ...] | None) -> ModalitySpec:
+    if channels is None:
+        return spec
+    counts = [spec.channels] + ([spec.repeat_to] if spec.repeat_to else [])
+    if len(channels) not in counts:
+        raise DataError(f"the input selects {len(channels)} channel(s) {list(channels)} but "
+                        f"the model's '{spec.name}' takes "
+                        f"{' or '.join(map(str, sorted(set(counts))))}", modality=spec.name)
+    return _validated(spec.name, {**spec.model_dump(), "file_channels": list(channels),
+                                  "channels": len(channels)}, "channel selection")
+
+
+def _read(spec: ModalitySpec, path: Path) -> torch.Tensor:
+    """``spec.load(path)`` whose fit errors also name the trained spec and the fix."""
+    array = read_image(path, modality=spec.name, key=spec.npz_key)
+    try:
+        return spec.from_array(array, path=path)
+    except DataError as err:
+        m = spec.name
+        if err.problem.startswith("wrong bit depth"):
+            hint = (f"if this {bit_depth_of(array)}-bit file is right, say how to read it, e.g. "
+                    f"--spec {m}.bit_depth={bit_depth_of(array)} --spec {m}.scale=<unit per "
+                    "count> (or auto for [0, 1])")
+        elif err.problem.startswith("wrong channel count"):
+            hint = (f"select the file's channels with {m}=PATH:I[,J] (0-based) or "
+                    f"--spec {m}.file_channels=null")
+        else:
+            raise
+        raise DataError(f"{err.problem}; the model was trained on {describe_spec(spec)}; "
+                        f"{hint}", path=path, modality=m) from None
+
+
+def _is_modality_folder(root: Path, modalities: Sequence[str]) -> bool:
+    return any((root / m).is_dir() for m in modalities) and not (root / "img").is_dir()
+
+
+def open_inputs(inputs: str | Path | Sequence[str | Path], cfg: Config,
+                specs: Mapping[str, ModalitySpec], split: str | None = None,
+                dataset_specs: Mapping[str, Any] | None = None) -> torch.utils.data.Dataset:
+    """The dataset of samples for the given ``--input`` values (forms: module docstring).
+
+    Args:
+        inputs: one input or a list of them.
+        cfg: the run config (model modalities; dataset name and options for a dataset root).
+        specs: the specs to read per-modality / folder inputs with (:func:`training_specs`).
+        split: split of a dataset root (default ``cfg.data.val_split``).
+        dataset_specs: the ``specs`` option given to the dataset class for a dataset root
+            (default: ``specs``).
+
+    Returns:
+        A :class:`FileInput`, or the dataset class's instance for a dataset root; its
+        ``transform`` is left unset.
+
+    Raises:
+        FileNotFoundError: a plain path that does not exist.
+        DataError: an unknown modality name, a modality given twice, a dataset root combined
+            with other inputs, unmatched stems, and the dataset's own errors.
+    """
+    from .data.datasets import create_dataset
+
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    if not items:
+        raise DataError("no inputs given")
+    modalities = list(cfg.model.modalities)
+    sources = [parse_input(x) for x in items]
+    plain = [s for s in sources if s.modality is None]
+    named = [s for s in sources if s.modality is not None]
+    if len(plain) > 1:
+        raise DataError(f"at most one folder or dataset root among the inputs, got "
+                        f"{', '.join(s.path for s in plain)}")
+    files: dict[str, dict[str, Path]] = {}
+    if plain:
+        root = Path(plain[0].path)
+        if not root.is_dir():
+            raise FileNotFoundError(f"{root}: input folder not found")
+        if not _is_modality_folder(root, modalities):
+            if named:
+                raise DataError(f"{root}: a dataset root cannot be combined with "
+                                "per-modality inputs (MODALITY=PATH)", path=root)
+            options = dict(cfg.data.options)
+            options["specs"] = dict(specs if dataset_specs is None else dataset_specs)
+            return create_dataset(cfg.data.dataset, str(root), split or cfg.data.val_split,
+                                  modalities, **options)
+        for m in [*modalities, LABEL]:
+            if (root / m).is_dir():
+                files[m] = source_files(InputSource(m, str(root / m)))
+    given: set[str] = set()
+    channels: dict[str, tuple[int, ...]] = {}
+    for s in named:
+        if s.modality not in (*modalities, LABEL):
+            raise DataError(f"input '{s.modality}={s.path}': the model has no modality "
+                            f"'{s.modality}' (modalities: {', '.join(modalities)}; or label)",
+                            modality=s.modality)
+        if s.modality in given:
+            raise DataError(f"modality '{s.modality}' given twice among the inputs",
+                            modality=s.modality)
+        given.add(s.modality)
+        files[s.modality] = source_files(s)
+        if s.channels is not None:
+            channels[s.modality] = s.channels
+    order = [m for m in [*modalities, LABEL] if m in files]
+    return FileInput({m: files[m] for m in order}, specs, channels)
+
+
+# ----------------------------------------------------------------------------- inference
+def inference_settings(cfg: Config, size: Sequence[int], max_pixels: int | None = None,
+                       fixed_size: Sequence[int] | None = None) -> dict[str, Any]:
+    """Keyword arguments of :func:`~fusionseg.engine.inference.predict_logits` for an input of
+    ``size = (H, W)``.
+
+    ``eval.mode: slide`` in the config: its window and stride, always. Otherwise whole-image
+    inference, unless ``H * W`` exceeds ``max_pixels`` (default: 4 x the training crop area
+    ``data.crop_size``): then sliding windows of the crop size with a stride of 2/3 of it
+    (rounded), so memory stays at the training crop's. Scales, flip and window batch come
+    from ``cfg.eval``.
+
+    ``fixed_size = (h, w)``: the model takes that input size only (an ONNX file exported at
+    a fixed size, ``OnnxModel.input_size``): any other size runs sliding windows of it (stride
+    2/3), smaller images padded; this takes precedence over the rules above.
+
+    Raises:
+        ValueError: ``max_pixels < 1``.
+    """
+    e = cfg.eval
+    out: dict[str, Any] = {"mode": e.mode, "window": tuple(e.window),
+                           "stride": tuple(e.stride), "scales": list(e.scales), "flip": e.flip,
+                           "window_batch": e.window_batch}
+    if fixed_size is not None:
+        fh, fw = (int(v) for v in fixed_size)
+        if tuple(size) == (fh, fw) and list(e.scales) == [1.0]:
+            return {**out, "mode": "whole"}
+        return {**out, "mode": "slide", "window": (fh, fw),
+                "stride": (max(1, round(2 * fh / 3)), max(1, round(2 * fw / 3)))}
+    if e.mode == "slide":
+        return out
+    ch, cw = cfg.data.crop_size
+    budget = 4 * ch * cw if max_pixels is None else int(max_pixels)
+    if budget < 1:
+        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+    h, w = size
+    if h * w > budget:
+        out.update(mode="slide", window=(ch, cw),
+                   stride=(max(1, round(2 * ch / 3)), max(1, round(2 * cw / 3))))
+    return out
+
+
+def _overlay_base(sample: dict, modalities: Sequence[str], specs: Mapping[str, Any]
+                  ) -> np.ndarray:
+    """The image an overlay is drawn on: RGB in its own colours, else the first modality."""
+    if "rgb" in sample and "rgb" in specs:
+        x = specs["rgb"].denormalize_tensor(sample["rgb"].float()).clamp(0, 1)
+        return np.rint(x[:3].permute(1, 2, 0).numpy() * 255).astype(np.uint8)
+    first = next(m for m in modalities if m in sample)
+    return modality_image(sample[first], first)
+
+
+def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
+            out_dir: str | Path, config: str | Path | None = None, split: str | None = None,
+            max_samples: int | None = None, *, onnx: str | Path | None = None,
+            spec_overrides: Mapping[str, Mapping[str, Any]] | None = None,
+            overlay: bool = False, video: str | Path | None = None, fps: float = 2.0,
+            max_pixels: int | None = None) -> int:
+    """Predict every sample of ``inputs`` and write masks, panels (and overlays, a video).
+
+    Args:
+        ckpt: checkpoint (``--ckpt``); ``None`` with ``onnx``.
+        inputs: one or more inputs (``--input``, repeatable): a dataset root, a
+            ``DIR/{modality}/*`` folder, or ``MODALITY=DIR|GLOB|FILE[:I,J]`` (0-based channel
+            indices); see the module docstring.
+        out_dir: output folder (``--out``).
+        config: config replacing the stored one (``--config``).
+        split: split of a dataset root (``--split``; default ``data.val_split``).
+        max_samples: at most this many samples (``--max-samples``).
+        onnx: an exported ONNX model instead of ``ckpt`` (``--onnx``).
+        spec_overrides: ``{modality: {field: value}}`` replacing fields of the training specs
+            (``--spec depth.bit_depth=8``, parsed by :func:`parse_spec_overrides`).
+        overlay: also write ``out/overlays/{id}.png``, the mask blended on RGB at alpha 0.5
+            (``--overlay``).
+        video: ``*.gif`` or ``*.mp4`` of the frames sorted by id: the overlays with
+            ``overlay``, else the panels (``--video``); MP4 needs PyAV or imageio-ffmpeg.
+        fps: video frame rate (``--fps``).
+        max_pixels: input pixels above which sliding-window inference runs (``--max-pixels``;
+            default 4 x the training crop area; see :func:`inference_settings`).
+
+    Returns:
+        The number of samples predicted.
 
     Raises:
         FileNotFoundError: checkpoint or input missing.
-        ValueError: the checkpoint holds no config and none is given.
+        ValueError: no config stored and none given; a bad video path or missing MP4 writer
+            (raised before any prediction).
+        DataError: input forms, stems, specs and files that do not fit (see
+            :func:`open_inputs`, :class:`FileInput`).
         CheckpointMismatchError: checkpoint and model disagree.
     """
-    from .data.datasets import create_dataset
     from .data.transforms import build_eval_transforms
 
-    ckpt, input_dir, out_dir = Path(ckpt), Path(input_dir), Path(out_dir)
-    if not input_dir.is_dir():
-        raise FileNotFoundError(f"{input_dir}: input folder not found")
-    meta = _checkpoint_meta(ckpt)
-    if config is not None:
-        cfg: Config = load_config(config)
-    elif "fusionseg_config" in meta:
-        cfg = config_from_dict(meta["fusionseg_config"], source=str(ckpt))
-    else:
-        raise ValueError(f"{ckpt}: holds no fusionseg config; pass --config")
+    out_dir = Path(out_dir)
+    if video is not None:
+        video = check_video_path(video)
+    model, meta, cfg = load_predictor(ckpt=ckpt, onnx=onnx, config=config)
     modalities = list(cfg.model.modalities)
-    classes = meta.get("fusionseg_classes")
-    if any((input_dir / m).is_dir() for m in modalities) and not (input_dir / "img").is_dir():
-        ds = FolderInput(input_dir, modalities)
-    else:
-        ds = create_dataset(cfg.data.dataset, str(input_dir), split or cfg.data.val_split,
-                            modalities, **cfg.data.options)
-        classes = classes or list(ds.classes)
+    specs = training_specs(meta, cfg, spec_overrides)
+    dataset_specs: dict[str, Any] | None = None
+    if stored_specs(meta) is None:  # an old checkpoint: a dataset root reads its own specs
+        dataset_specs = {m: {**dict((cfg.data.options.get("specs") or {}).get(m) or {}),
+                             **dict((spec_overrides or {}).get(m) or {})}
+                         for m in modalities}
+    ds = open_inputs(inputs, cfg, specs, split=split, dataset_specs=dataset_specs)
     ds.transform = build_eval_transforms(ds.specs, size=cfg.data.eval_size)
+    classes = meta.get("fusionseg_classes") or list(getattr(ds, "classes", []) or []) or None
     num_classes = cfg.model.num_classes or (len(classes) if classes else None)
-    if num_classes is None:
-        raise ValueError(f"{ckpt}: number of classes unknown; set model.num_classes")
-    # the checkpoint replaces the backbone weights: model.pretrained is not read
-    model = create_model(model_spec(cfg, num_classes, for_checkpoint=True))
-    load_checkpoint(model, ckpt)
-    model.eval()
-    palette = meta.get("fusionseg_palette") or getattr(ds, "palette", None)
-    palette = np.asarray(palette if palette is not None else default_palette(num_classes),
-                         dtype=np.uint8)
-    e = cfg.eval
+    palette = meta.get("fusionseg_palette")
+    if palette is None:
+        palette = getattr(ds, "palette", None)
+    if palette is None or len(palette) == 0:
+        palette = default_palette(num_classes or 256)
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    is_torch = isinstance(model, torch.nn.Module)
     precision = resolve_precision(cfg.train.precision, "cpu", strict=False)
     n = len(ds) if max_samples is None else min(len(ds), max_samples)
     (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    frames: dict[str, Path] = {}
     for i in range(n):
         sample = ds[i]
         batch = {m: sample[m][None] for m in modalities if m in sample}
-        with autocast(precision, "cpu"):
-            logits = predict_logits(model, batch, mode=e.mode, window=e.window,
-                                    stride=e.stride, scales=e.scales, flip=e.flip,
-                                    window_batch=e.window_batch)
+        size = tuple(next(iter(batch.values())).shape[-2:])
+        settings = inference_settings(cfg, size, max_pixels,
+                                      fixed_size=None if is_torch else
+                                      getattr(model, "input_size", None))
+        if is_torch:
+            with autocast(precision, "cpu"):
+                logits = predict_logits(model, batch, **settings)
+        else:
+            logits = predict_logits(model, batch, **settings)
         pred = logits.float().argmax(1)[0]
         name = str(sample["meta"]["id"]).replace("/", "_")
-        Image.fromarray(colorize(pred, palette)).save(out_dir / "masks" / f"{name}.png")
+        mask_rgb = colorize(pred, palette)
+        Image.fromarray(mask_rgb).save(out_dir / "masks" / f"{name}.png")
         cond = sample["meta"].get("condition")
-        save_panel(out_dir / "panels" / f"{name}.png",
-                   sample_panel(sample, modalities, pred, palette),
-                   title=f"{name}" + (f" ({cond})" if cond else ""))
+        legend = class_legend(classes, palette, pred, sample.get(LABEL))
+        panel = out_dir / "panels" / f"{name}.png"
+        save_panel(panel, sample_panel(sample, modalities, pred, palette),
+                   title=f"{name}" + (f" ({cond})" if cond else ""), legend=legend)
+        frames[name] = panel
+        if overlay:
+            path = out_dir / "overlays" / f"{name}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(overlay_mask(_overlay_base(sample, modalities, ds.specs),
+                                         mask_rgb, 0.5)).save(path)
+            frames[name] = path
+    if video is not None and frames:
+        save_video([frames[k] for k in sorted(frames)], video, fps=fps)
     return n

@@ -1,4 +1,5 @@
-"""Visualisation: palettes, colorized masks, modality images and per-sample panels."""
+"""Visualisation: palettes, colorized masks, modality images, per-sample panels with class
+legends, mask overlays, GIF / MP4 videos of frames, and the robustness plots."""
 
 from __future__ import annotations
 
@@ -66,26 +67,213 @@ def modality_image(x: torch.Tensor, name: str = "") -> np.ndarray:
     return (x.permute(1, 2, 0).numpy() * 255).astype(np.uint8)
 
 
-def save_panel(path: str | Path, images: dict[str, np.ndarray], title: str = "") -> None:
-    """Save one row of ``[H, W, 3]`` uint8 images with captions as a PNG (matplotlib)."""
+def class_legend(classes: Sequence[str] | None, palette: np.ndarray | Sequence,
+                 *masks: np.ndarray | torch.Tensor | None,
+                 ignore_index: int = 255) -> list[tuple[int, str, tuple[int, int, int]]]:
+    """Legend entries ``(class id, name, (r, g, b))`` of the classes present in ``masks``.
+
+    Args:
+        classes: class names (index = class id); ``None`` or a short list names the others
+            ``"class {id}"``.
+        palette: ``[K, 3]`` uint8 colours (the ones :func:`colorize` uses).
+        masks: class-id masks ``[H, W]`` (prediction, label ...); ``None`` entries are skipped.
+        ignore_index: id left out (not a class).
+
+    Returns:
+        One entry per class id occurring in any mask, sorted by id.
+
+    Raises:
+        ValueError: a class id outside the palette.
+    """
+    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    ids: set[int] = set()
+    for mask in masks:
+        if mask is None:
+            continue
+        values = mask.cpu().numpy() if isinstance(mask, torch.Tensor) else np.asarray(mask)
+        ids.update(int(v) for v in np.unique(values) if int(v) != ignore_index)
+    bad = sorted(k for k in ids if k < 0 or k >= len(palette))
+    if bad:
+        raise ValueError(f"class id {bad[0]} is outside the palette 0..{len(palette) - 1}")
+    names = list(classes or [])
+    return [(k, names[k] if k < len(names) else f"class {k}",
+             tuple(int(c) for c in palette[k])) for k in sorted(ids)]
+
+
+def save_panel(path: str | Path, images: dict[str, np.ndarray], title: str = "",
+               legend: Sequence[tuple[int, str, tuple[int, int, int]]] | None = None) -> None:
+    """Save one row of ``[H, W, 3]`` uint8 images with captions as a PNG (matplotlib).
+
+    ``legend``: entries of :func:`class_legend`, drawn as coloured patches with the class
+    names in rows below the images (the figure grows by one strip per legend row).
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
 
     n = len(images)
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9), squeeze=False)
+    # legend columns that fit the figure width (about 0.055 in per character at 7 pt)
+    longest = max((len(f"{k} {name}") for k, name, _ in legend or []), default=1)
+    ncol = max(1, min(len(legend or []), int(2.5 * n / (0.055 * longest + 0.45))))
+    rows = -(-len(legend) // ncol) if legend else 0
+    strip = 0.22 * rows + (0.1 if rows else 0.0)  # legend height in inches
+    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9 + strip), squeeze=False)
     for ax, (caption, img) in zip(axes[0], images.items(), strict=True):
         ax.imshow(img, interpolation="nearest")
         ax.set_title(caption, fontsize=9)
         ax.axis("off")
     if title:
         fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    if legend:
+        handles = [Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="black", linewidth=0.4,
+                         label=f"{k} {name}") for k, name, rgb in legend]
+        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False,
+                   handlelength=1.0, columnspacing=0.8, borderaxespad=0.2)
+        fig.tight_layout(rect=(0, strip / (2.9 + strip), 1, 1))
+    else:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def overlay_mask(image: np.ndarray, mask_rgb: np.ndarray, alpha: float = 0.5,
+                 keep: np.ndarray | None = None) -> np.ndarray:
+    """Blend a colour mask on an image: ``(1 - alpha) * image + alpha * mask_rgb``.
+
+    Args:
+        image: ``[H, W, 3]`` uint8 (e.g. the RGB frame).
+        mask_rgb: ``[H, W, 3]`` uint8 colorized mask (:func:`colorize`), same size.
+        alpha: mask weight in ``[0, 1]``.
+        keep: optional bool ``[H, W]``: pixels left as in ``image`` (e.g. ignore pixels).
+
+    Returns:
+        ``[H, W, 3]`` uint8, rounded to the nearest integer.
+
+    Raises:
+        ValueError: sizes differ, or ``alpha`` outside ``[0, 1]``.
+    """
+    image = np.asarray(image)
+    mask_rgb = np.asarray(mask_rgb)
+    if image.shape != mask_rgb.shape or image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"overlay needs two [H, W, 3] images of one size, got "
+                         f"{image.shape} and {mask_rgb.shape}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"overlay alpha must be in [0, 1], got {alpha}")
+    out = (1.0 - alpha) * image.astype(np.float32) + alpha * mask_rgb.astype(np.float32)
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    if keep is not None:
+        out[keep] = image[keep]
+    return out
+
+
+def mp4_writer() -> str | None:
+    """The MP4 writer available here: ``"av"`` (PyAV), ``"imageio"`` (imageio with the
+    imageio-ffmpeg plugin) or ``None``."""
+    import importlib.util
+
+    if importlib.util.find_spec("av") is not None:
+        return "av"
+    if (importlib.util.find_spec("imageio") is not None
+            and importlib.util.find_spec("imageio_ffmpeg") is not None):
+        return "imageio"
+    return None
+
+
+def check_video_path(path: str | Path) -> Path:
+    """Validate a video output path before any work: ``.gif`` (Pillow) always works, ``.mp4``
+    needs :func:`mp4_writer`.
+
+    Raises:
+        ValueError: another suffix, or ``.mp4`` without PyAV / imageio-ffmpeg installed.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".gif":
+        return path
+    if suffix == ".mp4":
+        if mp4_writer() is None:
+            raise ValueError(f"{path}: writing MP4 needs PyAV (pip install av) or imageio with "
+                             "imageio-ffmpeg, and neither is installed; write an animated GIF "
+                             "instead (e.g. --video out.gif)")
+        return path
+    raise ValueError(f"{path}: video must end in .gif or .mp4, got {suffix or 'no suffix'!r}")
+
+
+def _frame_array(frame: str | Path | np.ndarray) -> np.ndarray:
+    from PIL import Image
+
+    if isinstance(frame, np.ndarray):
+        return frame
+    with Image.open(frame) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def save_video(frames: Sequence[str | Path | np.ndarray], path: str | Path,
+               fps: float = 2.0) -> Path:
+    """Write ``frames`` (image files or ``[H, W, 3]`` uint8 arrays, in the given order) as an
+    animated GIF (Pillow, looping) or an MP4 (PyAV or imageio-ffmpeg, H.264).
+
+    Frames of another size than the first are resized to it (bilinear). For MP4 the size is
+    padded to even numbers (H.264 4:2:0 needs them). Pillow merges identical consecutive GIF
+    frames into one longer frame.
+
+    Args:
+        frames: at least one frame.
+        path: ``*.gif`` or ``*.mp4``; parent dirs are created.
+        fps: frames per second (> 0); a GIF stores ``round(1000 / fps)`` ms per frame.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        ValueError: no frames, ``fps <= 0``, or see :func:`check_video_path`.
+    """
+    from PIL import Image
+
+    path = check_video_path(path)
+    if not frames:
+        raise ValueError(f"{path}: no frames to write")
+    if fps <= 0:
+        raise ValueError(f"video fps must be > 0, got {fps}")
+    images: list[Image.Image] = []
+    for frame in frames:
+        im = Image.fromarray(np.ascontiguousarray(_frame_array(frame)[..., :3]).astype(np.uint8))
+        if images and im.size != images[0].size:
+            im = im.resize(images[0].size, Image.BILINEAR)
+        images.append(im)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".gif":
+        images[0].save(path, save_all=True, append_images=images[1:],
+                       duration=max(1, round(1000 / fps)), loop=0)
+        return path
+    w, h = images[0].size
+    even = (w + w % 2, h + h % 2)
+    arrays = []
+    for im in images:
+        canvas = Image.new("RGB", even)
+        canvas.paste(im, (0, 0))
+        arrays.append(np.asarray(canvas))
+    if mp4_writer() == "av":
+        from fractions import Fraction
+
+        import av
+
+        with av.open(str(path), mode="w") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height = even
+            stream.pix_fmt = "yuv420p"
+            for a in arrays:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
+            container.mux(stream.encode())
+    else:
+        import imageio
+
+        imageio.mimwrite(str(path), arrays, fps=fps)
+    return path
 
 
 def sample_panel(sample: dict, modalities: Sequence[str], pred: torch.Tensor | np.ndarray,
