@@ -28,7 +28,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Multimodal semantic segmentation: train, evaluate, benchmark, predict.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: render the built-in ones, check.")
 synth_app = typer.Typer(no_args_is_help=True, help="Render a built-in synthetic dataset.")
-weights_app = typer.Typer(no_args_is_help=True, help="Checkpoint conversion.")
+weights_app = typer.Typer(no_args_is_help=True,
+                          help="Pretrained weights: list the catalogue, fetch, convert.")
 app.add_typer(data_app, name="data")
 data_app.add_typer(synth_app, name="synth")
 app.add_typer(weights_app, name="weights")
@@ -366,19 +367,26 @@ def data_check(config: Annotated[Path | None, typer.Argument(help="run config")]
 
 @weights_app.command("convert")
 @cli_errors
-def weights_convert(src: Path, dst: Path,
+def weights_convert(src: Annotated[Path, typer.Argument(
+                        help="a checkpoint file, or a Hugging Face model folder (config.json + "
+                             "model.safetensors / pytorch_model.bin)")],
+                    dst: Annotated[Path, typer.Argument(
+                        help="output: .safetensors, or a torch.save file otherwise")],
                     config: Annotated[Path | None, typer.Option(
                         help="run config of the model the weights are for")] = None,
                     backbone: Annotated[str | None, typer.Option(
                         help="a pretrained-encoder file for this backbone (e.g. "
                              "dinov2_vits14 from a Hugging Face facebook/dinov2-small file)")]
                     = None):
-    """Convert a released checkpoint (e.g. the StitchFusion authors') to fusionseg's format.
+    """Convert a checkpoint to fusionseg's format, detecting what SRC is by itself.
 
-    With --config the weights are loaded into the configured model strictly (mismatches are
-    reported now); with --backbone SRC is a pretrained encoder (official or Hugging Face keys)
-    written in the official key names; without either, the registered methods are asked which
-    released format SRC is in.
+    Without options SRC is recognised: a pretrained encoder (SegFormer / MiT, DINOv2, SAM 2.1
+    Hiera, SAM ViT, ResNet; official or Hugging Face keys; a Hugging Face folder's config.json
+    gives the exact architecture, a bare file's depths and widths are read from its keys) is
+    written in the official key names of the detected backbone; otherwise the registered
+    methods are asked which released format SRC is in. With --backbone SRC is an encoder of
+    that backbone; with --config the weights are loaded into the configured model strictly
+    (mismatches are reported now).
     """
     if backbone is not None:
         from .models import create_backbone
@@ -389,9 +397,67 @@ def weights_convert(src: Path, dst: Path,
         from .engine.runner import convert_weights
         out = convert_weights(load_config(config), src, dst)
     else:
-        from .models.weights import convert_checkpoint
-        out = convert_checkpoint(src, dst)
-    console.print(f"wrote {out}")
+        from .models.weights import convert_backbone_checkpoint, convert_checkpoint, detect_backbone
+        found = detect_backbone(src)
+        if found is not None:
+            console.print(f"detected {found.describe()}", highlight=False, soft_wrap=True)
+            out = convert_backbone_checkpoint(src, dst, found.build(), found.metadata())
+        else:
+            out = convert_checkpoint(src, dst)
+    console.print(f"wrote {out}", highlight=False, soft_wrap=True)
+
+
+@weights_app.command("list")
+def weights_list(directory: Annotated[Path | None, typer.Option(
+                     "--dir", help="weights directory (default $FUSIONSEG_WEIGHTS or "
+                                   "~/.cache/fusionseg/weights)")] = None):
+    """The pretrained encoders each method starts from: catalogue name (model.pretrained),
+    backbone, methods, official file and source, approximate size, published checksum, Hugging
+    Face hub file, and whether it is in the weights directory."""
+    from .models.catalogue import list_pretrained, local_path, weights_dir
+    t = Table(title=f"pretrained encoders (weights directory {weights_dir(directory)})")
+    for col, kw in (("name", {"no_wrap": True}), ("backbone", {"no_wrap": True}),
+                    ("methods", {}), ("file", {"overflow": "fold"}), ("MB ~", {"justify": "right"}),
+                    ("checksum", {"overflow": "fold"}), ("official source", {"overflow": "fold"}),
+                    ("hub", {"overflow": "fold"}), ("here", {})):
+        t.add_column(col, **kw)
+    for e in list_pretrained():
+        hub = f"{e.hf_repo}/{e.hf_filename}" + (" (transformers)" if e.hf_format ==
+                                                 "transformers" else "") if e.hf_repo else "-"
+        t.add_row(e.name, e.backbone, ", ".join(e.methods), e.filename,
+                  f"{e.size_mb:,.0f}" if e.size_mb else "-", e.checksum_text(),
+                  e.url or e.source, hub, "yes" if local_path(e, directory).is_file() else "-")
+    console.print(t)
+
+
+@weights_app.command("fetch")
+@cli_errors
+def weights_fetch(name: Annotated[str, typer.Argument(help="catalogue name (weights list)")],
+                  directory: Annotated[Path | None, typer.Option(
+                      "--dir", help="weights directory (default $FUSIONSEG_WEIGHTS or "
+                                    "~/.cache/fusionseg/weights)")] = None,
+                  force: Annotated[bool, typer.Option(help="download again")] = False):
+    """Download a catalogue entry into the weights directory (Hugging Face hub, else the
+    official URL; checksum verified where published; hub conversions renamed to the official
+    keys), so that model.pretrained: NAME finds it. Offline: one line naming the URL to
+    download and where to put the file, exit status 2."""
+    from rich.progress import DownloadColumn, Progress, TransferSpeedColumn
+
+    from .models.catalogue import WEIGHTS_ENV, fetch, get_pretrained, local_path, weights_dir
+    entry = get_pretrained(name)
+    if local_path(entry, directory).is_file() and not force:
+        console.print(f"{entry.name}: already at {local_path(entry, directory)}",
+                      highlight=False, soft_wrap=True)
+        return
+    with Progress(*Progress.get_default_columns(), DownloadColumn(), TransferSpeedColumn(),
+                  console=err_console, transient=True) as bar:
+        task = bar.add_task(f"fetching {entry.filename}", total=None)
+        path = fetch(entry.name, directory, force=force,
+                     progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"{entry.name}: stored at {path}", highlight=False, soft_wrap=True)
+    if directory is not None and weights_dir(directory).resolve() != weights_dir().resolve():
+        console.print(f"set {WEIGHTS_ENV}={weights_dir(directory)} so that model.pretrained: "
+                      f"{entry.name} finds it", highlight=False, soft_wrap=True)
 
 
 @app.command()

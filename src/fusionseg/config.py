@@ -43,7 +43,9 @@ class ModelConfig(_Strict):
     backbone: str = "mit_b0"
     modalities: list[str] = Field(default_factory=lambda: ["rgb"])
     num_classes: int | None = None  # None: taken from the dataset
-    pretrained: str | None = None  # local path to backbone weights
+    #: encoder weights: a local file / Hugging Face folder, or a catalogue name (``fusionseg
+    #: weights list``; ``fusionseg weights fetch NAME`` stores it in $FUSIONSEG_WEIGHTS)
+    pretrained: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Return the dict for ``create_model`` (extra builder keys included)."""

@@ -51,13 +51,16 @@ def default_decoder_dim(name: str) -> int:
 
 
 def create_backbone(name: str, pretrained: str | Path | None = None, **overrides) -> nn.Module:
-    """Build a backbone by name and optionally load a local checkpoint strictly.
+    """Build a backbone by name and optionally load pretrained weights strictly.
 
     Args:
         name: one of :func:`list_backbones` (``mit_b0 .. mit_b5``).
-        pretrained: local path of a ``.pth``/``.pt``/``.safetensors`` state dict in an official
-            format the backbone's ``checkpoint_filter_fn`` maps (e.g. NVlabs ``mit_b2.pth``);
-            ``None`` = random init.
+        pretrained: a local ``.pth``/``.pt``/``.safetensors`` state dict (or Hugging Face model
+            folder) in an official or Hugging Face format the backbone's
+            ``checkpoint_filter_fn`` maps (e.g. NVlabs ``mit_b2.pth``), or a name of the
+            pretrained-weight catalogue (``mit_b2``, ``dinov2_vitl14``, ``sam2.1_hiera_b+``;
+            ``fusionseg weights list``) fetched before with ``fusionseg weights fetch NAME``
+            (:func:`fusionseg.models.catalogue.resolve_pretrained`); ``None`` = random init.
         **overrides: constructor arguments replacing the official ones, e.g.
             ``embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1),
             drop_path_rate=0.0``.
@@ -69,12 +72,22 @@ def create_backbone(name: str, pretrained: str | Path | None = None, **overrides
     Raises:
         ValueError: unknown ``name`` (the message lists the known names).
         TypeError: an override the constructor does not accept.
-        FileNotFoundError / ValueError / CheckpointMismatchError: from
+        WeightsNotAvailableError: a catalogue name not fetched yet (a ``FileNotFoundError``;
+            one line: ``run `fusionseg weights fetch NAME` or put FILE at PATH``).
+        FileNotFoundError: ``pretrained`` is neither a file nor a catalogue name (the message
+            names both options).
+        ValueError / CheckpointMismatchError: from
             :func:`fusionseg.models.weights.load_backbone_weights`.
     """
-    model = BACKBONES.get(name)(**overrides)
+    builder = BACKBONES.get(name)
+    path = None
     if pretrained is not None:
+        from ..catalogue import resolve_pretrained
+
+        path = resolve_pretrained(pretrained)  # before building: a missing file fails fast
+    model = builder(**overrides)
+    if path is not None:
         from ..weights import load_backbone_weights
 
-        load_backbone_weights(model, pretrained)
+        load_backbone_weights(model, path)
     return model

@@ -21,6 +21,12 @@ official ImageNet-1k files ``mit_b0.pth .. mit_b5.pth`` load strictly (after
     block{i}.{j}.mlp.fc1 / .mlp.dwconv.dwconv / .mlp.fc2
     norm{1..4}                        LayerNorm (eps 1e-6)
 
+Hugging Face ``nvidia/mit-b*`` files (``SegformerForImageClassification``: ``segformer.encoder.*``
+and a ``classifier``; ``SegformerModel``: ``encoder.*``; ``SegformerForSemanticSegmentation``:
+``segformer.*`` and a ``decode_head``) and the module names ``transformers`` 5 holds in memory
+(``stages.{i}.*``) convert through :func:`convert_hf_segformer`, called by
+:meth:`MixVisionTransformer.checkpoint_filter_fn`.
+
 Differences from the official code (none change the weights or, for inputs whose sides are
 multiples of 32, the outputs beyond float rounding):
 
@@ -44,6 +50,7 @@ Stage indices in these methods are 0-based (``0..3``), while the key names are 1
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -62,6 +69,8 @@ __all__ = [
     "MixVisionTransformer",
     "MIT_SETTINGS",
     "MIT_TINY",
+    "convert_hf_segformer",
+    "is_hf_segformer",
 ]
 
 # Official settings of the SegFormer paper (Table 6) / NVlabs ``mit_b0 .. mit_b5`` classes.
@@ -362,12 +371,17 @@ class MixVisionTransformer(TransformerBackbone):
         * ``module.`` (DDP) prefixes are stripped;
         * a whole mmseg / SegFormer segmentation checkpoint (``backbone.*`` and
           ``decode_head.*`` keys) gives its ``backbone.*`` keys, prefix stripped;
-        * the ImageNet classifier ``head.weight`` / ``head.bias`` of ``mit_b*.pth`` is dropped.
+        * the ImageNet classifier ``head.weight`` / ``head.bias`` of ``mit_b*.pth`` is dropped;
+        * Hugging Face SegFormer files (``nvidia/mit-b*``, any ``Segformer*`` model, hub or
+          in-memory names) are renamed by :func:`convert_hf_segformer` (their classifier or
+          decode head dropped).
 
         Our own state dict comes back unchanged.
         """
         own = list(self.state_dict().keys())
         sd = strip_prefixes(state_dict, ("module.",), own)
+        if is_hf_segformer(sd):
+            return convert_hf_segformer(sd)
         if any(k.startswith("backbone.") for k in sd) and not any(
             k.startswith("backbone.") for k in own
         ):
@@ -413,6 +427,109 @@ class MixVisionTransformer(TransformerBackbone):
     def forward_stage(self, stage_idx: int, carry: Tensor) -> tuple[Tensor, Tensor]:
         """Run one whole stage: embed, blocks, norm. ``[B, C_in, H, W] -> (map, map)``."""
         return super().forward_stage(stage_idx, carry)
+
+
+# --------------------------------------------------------------------------- Hugging Face
+# transformers' SegFormer (``models/segformer/modeling_segformer.py``): the hub files keep the
+# names of transformers 4 (``encoder.block.{i}.{j}.attention.self.query`` ...), transformers 5
+# renames them in memory (``stages.{i}.blocks.{j}.attention.q_proj`` ...; its
+# ``conversion_mapping.py``). Both map to the NVlabs names; stage indices are 0-based there.
+_HF_SEGFORMER_MARK = re.compile(
+    r"^(?:segformer\.)?(?:encoder\.(?:patch_embeddings|block|layer_norm)\.\d|"
+    r"stages\.\d+\.(?:patch_embeddings|blocks|layer_norm)\.)"
+)
+_HF_SEGFORMER_BLOCK = (
+    (r"(?:layer_norm_1|layernorm_before)\.", "norm1."),
+    (r"(?:layer_norm_2|layernorm_after)\.", "norm2."),
+    (r"attention\.(?:self\.query|q_proj)\.", "attn.q."),
+    (r"attention\.(?:self\.sr|sequence_reduction\.sequence_reduction)\.", "attn.sr."),
+    (r"attention\.(?:self\.layer_norm|sequence_reduction\.layer_norm)\.", "attn.norm."),
+    (r"attention\.(?:output\.dense|o_proj)\.", "attn.proj."),
+    (r"mlp\.(?:dense1|fc1)\.", "mlp.fc1."),
+    (r"mlp\.dwconv\.dwconv\.", "mlp.dwconv.dwconv."),
+    (r"mlp\.(?:dense2|fc2)\.", "mlp.fc2."),
+)
+_HF_SEGFORMER_KV = re.compile(r"^attention\.(?:self\.(key|value)|(k|v)_proj)\.(weight|bias)$")
+_HF_SEGFORMER_KEY = re.compile(
+    r"^(?:encoder\.patch_embeddings\.(?P<pe>\d+)|stages\.(?P<pe5>\d+)\.patch_embeddings)\."
+    r"(?P<pe_rest>proj|layer_norm)\.(?P<pe_p>weight|bias)$"
+    r"|^(?:encoder\.block\.(?P<bs>\d+)|stages\.(?P<bs5>\d+)\.blocks)\.(?P<bj>\d+)\.(?P<b_rest>.+)$"
+    r"|^(?:encoder\.layer_norm\.(?P<ln>\d+)|stages\.(?P<ln5>\d+)\.layer_norm)\.(?P<ln_p>weight|bias)$"
+)
+
+
+def is_hf_segformer(state_dict: Mapping[str, Tensor]) -> bool:
+    """True when ``state_dict`` holds Hugging Face SegFormer encoder keys (hub names
+    ``[segformer.]encoder.{patch_embeddings, block, layer_norm}.*`` or the in-memory names of
+    ``transformers`` 5, ``[segformer.]stages.{i}.*``)."""
+    return any(_HF_SEGFORMER_MARK.match(k) for k in state_dict)
+
+
+def convert_hf_segformer(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Rename a Hugging Face SegFormer state dict to the NVlabs MiT names (ours).
+
+    Accepts ``SegformerModel`` (no prefix), ``SegformerForImageClassification`` /
+    ``SegformerForSemanticSegmentation`` (``segformer.`` prefix; their ``classifier.*`` /
+    ``decode_head.*`` keys are dropped), each with the hub names or those of ``transformers`` 5
+    in memory. Stage ``i`` (0-based there) becomes ``patch_embed{i+1}`` / ``block{i+1}`` /
+    ``norm{i+1}``::
+
+        encoder.patch_embeddings.{i}.proj / .layer_norm     -> patch_embed{i+1}.proj / .norm
+        encoder.block.{i}.{j}.layer_norm_1 / layer_norm_2   -> block{i+1}.{j}.norm1 / norm2
+          .attention.self.query                              -> .attn.q
+          .attention.self.key + .attention.self.value        -> .attn.kv  (rows: key, then value)
+          .attention.self.sr / .attention.self.layer_norm    -> .attn.sr / .attn.norm
+          .attention.output.dense                            -> .attn.proj
+          .mlp.dense1 / .mlp.dwconv.dwconv / .mlp.dense2     -> .mlp.fc1 / .mlp.dwconv.dwconv / .mlp.fc2
+        encoder.layer_norm.{i}                              -> norm{i+1}
+
+    (``transformers`` 5: ``stages.{i}.patch_embeddings``, ``stages.{i}.blocks.{j}`` with
+    ``layernorm_before/after``, ``attention.{q,k,v,o}_proj``,
+    ``attention.sequence_reduction.{sequence_reduction, layer_norm}``, ``mlp.fc1/fc2``,
+    ``stages.{i}.layer_norm``.) The key/value concatenation follows the official ``kv``
+    projection, whose output is split as ``k, v = kv[0], kv[1]`` (``mix_transformer.py``).
+    Keys it does not know are kept (a strict load then reports them).
+
+    Raises:
+        ValueError: a key without its value projection (or the reverse).
+    """
+    sd = {k[len("segformer."):] if k.startswith("segformer.") else k: v
+          for k, v in state_dict.items()}
+    out: dict[str, Tensor] = {}
+    kv: dict[str, dict[str, Tensor]] = {}
+    for key, v in sd.items():
+        if key.startswith(("classifier.", "decode_head.")):
+            continue
+        m = _HF_SEGFORMER_KEY.match(key)
+        if m is None:
+            out[key] = v
+            continue
+        if m.group("pe_rest"):
+            i = int(m.group("pe") or m.group("pe5")) + 1
+            part = "proj" if m.group("pe_rest") == "proj" else "norm"
+            out[f"patch_embed{i}.{part}.{m.group('pe_p')}"] = v
+        elif m.group("ln_p"):
+            i = int(m.group("ln") or m.group("ln5")) + 1
+            out[f"norm{i}.{m.group('ln_p')}"] = v
+        else:
+            prefix = f"block{int(m.group('bs') or m.group('bs5')) + 1}.{m.group('bj')}."
+            rest = m.group("b_rest")
+            mkv = _HF_SEGFORMER_KV.match(rest)
+            if mkv:
+                which = (mkv.group(1) or mkv.group(2))[0]
+                kv.setdefault(f"{prefix}attn.kv.{mkv.group(3)}", {})[which] = v
+                continue
+            for pat, rep in _HF_SEGFORMER_BLOCK:
+                if re.match(pat, rest):
+                    rest = re.sub(pat, rep, rest, count=1)
+                    break
+            out[prefix + rest] = v
+    for key, parts in kv.items():
+        if set(parts) != {"k", "v"}:
+            raise ValueError(f"Hugging Face SegFormer file: {key} needs both the key and the value "
+                             f"projection, found only {sorted(parts)}")
+        out[key] = torch.cat([parts["k"], parts["v"]], dim=0)
+    return out
 
 
 # --------------------------------------------------------------------------- registration

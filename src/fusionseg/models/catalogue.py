@@ -1,0 +1,452 @@
+"""The catalogue of pretrained encoder weights the methods start from, and fetching them.
+
+Every method of fusionseg adapts an encoder pretrained elsewhere. :data:`CATALOGUE` lists those
+files: the NVlabs SegFormer ImageNet-1k MiT-B0..B5 (StitchFusion, the SegFormer / sum-fusion
+baselines), DINOv2 ViT-S/B/L/g with and without registers (MoBaNet), SAM 2.1 Hiera T/S/B+/L
+(MLE-SAM), SAM ViT-B/L/H (MLE-SAM's SAM v1 option, MoBaNet's SAM option) and torchvision's
+ImageNet ResNet-50/101/152 (AsymFusion). ``fusionseg weights list`` prints it.
+
+``model.pretrained`` (and ``create_backbone(..., pretrained=)``) takes a local path or a
+catalogue name; :func:`resolve_pretrained` turns a name into the file in the weights directory
+(``$FUSIONSEG_WEIGHTS``, default ``~/.cache/fusionseg/weights``), where :func:`fetch`
+(``fusionseg weights fetch NAME``) stores it:
+
+* from the Hugging Face hub (``huggingface_hub.hf_hub_download``, its cache and offline mode)
+  when the entry is hosted there: the official file itself (SAM 2.1), or a ``transformers``
+  conversion (``nvidia/mit-b*``, ``facebook/dinov2-*``) renamed back to the official key names
+  by the backbone's ``checkpoint_filter_fn`` and checked against the full-size backbone;
+* else, or when the hub cannot be reached, from the official URL (``urllib``, to a temporary
+  file in the weights directory, checksum verified where one is known, then renamed into
+  place);
+* with no network it raises :class:`WeightsNotAvailableError`, one line naming the URL to
+  download and the exact path to put the file at (the CLI prints it and exits with status 2).
+
+Checksums are only those published with the files: the torchvision file names carry the first
+8 hex digits of the file's SHA-256 (the ``torch.hub`` ``check_hash`` convention); the SAM v1
+file names carry the first 6 hex digits of the file's MD5, whose full value is recorded here.
+Sizes are approximate (MB = 10^6 bytes, from the parameter counts at fp32) and only shown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = [
+    "CATALOGUE",
+    "ChecksumError",
+    "PretrainedWeights",
+    "WeightsNotAvailableError",
+    "fetch",
+    "find_pretrained",
+    "get_pretrained",
+    "list_pretrained",
+    "local_path",
+    "resolve_pretrained",
+    "verify_checksum",
+    "weights_dir",
+]
+
+#: environment variable naming the weights directory
+WEIGHTS_ENV = "FUSIONSEG_WEIGHTS"
+#: the weights directory without :data:`WEIGHTS_ENV`
+DEFAULT_WEIGHTS_DIR = "~/.cache/fusionseg/weights"
+
+
+class WeightsNotAvailableError(FileNotFoundError):
+    """Pretrained weights that are not on disk and could not be downloaded (or were not fetched
+    yet). The message is one line: what to download (URL) and where to put it (path).
+
+    Attributes: ``name`` (catalogue name), ``url`` (where to download it), ``path`` (where it
+    is expected).
+    """
+
+    def __init__(self, message: str, name: str, url: str | None, path: Path) -> None:
+        super().__init__(" ".join(message.split()))
+        self.name, self.url, self.path = name, url, path
+
+
+class ChecksumError(ValueError):
+    """A downloaded file whose checksum differs from the published one (the file is deleted)."""
+
+
+@dataclass(frozen=True)
+class PretrainedWeights:
+    """One pretrained-encoder file.
+
+    Attributes:
+        name: catalogue name (``model.pretrained: NAME``).
+        backbone: our backbone name (``fusionseg info``) the file loads into.
+        methods: registered model names that use this encoder.
+        source: who released it and where (paper code repository).
+        filename: the official file name, also its name in the weights directory.
+        url: the official direct download URL; ``None`` where the release is not a direct link
+            (NVlabs' Google Drive / OneDrive folders).
+        size_mb: approximate size (MB = 10^6 bytes).
+        sha256: the published SHA-256 of the official file, or its published prefix (the
+            verification checks that the digest starts with it); ``None`` when none is
+            published.
+        md5: the same for MD5.
+        hf_repo, hf_filename: where the weights are on the Hugging Face hub (``None``: not
+            fetched from there).
+        hf_format: ``"official"`` (the hub file is the official file) or ``"transformers"``
+            (a ``transformers`` conversion, renamed to the official keys when fetched).
+    """
+
+    name: str
+    backbone: str
+    methods: tuple[str, ...]
+    source: str
+    filename: str
+    url: str | None = None
+    size_mb: float | None = None
+    sha256: str | None = None
+    md5: str | None = None
+    hf_repo: str | None = None
+    hf_filename: str | None = None
+    hf_format: str = "official"
+
+    @property
+    def hub_url(self) -> str | None:
+        """``https://huggingface.co/{hf_repo}/resolve/main/{hf_filename}`` or ``None``."""
+        if not self.hf_repo:
+            return None
+        return f"https://huggingface.co/{self.hf_repo}/resolve/main/{self.hf_filename}"
+
+    @property
+    def download_url(self) -> str | None:
+        """The URL to name for a manual download: the official one, else the hub file (whose
+        keys the backbone's ``checkpoint_filter_fn`` converts when placed as :attr:`filename`)."""
+        return self.url or self.hub_url
+
+    def checksum_text(self) -> str:
+        """``sha256 0676ba61...`` / ``md5 01ec64d2...`` / ``-``."""
+        parts = [f"{kind} {v}{'' if len(v) >= (64 if kind == 'sha256' else 32) else '...'}"
+                 for kind, v in (("sha256", self.sha256), ("md5", self.md5)) if v]
+        return ", ".join(parts) or "-"
+
+
+_MIT = ("segformer", "sum_fusion", "stitchfusion")
+_NVLABS = "NVlabs/SegFormer, ImageNet-1k (README: Google Drive / OneDrive)"
+_DINO = "facebookresearch/dinov2 (LVD-142M, distilled S/B/L)"
+_SAM2 = "facebookresearch/sam2, SAM 2.1 checkpoints (092824)"
+_SAM = "facebookresearch/segment-anything"
+_TV = "torchvision IMAGENET1K_V1 (pytorch/vision)"
+
+
+def _entries() -> list[PretrainedWeights]:
+    out: list[PretrainedWeights] = []
+    mit_mb = (14.3, 54.7, 98.8, 178.3, 245.4, 327.8)  # encoder + 1000-way classifier, fp32
+    for i, mb in enumerate(mit_mb):
+        out.append(PretrainedWeights(
+            f"mit_b{i}", f"mit_b{i}", _MIT, _NVLABS, f"mit_b{i}.pth", None, mb,
+            hf_repo=f"nvidia/mit-b{i}", hf_filename="pytorch_model.bin",
+            hf_format="transformers"))
+    dino = (("s", "small", 88), ("b", "base", 346), ("l", "large", 1218), ("g", "giant", 4546))
+    for reg in ("", "_reg4"):
+        for v, hub, mb in dino:
+            stem = f"dinov2_vit{v}14{reg}"
+            repo = f"facebook/dinov2-{'with-registers-' if reg else ''}{hub}"
+            out.append(PretrainedWeights(
+                stem, stem, ("mobanet",), _DINO + (", registers" if reg else ""),
+                f"{stem}_pretrain.pth",
+                f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{v}14/{stem}_pretrain.pth", mb,
+                hf_repo=repo, hf_filename="model.safetensors", hf_format="transformers"))
+    for short, long_, hub, mb in (("t", "tiny", "tiny", 156), ("s", "small", "small", 184),
+                                  ("b+", "base_plus", "base-plus", 323),
+                                  ("l", "large", "large", 898)):
+        fname = f"sam2.1_hiera_{long_}.pt"
+        out.append(PretrainedWeights(
+            f"sam2.1_hiera_{long_}", f"sam2.1_hiera_{short}", ("mle_sam",), _SAM2, fname,
+            f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/{fname}", mb,
+            hf_repo=f"facebook/sam2.1-hiera-{hub}", hf_filename=fname, hf_format="official"))
+    for v, h, md5, mb in (("b", "01ec64", "01ec64d29a2fca3f0661936605ae66f8", 375),
+                          ("l", "0b3195", "0b3195507c641ddb6910d2bb5adee89c", 1249),
+                          ("h", "4b8939", "4b8939a88964f0f4ff5f5b2642c598a6", 2564)):
+        fname = f"sam_vit_{v}_{h}.pth"
+        out.append(PretrainedWeights(
+            f"sam_vit_{v}", f"sam_vit_{v}", ("mle_sam", "mobanet"), _SAM, fname,
+            f"https://dl.fbaipublicfiles.com/segment_anything/{fname}", mb, md5=md5))
+    for depth, h, mb in (("50", "0676ba61", 102.5), ("101", "63fe2227", 178.8),
+                         ("152", "394f9c45", 241.5)):
+        fname = f"resnet{depth}-{h}.pth"
+        out.append(PretrainedWeights(
+            f"resnet{depth}", f"resnet{depth}", ("asymfusion",), _TV, fname,
+            f"https://download.pytorch.org/models/{fname}", mb, sha256=h))
+    return out
+
+
+#: ``name -> PretrainedWeights``, in listing order
+CATALOGUE: dict[str, PretrainedWeights] = {e.name: e for e in _entries()}
+
+
+def list_pretrained() -> list[PretrainedWeights]:
+    """The catalogue entries in listing order."""
+    return list(CATALOGUE.values())
+
+
+def find_pretrained(name: str) -> PretrainedWeights | None:
+    """The entry called ``name``: a catalogue name, the backbone name of exactly one entry
+    (``sam2.1_hiera_b+`` -> ``sam2.1_hiera_base_plus``) or an official file name
+    (``sam_vit_b_01ec64.pth``, ``resnet101-63fe2227.pth``); ``None`` otherwise."""
+    if name in CATALOGUE:
+        return CATALOGUE[name]
+    by_file = [e for e in CATALOGUE.values() if e.filename == name]
+    if by_file:
+        return by_file[0]
+    by_backbone = [e for e in CATALOGUE.values() if e.backbone == name]
+    return by_backbone[0] if len(by_backbone) == 1 else None
+
+
+def get_pretrained(name: str) -> PretrainedWeights:
+    """Like :func:`find_pretrained`, raising for unknown names.
+
+    Raises:
+        ValueError: ``name`` is not in the catalogue (the message lists the names).
+    """
+    entry = find_pretrained(name)
+    if entry is None:
+        raise ValueError(f"{name!r} is not in the pretrained-weight catalogue; known: "
+                         f"{', '.join(CATALOGUE)}")
+    return entry
+
+
+def weights_dir(path: str | Path | None = None) -> Path:
+    """The weights directory: ``path``, else ``$FUSIONSEG_WEIGHTS``, else
+    ``~/.cache/fusionseg/weights`` (``~`` expanded; not created)."""
+    chosen = path if path is not None else (os.environ.get(WEIGHTS_ENV) or DEFAULT_WEIGHTS_DIR)
+    return Path(chosen).expanduser()
+
+
+def local_path(entry: PretrainedWeights | str, directory: str | Path | None = None) -> Path:
+    """Where ``entry`` (or the entry called so) lives in the weights directory: ``DIR /
+    filename``."""
+    if isinstance(entry, str):
+        entry = get_pretrained(entry)
+    return weights_dir(directory) / entry.filename
+
+
+def _fetch_hint(entry: PretrainedWeights, path: Path) -> str:
+    src = f" (from {entry.download_url})" if entry.download_url else ""
+    return (f"run `fusionseg weights fetch {entry.name}` or put {entry.filename}{src} at "
+            f"{path}")
+
+
+def resolve_pretrained(pretrained: str | Path, directory: str | Path | None = None) -> Path:
+    """The local file of ``model.pretrained``: an existing path as it is, else a catalogue name
+    (see :func:`find_pretrained`) as its file in the weights directory.
+
+    Args:
+        pretrained: a path to a file or Hugging Face folder, or a catalogue name.
+        directory: the weights directory (default :func:`weights_dir`).
+
+    Returns:
+        The path (not read here).
+
+    Raises:
+        WeightsNotAvailableError: a catalogue name not fetched yet; the one-line message says
+            ``run `fusionseg weights fetch NAME` or put FILE (from URL) at PATH``.
+        FileNotFoundError: neither an existing path nor a catalogue name; the message names both
+            options (a local path, or one of the catalogue names). A missing path whose file
+            name is a catalogue file also names the catalogue entry to use instead.
+    """
+    path = Path(pretrained).expanduser()
+    if path.exists():
+        return path
+    text = str(pretrained)
+    entry = find_pretrained(text) if path.name == text else None
+    if entry is not None:
+        local = local_path(entry, directory)
+        if local.is_file():
+            return local
+        raise WeightsNotAvailableError(
+            f"pretrained weights {entry.name!r} are not in {local.parent}: "
+            f"{_fetch_hint(entry, local)}", entry.name, entry.download_url, local)
+    known = find_pretrained(path.name)
+    if known is not None:
+        raise FileNotFoundError(
+            f"pretrained weights {text!r}: no such file; it is the catalogue file of "
+            f"{known.name!r}: set model.pretrained: {known.name} and "
+            f"{_fetch_hint(known, local_path(known, directory))}")
+    raise FileNotFoundError(
+        f"pretrained weights {text!r}: no such file, and not a catalogue name; give a local "
+        f"path or one of {', '.join(CATALOGUE)} (`fusionseg weights list`)")
+
+
+# --------------------------------------------------------------------------- checksums
+def _digests(path: Path) -> dict[str, str]:
+    h = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            for d in h.values():
+                d.update(chunk)
+    return {k: d.hexdigest() for k, d in h.items()}
+
+
+def _check(entry: PretrainedWeights, digests: dict[str, str], what: str) -> None:
+    for kind in ("sha256", "md5"):
+        want = getattr(entry, kind)
+        if want and not digests[kind].startswith(want.lower()):
+            raise ChecksumError(f"{what}: {kind} {digests[kind]} does not match the published "
+                                f"{want} of {entry.filename}; the file was deleted")
+
+
+def verify_checksum(path: str | Path, entry: PretrainedWeights) -> None:
+    """Check ``path`` against the published checksum(s) of ``entry`` (a no-op without one).
+
+    Raises:
+        ChecksumError: a digest that does not start with the published value (the file is
+            kept; :func:`fetch` deletes its downloads).
+    """
+    if entry.sha256 or entry.md5:
+        _check(entry, _digests(Path(path)), str(path))
+
+
+# --------------------------------------------------------------------------- downloads
+def _hub_download(repo_id: str, filename: str) -> Path:
+    """``huggingface_hub.hf_hub_download`` into the Hugging Face cache (tests replace this)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(repo_id=repo_id, filename=filename))
+
+
+def _open_url(url: str, timeout: float):
+    """``urllib.request.urlopen`` (tests replace this)."""
+    import urllib.request
+
+    req = urllib.request.Request(url, headers={"User-Agent": "fusionseg"})
+    return urllib.request.urlopen(req, timeout=timeout)
+
+
+Progress = Callable[[int, int | None], None]
+
+
+def _tmp_next_to(dst: Path) -> Path:
+    return dst.with_name(f".{dst.name}.part{os.getpid()}")
+
+
+def _download_url(entry: PretrainedWeights, dst: Path, progress: Progress | None,
+                  timeout: float = 60.0) -> None:
+    """Stream ``entry.url`` to a temporary file next to ``dst``, hashing as it goes; verify;
+    fsync; rename into place. Nothing is left behind on failure."""
+    tmp = _tmp_next_to(dst)
+    h = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
+    try:
+        with _open_url(entry.url, timeout) as resp, open(tmp, "wb") as f:
+            total = resp.headers.get("Content-Length") if getattr(resp, "headers", None) else None
+            total = int(total) if total else None
+            done = 0
+            while chunk := resp.read(1 << 20):
+                f.write(chunk)
+                for d in h.values():
+                    d.update(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
+            f.flush()
+            os.fsync(f.fileno())
+        if total is not None and done != total:
+            raise OSError(f"download ended after {done} of {total} bytes")
+        _check(entry, {k: d.hexdigest() for k, d in h.items()}, entry.url)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _place(src: Path, dst: Path) -> None:
+    """Put a copy of ``src`` (a hub cache file) at ``dst`` atomically: a hard link where the
+    filesystem allows (no second copy on disk), else a byte copy."""
+    tmp = _tmp_next_to(dst)
+    try:
+        try:
+            os.link(src.resolve(), tmp)
+        except OSError:
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _store_converted(entry: PretrainedWeights, raw: Path, dst: Path) -> None:
+    """A ``transformers``-format hub file -> the official key names (the backbone's
+    ``checkpoint_filter_fn``), checked key by key and shape by shape against the full-size
+    backbone (built on the meta device), written atomically to ``dst``."""
+    import torch
+
+    from .backbones import create_backbone
+    from .weights import CheckpointMismatchError, load_state_dict_file, save_state_dict
+
+    with torch.device("meta"):
+        backbone = create_backbone(entry.backbone)
+    sd = backbone.checkpoint_filter_fn(load_state_dict_file(raw))
+    own = backbone.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    mismatched = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items()
+                  if k in own and tuple(v.shape) != tuple(own[k].shape)]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(raw, missing, unexpected, mismatched)
+    save_state_dict(sd, dst, {"fusionseg_source": f"hf://{entry.hf_repo}/{entry.hf_filename}"})
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def fetch(name: str, directory: str | Path | None = None, *, force: bool = False,
+          progress: Progress | None = None) -> Path:
+    """Download the catalogue entry ``name`` into the weights directory (see the module
+    docstring for the order of sources) and return its path.
+
+    Args:
+        name: a catalogue name (or another name :func:`find_pretrained` accepts).
+        directory: the weights directory (default :func:`weights_dir`); created if needed.
+        force: download again even when the file is already there.
+        progress: ``progress(bytes_done, bytes_total_or_None)`` during URL downloads (the hub
+            client shows its own progress).
+
+    Returns:
+        ``DIR / entry.filename``, which :func:`resolve_pretrained` finds.
+
+    Raises:
+        ValueError: unknown ``name``.
+        WeightsNotAvailableError: no source could be reached (one line: the reasons, the URL to
+            download and the path to put it at).
+        ChecksumError: a download whose checksum differs from the published one (deleted).
+        CheckpointMismatchError: a hub conversion that does not fit the backbone.
+    """
+    entry = get_pretrained(name)
+    dst = local_path(entry, directory)
+    if dst.is_file() and not force:
+        return dst
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    reasons: list[str] = []
+    if entry.hf_repo:
+        try:
+            raw = _hub_download(entry.hf_repo, entry.hf_filename)
+        except Exception as exc:  # the hub client raises many types (offline, HTTP, missing)
+            reasons.append(f"hub {entry.hf_repo}: {_reason(exc)}")
+        else:
+            if entry.hf_format == "transformers":
+                _store_converted(entry, raw, dst)
+            else:
+                verify_checksum(raw, entry)
+                _place(raw, dst)
+            return dst
+    if entry.url:
+        try:
+            _download_url(entry, dst, progress)  # a ChecksumError (a ValueError) propagates
+        except OSError as exc:  # URLError, HTTPError, timeouts, refused connections
+            reasons.append(f"{entry.url}: {_reason(exc)}")
+        else:
+            return dst
+    raise WeightsNotAvailableError(
+        f"cannot download {entry.name} ({'; '.join(reasons)}): download {entry.download_url} "
+        f"and put it at {dst}", entry.name, entry.download_url, dst)
