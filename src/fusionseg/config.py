@@ -144,6 +144,9 @@ class TrainConfig(_Strict):
     gradient_clip_val: float | None = None
     val_every_n_epochs: int = 1
     log_every_n_steps: int = 10
+    #: also write ``last.ckpt`` every this many optimizer steps (None: only at the end of each
+    #: epoch); ``--resume last.ckpt`` continues exactly from there, mid-epoch too
+    checkpoint_every_n_steps: int | None = Field(default=None, ge=1)
     out_dir: str = "runs"
     progress: bool = True
     threads: int | None = None  # torch.set_num_threads on CPU; None leaves torch's default

@@ -9,7 +9,6 @@ and (optionally) missing-modality results (:mod:`fusionseg.engine.robustness`).
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from .checkpoint import AtomicCheckpointIO, atomic_write_json
 from .inference import predict_logits
 from .metrics import confusion_metric, metrics_from_confusion
 from .module import SegmentationModule
+from .resume import ResumeStateCallback
 from .robustness import (
     PROTOCOLS,
     SubsetEvaluator,
@@ -146,7 +146,15 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
 
     Args:
         run_dir: where checkpoints and logs go; default ``{out_dir}/{name}/version_{n}``.
-        resume: a ``last.ckpt`` to continue from (optimizer, schedule, epoch restored).
+        resume: a ``last.ckpt`` to continue from. Model, optimizer, schedule, loop counters,
+            the position in the training data (mid-epoch too) and the random state are
+            restored, so the run ends with the weights an uninterrupted run ends with
+            (bit-identical on CPU; :mod:`fusionseg.engine.resume`).
+
+    Checkpoints (``{run_dir}/checkpoints``, written atomically): ``best.ckpt`` (highest
+    ``val/mIoU``, after validation) and ``last.ckpt`` at the end of every epoch (after its
+    validation), and ``last.ckpt`` also every ``train.checkpoint_every_n_steps`` optimizer
+    steps when that is set.
 
     Raises:
         RunError: ``run_dir`` already holds checkpoints and ``resume`` is not given.
@@ -174,7 +182,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
             raise RunError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume "
                            f"{ckpt_dir / 'last.ckpt'} or choose another --run-dir")
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json"), indent=2))
+    atomic_write_json(cfg.model_dump(mode="json"), run_dir / "config.json")
 
     counts = count_parameters(model)
     msg = (f"model {cfg.model.name} ({cfg.model.backbone}, modalities "
@@ -185,10 +193,23 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
-    ckpt_cb = ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best",
-                              monitor="val/mIoU", mode="max", save_top_k=1, save_last=True,
-                              enable_version_counter=False, auto_insert_metric_name=False)
-    callbacks = [ckpt_cb, LearningRateMonitor(logging_interval="step")]
+    ckpt_dir = run_dir / "checkpoints"
+    ckpt_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val/mIoU", mode="max",
+                              save_top_k=1, enable_version_counter=False,
+                              auto_insert_metric_name=False)
+    # last.ckpt as its own monitor-less checkpoint ("the latest"), written at the end of every
+    # epoch: Lightning 2.6's save_last=True on the best checkpoint rewrites last.ckpt only in
+    # epochs where best.ckpt improved, so a resume could go back several epochs
+    last_cb = ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                              save_on_train_epoch_end=True, enable_version_counter=False)
+    callbacks = [ckpt_cb, last_cb, ResumeStateCallback(),
+                 LearningRateMonitor(logging_interval="step")]
+    if cfg.train.checkpoint_every_n_steps:
+        # last.ckpt also at the end of every n-th optimizer step
+        callbacks.append(ModelCheckpoint(
+            dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+            every_n_train_steps=cfg.train.checkpoint_every_n_steps,
+            save_on_train_epoch_end=False, enable_version_counter=False))
     if cfg.train.progress:
         callbacks.append(RichProgressBar(leave=True))
     loggers = [CSVLogger(save_dir=str(run_dir), name="", version="csv"),
@@ -205,12 +226,15 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
         plugins=[AtomicCheckpointIO()], enable_progress_bar=t.progress,
         enable_model_summary=False, default_root_dir=str(run_dir),
         num_sanity_val_steps=0,
+        # the datamodule shards the training data itself (EpochSampler), so that the order
+        # survives a resume; Lightning must not replace its sampler
+        use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
     return {
         "run_dir": str(run_dir),
         "best_ckpt": ckpt_cb.best_model_path or None,
-        "last_ckpt": str(run_dir / "checkpoints" / "last.ckpt"),
+        "last_ckpt": str(ckpt_dir / "last.ckpt"),
         "metrics": module.last_val_metrics,
         "params": counts,
     }
