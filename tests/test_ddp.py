@@ -256,11 +256,6 @@ def test_ddp_validation_metrics_equal_a_single_process_evaluation(lightning_run,
     torch.testing.assert_close(logged, expected, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "runner.train picks runs/NAME/version_N in every DDP process: rank 1, started by "
-    "Lightning after rank 0 created version_0, writes version_1/config.json and returns a "
-    "last_ckpt that does not exist (fix: only rank 0 creates the run dir; return the paths "
-    "from ModelCheckpoint.dirpath, which Lightning broadcasts from rank 0)"))
 def test_readme_command_makes_one_run_dir(lightning_run):
     tmp, _, _, out = lightning_run
     assert sorted(p.name for p in (tmp / "runs" / "tiny").iterdir()) == ["version_0"]

@@ -14,6 +14,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from ..config import Config
@@ -181,8 +182,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
         if ckpt_dir.exists() and any(ckpt_dir.glob("*.ckpt")):
             raise RunError(f"{run_dir}: holds checkpoints of an earlier run; pass --resume "
                            f"{ckpt_dir / 'last.ckpt'} or choose another --run-dir")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(cfg.model_dump(mode="json"), run_dir / "config.json")
+    # under DDP every process runs this function; only global rank 0 (Lightning reads RANK /
+    # LOCAL_RANK / SLURM_PROCID) creates the run dir; the others may have picked the next
+    # version_N here but use rank 0's (ModelCheckpoint broadcasts its dirpath)
+    if rank_zero_only.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(cfg.model_dump(mode="json"), run_dir / "config.json")
 
     counts = count_parameters(model)
     msg = (f"model {cfg.model.name} ({cfg.model.backbone}, modalities "
@@ -231,8 +236,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
         use_distributed_sampler=False,
     )
     trainer.fit(module, datamodule=dm, ckpt_path=str(resume) if resume else None)
+    ckpt_dir = Path(ckpt_cb.dirpath)  # rank 0's on every rank
     return {
-        "run_dir": str(run_dir),
+        "run_dir": str(ckpt_dir.parent),
         "best_ckpt": ckpt_cb.best_model_path or None,
         "last_ckpt": str(ckpt_dir / "last.ckpt"),
         "metrics": module.last_val_metrics,
