@@ -136,7 +136,9 @@ class TrainConfig(_Strict):
     #: robust training against sensor failure: ``robust: true`` (see :class:`RobustConfig`)
     robust: RobustConfig = Field(default_factory=RobustConfig)
     accelerator: str = "auto"
-    devices: int | str = "auto"
+    #: devices per node: 1 (default: one GPU, or the CPU), N, or "auto" / -1 for all of them;
+    #: data.batch_size is per device (docs/scaling.md)
+    devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
     precision: str | None = None  # None: bf16-mixed on GPU, 32 on CPU
@@ -150,6 +152,12 @@ class TrainConfig(_Strict):
     out_dir: str = "runs"
     progress: bool = True
     threads: int | None = None  # torch.set_num_threads on CPU; None leaves torch's default
+    #: torch.compile the model for training (in place: checkpoint keys unchanged); a mapping
+    #: is passed to ``torch.compile`` (``{mode: max-autotune}``, ``{backend: eager}``)
+    compile: bool | dict[str, Any] = False
+    #: channels-last memory format for the model and its 4-D inputs (faster convolutions on
+    #: GPU tensor cores, e.g. AsymFusion's ResNet; no gain for the ViT / MiT encoders on CPU)
+    channels_last: bool = False
 
     @model_validator(mode="before")
     @classmethod

@@ -135,6 +135,20 @@ def _next_run_dir(cfg: Config) -> Path:
     return base / f"version_{n}"
 
 
+def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module:
+    """Apply ``train.channels_last`` and ``train.compile`` to ``model`` in place.
+
+    ``torch.compile`` runs through :meth:`torch.nn.Module.compile`, so parameter names and
+    checkpoints are those of the uncompiled model. Returns ``model``.
+    """
+    t = cfg.train
+    if t.channels_last:
+        model.to(memory_format=torch.channels_last)
+    if t.compile:
+        model.compile(**(t.compile if isinstance(t.compile, dict) else {}))
+    return model
+
+
 def _precision(cfg: Config) -> str:
     """Lightning's precision for ``train.precision`` (None: bf16-mixed on GPU, 32 on CPU)."""
     device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu"
@@ -167,6 +181,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     dm.setup("fit")
     ds = dm.val_set
     model = build_model(cfg, ds.num_classes)
+    prepare_for_training(model, cfg)
     module = SegmentationModule(model, cfg, ds.classes, conditions=getattr(ds, "conditions", []),
                                 palette=getattr(ds, "palette", None),
                                 ignore_index=getattr(ds, "ignore_index", 255),

@@ -1,0 +1,53 @@
+"""train.compile and train.channels_last: same parameters and checkpoint keys as a plain run."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+from conftest import TINY_MIT as TINY  # noqa: E402
+from fixtures.deliver_tree import make_deliver_tree  # noqa: E402
+
+from fusionseg.config import config_from_dict  # noqa: E402
+from fusionseg.engine.runner import build_model, prepare_for_training, train  # noqa: E402
+
+
+def _cfg(tmp_path: Path, root: Path, **train_opts):
+    return config_from_dict({
+        "name": "tiny", "seed": 0,
+        "model": {"name": "sum_fusion", "backbone": "mit_b0", "modalities": ["rgb", "depth"],
+                  "decoder_dim": 16, "backbone_kwargs": TINY},
+        "data": {"dataset": "deliver", "root": str(root), "crop_size": [32, 32],
+                 "batch_size": 2, "val_batch_size": 2, "num_workers": 0},
+        "train": {"max_epochs": 1, "max_steps": 2, "lr": 1e-3, "progress": False,
+                  "out_dir": str(tmp_path / "runs"), **train_opts},
+    })
+
+
+def test_prepare_for_training_keeps_keys_and_outputs(tmp_path):
+    cfg = _cfg(tmp_path, tmp_path, compile={"backend": "eager"}, channels_last=True)
+    torch.manual_seed(0)
+    plain = build_model(cfg, 25).eval()
+    torch.manual_seed(0)
+    model = prepare_for_training(build_model(cfg, 25), cfg).eval()
+    assert list(model.state_dict()) == list(plain.state_dict())
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    batch = {"rgb": torch.randn(2, 3, 32, 32), "depth": torch.randn(2, 3, 32, 32)}
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch), plain(batch), atol=1e-5, rtol=1e-4)
+
+
+def test_training_with_compile_and_channels_last_matches_plain(tmp_path):
+    root = tmp_path / "deliver"
+    make_deliver_tree(root, conditions=("cloud",), per_split=2, size=32)
+    runs = {}
+    for name, opts in (("plain", {}),
+                       ("opts", {"compile": {"backend": "eager"}, "channels_last": True})):
+        res = train(_cfg(tmp_path, root, **opts), run_dir=tmp_path / name)
+        runs[name] = torch.load(res["last_ckpt"], weights_only=False)["state_dict"]
+    assert list(runs["opts"]) == list(runs["plain"])
+    for key, value in runs["plain"].items():
+        torch.testing.assert_close(runs["opts"][key], value, atol=1e-4, rtol=1e-3, msg=key)
