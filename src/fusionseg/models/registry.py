@@ -7,7 +7,11 @@
 
 ``cfg["name"]`` picks the builder; every other key is passed to it as a keyword argument.
 Keys the builder does not accept (checked with :func:`inspect.signature`) raise a ValueError
-naming the key and the allowed keys.
+naming the key and the allowed keys. Generic keys handled here for every model, not passed to
+the builder:
+
+* ``grad_checkpointing: true`` - activation checkpointing per backbone block
+  (``model.set_grad_checkpointing(True)`` on the built model).
 """
 
 from __future__ import annotations
@@ -67,7 +71,9 @@ def create_model(cfg: Mapping[str, Any]) -> nn.Module:
     """Build a model from a config mapping.
 
     Args:
-        cfg: ``{"name": <registered name>, **builder_kwargs}``.
+        cfg: ``{"name": <registered name>, **builder_kwargs}``, optionally with
+            ``"grad_checkpointing": True`` (activation checkpointing per backbone block, see
+            :meth:`~fusionseg.models.segmentors.base.Segmentor.set_grad_checkpointing`).
 
     Returns:
         The built ``nn.Module`` (a :class:`~fusionseg.models.segmentors.base.Segmentor` for the
@@ -75,7 +81,9 @@ def create_model(cfg: Mapping[str, Any]) -> nn.Module:
 
     Raises:
         ValueError: missing ``name``, unknown name, a key the builder does not accept (the
-            message names it and lists the allowed keys), or a required key that is missing.
+            message names it and lists the allowed keys), or a required key that is missing;
+            ``grad_checkpointing`` not a bool, or set for a model without
+            ``set_grad_checkpointing`` or without a backbone.
     """
     if not isinstance(cfg, Mapping):
         raise ValueError(f"model config must be a mapping, got {type(cfg).__name__}")
@@ -85,6 +93,11 @@ def create_model(cfg: Mapping[str, Any]) -> nn.Module:
         )
     kwargs = dict(cfg)
     name = kwargs.pop("name")
+    grad_checkpointing = kwargs.pop("grad_checkpointing", False)
+    if not isinstance(grad_checkpointing, bool):
+        raise ValueError(
+            f"model.grad_checkpointing must be true or false, got {grad_checkpointing!r}"
+        )
     builder = get_builder(name)
     params = inspect.signature(builder).parameters
     accepts_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
@@ -98,7 +111,7 @@ def create_model(cfg: Mapping[str, Any]) -> nn.Module:
             if key not in allowed:
                 raise ValueError(
                     f"unknown key {key!r} in model config for {name!r}; allowed keys: "
-                    + ", ".join(["name", *allowed])
+                    + ", ".join(["name", *allowed, "grad_checkpointing"])
                 )
     missing = [
         n for n in allowed if params[n].default is inspect.Parameter.empty and n not in kwargs
@@ -107,4 +120,13 @@ def create_model(cfg: Mapping[str, Any]) -> nn.Module:
         raise ValueError(
             f"model config for {name!r} is missing required key(s): {', '.join(missing)}"
         )
-    return builder(**kwargs)
+    model = builder(**kwargs)
+    if grad_checkpointing:
+        setter = getattr(model, "set_grad_checkpointing", None)
+        if not callable(setter):
+            raise ValueError(
+                f"model {name!r} ({type(model).__name__}) has no set_grad_checkpointing; "
+                "grad_checkpointing needs a fusionseg Segmentor"
+            )
+        setter(True)
+    return model

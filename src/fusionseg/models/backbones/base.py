@@ -11,6 +11,17 @@ A backbone maps one 3-channel image to a list of feature maps::
     backbone.no_weight_decay()     # parameter names (relative to the backbone) without decay
     backbone.set_grad_checkpointing(True)                     # recompute activations in backward
 
+Activation (gradient) checkpointing follows timm's convention: ``set_grad_checkpointing(True)``
+makes the backbone run each block (a transformer block, a ResNet bottleneck) through
+:func:`torch.utils.checkpoint.checkpoint` (non-reentrant): only the block inputs are kept for
+backward and the block is recomputed there. It is active only while the backbone is in training
+mode and gradients are enabled (:attr:`Backbone.grad_checkpointing_active`); outputs and
+gradients are unchanged (the RNG state is restored for the recomputation, so dropout and
+stochastic depth draw the same masks, and BatchNorms do not update their running statistics a
+second time, see :func:`checkpoint_call`). Segmentors that run backbone blocks themselves with
+method modules in between (adapters, prompts, fused bottlenecks) checkpoint each block together
+with those modules through :meth:`Backbone.maybe_checkpoint`.
+
 Plain ViTs (one resolution) take the block indices they tap as a constructor argument
 (``out_indices``) and return one map per tap. ``input_multiple`` is what the architecture
 needs: the patch size of a ViT (14 for DINOv2, 16 for SAM), 32 for Hiera and the ResNets in
@@ -44,19 +55,90 @@ settings the contract tests use::
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
+import torch.utils.checkpoint as torch_checkpoint
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...registry import Registry
 
-__all__ = ["BACKBONES", "Backbone", "TransformerBackbone", "register_backbone", "strip_prefixes"]
+__all__ = [
+    "BACKBONES",
+    "Backbone",
+    "TransformerBackbone",
+    "checkpoint_call",
+    "register_backbone",
+    "strip_prefixes",
+]
 
 #: ``name -> builder(**overrides) -> Backbone``
 BACKBONES: Registry[Callable[..., nn.Module]] = Registry("backbone")
+
+
+class _BatchNormStatsFrozen:
+    """Context manager: BatchNorms under ``roots`` that are in training mode keep normalising
+    with the batch statistics but leave ``running_mean`` / ``running_var`` /
+    ``num_batches_tracked`` as they were.
+
+    Inside, their ``momentum`` is 0 (the running averages are updated with weight 0, i.e. kept
+    exactly) and ``num_batches_tracked`` is put back on exit. The operations and the tensors
+    saved for backward are those of an ordinary training forward, which non-reentrant
+    checkpointing requires of a recomputation.
+    """
+
+    def __init__(self, roots: Sequence[nn.Module]) -> None:
+        self.roots = tuple(roots)
+        self._saved: list[tuple[_BatchNorm, float | None, Tensor | None]] = []
+
+    def __enter__(self) -> _BatchNormStatsFrozen:
+        seen: set[int] = set()
+        for root in self.roots:
+            for m in root.modules():
+                if (isinstance(m, _BatchNorm) and id(m) not in seen and m.training
+                        and m.track_running_stats):
+                    seen.add(id(m))
+                    nbt = m.num_batches_tracked
+                    self._saved.append((m, m.momentum, None if nbt is None else nbt.clone()))
+                    m.momentum = 0.0
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for m, momentum, nbt in self._saved:
+            m.momentum = momentum
+            if nbt is not None:
+                m.num_batches_tracked.copy_(nbt)
+        self._saved = []
+
+
+def checkpoint_call(fn: Callable[..., Any], *args: Any, modules: Sequence[nn.Module] = ()) -> Any:
+    """``fn(*args)`` with its activations recomputed in backward instead of stored.
+
+    Runs :func:`torch.utils.checkpoint.checkpoint` with ``use_reentrant=False`` (the RNG state
+    is saved and restored for the recomputation, so dropout / stochastic depth masks are the
+    same). While the recomputation runs, the training-mode BatchNorms inside ``modules`` (and
+    inside ``fn`` when it is a module) leave their running statistics alone, so a checkpointed
+    step updates them exactly once, as without checkpointing (plain ``checkpoint`` would update
+    them twice).
+
+    Args:
+        fn: the function or module to run (e.g. a transformer block).
+        *args: its positional arguments (tensors and plain values: the token grid ``h, w``,
+            stream indices, masks).
+        modules: the modules ``fn`` runs besides itself (for the BatchNorm handling).
+
+    Returns:
+        What ``fn(*args)`` returns.
+    """
+    roots = tuple(modules) + ((fn,) if isinstance(fn, nn.Module) else ())
+
+    def contexts() -> tuple[contextlib.AbstractContextManager, _BatchNormStatsFrozen]:
+        return contextlib.nullcontext(), _BatchNormStatsFrozen(roots)
+
+    return torch_checkpoint.checkpoint(fn, *args, use_reentrant=False, context_fn=contexts)
 
 
 def register_backbone(
@@ -116,10 +198,34 @@ class Backbone(nn.Module):
         return set()
 
     def set_grad_checkpointing(self, enable: bool = True) -> Backbone:
-        """Recompute each block's activations in backward instead of storing them (less memory,
-        about one more forward of compute). Only active while gradients are enabled."""
+        """Turn activation checkpointing per block on or off (timm's method name); returns
+        ``self``.
+
+        On: each block keeps only its input for backward and is recomputed there (less memory,
+        about one more forward of the blocks in compute). Only active in training mode with
+        gradients enabled (:attr:`grad_checkpointing_active`); outputs and gradients do not
+        change.
+        """
         self.grad_checkpointing = bool(enable)
         return self
+
+    @property
+    def grad_checkpointing_active(self) -> bool:
+        """Whether blocks are checkpointed now: :attr:`grad_checkpointing` on, the backbone in
+        training mode and ``torch.is_grad_enabled()``."""
+        return self.grad_checkpointing and self.training and torch.is_grad_enabled()
+
+    def maybe_checkpoint(
+        self, fn: Callable[..., Any], *args: Any, modules: Sequence[nn.Module] = ()
+    ) -> Any:
+        """``fn(*args)``, through :func:`checkpoint_call` when :attr:`grad_checkpointing_active`.
+
+        ``fn`` is one block of this backbone (or a function running one block together with the
+        method modules a segmentor inserts around it, named in ``modules``).
+        """
+        if self.grad_checkpointing_active:
+            return checkpoint_call(fn, *args, modules=modules)
+        return fn(*args)
 
     def check_input(self, x: Tensor) -> None:
         """Raise ``ValueError`` unless ``x`` is ``[B, in_chans, H, W]``."""
@@ -184,10 +290,9 @@ class TransformerBackbone(Backbone):
         return x.flatten(2).transpose(1, 2), h, w
 
     def run_block(self, blk: nn.Module, tokens: Tensor, h: int, w: int) -> Tensor:
-        """``blk(tokens, h, w)``, recomputed in backward when grad checkpointing is on."""
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(blk, tokens, h, w, use_reentrant=False)
-        return blk(tokens, h, w)
+        """``blk(tokens, h, w)`` (``[B, N, C] -> [B, N, C]``), recomputed in backward when
+        :attr:`grad_checkpointing_active`."""
+        return self.maybe_checkpoint(blk, tokens, h, w)
 
     def forward_stage(self, stage_idx: int, carry: Any) -> tuple[Tensor, Any]:
         """Run one whole stage; returns ``(NCHW map, carry for the next stage)``."""

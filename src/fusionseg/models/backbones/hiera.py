@@ -47,7 +47,6 @@ from collections.abc import Mapping, Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from ..weights import rename_key
 from .base import Backbone, register_backbone, strip_prefixes
@@ -449,11 +448,10 @@ class Hiera(Backbone):
         return x + self.get_pos_embed(x.shape[1], x.shape[2])
 
     def run_block(self, blk: nn.Module, x: Tensor) -> Tensor:
-        """``blk(x)``, recomputed in backward (``torch.utils.checkpoint``, non-reentrant) when
-        :attr:`grad_checkpointing` is on and gradients are enabled."""
-        if self.grad_checkpointing and torch.is_grad_enabled():
-            return checkpoint(blk, x, use_reentrant=False)
-        return blk(x)
+        """``blk(x)`` (channels-last ``[B, h, w, C]`` tokens), recomputed in backward
+        (``torch.utils.checkpoint``, non-reentrant) when :attr:`grad_checkpointing_active`
+        (:attr:`grad_checkpointing` on, training mode, gradients enabled)."""
+        return self.maybe_checkpoint(blk, x)
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """``[B, 3, H, W] -> [f1..f4]`` NCHW at strides (4, 8, 16, 32) (see the class)."""

@@ -21,9 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
-import torch
 from torch import Tensor, nn
-from torch.utils.checkpoint import checkpoint
 
 from .base import Backbone, register_backbone, strip_prefixes
 
@@ -80,9 +78,10 @@ class ResNet(Backbone):
         zero_init_residual: zero the last BN scale of every block (off, as torchvision's
             default).
 
-    With :meth:`set_grad_checkpointing` each block is recomputed in backward; BatchNorm layers in
-    training mode then update their running statistics a second time (freeze them, as
-    AsymFusion does, or keep checkpointing off when they train).
+    With :meth:`set_grad_checkpointing` each bottleneck is recomputed in backward (in training
+    mode with gradients on); BatchNorm layers in training mode normalise the recomputation with
+    the same batch statistics and update their running statistics once per forward, as without
+    checkpointing (:func:`~fusionseg.models.backbones.base.checkpoint_call`).
 
     Raises:
         ValueError: ``layers`` without 4 entries; at forward, an input that is not
@@ -150,10 +149,7 @@ class ResNet(Backbone):
         outs = []
         for i in range(4):
             for blk in self.stage(i):
-                if self.grad_checkpointing and torch.is_grad_enabled():
-                    x = checkpoint(blk, x, use_reentrant=False)
-                else:
-                    x = blk(x)
+                x = self.maybe_checkpoint(blk, x)
             outs.append(x)
         return outs
 

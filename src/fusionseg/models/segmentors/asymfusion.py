@@ -117,11 +117,26 @@ class AsymFusionSegmentor(Segmentor):
                     # the last block of a stage, never its first (strided) one: as released
                     fuse = (self.shift_shuffle and len(streams) == 2 and j >= 1
                             and j == len(blocks) - 1)
-                    x = fused_bottleneck(blk, x) if fuse else blk(x)
+                    x = bb.maybe_checkpoint(self.stream_bottleneck, blk, x, streams, fuse,
+                                            modules=(blk,))
                 feats.append(x)
         finally:
             set_active_streams(bb, None)
         return feats
+
+    @staticmethod
+    def stream_bottleneck(blk: nn.Module, x: Tensor, streams: tuple[int, ...],
+                          fuse: bool) -> Tensor:
+        """One bottleneck on the stream-major batch ``x [S * B, C, H, W]`` of ``streams``: the
+        fused one (:func:`~fusionseg.models.fusion.asym.fused_bottleneck`, shift-shuffle) when
+        ``fuse``, else the plain block. Sets the block's per-modality BatchNorms to ``streams``
+        itself, so that a recomputation in backward (activation checkpointing, after
+        :meth:`encode` has reset them) uses the same BatchNorms."""
+        set_active_streams(blk, streams)
+        try:
+            return fused_bottleneck(blk, x) if fuse else blk(x)
+        finally:
+            set_active_streams(blk, None)
 
     def stream_logits(self, batch: Mapping[str, object]) -> dict[str, Tensor]:
         """``{modality: logits, ..., "ensemble": logits}``, each ``[B, K, H, W]`` at input size.

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..backbones.base import Backbone
 from ..peft.base import PeftModule
 
 __all__ = [
@@ -170,6 +171,8 @@ class Segmentor(nn.Module):
         self.modalities: list[str] = modalities
         self.num_classes = int(num_classes)
         self.backbone_frozen = False
+        #: activation checkpointing requested (:meth:`set_grad_checkpointing`)
+        self.grad_checkpointing = False
 
     # ------------------------------------------------------------------ parameters
     def param_counts(self) -> dict[str, int]:
@@ -286,6 +289,33 @@ class Segmentor(nn.Module):
         if mode:
             for bn in self._frozen_batchnorms():
                 bn.eval()
+        return self
+
+    # ------------------------------------------------------------------ memory
+    def set_grad_checkpointing(self, enable: bool = True) -> Segmentor:
+        """Activation checkpointing per backbone block (timm's method name); returns ``self``.
+
+        Forwards to every :class:`~fusionseg.models.backbones.base.Backbone` inside the model
+        (:meth:`~fusionseg.models.backbones.base.Backbone.set_grad_checkpointing`). Methods
+        that run backbone blocks themselves (StitchFusion's MultiAdapters between the attention
+        and MLP residuals, MoBaNet's per-block prompts, AsymFusion's fused bottlenecks) check
+        the backbone's :attr:`~fusionseg.models.backbones.base.Backbone.grad_checkpointing_active`
+        and checkpoint each block together with the modules they insert. Only active in
+        training mode with gradients enabled; logits and gradients do not change. ``model:
+        grad_checkpointing: true`` in a run config calls this (see
+        :func:`fusionseg.models.create_model`).
+
+        Raises:
+            ValueError: ``enable`` with no backbone in the model (nothing would be
+                checkpointed).
+        """
+        backbones = [m for m in self.modules() if isinstance(m, Backbone)]
+        if enable and not backbones:
+            raise ValueError(f"{type(self).__name__} has no fusionseg Backbone whose blocks could "
+                             "be checkpointed")
+        for bb in backbones:
+            bb.set_grad_checkpointing(enable)
+        self.grad_checkpointing = bool(enable)
         return self
 
     # ------------------------------------------------------------------ checkpoints

@@ -414,14 +414,28 @@ class MoBaNetSegmentor(Segmentor):
         t_dsm, _, _ = bb.prepare_tokens(x_dsm, self.dsm_patch_embed)
         tokens = torch.cat([t_opt, t_dsm], dim=0)
         for i, blk in enumerate(bb.blocks):
-            tokens = bb.run_block(blk, tokens, h, w)
-            if self.block_adapters is not None:
-                tokens = torch.cat(self.block_adapters[i](tokens[:b], tokens[b:]), dim=0)
+            if self.block_adapters is None:
+                tokens = bb.run_block(blk, tokens, h, w)
+            else:  # block + its prompts, one checkpointed unit
+                ad = self.block_adapters[i]
+                tokens = bb.maybe_checkpoint(self.prompted_block, blk, ad, tokens, h, w,
+                                             modules=(blk, ad))
         maps = bb.apply_neck(bb.tokens_to_map(tokens, h, w))  # [2B, 256, h, w]
         opt = [f(maps[:b]) for f in self.fpn_opt]
         dsm = [f(maps[b:]) for f in self.fpn_dsm]  # its BatchNorm sees the DSM stream only
         fused = [fuse(o, d) for fuse, o, d in zip(self.fuse, opt, dsm, strict=True)]
         return fused, opt, dsm
+
+    @staticmethod
+    def prompted_block(blk: nn.Module, prompts: SamBlockPrompts, tokens: Tensor, h: int,
+                       w: int) -> Tensor:
+        """One frozen SAM block on both streams, then its CPIA + prompt adapters (release
+        ``PeftFusionBlock.forward``): ``tokens [2B, N, C]`` (optical first) -> ``[2B, N, C]``.
+        The unit :meth:`_encode_neck` checkpoints when the backbone's activation
+        checkpointing is on."""
+        tokens = blk(tokens, h, w)
+        b = tokens.shape[0] // 2
+        return torch.cat(prompts(tokens[:b], tokens[b:]), dim=0)
 
     def forward(self, batch: Mapping[str, object]) -> Tensor | SegmentationOutput:
         """``batch`` with ``batch[optical] [B, 3, H, W]`` and ``batch[dsm] [B, 1, H, W]`` (either

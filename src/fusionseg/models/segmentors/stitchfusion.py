@@ -305,19 +305,41 @@ class StitchFusionSegmentor(Segmentor):
             for j, blk in enumerate(bb.blocks_of(s)):
                 if adapters is None:
                     tokens = bb.run_block(blk, tokens, h, w)
-                    continue
-                ad = adapters[j]
-                tokens = tokens + blk.attn_residual(tokens, h, w)
-                tokens = ad(tokens.view(r, b, n, c), "att", blk.norm1, blk.drop_path,
-                            streams=sel, present=present)
-                tokens = tokens.view(r * b, n, c)
-                tokens = tokens + blk.mlp_residual(tokens, h, w)
-                tokens = ad(tokens.view(r, b, n, c), "mlp", blk.norm2, blk.drop_path,
-                            streams=sel, present=present)
-                tokens = tokens.view(r * b, n, c)
+                else:  # block + its MultiAdapters, one checkpointed unit
+                    tokens = bb.maybe_checkpoint(self.adapted_block, blk, adapters[j], tokens,
+                                                 h, w, r, sel, present,
+                                                 modules=(blk, adapters[j]))
             tokens, x = bb.finish_stage(s, tokens, h, w)  # stage norm; x: next stage's input
             feats.append(self._fuse(s, tokens.view(r, b, n, c), h, w, sel, present))
         return feats
+
+    @staticmethod
+    def adapted_block(
+        blk: nn.Module, ad: MultiAdapter, tokens: Tensor, h: int, w: int, r: int,
+        streams: list[int] | None, present: Tensor | None,
+    ) -> Tensor:
+        """One MiT block with its MultiAdapters (Sec. 3.2, Fig. 3; release ``Block_*``
+        classes): ``x += attn_residual(x)``, MultiAdapter ``"att"``, ``x += mlp_residual(x)``,
+        MultiAdapter ``"mlp"``.
+
+        Args:
+            blk: the shared MiT block; ad: its MultiAdapter.
+            tokens: ``[R * B, N, C]`` (``R = r`` streams, stream-major), ``N = h * w``.
+            streams, present: as in :meth:`encode` (model-order stream indices or ``None``;
+                ``bool[B, R]`` or ``None``).
+
+        Returns:
+            ``[R * B, N, C]``. The unit :meth:`encode` checkpoints when the backbone's
+            activation checkpointing is on.
+        """
+        rb, n, c = tokens.shape
+        b = rb // r
+        tokens = tokens + blk.attn_residual(tokens, h, w)
+        tokens = ad(tokens.view(r, b, n, c), "att", blk.norm1, blk.drop_path,
+                    streams=streams, present=present).view(rb, n, c)
+        tokens = tokens + blk.mlp_residual(tokens, h, w)
+        return ad(tokens.view(r, b, n, c), "mlp", blk.norm2, blk.drop_path,
+                  streams=streams, present=present).view(rb, n, c)
 
     def forward(self, batch: Mapping[str, object]) -> Tensor:
         """``batch`` (the fusionseg batch convention) -> logits ``[B, K, H, W]``; missing
