@@ -150,21 +150,17 @@ class SegmentationModule(L.LightningModule):
         return self.model(batch)
 
     def _drop_missing(self, batch: dict) -> dict:
-        """Remove ``data.missing_modalities`` (absent key, ``present`` column false)."""
+        """Remove ``data.missing_modalities`` (absent key, ``present`` column false); with
+        ``train.channels_last`` the 4-D image tensors become channels-last (same values)."""
+        if self.cfg.train.channels_last:
+            batch = {k: v.contiguous(memory_format=torch.channels_last)
+                     if isinstance(v, torch.Tensor) and v.dim() == 4 else v
+                     for k, v in batch.items()}
         missing = self.cfg.data.missing_modalities
         if not missing:
             return batch
         mods = list(self.cfg.model.modalities)
         return drop_modalities(batch, [m for m in mods if m not in missing], modalities=mods)
-
-    def on_after_batch_transfer(self, batch: dict, dataloader_idx: int) -> dict:
-        """With ``train.channels_last`` the 4-D image tensors of the batch become
-        channels-last (same values and shapes)."""
-        if not self.cfg.train.channels_last:
-            return batch
-        return {k: v.contiguous(memory_format=torch.channels_last)
-                if isinstance(v, torch.Tensor) and v.dim() == 4 else v
-                for k, v in batch.items()}
 
     def training_step(self, batch: dict, batch_idx: int):
         batch = self._drop_missing(batch)
