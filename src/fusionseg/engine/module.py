@@ -149,7 +149,7 @@ class SegmentationModule(L.LightningModule):
     def forward(self, batch: dict):
         return self.model(batch)
 
-    def _drop_missing(self, batch: dict) -> dict:
+    def _prepare_batch(self, batch: dict) -> dict:
         """Remove ``data.missing_modalities`` (absent key, ``present`` column false); with
         ``train.channels_last`` the 4-D image tensors become channels-last (same values)."""
         if self.cfg.train.channels_last:
@@ -163,7 +163,7 @@ class SegmentationModule(L.LightningModule):
         return drop_modalities(batch, [m for m in mods if m not in missing], modalities=mods)
 
     def training_step(self, batch: dict, batch_idx: int):
-        batch = self._drop_missing(batch)
+        batch = self._prepare_batch(batch)
         if self.cfg.data.modality_dropout > 0:
             batch = random_modality_dropout(batch, list(self.cfg.model.modalities),
                                             self.cfg.data.modality_dropout)
@@ -188,7 +188,7 @@ class SegmentationModule(L.LightningModule):
 
     # -- validation -----------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int):
-        batch = self._drop_missing(batch)
+        batch = self._prepare_batch(batch)
         e = self.cfg.eval
         logits = predict_logits(self.model, batch, mode=e.mode, window=e.window,
                                 stride=e.stride, scales=e.scales, flip=e.flip,
