@@ -67,5 +67,5 @@ def test_training_module_drops_the_missing_modalities():
     module = SegmentationModule(torch.nn.Identity(), cfg, ["a", "b"])
     batch = {"rgb": torch.ones(2, 3, 4, 4), "depth": torch.ones(2, 1, 4, 4),
              "present": torch.ones(2, 2, dtype=torch.bool), "label": torch.zeros(2, 4, 4)}
-    out = module._drop_missing(batch)
+    out = module._prepare_batch(batch)
     assert "depth" not in out and out["present"].tolist() == [[True, False], [True, False]]
