@@ -111,6 +111,50 @@ def test_predict_dataset_and_folder(trained, tmp_path):
     assert np.asarray(Image.open(tmp_path / "pred2" / "masks" / "a.png")).shape == (40, 48, 3)
 
 
+def test_predict_packed_files_overlay_and_video(trained, tmp_path):
+    """MFNet-style packed RGBA frames: rgb = channels 0-2, depth left out (missing)."""
+    _, root, cfg, run = trained
+    ckpt = run / "checkpoints" / "best.ckpt"
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    rng = np.random.default_rng(0)
+    for stem in ("f1", "f0", "f2"):
+        Image.fromarray(rng.integers(0, 255, (32, 32, 4), dtype=np.uint8)).save(
+            frames / f"{stem}.png")
+    out = tmp_path / "pred"
+    res = runner.invoke(app, ["predict", "--ckpt", str(ckpt), "--input",
+                              f"rgb={frames}:0,1,2", "--out", str(out), "--overlay",
+                              "--video", str(out / "run.gif")])
+    assert res.exit_code == 0, res.output
+    assert sorted(p.stem for p in (out / "masks").glob("*.png")) == ["f0", "f1", "f2"]
+    assert np.asarray(Image.open(out / "overlays" / "f0.png")).shape == (32, 32, 3)
+    assert Image.open(out / "run.gif").n_frames == 3
+    # two channels for a 3-channel modality: one line naming the modality
+    res = runner.invoke(app, ["predict", "--ckpt", str(ckpt), "--input", f"rgb={frames}:0,1",
+                              "--out", str(tmp_path / "bad")])
+    assert res.exit_code == 2 and "rgb" in res.output
+
+
+def test_export_and_predict_onnx_give_the_same_masks(trained, tmp_path):
+    pytest.importorskip("onnxruntime")
+    _, root, cfg, run = trained
+    ckpt = run / "checkpoints" / "best.ckpt"
+    onnx_file = tmp_path / "model.onnx"
+    res = runner.invoke(app, ["export", "--ckpt", str(ckpt), "--out", str(onnx_file)])
+    assert res.exit_code == 0, res.output
+    assert onnx_file.is_file() and "max |onnxruntime - pytorch|" in " ".join(res.output.split())
+    for flag, path, name in (("--ckpt", ckpt, "torch"), ("--onnx", onnx_file, "onnx")):
+        res = runner.invoke(app, ["predict", flag, str(path), "--input", str(root),
+                                  "--split", "val", "--out", str(tmp_path / name)])
+        assert res.exit_code == 0, res.output
+    masks = sorted(p.name for p in (tmp_path / "torch" / "masks").glob("*.png"))
+    assert len(masks) == 4
+    for name in masks:
+        a = np.asarray(Image.open(tmp_path / "torch" / "masks" / name))
+        b = np.asarray(Image.open(tmp_path / "onnx" / "masks" / name))
+        np.testing.assert_array_equal(a, b)
+
+
 def test_bench_and_info(trained):
     tmp, root, cfg, run = trained
     res = runner.invoke(app, ["bench", str(cfg), "--size", "32", "--batch", "1", "--steps", "1"])

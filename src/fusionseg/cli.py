@@ -3,7 +3,8 @@
     fusionseg data synth city --out data/synthcity
     fusionseg train configs/quickstart.yaml [--set train.max_epochs=2 ...]
     fusionseg eval configs/quickstart.yaml --ckpt runs/.../best.ckpt [--missing all] [--protocol all]
-    fusionseg predict --ckpt best.ckpt --input DIR --out preds/
+    fusionseg predict --ckpt best.ckpt --input DIR --out preds/ [--input thermal=DIR:3 ...]
+    fusionseg export --ckpt best.ckpt --out model.onnx [--modalities rgb,depth]
     fusionseg bench configs/quickstart.yaml --size 512 --batch 2 [--precision bf16-mixed] [--json m.json]
     fusionseg report runs/a runs/b --out report/
     fusionseg info
@@ -54,8 +55,11 @@ def one_line(exc: BaseException) -> str:
 def _user_errors() -> tuple[type[BaseException], ...]:
     from .config import ConfigError
     from .data.io import DataError
-    from .engine.runner import RunError
-    return (ConfigError, DataError, RunError, FileNotFoundError, ValueError, KeyError)
+    errors: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError,
+                                               ValueError, KeyError)
+    # RunError can only have been raised if the runner (Lightning: slow to import) was loaded
+    runner = sys.modules.get("fusionseg.engine.runner")
+    return errors + ((runner.RunError,) if runner is not None else ())
 
 
 def cli_errors(fn):
@@ -219,18 +223,73 @@ def eval_cmd(config: Path, ckpt: Annotated[Path, typer.Option(help="checkpoint t
 
 @app.command()
 @cli_errors
-def predict(ckpt: Annotated[Path, typer.Option(help="fusionseg checkpoint")],
-            input: Annotated[Path, typer.Option(help="dataset root, or DIR/{modality}/*")],
+def predict(input: Annotated[list[str], typer.Option(
+                help="dataset root | DIR with DIR/{modality}/ | MODALITY=DIR|GLOB|FILE[:I,J] "
+                     "(0-based channels of a packed file); repeatable")],
             out: Annotated[Path, typer.Option(help="output dir for masks and panels")],
+            ckpt: Annotated[Path | None, typer.Option(help="fusionseg checkpoint")] = None,
+            onnx: Annotated[Path | None, typer.Option(
+                help="an exported ONNX model (fusionseg export) instead of --ckpt")] = None,
             config: Annotated[Path | None, typer.Option(
                 help="config (default: the one stored in the checkpoint)")] = None,
             split: Annotated[str | None, typer.Option(help="split when INPUT is a dataset root")]
             = None,
-            max_samples: Annotated[int | None, typer.Option(help="at most N samples")] = None):
-    """Predict masks for a folder or dataset split; write colorized masks and panels."""
+            max_samples: Annotated[int | None, typer.Option(help="at most N samples")] = None,
+            spec: Annotated[list[str] | None, typer.Option(
+                help="override a stored modality spec field: MODALITY.FIELD=VALUE, e.g. "
+                     "depth.bit_depth=8; repeatable")] = None,
+            overlay: Annotated[bool, typer.Option(
+                help="also write the mask blended on the RGB image (out/overlays)")] = False,
+            video: Annotated[Path | None, typer.Option(
+                help="write the frames (overlays with --overlay, else panels) as .gif or .mp4")]
+            = None,
+            fps: Annotated[float, typer.Option(help="video frame rate")] = 2.0,
+            max_pixels: Annotated[int | None, typer.Option(
+                help="sliding-window inference above this many input pixels "
+                     "(default: 4x the training crop area)")] = None):
+    """Predict masks for a dataset split, a folder or per-modality files; write colorized
+    masks and panels with a class legend (docs/predict.md)."""
+    from .predict import parse_spec_overrides
     from .predict import predict as run_predict
-    n = run_predict(ckpt, input, out, config=config, split=split, max_samples=max_samples)
-    console.print(f"wrote {n} masks to {out / 'masks'} and panels to {out / 'panels'}")
+    n = run_predict(ckpt, input, out, config=config, split=split, max_samples=max_samples,
+                    onnx=onnx, spec_overrides=parse_spec_overrides(spec), overlay=overlay,
+                    video=video, fps=fps, max_pixels=max_pixels)
+    parts = [f"wrote {n} masks to {out / 'masks'}", f"panels to {out / 'panels'}"]
+    if overlay:
+        parts.append(f"overlays to {out / 'overlays'}")
+    if video is not None:
+        parts.append(f"video {video}")
+    console.print(", ".join(parts))
+
+
+@app.command()
+@cli_errors
+def export(ckpt: Annotated[Path, typer.Option(help="fusionseg checkpoint")],
+           out: Annotated[Path, typer.Option(help="the ONNX file to write")],
+           modalities: Annotated[str | None, typer.Option(
+               help="comma-separated modalities to export (default: all of the model's)")]
+           = None,
+           size: Annotated[tuple[int, int] | None, typer.Option(
+               help="H W to trace and check at (default: data.crop_size)")] = None,
+           opset: Annotated[int | None, typer.Option(help="ONNX opset")] = None,
+           dynamic: Annotated[bool, typer.Option(
+               help="dynamic batch and spatial axes where the model allows")] = True,
+           check: Annotated[bool, typer.Option(
+               help="compare ONNX Runtime with PyTorch after export")] = True):
+    """Export a checkpoint to ONNX (inputs named after the modalities, output ``logits``),
+    checked against PyTorch with ONNX Runtime (docs/export.md)."""
+    from .export import export_onnx
+    mods = [m.strip() for m in modalities.split(",") if m.strip()] if modalities else None
+    rep = export_onnx(ckpt, out, modalities=mods, size=tuple(size) if size else None,
+                      opset=opset, check=check, dynamic=dynamic)
+    axes = ", ".join(a for a, on in (("batch", rep.dynamic_batch),
+                                     ("height/width", rep.dynamic_size)) if on) or "none"
+    diff = "not checked" if rep.max_abs_diff is None else f"{rep.max_abs_diff:.2e}"
+    console.print(f"wrote {rep.path}: inputs {', '.join(rep.modalities)} "
+                  f"at {rep.size[0]}x{rep.size[1]}, opset {rep.opset}, dynamic axes: {axes}; "
+                  f"max |onnxruntime - pytorch| = {diff} ({rep.seconds:.1f} s)")
+    for note in rep.notes:
+        console.print(f"  note: {note}")
 
 
 @app.command()
