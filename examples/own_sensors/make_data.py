@@ -76,7 +76,7 @@ def main() -> None:
             "thermal": {"bit_depth": 8},
         },
     }
-    (out / "dataset.yaml").write_text(yaml.safe_dump(description, sort_keys=False))
+    (out / "dataset.yaml").write_text(yaml.safe_dump(description, sort_keys=False, default_flow_style=None))
     print(f"wrote {out} ({sum(1 for _ in (out / 'train' / 'rgb').iterdir())} train, "
           f"{sum(1 for _ in (out / 'val' / 'rgb').iterdir())} val, "
           f"{sum(1 for _ in (out / 'frames').iterdir())} packed frames)")
