@@ -48,8 +48,6 @@ import contextlib
 import functools
 import io
 import json
-import os
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
@@ -61,6 +59,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from .files import atomic_path
 
 __all__ = [
     "DEFAULT_OPSET",
@@ -405,21 +405,6 @@ def _with_metadata(model_bytes: bytes, meta: Mapping[str, Any],
     return proto.SerializeToString()
 
 
-def _atomic_write(data: bytes, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 # --------------------------------------------------------------------------- export
 def export_onnx(ckpt: Path, out: Path, modalities: list[str] | None = None,
                 size: tuple[int, int] | None = None, opset: int | None = None,
@@ -543,7 +528,8 @@ def export_onnx(ckpt: Path, out: Path, modalities: list[str] | None = None,
     }
     logits_shape = ["batch" if dyn_b else 1, int(model.num_classes),
                     *(["height", "width"] if dyn_s else [h, w])]
-    _atomic_write(_with_metadata(data, export_meta, logits_shape), out)
+    with atomic_path(out) as tmp:
+        tmp.write_bytes(_with_metadata(data, export_meta, logits_shape))
     return ExportReport(path=out, max_abs_diff=max(diffs) if diffs else None,
                         dynamic_batch=dyn_b, dynamic_size=dyn_s, exporter=EXPORTER,
                         seconds=time.perf_counter() - t0, modalities=names, size=(h, w),

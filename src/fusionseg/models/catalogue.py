@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..files import atomic_path
+
 __all__ = [
     "CATALOGUE",
     "ChecksumError",
@@ -325,17 +327,12 @@ def _open_url(url: str, timeout: float):
 Progress = Callable[[int, int | None], None]
 
 
-def _tmp_next_to(dst: Path) -> Path:
-    return dst.with_name(f".{dst.name}.part{os.getpid()}")
-
-
 def _download_url(entry: PretrainedWeights, dst: Path, progress: Progress | None,
                   timeout: float = 60.0) -> None:
     """Stream ``entry.url`` to a temporary file next to ``dst``, hashing as it goes; verify;
     fsync; rename into place. Nothing is left behind on failure."""
-    tmp = _tmp_next_to(dst)
     h = {"sha256": hashlib.sha256(), "md5": hashlib.md5()}
-    try:
+    with atomic_path(dst) as tmp:
         with _open_url(entry.url, timeout) as resp, open(tmp, "wb") as f:
             total = resp.headers.get("Content-Length") if getattr(resp, "headers", None) else None
             total = int(total) if total else None
@@ -347,30 +344,19 @@ def _download_url(entry: PretrainedWeights, dst: Path, progress: Progress | None
                 done += len(chunk)
                 if progress is not None:
                     progress(done, total)
-            f.flush()
-            os.fsync(f.fileno())
         if total is not None and done != total:
             raise OSError(f"download ended after {done} of {total} bytes")
         _check(entry, {k: d.hexdigest() for k, d in h.items()}, entry.url)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _place(src: Path, dst: Path) -> None:
     """Put a copy of ``src`` (a hub cache file) at ``dst`` atomically: a hard link where the
     filesystem allows (no second copy on disk), else a byte copy."""
-    tmp = _tmp_next_to(dst)
-    try:
+    with atomic_path(dst) as tmp:
         try:
             os.link(src.resolve(), tmp)
         except OSError:
             shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def _store_converted(entry: PretrainedWeights, raw: Path, dst: Path) -> None:

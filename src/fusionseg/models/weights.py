@@ -37,7 +37,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import os
 import pickle
 import re
 from collections.abc import Mapping, Sequence
@@ -47,6 +46,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from ..files import atomic_path
 
 __all__ = [
     "CheckpointMismatchError",
@@ -352,10 +353,8 @@ def save_state_dict(sd: Mapping[str, Tensor], dst: str | Path,
     A crash while writing leaves an earlier ``dst`` untouched. Returns ``Path(dst)``.
     """
     dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     meta = {k: str(v) for k, v in (metadata or {}).items()}
-    try:
+    with atomic_path(dst) as tmp:
         if dst.suffix == ".safetensors":
             from safetensors.torch import save_file
 
@@ -363,12 +362,6 @@ def save_state_dict(sd: Mapping[str, Tensor], dst: str | Path,
                       metadata=meta)
         else:
             torch.save({"state_dict": dict(sd), **meta}, str(tmp))
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, dst)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return dst
 
 
