@@ -236,16 +236,6 @@ class _PositionalSegmentor(nn.Module):
 
 
 # --------------------------------------------------------------------------- checkpoint
-def _load_meta(ckpt: Path) -> dict:
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-    obj = torch.load(ckpt, map_location="cpu", weights_only=False)
-    if not isinstance(obj, dict) or "fusionseg_config" not in obj:
-        raise ValueError(f"{ckpt}: holds no fusionseg config (fusionseg_config); export "
-                         f"needs a checkpoint written by fusionseg train")
-    return {k: obj[k] for k in _CKPT_KEYS if obj.get(k) is not None}
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         return {str(k): _jsonable(v) for k, v in obj.items()}
@@ -411,9 +401,9 @@ def export_onnx(ckpt: Path, out: Path, modalities: list[str] | None = None,
                 check: bool = True, dynamic: bool = True) -> ExportReport:
     """Export a fusionseg checkpoint to ONNX for a fixed set of modalities.
 
-    The model is built as ``fusionseg predict`` builds it (config from the checkpoint's
-    ``fusionseg_config``, ``model_spec(cfg, num_classes, for_checkpoint=True)``,
-    ``create_model``, ``load_checkpoint``) and traced in eval mode with the TorchScript
+    The model is built as ``fusionseg predict`` builds it
+    (:func:`fusionseg.predict.load_predictor`: config from the checkpoint's
+    ``fusionseg_config``, ``create_model``, ``load_checkpoint``) and traced in eval mode with the TorchScript
     exporter (see the module docstring for the graph, the metadata and why this exporter).
     A subset of the model's modalities exports the model with the others absent (missing, as
     in the batch convention of ``segmentors/base.py``).
@@ -447,28 +437,18 @@ def export_onnx(ckpt: Path, out: Path, modalities: list[str] | None = None,
         OnnxExportError: the exporter fails at every attempt, or ONNX Runtime and PyTorch
             differ by more than ``1e-3 * max(1, max|logits|)`` at ``size``.
     """
-    from .config import config_from_dict
-    from .engine.runner import model_spec
-    from .models import create_model, load_checkpoint
+    from .predict import load_predictor  # the one checkpoint -> model path (predict's)
 
     t0 = time.perf_counter()
     ckpt, out = Path(ckpt), Path(out)
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if opset not in _OPSETS:
         raise ValueError(f"opset {opset} not supported; use {_OPSETS.start}..{_OPSETS.stop - 1}")
-    meta = _load_meta(ckpt)
-    cfg = config_from_dict(meta["fusionseg_config"], source=str(ckpt))
-    classes = meta.get("fusionseg_classes")
-    num_classes = cfg.model.num_classes or (len(classes) if classes else None)
-    if num_classes is None:
-        raise ValueError(f"{ckpt}: number of classes unknown (no model.num_classes and no "
-                         f"fusionseg_classes)")
+    model, meta, cfg = load_predictor(ckpt=ckpt)
+    meta = {k: meta[k] for k in _CKPT_KEYS if meta.get(k) is not None}
     h, w = (int(s) for s in (size if size is not None else cfg.data.crop_size))
     if h < 1 or w < 1:
         raise ValueError(f"size must be positive, got {(h, w)}")
-    model = create_model(model_spec(cfg, num_classes, for_checkpoint=True))
-    load_checkpoint(model, ckpt)
-    model.eval()
     names = _choose_modalities(list(model.modalities), modalities)
     channels = _input_channels(names, meta.get("fusionseg_specs"))
     wrapper = _PositionalSegmentor(model, names).eval()
