@@ -81,6 +81,22 @@ class BottleneckAdapter(PeftModule):
         return self.adapter_up(self.dropout(h))
 
 
+def drop_path_scale(drop_path: Callable[[Tensor], Tensor], n: int, like: Tensor) -> Tensor | None:
+    """The per-sample factor ``mask / keep`` that ``drop_path`` would multiply ``n`` samples by.
+
+    Returns a ``[n, 1, 1]`` tensor (dtype and device of ``like``) drawn exactly as
+    :class:`~fusionseg.models.backbones.mit.DropPath` draws its mask (same RNG use), or ``None``
+    when ``drop_path`` is the identity (``nn.Identity``, ``p == 0`` or eval mode). Any other
+    callable is probed by applying it to ones, which gives the same factor.
+    """
+    if isinstance(drop_path, nn.Identity):
+        return None
+    p = getattr(drop_path, "p", None)
+    if p is not None and (p == 0.0 or not getattr(drop_path, "training", True)):
+        return None
+    return drop_path(like.new_ones((n, 1, 1)))
+
+
 class MultiAdapter(PeftModule):
     """Cross-stream adapters of one transformer block (StitchFusion MultiAdapter).
 
@@ -116,7 +132,8 @@ class MultiAdapter(PeftModule):
     as in the release; in eval a shared adapter's output for one source is computed once and
     added to every target (identical result). The ``M - 1`` adapters of one source run as one
     batched computation (see :meth:`_send`) and the targets are updated with one
-    ``index_add``, so the cost grows with the number of sources, not of pairs, in kernels.
+    fused multiply-add per target (``x_j + scale * y_j``: the drop-path factor folded in), so
+    the cost grows with the number of sources, not of pairs, in kernels.
 
     **Missing streams** (ours; the release always has every stream): ``forward``'s ``streams``
     runs a subset of the ``M`` streams, using only the adapters among them (a missing
@@ -222,22 +239,31 @@ class MultiAdapter(PeftModule):
         if present is not None and tuple(present.shape) != (b, r):
             raise ValueError(f"present must be bool[{b}, {r}], got {tuple(present.shape)}")
         recompute = self.recompute and self.training and torch.is_grad_enabled()
+        rows = list(x.unbind(0))  # views; each update below writes one new [B, N, C] row
         for i in range(r):
-            targets = torch.tensor([j for j in range(r) if j != i], device=x.device)
-            dsts = [streams[j] for j in range(r) if j != i]
+            targets = [j for j in range(r) if j != i]
+            dsts = [streams[j] for j in targets]
             if recompute:
-                y = checkpoint(self._send, kind, streams[i], dsts, x[i], norm,
+                y = checkpoint(self._send, kind, streams[i], dsts, rows[i], norm,
                                use_reentrant=False)
             else:
-                y = self._send(kind, streams[i], dsts, x[i], norm)
+                y = self._send(kind, streams[i], dsts, rows[i], norm)
+            # Per-(target, sample) factor: the drop-path mask (per target and sample, as the
+            # release's separate calls draw it) times ``present`` (no message from a gap).
+            scale = None
+            if self.training:
+                scale = drop_path_scale(drop_path, (r - 1) * b, y)
+                scale = None if scale is None else scale.view(r - 1, b, 1, 1)
             if present is not None and not bool(present[:, i].all()):
-                y = y * present[:, i].to(y.dtype).view(1, b, 1, 1)  # no message from a gap
-            if y.shape[0] != r - 1:  # shared adapter in eval: one output for every target
-                y = y.expand(r - 1, b, n, c)
-            if self.training:  # per (target, sample) stochastic depth, as the release's calls
-                y = drop_path(y.reshape((r - 1) * b, n, c)).view(r - 1, b, n, c)
-            x = x.index_add(0, targets, y)  # out of place: x_j += y_j for the targets
-        return x
+                gap = present[:, i].to(y.dtype).view(1, b, 1, 1)
+                scale = gap if scale is None else scale * gap
+            for k, j in enumerate(targets):
+                yk = y[min(k, y.shape[0] - 1)]  # a shared adapter in eval: one output for all
+                if scale is None:
+                    rows[j] = rows[j] + yk
+                else:  # one row of factors when only ``present`` applies
+                    rows[j] = torch.addcmul(rows[j], yk, scale[min(k, scale.shape[0] - 1)])
+        return torch.stack(rows)
 
     def _send(
         self, kind: str, i: int, targets: Sequence[int], s: Tensor,
