@@ -51,3 +51,31 @@ def test_training_with_compile_and_channels_last_matches_plain(tmp_path):
     assert list(runs["opts"]) == list(runs["plain"])
     for key, value in runs["plain"].items():
         torch.testing.assert_close(runs["opts"][key], value, atol=1e-4, rtol=1e-3, msg=key)
+
+
+def test_adamw_is_fused_for_cpu_float_parameters_only():
+    from fusionseg.engine.module import supports_fused_adamw
+
+    lin = torch.nn.Linear(3, 2)
+    assert supports_fused_adamw([{"params": list(lin.parameters())}])
+    assert not supports_fused_adamw([{"params": []}])
+    ints = torch.nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)
+    assert not supports_fused_adamw([{"params": [lin.weight, ints]}])
+    meta = torch.nn.Linear(3, 2, device="meta")
+    assert not supports_fused_adamw([{"params": list(meta.parameters())}])
+
+
+def test_fused_adamw_step_matches_the_default_one():
+    torch.manual_seed(0)
+    ref = torch.nn.Linear(8, 4)
+    fused = torch.nn.Linear(8, 4)
+    fused.load_state_dict(ref.state_dict())
+    opts = [torch.optim.AdamW(m.parameters(), lr=1e-2, fused=f) for m, f in ((ref, None), (fused, True))]
+    x = torch.randn(5, 8)
+    for _ in range(3):
+        for m, o in zip((ref, fused), opts, strict=True):
+            o.zero_grad()
+            m(x).square().mean().backward()
+            o.step()
+    for a, b in zip(ref.parameters(), fused.parameters(), strict=True):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
