@@ -281,3 +281,24 @@ def test_torchrun_ranks_end_with_identical_weights(tmp_path):
         torch.testing.assert_close(w0, r1["state_dict"][name], rtol=0, atol=0)
         torch.testing.assert_close(ckpt["state_dict"][f"model.{name}"], w0, rtol=0, atol=0)
     assert _results(out)[0]["metrics"]["mIoU"] == _results(out)[1]["metrics"]["mIoU"]
+
+
+def test_plain_ddp_trains_stitchfusion_with_a_modality_missing_from_every_batch(tmp_path):
+    """``data.missing_modalities: [depth]`` leaves StitchFusion's depth-stream adapters without
+    a gradient in every step; plain ``ddp`` would stop at the first one, so fusionseg runs it
+    with ``find_unused_parameters`` (``runner.resolve_strategy``)."""
+    _, path = _setup(tmp_path)
+    cfg = yaml.safe_load(path.read_text())
+    cfg["model"].update(name="stitchfusion", adapter="pairwise", fusion="sum")
+    cfg["data"]["missing_modalities"] = ["depth"]
+    path.write_text(yaml.safe_dump(cfg))
+    out, run = tmp_path / "out", tmp_path / "run"
+    _launch([PYTHON, str(tmp_path / "ddp_driver.py"), "train", str(path), "--run-dir", str(run),
+             *README_DDP], out, tmp_path)
+    r0, r1 = _ranks(out)
+    assert r0["global_step"] == r1["global_step"] == 2
+    saved = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
+    assert saved["global_step"] == 2
+    for name, w0 in r0["state_dict"].items():
+        torch.testing.assert_close(w0, r1["state_dict"][name], rtol=0, atol=0)
+        torch.testing.assert_close(saved["state_dict"][f"model.{name}"], w0, rtol=0, atol=0)

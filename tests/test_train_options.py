@@ -79,3 +79,26 @@ def test_fused_adamw_step_matches_the_default_one():
             o.step()
     for a, b in zip(ref.parameters(), fused.parameters(), strict=True):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-5)
+
+
+def test_ddp_finds_unused_parameters_when_a_modality_can_be_absent_from_a_batch(tmp_path):
+    from fusionseg.engine.runner import may_skip_modality_parameters, resolve_strategy
+
+    def cfg(opts=None, data=None):
+        c = _cfg(tmp_path, tmp_path, **(opts or {}))
+        return c.model_copy(update={"data": c.data.model_copy(update=data or {})})
+
+    assert not may_skip_modality_parameters(cfg())
+    assert resolve_strategy(cfg({"strategy": "ddp"})) == "ddp"
+    assert resolve_strategy(cfg({"strategy": "auto", "devices": 2})) == "auto"
+    unused = "ddp_find_unused_parameters_true"
+    for data, opts in (({"missing_modalities": ["depth"]}, {}),
+                        ({"modality_dropout": 0.3}, {}),
+                        ({}, {"robust": True})):
+        assert may_skip_modality_parameters(cfg(opts, data))
+        assert resolve_strategy(cfg({"strategy": "ddp", **opts}, data)) == unused
+        assert resolve_strategy(cfg({"devices": 2, **opts}, data)) == unused
+        assert resolve_strategy(cfg({"num_nodes": 2, **opts}, data)) == unused
+        # one process, or a strategy the user chose: unchanged
+        assert resolve_strategy(cfg(opts, data)) == "auto"
+        assert resolve_strategy(cfg({"strategy": "deepspeed", **opts}, data)) == "deepspeed"

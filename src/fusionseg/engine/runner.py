@@ -155,6 +155,40 @@ def _precision(cfg: Config) -> str:
     return resolve_precision(cfg.train.precision, device)
 
 
+def may_skip_modality_parameters(cfg: Config) -> bool:
+    """Whether a training batch can lack a modality in every sample of a process's batch.
+
+    True with ``data.missing_modalities``, ``data.modality_dropout > 0`` or ``train.robust``:
+    then StitchFusion, MLE-SAM and AsymFusion skip that modality's own parameters (adapters,
+    LoRA expert, BatchNorms) in the step, and those get no gradient.
+    """
+    return bool(cfg.data.missing_modalities) or cfg.data.modality_dropout > 0 or bool(
+        cfg.train.robust.enabled
+    )
+
+
+def resolve_strategy(cfg: Config) -> str:
+    """Lightning's strategy for ``train.strategy``.
+
+    Plain DDP (``"ddp"``, or ``"auto"`` with several devices or nodes) stops at the first step
+    in which a trainable parameter got no gradient. When
+    :func:`may_skip_modality_parameters` says that can happen, DDP runs as
+    ``"ddp_find_unused_parameters_true"`` instead (one more pass over the autograd graph per
+    step; see docs/scaling.md). Any other value is returned unchanged.
+    """
+    t = cfg.train
+    s = t.strategy
+    devices = t.devices
+    if devices in ("auto", -1, "-1"):  # all of them: several GPUs if there are several
+        count = torch.cuda.device_count() if t.accelerator != "cpu" else 1
+    else:
+        count = int(devices) if str(devices).strip().isdigit() else 1
+    several = t.num_nodes > 1 or count > 1
+    if (s == "ddp" or (s == "auto" and several)) and may_skip_modality_parameters(cfg):
+        return "ddp_find_unused_parameters_true"
+    return s
+
+
 def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | None = None,
           console=None) -> dict[str, Any]:
     """Train the configured model; return run dir, checkpoint paths and last val metrics.
@@ -238,7 +272,7 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     t = cfg.train
     trainer = L.Trainer(
         max_epochs=t.max_epochs, max_steps=t.max_steps, accelerator=t.accelerator,
-        devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy,
+        devices=t.devices, num_nodes=t.num_nodes, strategy=resolve_strategy(cfg),
         precision=_precision(cfg), accumulate_grad_batches=t.accumulate_grad_batches,
         gradient_clip_val=t.gradient_clip_val, check_val_every_n_epoch=t.val_every_n_epochs,
         log_every_n_steps=t.log_every_n_steps, callbacks=callbacks, logger=loggers,
