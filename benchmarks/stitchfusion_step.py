@@ -8,10 +8,15 @@ belongs to that configuration alone. Models:
 * ``release``: ``tests/reference/stitchfusion_release.py``, a literal re-implementation of the
   authors' released code (one stream at a time, explicit attention matrices), the
   "released-style" baseline;
+* ``official``: the authors' released code itself (``stitchfusion('stitchfusion-B2', ...)``
+  from ``semseg/models/stitchfusion.py`` of https://github.com/LiBingyu01/StitchFusion), imported
+  from a local checkout given with ``--official PATH`` (nothing of it ships with fusionseg); its
+  backbone is hard-wired to pairwise adapters (``Block_every_one``) + FeatureCross;
 * ``sum``: the ``sum_fusion`` baseline (no adapters, no FeatureCross), for reference.
 
 A training step is forward + cross-entropy on random labels + backward + AdamW step, in train
-mode; inference is one forward in eval mode under ``torch.inference_mode``. Times are the mean
+mode (fused AdamW for fusionseg's models, as its engine runs it; the default AdamW for the
+release's, as its ``semseg/optimizers.py`` builds it); inference is one forward in eval mode under ``torch.inference_mode``. Times are the mean
 (and min) wall time over ``--steps`` timed repetitions after ``--warmup`` untimed ones; ``CPU
 s`` is the process CPU time per repetition (all threads), a load-independent measure of the
 work on a shared machine. Example (the
@@ -19,6 +24,10 @@ target configuration: MiT-B2, pairwise + FeatureCross, 2 modalities, 512x512, ba
 
     python benchmarks/stitchfusion_step.py --backbone mit_b2 --modalities 2 --size 512 \\
         --batch 2 --steps 3 --models ours release
+
+and against the authors' code itself (a clone of their repository at ``../StitchFusion``)::
+
+    python benchmarks/stitchfusion_step.py --models ours official --official ../StitchFusion
 
 On a GPU (``--device cuda``), ``--bf16`` runs under bf16 autocast and the script also reports
 images/s of inference and ``torch.cuda.max_memory_allocated``, e.g. the 4-modality 1024x1024
@@ -50,8 +59,35 @@ DIMS = {
 }
 
 
+def import_official(root: Path):
+    """Import the released ``semseg.models.stitchfusion`` class from a checkout at ``root``.
+
+    ``semseg/__init__.py`` of the release also imports its datasets (and ``tabulate``); only
+    the model subpackage is needed, so ``semseg`` is registered as a bare namespace first.
+
+    Raises:
+        FileNotFoundError: ``root`` has no ``semseg/models/stitchfusion.py``.
+    """
+    import importlib
+    import types
+
+    if not (root / "semseg" / "models" / "stitchfusion.py").is_file():
+        raise FileNotFoundError(f"{root}: no semseg/models/stitchfusion.py (a StitchFusion checkout?)")
+    pkg = types.ModuleType("semseg")
+    pkg.__path__ = [str(root / "semseg")]
+    sys.modules["semseg"] = pkg
+    return importlib.import_module("semseg.models.stitchfusion").stitchfusion
+
+
 def build(args: argparse.Namespace, which: str, mods: list[str]):
     """``(model, call(images list) -> logits)``."""
+    if which == "official":
+        if args.adapter != "pairwise" or args.fusion != "featurecross":
+            raise SystemExit("the official model is pairwise + featurecross only")
+        variant = args.backbone.split("_")[1].upper()
+        cls = import_official(args.official)
+        model = cls(f"stitchfusion-{variant}", args.num_classes, [f"m{i}" for i in range(len(mods))])
+        return model, lambda xs: model(list(xs))
     if which == "release":
         sys.path.insert(0, str(ROOT / "tests"))
         from reference.stitchfusion_release import StitchFusionRelease
@@ -111,7 +147,10 @@ def child(args: argparse.Namespace) -> None:
     }
     if mode == "train":
         model.train()
-        opt = torch.optim.AdamW(params, lr=1e-5)
+        # Each code base's own optimizer: fusionseg's engine uses the fused AdamW kernel
+        # (engine.module.supports_fused_adamw), the release's get_optimizer the default one.
+        fused = which in ("ours", "sum") and dev.type in ("cpu", "cuda")
+        opt = torch.optim.AdamW(params, lr=1e-5, fused=fused or None)
 
         def step() -> None:
             with amp:
@@ -161,11 +200,14 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
     ap.add_argument("--models", nargs="+", default=["ours", "release"],
-                    choices=["ours", "release", "sum"])
+                    choices=["ours", "release", "official", "sum"])
+    ap.add_argument("--official", type=Path, help="checkout of the authors' StitchFusion repository")
     ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     ap.add_argument("--json", type=Path, help="also write the results to this file")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if "official" in args.models and args.official is None and not args.child:
+        ap.error("--models official needs --official PATH (a clone of LiBingyu01/StitchFusion)")
     if args.child:
         child(args)
         return
