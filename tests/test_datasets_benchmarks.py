@@ -443,13 +443,23 @@ def test_vaihingen_windows_match_whole_tile(vaihingen):
 def test_vaihingen_errors(tmp_path):
     root = tmp_path / "v"
     make_vaihingen_tree(root, tiles=["1", "3"], dsm_offsets={"3": (30, 0)})
-    ds = create_dataset("vaihingen", root, "train", tiles=["1", "3"])
+    dsm3 = root / "dsm" / "dsm_09cm_matching_area3.tif"
+    # the DSM 30 px off (tolerance 16) is reported when the dataset is built ...
+    with pytest.raises(DataError, match="1 file problem in 2 samples") as built:
+        create_dataset("vaihingen", root, "train", tiles=["1", "3"])
+    assert f"{dsm3} [modality 'dsm']: size mismatch: dsm 71x32 vs irrg 41x32" in str(built.value)
+    # ... and, with the check skipped, when the sample is read
+    ds = create_dataset("vaihingen", root, "train", tiles=["1", "3"], check_files=False)
     ds[0]
     with pytest.raises(DataError, match="size mismatch.*dsm 71x32, tile 41x32"):
         ds[1]
     with pytest.raises(DataError, match="unknown vaihingen split 'val'"):
         create_dataset("vaihingen", root, "val")
-    ds = create_dataset("vaihingen", root, "train")  # the other 14 train tiles are absent
+    # the other 14 train tiles of the fixed list are absent: 3 files each, plus the DSM
+    with pytest.raises(DataError, match="43 file problems in 16 samples") as built:
+        create_dataset("vaihingen", root, "train")
+    assert "top_mosaic_09cm_area5.tif [modality 'irrg']: missing file (sample '5')" in str(built.value)
+    ds = create_dataset("vaihingen", root, "train", check_files=False)
     with pytest.raises(DataError, match="missing file"):
         ds[2]
 
@@ -471,9 +481,12 @@ def test_potsdam_layouts_and_modalities(tmp_path, folders):
     test = create_dataset("potsdam", root, "test", tiles=["2_13"])
     assert test.label_variant == "noBoundary"
     assert test[0]["meta"]["paths"]["label"].endswith("top_potsdam_2_13_label_noBoundary.tif")
-    assert len(create_dataset("potsdam", root, "train").records) == 23
-    assert "7_10" not in [r.id for r in create_dataset("potsdam", root, "train").records]
-    assert len(create_dataset("potsdam", root, "test").records) == 14
+    # the fixed lists (checked here without the files: 2 of 23 train, 1 of 14 test tiles exist)
+    train = create_dataset("potsdam", root, "train", check_files=False).records
+    assert len(train) == 23 and "7_10" not in [r.id for r in train]
+    assert len(create_dataset("potsdam", root, "test", check_files=False).records) == 14
+    with pytest.raises(DataError, match="63 file problems in 23 samples"):  # 21 tiles x rgb, dsm, label
+        create_dataset("potsdam", root, "train")
     with pytest.raises(DataError, match="tile id must be 'row_col'"):
         create_dataset("potsdam", root, "train", tiles=["2-10"])
 

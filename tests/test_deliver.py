@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader
 
 from fusionseg.data import Collate, DataError, build_train_transforms, create_dataset, list_datasets
 from fusionseg.data.datasets import DELIVER, DELIVER_CLASSES, DELIVER_PALETTE
+from fusionseg.data.datasets.base import DatasetFilesError
 
 
 @pytest.fixture
@@ -119,7 +120,14 @@ def test_missing_modality_file(tree):
     root, stems = tree
     victim = deliver_path(root, "cloud/train/MAP_1/000001", "lidar")
     victim.unlink()
-    ds = create_dataset("deliver", root, "train", ["rgb", "lidar"])
+    # reported when the dataset is built ...
+    with pytest.raises(DatasetFilesError) as built:
+        create_dataset("deliver", root, "train", ["rgb", "lidar"])
+    msg = str(built.value)
+    assert "1 file problem in 4 samples" in msg and str(victim) in msg and "'lidar'" in msg
+    assert "missing file (sample 'cloud/train/MAP_1/000001')" in msg
+    # ... and, with the check skipped, when the sample is read
+    ds = create_dataset("deliver", root, "train", ["rgb", "lidar"], check_files=False)
     ds[0]  # fine
     with pytest.raises(DataError) as ei:
         ds[1]
@@ -133,7 +141,10 @@ def test_size_mismatch(tree):
     root, _ = tree
     p = deliver_path(root, "night/val/MAP_1/000006", "thermal")
     Image.fromarray(np.zeros((16, 16), np.uint8)).save(p)
-    ds = create_dataset("deliver", root, "val", ["rgb", "thermal"])
+    with pytest.raises(DatasetFilesError) as built:
+        create_dataset("deliver", root, "val", ["rgb", "thermal"])
+    assert f"{p} [modality 'thermal']: size mismatch: thermal 16x16 vs rgb 32x32" in str(built.value)
+    ds = create_dataset("deliver", root, "val", ["rgb", "thermal"], check_files=False)
     idx = [r.id for r in ds.records].index("night/val/MAP_1/000006")
     with pytest.raises(DataError) as ei:
         ds[idx]

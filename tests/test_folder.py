@@ -118,7 +118,10 @@ def test_layout_errors(tmp_path):
         create_dataset("folder", root, "val", None)
     assert str(root / "val") in str(ei.value)
     (root / "train" / "thermal" / "b.tif").unlink()
-    ds = create_dataset("folder", root, "train", None)
+    with pytest.raises(DataError, match="1 file problem in 3 samples") as ei:
+        create_dataset("folder", root, "train", None)  # found when the dataset is built
+    assert f"{root / 'train' / 'thermal' / 'b.*'} [modality 'thermal']: missing file (sample 'b')" in str(ei.value)
+    ds = create_dataset("folder", root, "train", None, check_files=False)
     with pytest.raises(DataError, match="missing file") as ei:
         ds[1]
     assert "thermal" in str(ei.value) and "b." in str(ei.value)

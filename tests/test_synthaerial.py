@@ -13,7 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 from fusionseg.cli import app
-from fusionseg.data import create_dataset
+from fusionseg.data import DataError, create_dataset
 from fusionseg.data.check import check_dataset
 from fusionseg.data.datasets.isprs import (
     ISPRS_COLOURS,
@@ -23,6 +23,7 @@ from fusionseg.data.datasets.isprs import (
 )
 from fusionseg.data.synthetic import SYNTHAERIAL_CLASSES, render_aerial
 from fusionseg.data.synthetic.aerial import TILE_IDS, _cast_shadows, render_tile, tile_split
+from fusionseg.errors import ConfigError
 
 runner = CliRunner()
 SIZE = 64
@@ -146,21 +147,57 @@ def test_loader_windows_and_partial_render(full_tree, tmp_path):
     assert len(ds) == 16 * 4
     s = ds[5]
     assert s["irrg"].shape == (3, 32, 32) and s["label"].shape == (32, 32)
-    # fewer tiles than the split lists: the loader reads them through tiles=[...]
+    # fewer tiles than the split lists: the loader reads the render's own lists
     summary = render_aerial(tmp_path, n_tiles=5, size=32, seed=0, workers=1)
     assert summary["splits"]["train"]["tiles"] == ["1", "3", "5"]
     assert summary["splits"]["test"]["tiles"] == ["2", "4"]
-    for split in ("train", "test"):
-        ds = create_dataset("vaihingen", tmp_path, split, ["irrg", "dsm"],
-                            tiles=summary["splits"][split]["tiles"])
-        assert len(ds) == summary["splits"][split]["total"]
+    for split, ids in (("train", ["1", "3", "5"]), ("test", ["2", "4"])):
+        ds = create_dataset("vaihingen", tmp_path, split, ["irrg", "dsm"])
+        assert [r.id for r in ds.records] == ids
         assert ds[0]["irrg"].shape == (3, 32, 32)
+    # tiles=[...] still replaces the split's list
+    assert [r.id for r in create_dataset("vaihingen", tmp_path, "train", tiles=["5"]).records] == ["5"]
+
+
+@pytest.mark.parametrize("n_tiles,train,test", [
+    (1, ["1"], []),
+    (4, ["1", "3"], ["2", "4"]),
+    (7, ["1", "3", "5", "7"], ["2", "4", "6"]),
+])
+def test_any_tile_count_reads_completely(tmp_path, n_tiles, train, test):
+    out = tmp_path / f"aerial{n_tiles}"
+    render_aerial(out, n_tiles=n_tiles, size=32, seed=3, workers=1)
+    lists = sorted(p.name for p in (out / "splits").iterdir())
+    assert lists == (["test.txt", "train.txt"] if test else ["train.txt"])
+    meta = json.loads((out / "synthaerial.json").read_text())
+    assert meta["split_lists"] == {"train": "splits/train.txt", **({"test": "splits/test.txt"} if test else {})}
+    for split, ids in (("train", train), ("test", test)):
+        if not ids:
+            with pytest.raises(DataError, match="vaihingen split 'test': list file not found"):
+                create_dataset("vaihingen", out, split)
+            continue
+        ds = create_dataset("vaihingen", out, split)  # the loader's defaults
+        assert [r.id for r in ds.records] == ids
+        for i in range(len(ds)):  # every sample loads
+            s = ds[i]
+            assert s["irrg"].shape == (3, 32, 32) and s["label"].shape == (32, 32)
+    report = check_dataset("vaihingen", out)
+    assert report.ok, "\n".join(report.lines())
+    assert report.splits == {"train": len(train), **({"test": len(test)} if test else {})}
+
+
+def test_rerender_with_fewer_tiles_removes_stale_list(tmp_path):
+    render_aerial(tmp_path, n_tiles=4, size=32, seed=0, workers=1)
+    assert (tmp_path / "splits" / "test.txt").read_text().split("\n")[1:] == ["2", "4", ""]
+    render_aerial(tmp_path, n_tiles=1, size=32, seed=0, workers=1)
+    assert not (tmp_path / "splits" / "test.txt").exists()
+    assert [r.id for r in create_dataset("vaihingen", tmp_path, "train").records] == ["1"]
 
 
 def test_bad_options(tmp_path):
     for kwargs in ({"n_tiles": 0}, {"n_tiles": 34}, {"size": 8}, {"seed": -1}, {"gsd": 0.0},
                    {"boundary_px": -1}):
-        with pytest.raises(ValueError):
+        with pytest.raises(ConfigError):  # a user error: one line on the command line
             render_aerial(tmp_path, **{"size": 32, "workers": 1, **kwargs})
 
 
@@ -174,7 +211,7 @@ def test_deterministic_bytes(tmp_path):
     render_aerial(c, n_tiles=3, size=48, seed=6, workers=1)
     render_aerial(d, n_tiles=2, size=48, seed=5, workers=1)
     fa, fb, fc, fd = _files(a), _files(b), _files(c), _files(d)
-    assert len(fa) == 3 * 4 + 1
+    assert len(fa) == 3 * 4 + 2 + 1  # tiles, splits/{train,test}.txt, synthaerial.json
     assert fa == fb  # worker count does not matter
     tifs = [k for k in fa if k.endswith(".tif")]
     assert all(fa[k] != fc[k] for k in tifs)  # another seed: every file differs
@@ -291,6 +328,7 @@ def test_cli_synth_aerial(tmp_path):
         assert all(p.is_file() for p in _paths(out, tile).values())
     meta = json.loads((out / "synthaerial.json").read_text())
     assert meta["options"]["seed"] == 1 and meta["splits"]["train"]["tiles"] == ["1", "3"]
+    assert [r.id for r in create_dataset("vaihingen", out, "test").records] == ["2"]
     bad = runner.invoke(app, ["data", "synth", "aerial", "--out", str(out), "--tiles", "40"])
-    assert bad.exit_code == 2
-    assert "n_tiles" in bad.output
+    assert bad.exit_code == 2  # a user error (one line), not an internal error
+    assert "n_tiles must be 1..33" in bad.output and "Traceback" not in bad.output

@@ -18,15 +18,22 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the file and the key."""
+from .errors import ConfigError
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+    # NaN / inf is no valid value of any float setting (a learning rate, a probability ...);
+    # ``.nan`` / ``.inf`` in YAML or ``--set`` is an error naming the key
+    model_config = ConfigDict(extra="forbid", protected_namespaces=(), allow_inf_nan=False)
 
 
 class ModelConfig(_Strict):
@@ -46,6 +53,16 @@ class ModelConfig(_Strict):
     #: encoder weights: a local file / Hugging Face folder, or a catalogue name (``fusionseg
     #: weights list``; ``fusionseg weights fetch NAME`` stores it in $FUSIONSEG_WEIGHTS)
     pretrained: str | None = None
+
+    @field_validator("modalities")
+    @classmethod
+    def _check_modalities(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("name at least one modality")
+        twice = sorted({m for m in v if v.count(m) > 1})
+        if twice:
+            raise ValueError(f"duplicate modalities {twice}")
+        return v
 
     def to_dict(self) -> dict[str, Any]:
         """Return the dict for ``create_model`` (extra builder keys included)."""
@@ -232,32 +249,92 @@ class Config(_Strict):
         return self
 
 
+#: deepest nesting of lists / mappings an override value may have
+MAX_OVERRIDE_DEPTH = 32
+
+
 def _parse_value(text: str) -> Any:
-    """Parse an override value with YAML rules (``2`` -> int, ``[a,b]`` -> list, ``null``)."""
+    """Parse an override value with YAML rules (``2`` -> int, ``[a,b]`` -> list, ``null``).
+
+    Text that is no YAML value (``[a``, ``!!int x``, an integer of thousands of digits,
+    brackets nested past the parser's recursion limit) stays the string as given."""
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except Exception:  # YAMLError, and ValueError / RecursionError ... from its constructors
         return text
+
+
+def _check_value(value: Any, item: str) -> None:
+    """Refuse an override value no run config can hold: one nested deeper than
+    :data:`MAX_OVERRIDE_DEPTH`, one that repeats a list / mapping (YAML anchors and aliases:
+    ``&a [*a]`` is a list that contains itself), or binary data (``!!binary``); a run writes
+    its config as JSON.
+
+    Raises:
+        ConfigError: naming the override.
+    """
+    seen: set[int] = set()
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        if isinstance(node, bytes | bytearray):
+            raise ConfigError(f"override {_show(item)}: binary values are not supported")
+        if not isinstance(node, dict | list | tuple | set | frozenset):
+            continue
+        if depth >= MAX_OVERRIDE_DEPTH:
+            raise ConfigError(
+                f"override {_show(item)}: nested deeper than {MAX_OVERRIDE_DEPTH} levels"
+            )
+        if id(node) in seen:
+            raise ConfigError(
+                f"override {_show(item)}: YAML anchors / aliases (&name, *name) are not supported"
+            )
+        seen.add(id(node))
+        children = [*node.keys(), *node.values()] if isinstance(node, dict) else list(node)
+        stack += [(c, depth + 1) for c in children]
+
+
+def _printable(text: str) -> str:
+    """``text`` on one line: characters that are not printable (newlines, tabs, controls) as
+    their escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def _show(item: str) -> str:
+    """An override or key quoted for a message, on one line."""
+    return f"'{_printable(item)}'"
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply ``key.sub=value`` overrides to a raw config dict and return a new dict.
 
+    The key is a dotted path of non-empty names (blanks around names are ignored); the value
+    is YAML (see :func:`_parse_value`); both are split at the first ``=``.
+
     Raises:
-        ConfigError: an override without ``=``.
+        ConfigError: an override without ``=``, with an empty key name (``a..b``, ``.a``), a
+            path through a value that is not a section, or a value no config can hold (see
+            :func:`_check_value`). The message names the override.
     """
     out = copy.deepcopy(raw)
     for item in overrides or []:
         if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key.sub=value")
+            raise ConfigError(f"override {_show(item)} must look like key.sub=value")
         key, value = item.split("=", 1)
+        parts = [part.strip() for part in key.split(".")]
+        if not all(parts):
+            raise ConfigError(
+                f"override {_show(item)}: the key must be names joined by dots, like "
+                "train.max_epochs (one is empty)"
+            )
+        parsed = _parse_value(value)
+        _check_value(parsed, item)
         node = out
-        parts = key.strip().split(".")
         for part in parts[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise ConfigError(f"override {item!r}: {part!r} is not a section")
-        node[parts[-1]] = _parse_value(value)
+                raise ConfigError(f"override {_show(item)}: {_show(part)} is not a section")
+        node[parts[-1]] = parsed
     return out
 
 
@@ -269,7 +346,7 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             lines.append(f"{source}: unknown config key '{loc}'")
         else:
             lines.append(f"{source}: {loc or 'config'}: {e['msg']}")
-    return "; ".join(lines)
+    return _printable("; ".join(lines))
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Config:

@@ -36,7 +36,13 @@ few threads.
 ``splits=None`` checks every split the dataset has (``available_splits``); ``modalities=None``
 checks every modality it offers, and a modality that is entirely absent from this copy (its
 folder missing, or no file of it in a split) is skipped with a note rather than reported;
-modalities named explicitly must be complete.
+modalities named explicitly must be complete. The walk opens each split with
+``check_files=False``, so it reports every problem its own way rather than stopping at the
+dataset's own construction-time check.
+
+The construction-time check (:func:`file_problems`, run by every dataset unless
+``check_files=False``) is the cheap part of this walk: ``missing_file``,
+``list_entry_without_files``, ``unreadable`` headers and ``size_mismatch``, from headers only.
 
 What a dataset class tells the checker (all declared on
 :class:`~fusionseg.data.datasets.base.MultimodalDataset` with defaults): ``available_splits(root)`` (the splits
@@ -61,7 +67,12 @@ from typing import Any
 
 import numpy as np
 
-from fusionseg.data.datasets.base import MultimodalDataset, create_dataset, get_dataset_class
+from fusionseg.data.datasets.base import (
+    MultimodalDataset,
+    create_dataset,
+    dataset_options,
+    get_dataset_class,
+)
 from fusionseg.data.io import DataError
 from fusionseg.data.sample import LABEL_KEY
 
@@ -71,6 +82,7 @@ __all__ = [
     "FileInfo",
     "Problem",
     "check_dataset",
+    "file_problems",
     "print_report",
     "probe_file",
 ]
@@ -293,8 +305,10 @@ def _probe_pillow(path: Path) -> FileInfo:
             return FileInfo(h, w, 1, 16)
         if mode == "I":
             return FileInfo(h, w, 1, 32)
-        if mode in ("RGB", "RGBA", "LA") and ";16" in raw:
-            return FileInfo(h, w, {"RGB": 3, "RGBA": 4, "LA": 2}[mode], 16)
+        base = raw.split(";")[0]
+        if mode in ("RGB", "RGBA", "LA") and ";16" in raw and base in ("RGB", "RGBA", "LA"):
+            # a 16-bit gray+alpha PNG opens as mode RGBA (raw mode LA;16B): read_image gives 2
+            return FileInfo(h, w, {"RGB": 3, "RGBA": 4, "LA": 2}[base], 16)
         if mode not in _PIL_MODES:
             raise ValueError(f"unsupported image mode {mode}")
         c, bits = _PIL_MODES[mode]
@@ -326,37 +340,64 @@ def _bits(dtype: np.dtype) -> int:
     return 8 if dtype == np.bool_ else int(dtype.itemsize * 8)
 
 
+def _probe_dtype(dtype: Any) -> np.dtype:
+    """``dtype`` if :func:`~fusionseg.data.io.read_image` accepts it (bool, integer, float)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind not in "biuf":
+        raise ValueError(f"expected a numeric array, got dtype {dtype}")
+    return dtype
+
+
 def _probe_tiff(path: Path) -> FileInfo:
     import tifffile
 
-    with tifffile.TiffFile(path) as tif:
+    from fusionseg.data.io import _quiet_tifffile
+
+    with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
         series = tif.series[0]
         h, w, c = _hwc(series.shape, series.axes)
-        return FileInfo(h, w, c, _bits(series.dtype))
+        return FileInfo(h, w, c, _bits(_probe_dtype(series.dtype)))
+
+
+def _probe_array(shape: Sequence[int], dtype: Any) -> FileInfo:
+    """A ``.npy`` / ``.npz`` array header as :func:`~fusionseg.data.io.read_image` takes it: 2-D
+    or 3-D (no singleton axes dropped, unlike TIFF), numeric."""
+    if len(shape) not in (2, 3):
+        raise ValueError(f"expected a 2-D or 3-D image array, got shape {tuple(shape)}")
+    h, w, c = _hwc(shape)
+    return FileInfo(h, w, c, _bits(_probe_dtype(dtype)))
 
 
 def _probe_npy(path: Path) -> FileInfo:
-    arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    h, w, c = _hwc(arr.shape)
-    return FileInfo(h, w, c, _bits(arr.dtype))
+    from fusionseg.data.io import _NPY_LOCK  # numpy's header parsing is not thread-safe
+
+    with _NPY_LOCK:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    return _probe_array(arr.shape, arr.dtype)
 
 
 def _probe_npz(path: Path, key: str | None) -> FileInfo:
     with zipfile.ZipFile(path) as zf:
-        names = [n[:-4] for n in zf.namelist() if n.endswith(".npy")]
+        members = zf.namelist()
+        # the array names as np.load (and so read_image) sees them: ".npy" dropped
+        names = [n[:-4] if n.endswith(".npy") else n for n in members]
         if not names:
             raise ValueError("empty .npz archive")
         name = key if key is not None else names[0]
         if name not in names:
             raise ValueError(f".npz has no array '{name}' (arrays: {', '.join(names)})")
-        with zf.open(f"{name}.npy") as f:
+        member = members[names.index(name)]
+        if not member.endswith(".npy"):
+            raise ValueError(f".npz member '{member}' is not an array")
+        from fusionseg.data.io import _NPY_LOCK  # numpy's header parsing is not thread-safe
+
+        with zf.open(member) as f, _NPY_LOCK:
             version = np.lib.format.read_magic(f)
             if version == (1, 0):
                 shape, _, dtype = np.lib.format.read_array_header_1_0(f)
             else:
                 shape, _, dtype = np.lib.format.read_array_header_2_0(f)
-    h, w, c = _hwc(shape)
-    return FileInfo(h, w, c, _bits(dtype))
+    return _probe_array(shape, dtype)
 
 
 def probe_file(path: str | os.PathLike, npz_key: str | None = None) -> FileInfo:
@@ -418,14 +459,19 @@ def _classify(err: DataError) -> str:
 
 
 class _Checker:
-    def __init__(self, ds: MultimodalDataset, split: str, report: CheckReport, *,
-                 labels: bool, deep: bool, skip: set[str]) -> None:
+    """Checks one record at a time (:meth:`check`), caching file headers and label results.
+
+    ``formats`` checks bit depths and channel counts, ``labels`` decodes label files, ``deep``
+    loads problem-free samples; existence, headers and sizes are always checked."""
+
+    def __init__(self, ds: MultimodalDataset, split: str, *, labels: bool, deep: bool,
+                 skip: set[str], formats: bool = True) -> None:
         self.ds = ds
         self.split = split
-        self.report = report
         self.labels = labels
         self.deep = deep
         self.skip = skip
+        self.formats = formats
         self.infos: dict[str, FileInfo | DataError] = {}
         self.label_results: dict[str, DataError | None] = {}
         self.tolerance: Mapping[str, int] = ds.size_tolerance
@@ -487,6 +533,19 @@ class _Checker:
                 self.label_results[k] = err
         return self.label_results[k]
 
+    def format_problems(self, key: str, path: Path, info: FileInfo) -> list[Problem]:
+        """Bit depth and channel count problems of one readable file."""
+        out: list[Problem] = []
+        want = self.expected_bits(key)
+        if want is not None and info.bits not in want:
+            out.append(Problem("bit_depth", self.split, key, str(path),
+                               f"{info.bits}-bit file, expected {' or '.join(f'{b}-bit' for b in want)}"))
+        bad = self.channels_ok(key, info)
+        if bad is not None:
+            out.append(Problem("channels", self.split, key, str(path),
+                               f"{info.channels} channel(s), expected {bad}"))
+        return out
+
     # per record -----------------------------------------------------------
     def check(self, index: int) -> list[Problem]:
         ds, split = self.ds, self.split
@@ -495,24 +554,19 @@ class _Checker:
         out: list[Problem] = []
         missing: list[Problem] = []
         infos: dict[str, tuple[Path, FileInfo]] = {}
-        for key, path in files:
-            if path is None or not Path(path).is_file():
+        for key, given in files:
+            path = given if isinstance(given, Path) or given is None else Path(given)
+            if path is None or not path.is_file():
                 missing.append(Problem("missing_file", split, key, None if path is None else str(path),
                                        f"missing file (sample '{rec.id}')"))
                 continue
-            info = self.info(key, Path(path))
+            info = self.info(key, path)
             if isinstance(info, DataError):
                 out.append(Problem("unreadable", split, key, str(path), info.problem))
                 continue
-            want = self.expected_bits(key)
-            if want is not None and info.bits not in want:
-                out.append(Problem("bit_depth", split, key, str(path),
-                                   f"{info.bits}-bit file, expected {' or '.join(f'{b}-bit' for b in want)}"))
-            bad = self.channels_ok(key, info)
-            if bad is not None:
-                out.append(Problem("channels", split, key, str(path),
-                                   f"{info.channels} channel(s), expected {bad}"))
-            infos[key] = (Path(path), info)
+            if self.formats:
+                out += self.format_problems(key, path, info)
+            infos[key] = (path, info)
         list_file = rec.extra.get("list_file")
         if missing and len(missing) == len(files) and list_file is not None:
             out.append(Problem("list_entry_without_files", split, None, str(list_file),
@@ -545,14 +599,50 @@ class _Checker:
         return out
 
 
+def _walk_records(checker: _Checker, workers: int) -> list[Problem]:
+    """The problems of every record of ``checker.ds``, in record order, over ``workers``
+    threads; records sharing the same files (windows of one tile) are checked once."""
+    ds = checker.ds
+    firsts: dict[tuple[str, ...], int] = {}
+    for i, rec in enumerate(ds.records):
+        firsts.setdefault(tuple(str(p) for _, p in ds.record_files(rec)), i)
+    indices = sorted(firsts.values())
+    if workers <= 1 or len(indices) < 2:
+        return [p for i in indices for p in checker.check(i)]
+    with ThreadPoolExecutor(max_workers=workers) as ex:
+        return [p for problems in ex.map(checker.check, indices) for p in problems]
+
+
+def file_problems(ds: MultimodalDataset, *, workers: int | None = None) -> list[Problem]:
+    """The problems of ``ds``'s files that show without decoding pixels: a missing file (or a
+    split-list entry without any file), an unreadable header, and sizes that disagree across a
+    sample's modalities and label (beyond ``ds.size_tolerance``). Headers are read with
+    :func:`probe_file`, each file once, over ``workers`` threads (default: up to 4).
+
+    This is the check a dataset runs when it is built (``check_files=True``); bit depths,
+    channel counts and label values are left to ``fusionseg data check`` and to loading.
+
+    Returns:
+        The problems in record order (empty: none found).
+    """
+    checker = _Checker(ds, ds.split, labels=False, deep=False, skip=set(), formats=False)
+    return _walk_records(checker, workers or min(4, os.cpu_count() or 1))
+
+
 def _open_dataset(name: str, root: Path, split: str, modalities: list[str] | None,
                   options: Mapping[str, Any], report: CheckReport) -> MultimodalDataset | None:
+    """The dataset for ``split``, built without its own file check (the walk reports every
+    file problem its way); a layout error is added to ``report`` (None returned). In auto mode
+    (``modalities`` None) a modality whose folder is absent is dropped with a note."""
     cls = get_dataset_class(name)
     auto = modalities is None
     mods = list(modalities) if modalities is not None else (list(cls.available_modalities) or None)
+    accepted = dataset_options(cls)
+    if accepted is None or "check_files" in accepted:
+        options = {**options, "check_files": False}
     while True:
         try:
-            return create_dataset(name, root, split, mods, **dict(options))
+            return create_dataset(name, root, split, mods, **options)
         except DataError as err:
             if auto and mods and err.modality in mods and len(mods) > 1:
                 report.note(f"modality '{err.modality}' not present, skipped: {err.problem}", split)
@@ -634,16 +724,9 @@ def check_dataset(
         mods = [m for m in ds.modalities if m not in skip]
         report.splits[split] = len(ds)
         report.modalities[split] = mods
-        checker = _Checker(ds, split, report, labels=labels, deep=deep, skip=skip)
-        # records sharing the same files (windows of one tile) are checked once
-        firsts: dict[tuple, int] = {}
-        for i, rec in enumerate(ds.records):
-            firsts.setdefault(tuple(str(p) for _, p in ds.record_files(rec)), i)
-        indices = sorted(firsts.values())
-        with ThreadPoolExecutor(max_workers=n_workers) as ex:
-            for problems in ex.map(checker.check, indices):
-                for p in problems:
-                    report.add(p)
+        checker = _Checker(ds, split, labels=labels, deep=deep, skip=skip)
+        for p in _walk_records(checker, n_workers):
+            report.add(p)
         seen_files.update(checker.infos)
         seen_files.update(checker.label_results)
     report.files_checked = len(seen_files)
@@ -654,16 +737,18 @@ def print_report(report: CheckReport, console: Any = None) -> None:
     """Print a report with rich: header, notes, a table of problems (count and first paths per
     kind and modality), and a final OK / FAILED line."""
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
     console = console or Console()
-    console.print(f"[bold]{report.dataset}[/] at {report.root}", highlight=False)
+    # paths and messages are text: "[modality 'rgb']" or "img[1].png" is not rich markup
+    console.print(f"[bold]{report.dataset}[/] at {escape(str(report.root))}", highlight=False)
     for split, n in report.splits.items():
         mods = ", ".join(report.modalities.get(split, []))
         console.print(f"  split [cyan]{split}[/]: {n} samples ({mods})", highlight=False)
     console.print(f"  {report.files_checked} files checked", highlight=False)
     for note in report.notes:
-        console.print(f"  [yellow]note:[/] {note}", highlight=False)
+        console.print(f"  [yellow]note:[/] {escape(note)}", highlight=False)
     if report.ok:
         console.print("[bold green]OK[/]: no problems found")
         return
@@ -677,7 +762,8 @@ def print_report(report: CheckReport, console: Any = None) -> None:
         more = g.count - len(g.examples)
         if more > 0:
             first += f"\n... and {more} more"
-        table.add_row(PROBLEM_KINDS.get(g.kind, g.kind), g.modality or "-", str(g.count), first)
+        table.add_row(PROBLEM_KINDS.get(g.kind, g.kind), g.modality or "-", str(g.count),
+                      escape(first))
     console.print(table)
     kinds = len({g.kind for g in report.groups.values()})
     console.print(

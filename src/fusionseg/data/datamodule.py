@@ -59,8 +59,14 @@ def stream_seed(seed: int, stream: int, *key: int) -> int:
 def build_dataset(cfg: Config, split: str, train: bool):
     """The configured dataset for ``split`` with train or eval transforms.
 
+    The dataset checks its files when built (``data.options.check_files``, default true), so a
+    missing, unreadable or mis-sized file stops the run before training starts, all such
+    problems in one error.
+
     Raises:
-        DataError: missing root or split, unknown dataset (from ``create_dataset``).
+        DataError: missing root or split, unknown dataset (from ``create_dataset``); a
+            :class:`~fusionseg.data.datasets.base.DatasetFilesError` for the problems of the
+            split's files.
     """
     d = cfg.data
     probe = create_dataset(d.dataset, d.root, split, d.modalities, **d.options)

@@ -13,11 +13,17 @@ modality when the caller knows it, and what is wrong::
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+
+from ..errors import DataError
 
 __all__ = [
     "DataError",
@@ -41,31 +47,40 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (
 PathLike = str | os.PathLike
 
 
-class DataError(ValueError):
-    """A data problem: missing/unreadable file, wrong bit depth or channel count, size mismatch,
-    label value out of range, bad dataset layout or dataset.yaml.
+#: dtype kinds an image array may have: bool, signed / unsigned integers, floats
+_NUMERIC_KINDS = "biuf"
 
-    ``str(err)`` is one line: ``"<file> [modality '<name>']: <problem>"`` (the bracket only when
-    the modality is known, the file only when there is one). The parts are kept as attributes
-    ``path``, ``modality`` and ``problem`` for programmatic use (e.g. ``fusionseg data check``).
-    """
 
-    def __init__(
-        self,
-        problem: str,
-        *,
-        path: PathLike | None = None,
-        modality: str | None = None,
-    ) -> None:
-        self.problem = problem
-        self.path = None if path is None else str(path)
-        self.modality = modality
-        prefix = ""
-        if self.path is not None:
-            prefix = self.path
-        if modality is not None:
-            prefix = f"{prefix} [modality '{modality}']" if prefix else f"[modality '{modality}']"
-        super().__init__(f"{prefix}: {problem}" if prefix else problem)
+class _QuietTiffLog(logging.Filter):
+    """Drops tifffile's log records in a thread inside :func:`_quiet_tifffile`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(_TIFF_QUIET, "on", False)
+
+
+_TIFF_QUIET = threading.local()
+logging.getLogger("tifffile").addFilter(_QuietTiffLog())
+
+
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    """Silence tifffile's logger in this thread: on a corrupt file it logs a line per broken
+    tag to stderr before raising; the DataError raised for the file says it once."""
+    prev = getattr(_TIFF_QUIET, "on", False)
+    _TIFF_QUIET.on = True
+    try:
+        yield
+    finally:
+        _TIFF_QUIET.on = prev
+
+
+#: numpy parses ``.npy`` headers with ``ast.literal_eval``, and CPython (3.11 at least) keeps
+#: the AST constructor's recursion-depth count in per-interpreter state, not per thread: two
+#: threads parsing at once now and then fail with a spurious ``SystemError: AST constructor
+#: recursion depth mismatch`` (cf. python/cpython#106905). ``fusionseg data check`` and the
+#: datasets' file check read headers in threads, so every ``.npy`` / ``.npz`` read and header
+#: probe of fusionseg holds this lock.
+_NPY_LOCK = threading.Lock()
 
 
 def bit_depth_of(array: np.ndarray) -> int:
@@ -108,7 +123,7 @@ def _tile_with_rawmode(tile: Any, rawmode: str) -> Any:
 
 
 def _read_pillow(path: Path, modality: str | None, palette: str) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
@@ -151,7 +166,10 @@ def _read_pillow(path: Path, modality: str | None, palette: str) -> np.ndarray:
                 arr = np.asarray(im)
     except FileNotFoundError as err:
         raise DataError("missing file", path=path, modality=modality) from err
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, IndexError) as err:
+    except Exception as err:
+        # Pillow raises many exception types on corrupt files: UnidentifiedImageError, OSError
+        # ("image file is truncated"), SyntaxError, EOFError, struct.error ..., and
+        # DecompressionBombError (not an OSError) for a header claiming a huge size
         raise DataError(f"unreadable image ({err})", path=path, modality=modality) from err
     return np.ascontiguousarray(arr)
 
@@ -163,7 +181,7 @@ def _read_tiff(path: Path, modality: str | None) -> np.ndarray:
     import tifffile
 
     try:
-        with tifffile.TiffFile(path) as tif:
+        with _quiet_tifffile(), tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             axes = series.axes
             arr = series.asarray()
@@ -193,32 +211,35 @@ def _channels_last(arr: np.ndarray) -> np.ndarray:
 
 def _read_numpy(path: Path, modality: str | None, key: str | None) -> np.ndarray:
     try:
-        if path.suffix.lower() == ".npz":
-            with np.load(path, allow_pickle=False) as npz:
-                names = list(npz.files)
-                if not names:
-                    raise DataError("unreadable: empty .npz archive", path=path, modality=modality)
-                if key is None:
-                    arr = npz[names[0]]
-                elif key in names:
-                    arr = npz[key]
-                else:
-                    raise DataError(
-                        f"unreadable: .npz has no array '{key}' (arrays: {', '.join(names)})",
-                        path=path,
-                        modality=modality,
-                    )
-        else:
-            arr = np.load(path, allow_pickle=False)
+        with _NPY_LOCK:
+            if path.suffix.lower() == ".npz":
+                with np.load(path, allow_pickle=False) as npz:
+                    names = list(npz.files)
+                    if not names:
+                        raise DataError(
+                            "unreadable: empty .npz archive", path=path, modality=modality
+                        )
+                    if key is None:
+                        arr = npz[names[0]]
+                    elif key in names:
+                        arr = npz[key]
+                    else:
+                        raise DataError(
+                            f"unreadable: .npz has no array '{key}' (arrays: {', '.join(names)})",
+                            path=path,
+                            modality=modality,
+                        )
+            else:
+                arr = np.load(path, allow_pickle=False)
     except DataError:
         raise
     except FileNotFoundError as err:
         raise DataError("missing file", path=path, modality=modality) from err
     except Exception as err:
         raise DataError(f"unreadable numpy file ({err})", path=path, modality=modality) from err
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+    if not isinstance(arr, np.ndarray):
         raise DataError(
-            f"unreadable: expected a numeric array, got dtype {getattr(arr, 'dtype', type(arr))}",
+            f"unreadable: expected a numeric array, got {type(arr).__name__}",
             path=path,
             modality=modality,
         )
@@ -242,7 +263,8 @@ def read_image(
     - ``.png`` (8/16-bit gray, gray+alpha, RGB, RGBA; 16-bit colour PNGs are decoded exactly),
       ``.jpg``/``.jpeg``/``.bmp`` through Pillow. Palette PNGs give RGB(A) colours by default
       or the raw palette indices ``[H, W, 1]`` with ``palette="index"`` (label maps).
-    - ``.tif``/``.tiff`` through tifffile: any dtype (uint8, uint16, float32 ...), multi-band
+    - ``.tif``/``.tiff`` through tifffile: any integer, float or bool dtype (uint8, uint16,
+      float32 ...; complex data is an error), multi-band
       files band-last whether stored interleaved or planar.
     - ``.npy``: a 2-D ``[H, W]`` or 3-D ``[H, W, C]`` array; a 3-D array with ``<= 4`` leading
       entries and a longer last axis is taken as ``[C, H, W]`` and moved to channels-last.
@@ -258,8 +280,11 @@ def read_image(
         ``np.ndarray`` of shape ``[H, W, C]`` with the file's dtype.
 
     Raises:
-        DataError: missing file, unknown extension, unreadable/corrupt file, or an array that
-            is not 2-D/3-D. The message names the file and the modality (when given).
+        DataError: missing file, unknown extension, unreadable/corrupt file (truncated, not
+            of its extension's format, a header claiming more pixels than Pillow's
+            ``Image.MAX_IMAGE_PIXELS`` allows twice over), an array that is not 2-D/3-D or not
+            of an integer, float or bool dtype. The message names the file and the modality
+            (when given).
     """
     p = Path(path)
     if not p.is_file():
@@ -276,6 +301,12 @@ def read_image(
         raise DataError(
             f"unreadable: unsupported file extension '{p.suffix}' "
             f"(supported: {', '.join(IMAGE_EXTENSIONS)})",
+            path=p,
+            modality=modality,
+        )
+    if arr.dtype.kind not in _NUMERIC_KINDS:  # complex, structured, strings ...
+        raise DataError(
+            f"unreadable: expected a numeric array, got dtype {arr.dtype}",
             path=p,
             modality=modality,
         )

@@ -222,6 +222,10 @@ class ModalitySpec(BaseModel):
         """Convert a raw array ``[H, W]`` or ``[H, W, C]`` like :meth:`load` does.
 
         ``path`` is only used in error messages. Returns ``float32 [out_channels, H, W]``.
+
+        Raises:
+            DataError: not 2-D/3-D, not of an integer, float or bool dtype, empty, wrong bit
+                depth, wrong channel count; the message names ``path`` and this modality.
         """
         if array.ndim == 2:
             array = array[:, :, None]
@@ -230,6 +234,16 @@ class ModalitySpec(BaseModel):
                 f"expected an image array [H, W, C], got shape {tuple(array.shape)}",
                 path=path,
                 modality=self.name,
+            )
+        if array.dtype.kind not in "biuf":  # complex would lose its imaginary part silently
+            raise DataError(
+                f"expected a numeric image array, got dtype {array.dtype}",
+                path=path,
+                modality=self.name,
+            )
+        if array.size == 0:  # e.g. a crop past the edge; "minmax" cannot reduce it
+            raise DataError(
+                f"empty image array of shape {tuple(array.shape)}", path=path, modality=self.name
             )
         if self.bit_depth is not None:
             bits = bit_depth_of(array)

@@ -6,9 +6,11 @@ registered dataset; ``list_datasets()`` names them. Each loader module registers
 """
 
 from .base import (
+    DatasetFilesError,
     MultimodalDataset,
     SampleRecord,
     create_dataset,
+    dataset_options,
     files_by_stem,
     get_dataset_class,
     list_datasets,
@@ -30,6 +32,7 @@ __all__ = [
     "DELIVER",
     "DELIVER_CLASSES",
     "DELIVER_PALETTE",
+    "DatasetFilesError",
     "FMB",
     "FMB_CLASSES",
     "FMB_PALETTE",
@@ -52,6 +55,7 @@ __all__ = [
     "SampleRecord",
     "Vaihingen",
     "create_dataset",
+    "dataset_options",
     "files_by_stem",
     "get_dataset_class",
     "list_datasets",

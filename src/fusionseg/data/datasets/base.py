@@ -8,16 +8,23 @@ applies the transform. ``dataset[i]`` returns a Sample (see :mod:`fusionseg.data
     {"rgb": float32 [3, H, W], ..., "label": int64 [H, W],
      "meta": {"id": str, "condition": str | None, "case": str | None,
               "paths": {"rgb": "/abs/file.png", ..., "label": "/abs/label.png"}}}
+
+Files checked when the dataset is built: unless ``check_files=False``, the constructor looks at
+every file each record reads (:meth:`MultimodalDataset.record_files`) without decoding pixels
+(:func:`fusionseg.data.check.file_problems`: existence, a readable header, the same size across
+a sample's modalities and label) and reports every problem together in one
+:class:`DatasetFilesError`, instead of the first one failing at sample N mid-epoch.
 """
 
 from __future__ import annotations
 
 import inspect
 import os
+import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import torch
@@ -28,10 +35,16 @@ from fusionseg.data.modalities import ModalitySpec, resolve_specs
 from fusionseg.data.sample import IGNORE_INDEX, LABEL_KEY, META_KEY, Sample, check_sample
 from fusionseg.registry import Registry
 
+if TYPE_CHECKING:
+    from fusionseg.data.check import Problem
+
 __all__ = [
+    "FILE_PROBLEMS_SHOWN",
+    "DatasetFilesError",
     "MultimodalDataset",
     "SampleRecord",
     "create_dataset",
+    "dataset_options",
     "files_by_stem",
     "get_dataset_class",
     "list_datasets",
@@ -122,6 +135,24 @@ def read_split_list(path: str | os.PathLike) -> list[str]:
     return names
 
 
+#: file problems named in a :class:`DatasetFilesError` message (the rest are counted)
+FILE_PROBLEMS_SHOWN = 5
+
+
+class DatasetFilesError(DataError):
+    """The files of a dataset's samples have problems, found when the dataset was built
+    (``check_files=True``). One line: the number of problems, the first
+    :data:`FILE_PROBLEMS_SHOWN` of them and the ``fusionseg data check`` command that lists
+    them all. The problems are kept in ``problems``
+    (:class:`fusionseg.data.check.Problem`, each with ``kind``, ``modality``, ``path``,
+    ``message``); ``path`` is the dataset root."""
+
+    def __init__(self, problem: str, *, path: str | os.PathLike,
+                 problems: Sequence[Problem]) -> None:
+        super().__init__(problem, path=path)
+        self.problems: list[Problem] = list(problems)
+
+
 @dataclass(frozen=True)
 class SampleRecord:
     """Where one sample's files are.
@@ -159,6 +190,10 @@ class MultimodalDataset(Dataset):
         specs: per-modality overrides: a ModalitySpec, or a dict of fields on top of the
             dataset's default spec.
         max_samples: keep only the first ``max_samples`` samples (after filtering).
+        check_files: look at every file of the kept samples now (see :meth:`validate_files`:
+            existence, readable headers, equal sizes; no pixels decoded) and report all
+            problems in one error. False skips this, for data known to be complete; a problem
+            then surfaces when its sample is read.
 
     Attributes:
         classes: class names, index = class id. ``num_classes = len(classes)``.
@@ -175,6 +210,8 @@ class MultimodalDataset(Dataset):
             not offer, invalid spec overrides; per sample (at ``__getitem__``): missing or
             unreadable file, wrong bit depth / channel count, size mismatch, label value out
             of range (naming the files and modality).
+        DatasetFilesError: (a DataError; with ``check_files``) missing files, unreadable
+            headers or sizes that disagree within a sample, all counted in one message.
     """
 
     name: ClassVar[str] = ""
@@ -213,6 +250,7 @@ class MultimodalDataset(Dataset):
         *,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
         max_samples: int | None = None,
+        check_files: bool = True,
     ) -> None:
         self.root = self.resolve_root(root)
         self.split = split
@@ -242,6 +280,8 @@ class MultimodalDataset(Dataset):
             records = records[:max_samples]
         self.records: list[SampleRecord] = records
         self.palette = np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
+        if check_files:
+            self.validate_files()
 
     # ------------------------------------------------------------------ the root
     @classmethod
@@ -513,11 +553,61 @@ class MultimodalDataset(Dataset):
                     problems.append(err)
         return problems[:max_problems] if max_problems is not None else problems
 
+    def validate_files(self, workers: int | None = None) -> None:
+        """Look at every file the records read, without decoding pixels: that it exists, that
+        its header reads, and that a sample's modalities and label agree in size (within
+        ``size_tolerance``). See :func:`fusionseg.data.check.file_problems`; the constructor
+        calls this unless ``check_files=False``.
+
+        Raises:
+            DatasetFilesError: one line with the number of problems, the first
+                :data:`FILE_PROBLEMS_SHOWN`, and the ``fusionseg data check`` command listing
+                them all.
+        """
+        from fusionseg.data.check import file_problems  # check.py imports this module
+
+        problems = file_problems(self, workers=workers)
+        if problems:
+            raise DatasetFilesError(self._files_problem_text(problems), path=self.root,
+                                    problems=problems)
+
+    def _files_problem_text(self, problems: Sequence[Problem]) -> str:
+        """The one-line message of a :class:`DatasetFilesError` for ``problems``."""
+        shown = problems[:FILE_PROBLEMS_SHOWN]
+        clauses = "; ".join(_problem_clause(p) for p in shown)
+        rest = len(problems) - len(shown)
+        more = f"; and {rest} more" if rest else ""
+        command = (
+            f"fusionseg data check --dataset {shlex.quote(self.name)} "
+            f"--root {shlex.quote(str(self.root))} --split {shlex.quote(self.split)} "
+            f"--modalities {shlex.quote(','.join(self.modalities))}"
+        )
+        n = len(problems)
+        return (
+            f"dataset '{self.name}' split '{self.split}': {n} file problem{'s' if n != 1 else ''} "
+            f"in {len(self.records)} samples: {clauses}{more}; list them all with `{command}` "
+            "(check_files=False, or data.options.check_files: false, skips this check)"
+        )
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(name={self.name!r}, root='{self.root}', split={self.split!r}, "
             f"modalities={self.modalities}, samples={len(self)}, classes={self.num_classes})"
         )
+
+
+def _problem_clause(problem: Problem) -> str:
+    """One problem of :func:`fusionseg.data.check.file_problems` as one clause:
+    ``<file> [modality '<key>']: <kind>: <message>`` (the kind, e.g. ``size mismatch``, only
+    where the message does not start with it)."""
+    where = problem.path or "-"
+    if problem.modality:
+        where += f" [modality '{problem.modality}']"
+    message = " ".join(str(problem.message).split())
+    kind = problem.kind.replace("_", " ")
+    if not message.startswith(kind):
+        message = f"{kind}: {message}"
+    return f"{where}: {message}"
 
 
 # --------------------------------------------------------------------------- registry
@@ -551,6 +641,21 @@ def get_dataset_class(name: str) -> type[MultimodalDataset]:
     return DATASETS.get(name)
 
 
+def dataset_options(cls: type[MultimodalDataset]) -> list[str] | None:
+    """The keyword options a dataset class takes besides root, split, modalities and
+    transform (e.g. ``max_samples``, ``check_files``), or None when it takes any
+    (``**kwargs``)."""
+    params = inspect.signature(cls.__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return None
+    return [
+        p
+        for p, v in params.items()
+        if p not in ("self", "root", "split", "modalities", "transform")
+        and v.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+    ]
+
+
 def create_dataset(
     name: str,
     root: str | os.PathLike,
@@ -562,22 +667,16 @@ def create_dataset(
     """Build the registered dataset ``name`` (e.g. ``"deliver"``, ``"folder"``).
 
     ``options`` are the dataset's keyword options (DELIVER: ``conditions``, ``case``,
-    ``max_samples``, ``specs``).
+    ``max_samples``, ``specs``; every built-in dataset: ``check_files``).
 
     Raises:
         DataError: unknown dataset, unknown option (naming it and the accepted ones), missing
-            root or split, and the dataset's own errors.
+            root or split, and the dataset's own errors (a :class:`DatasetFilesError` for the
+            problems of its files, unless ``check_files=False``).
     """
     cls = get_dataset_class(name)
-    params = inspect.signature(cls.__init__).parameters
-    accepts_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if not accepts_var_kw:
-        allowed = [
-            p
-            for p, v in params.items()
-            if p not in ("self", "root", "split", "modalities", "transform")
-            and v.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-        ]
+    allowed = dataset_options(cls)
+    if allowed is not None:
         unknown = [k for k in options if k not in allowed]
         if unknown:
             raise DataError(

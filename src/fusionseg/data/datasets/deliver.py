@@ -166,6 +166,8 @@ class DELIVER(MultimodalDataset):
         case: keep one case: a condition (its folder) or a sensor failure (substring of the
             relative path).
         max_samples: keep the first ``max_samples`` samples after filtering.
+        check_files: check every sample's files when the dataset is built (see
+            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
         specs: per-modality spec overrides (ModalitySpec or dict of fields).
 
     Files are enumerated from ``img/`` (sorted by relative path). ``meta``: ``id`` = relative
@@ -198,6 +200,7 @@ class DELIVER(MultimodalDataset):
         conditions: Sequence[str] | None = None,
         case: str | None = None,
         max_samples: int | None = None,
+        check_files: bool = True,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     ) -> None:
         if isinstance(conditions, str):
@@ -209,7 +212,8 @@ class DELIVER(MultimodalDataset):
             )
         self.case = case
         super().__init__(
-            root, split, modalities, transform, specs=specs, max_samples=max_samples
+            root, split, modalities, transform, specs=specs, max_samples=max_samples,
+            check_files=check_files,
         )
 
     @classmethod

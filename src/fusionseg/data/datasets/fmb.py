@@ -93,6 +93,8 @@ class FMB(MultimodalDataset):
         modalities: any of ``rgb, thermal`` (default both).
         transform: applied to each Sample.
         max_samples: keep the first ``max_samples`` (sorted) names.
+        check_files: check every sample's files when the dataset is built (see
+            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
         specs: per-modality spec overrides.
 
     Samples are the files of ``{split}/Visible`` sorted by name. ``meta``: ``id`` = name.
@@ -125,9 +127,11 @@ class FMB(MultimodalDataset):
         transform: Callable[[Sample], Sample] | None = None,
         *,
         max_samples: int | None = None,
+        check_files: bool = True,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     ) -> None:
-        super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
+        super().__init__(root, split, modalities, transform, specs=specs,
+                         max_samples=max_samples, check_files=check_files)
 
     def _index(self) -> list[SampleRecord]:
         split_dir = self.root / self.split

@@ -163,6 +163,8 @@ class FolderDataset(MultimodalDataset):
             keys, else every folder of the split except ``label``, sorted).
         transform: applied to each Sample.
         max_samples: keep the first ``max_samples`` stems.
+        check_files: check every sample's files when the dataset is built (see
+            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
         specs: extra per-modality spec overrides on top of the yaml's.
 
     Raises:
@@ -180,6 +182,7 @@ class FolderDataset(MultimodalDataset):
         transform: Callable[[Sample], Sample] | None = None,
         *,
         max_samples: int | None = None,
+        check_files: bool = True,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     ) -> None:
         root_p = Path(root)
@@ -222,7 +225,8 @@ class FolderDataset(MultimodalDataset):
                     modality=m,
                 )
         super().__init__(
-            root_p, split, modalities, transform, specs=specs, max_samples=max_samples
+            root_p, split, modalities, transform, specs=specs, max_samples=max_samples,
+            check_files=check_files,
         )
 
     def _index(self) -> list[SampleRecord]:

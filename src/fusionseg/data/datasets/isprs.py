@@ -38,6 +38,14 @@ Splits (fixed tile lists): Vaihingen train 1 3 5 7 11 13 15 17 21 23 26 28 30 32
 2 4 6 8 10 12 14 16 20 22 24 27 29 31 33 35 38; Potsdam 23 train tiles (2_10 .. 7_12 without
 7_10, whose labels are faulty) and 14 test tiles. ``tiles=[...]`` replaces the split's list.
 
+A copy may bring its own split lists instead: ``splits/{split}.txt`` beside the image folder
+(``root/splits/train.txt``, one tile id per line, ``#`` comments allowed). When that folder
+exists its list files are the splits (``val.txt`` makes a ``val`` split) and the fixed lists
+are not used; ``fusionseg data synth aerial --tiles N`` writes them for the tiles it rendered,
+so any N reads completely. A release copy has no ``splits/`` folder, so its fixed lists stand
+and a tile missing from the copy is reported when the dataset is built (with
+``check_files``, the default), never dropped silently.
+
 Labels: ``label_variant="auto"`` reads the full labels for ``train`` and the eroded
 ``noBoundary`` labels for every other split (the evaluation protocol); ``"full"`` or
 ``"noBoundary"`` force one.
@@ -70,7 +78,13 @@ from fusionseg.data.io import DataError, read_image
 from fusionseg.data.modalities import ModalitySpec, get_spec
 from fusionseg.data.sample import LABEL_KEY, Sample
 
-from .base import MultimodalDataset, SampleRecord, register_dataset
+from .base import (
+    MultimodalDataset,
+    SampleRecord,
+    list_file_splits,
+    read_required_split,
+    register_dataset,
+)
 
 __all__ = [
     "ISPRSDataset",
@@ -82,9 +96,13 @@ __all__ = [
     "Potsdam",
     "VAIHINGEN_TEST_TILES",
     "VAIHINGEN_TRAIN_TILES",
+    "SPLIT_LIST_DIR",
     "Vaihingen",
     "decode_isprs_colours",
 ]
+
+#: folder (beside the image folder) of a copy's own split lists, ``{split}.txt`` of tile ids
+SPLIT_LIST_DIR = "splits"
 
 ISPRS_CLASSES: list[str] = [
     "impervious_surfaces",
@@ -197,10 +215,11 @@ class ISPRSDataset(MultimodalDataset):
         root: dataset root: the folder holding the image folder (Vaihingen ``top/``; Potsdam
             ``top/`` or ``2_Ortho_RGB/``, ``3_Ortho_IRRG/``, ``4_Ortho_RGBIR/``), or one up to
             two levels above it (see :meth:`resolve_root`).
-        split: ``train`` or ``test``.
+        split: ``train`` or ``test``; with a ``splits/`` folder, the name of one of its list
+            files.
         modalities: see the subclass (default: its image modality + ``dsm``).
         transform: applied to each Sample.
-        tiles: tile ids replacing the split's list.
+        tiles: tile ids replacing the split's list (fixed or ``splits/{split}.txt``).
         label_variant: ``"auto"``, ``"full"`` or ``"noBoundary"``.
         tile_size: window size in pixels (None: whole tiles).
         stride: window stride (default ``tile_size``).
@@ -209,12 +228,17 @@ class ISPRSDataset(MultimodalDataset):
         dsm_size_tolerance: largest DSM-vs-tile size difference (pixels) that is cropped or
             padded instead of reported.
         max_samples: keep the first ``max_samples`` samples (windows).
+        check_files: check every sample's files when the dataset is built (see
+            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
         specs: per-modality spec overrides.
 
     Raises:
-        DataError: missing root, unknown split or label variant, bad window settings; per
-            sample: missing or unreadable file, wrong bit depth or channels, a size mismatch
-            (beyond the DSM tolerance), a label without 3 channels.
+        DataError: missing root, unknown split (no fixed list, or no ``splits/{split}.txt``
+            where the copy has a ``splits/`` folder), an empty list file, unknown label
+            variant, bad window settings; when built (``check_files``), the files of every
+            listed tile: missing, unreadable header, size mismatch (one error counting all);
+            per sample: missing or unreadable file, wrong bit depth or channels, a size
+            mismatch (beyond the DSM tolerance), a label without 3 channels.
     """
 
     classes = ISPRS_CLASSES
@@ -242,6 +266,7 @@ class ISPRSDataset(MultimodalDataset):
         dsm_size_tolerance: int = 16,
         dsm_nodata_below: float = -1000.0,
         max_samples: int | None = None,
+        check_files: bool = True,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     ) -> None:
         if label_variant not in ("auto", "full", "noBoundary"):
@@ -252,15 +277,11 @@ class ISPRSDataset(MultimodalDataset):
             raise DataError(f"tile_size must be >= 1, got {tile_size}")
         if stride is not None and (tile_size is None or stride < 1):
             raise DataError("stride needs tile_size and must be >= 1")
-        if tiles is None and split not in self.tiles_by_split:
-            raise DataError(
-                f"unknown {self.name} split '{split}' (valid: "
-                f"{', '.join(self.tiles_by_split)}; or give tiles=[...])",
-                path=root,
-            )
         if isinstance(tiles, str):
             tiles = [tiles]
-        self.tile_ids = [str(t) for t in tiles] if tiles is not None else list(self.tiles_by_split[split])
+        #: the split's tile ids (set when indexing: ``tiles``, the copy's list or the fixed one)
+        self.tile_ids: list[str] = [str(t) for t in tiles] if tiles is not None else []
+        self._tiles_given = tiles is not None
         if label_variant == "auto":
             label_variant = "full" if split == "train" else "noBoundary"
         self.label_variant = label_variant
@@ -277,7 +298,8 @@ class ISPRSDataset(MultimodalDataset):
         self.dsm_nodata: dict[str, int] = {}
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._dsm_range: dict[str, tuple[float, float]] = {}
-        super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
+        super().__init__(root, split, modalities, transform, specs=specs,
+                         max_samples=max_samples, check_files=check_files)
 
     @classmethod
     def resolve_root(cls, root: str | os.PathLike) -> Path:
@@ -289,6 +311,51 @@ class ISPRSDataset(MultimodalDataset):
         if resolved != given and len(resolved.relative_to(given).parts) <= 2:
             return given
         return resolved
+
+    @classmethod
+    def split_list_folder(cls, root: str | os.PathLike) -> Path | None:
+        """The copy's own split-list folder, ``splits/`` beside the image folder (in ``root``
+        or in the folder below it that holds the image folder), or None when there is none."""
+        given = Path(root)
+        bases = [given]
+        if given.is_dir():
+            try:
+                bases.append(super().resolve_root(given))
+            except DataError:  # no single image folder below: only ``root`` itself counts
+                pass
+        for base in dict.fromkeys(bases):
+            if (base / SPLIT_LIST_DIR).is_dir():
+                return base / SPLIT_LIST_DIR
+        return None
+
+    @classmethod
+    def splits_in(cls, root: Path) -> list[str]:
+        """The list files of the copy's ``splits/`` folder if it has one, else the fixed
+        ``train`` and ``test``."""
+        folder = cls.split_list_folder(root)
+        return list_file_splits(folder) if folder is not None else list(cls.known_splits)
+
+    def split_tiles(self) -> tuple[list[str], Path | None]:
+        """The split's tile ids and the list file they come from (None for the fixed lists).
+
+        Raises:
+            DataError: with a ``splits/`` folder, its ``{split}.txt`` missing (naming the lists
+                present) or empty; without one, a split with no fixed list.
+        """
+        folder = self.split_list_folder(self.root)
+        if folder is not None:
+            list_file, tiles = read_required_split(
+                self.name, self.split, folder, f"; this copy's splits are the list files in {folder}"
+            )
+            return tiles, list_file
+        if self.split not in self.tiles_by_split:
+            raise DataError(
+                f"unknown {self.name} split '{self.split}' (valid: "
+                f"{', '.join(self.tiles_by_split)}; or give tiles=[...], or a "
+                f"{SPLIT_LIST_DIR}/{{split}}.txt list of tile ids)",
+                path=self.root,
+            )
+        return list(self.tiles_by_split[self.split]), None
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers (and pickling) start with an empty tile cache: no memory maps or
@@ -340,6 +407,9 @@ class ISPRSDataset(MultimodalDataset):
         return "label_noBoundary" if self.label_variant == "noBoundary" else LABEL_KEY
 
     def _index(self) -> list[SampleRecord]:
+        list_file = None
+        if not self._tiles_given:
+            self.tile_ids, list_file = self.split_tiles()
         index = self._file_index()
         records: list[SampleRecord] = []
         for tile in self.tile_ids:
@@ -348,6 +418,8 @@ class ISPRSDataset(MultimodalDataset):
             ref = [p for m, p in paths.items() if m != "dsm"] + [label] + list(paths.values())
             size = next((s for s in map(_tiff_size, ref) if s is not None), None)
             extra: dict[str, Any] = {"tile": tile, "size": size}
+            if list_file is not None:
+                extra["list_file"] = list_file
             if self.tile_size is None or size is None:
                 records.append(SampleRecord(id=tile, paths=paths, label=label, extra=extra))
                 continue

@@ -158,6 +158,8 @@ class MCubeS(MultimodalDataset):
         crop_left: columns cut from the left (default 192; 0 keeps the full width).
         nir_mask: set label pixels with invalid NIR (white in ``NIR_warped_mask``) to ignore.
         max_samples: keep the first ``max_samples`` names of the list.
+        check_files: check every sample's files when the dataset is built (see
+            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
         specs: per-modality spec overrides.
 
     Samples follow the list order. ``meta``: ``id`` = name, ``condition``/``case`` = None,
@@ -199,13 +201,15 @@ class MCubeS(MultimodalDataset):
         crop_left: int = MCUBES_LEFT_CROP,
         nir_mask: bool = False,
         max_samples: int | None = None,
+        check_files: bool = True,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     ) -> None:
         if crop_left < 0:
             raise DataError(f"crop_left must be >= 0, got {crop_left}")
         self.crop_left = int(crop_left)
         self.nir_mask = bool(nir_mask)
-        super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
+        super().__init__(root, split, modalities, transform, specs=specs,
+                         max_samples=max_samples, check_files=check_files)
 
     @classmethod
     def splits_in(cls, root: Path) -> list[str]:

@@ -124,6 +124,8 @@ class MFNet(MultimodalDataset):
         transform: applied to each Sample.
         layout: ``"auto"``, ``"rgba"`` or ``"split"``.
         max_samples: keep the first ``max_samples`` names of the list.
+        check_files: check every sample's files when the dataset is built (see
+            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
         specs: per-modality spec overrides (on top of the layout's).
 
     Raises:
@@ -149,6 +151,7 @@ class MFNet(MultimodalDataset):
         *,
         layout: Literal["auto", "rgba", "split"] = "auto",
         max_samples: int | None = None,
+        check_files: bool = True,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     ) -> None:
         if layout not in ("auto", "rgba", "split"):
@@ -158,7 +161,8 @@ class MFNet(MultimodalDataset):
             layout = _detect_layout(root)
         self.layout = layout if layout != "auto" else "rgba"
         self.default_specs = MFNET_SPECS[self.layout]
-        super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
+        super().__init__(root, split, modalities, transform, specs=specs,
+                         max_samples=max_samples, check_files=check_files)
 
     @classmethod
     def splits_in(cls, root: Path) -> list[str]:

@@ -196,6 +196,8 @@ class MUSES(MultimodalDataset):
         projected_format: ``"auto"`` (per modality: whichever of ``.npz``, ``.npy``, ``.png``
             the first sample has) or one of those extensions.
         max_samples: keep the first ``max_samples`` samples after filtering.
+        check_files: check every sample's files when the dataset is built (see
+            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
         specs: per-modality spec overrides (on top of the format's spec).
 
     Raises:
@@ -231,6 +233,7 @@ class MUSES(MultimodalDataset):
         projection_folder: str = "projected_to_rgb",
         projected_format: Literal["auto", ".npz", ".npy", ".png"] = "auto",
         max_samples: int | None = None,
+        check_files: bool = True,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     ) -> None:
         if isinstance(conditions, str):
@@ -255,7 +258,8 @@ class MUSES(MultimodalDataset):
         self.formats: dict[str, str] = {}
         self._user_specs = specs
         self.check_bit_depths = dict(type(self).check_bit_depths)
-        super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
+        super().__init__(root, split, modalities, transform, specs=specs,
+                         max_samples=max_samples, check_files=check_files)
 
     @classmethod
     def splits_in(cls, root: Path) -> list[str]:

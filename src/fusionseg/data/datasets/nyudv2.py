@@ -130,6 +130,8 @@ class NYUDv2(MultimodalDataset):
         modalities: any of ``rgb, hha, depth`` (default ``["rgb", "depth"]``).
         transform: applied to each Sample.
         max_samples: keep the first ``max_samples`` names of the list.
+        check_files: check every sample's files when the dataset is built (see
+            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
         specs: per-modality spec overrides.
 
     Raises:
@@ -155,9 +157,11 @@ class NYUDv2(MultimodalDataset):
         transform: Callable[[Sample], Sample] | None = None,
         *,
         max_samples: int | None = None,
+        check_files: bool = True,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
     ) -> None:
-        super().__init__(root, split, modalities, transform, specs=specs, max_samples=max_samples)
+        super().__init__(root, split, modalities, transform, specs=specs,
+                         max_samples=max_samples, check_files=check_files)
 
     @classmethod
     def splits_in(cls, root: Path) -> list[str]:

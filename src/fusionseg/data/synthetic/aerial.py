@@ -49,15 +49,18 @@ Vaihingen's 9 cm at the default 1000 px); pass ``gsd`` to fix the pixel size ins
 ``boundary_px`` defaults to ``max(1, round(0.27 m / gsd))`` (3 px at 9 cm).
 
 Splits: tile ids are the release's (:data:`TILE_IDS`, numeric order: 1 2 3 4 5 6 7 8 10 11 ...),
-and the ``vaihingen`` loader assigns them to its fixed ``train`` / ``test`` lists. The default
-``n_tiles=33`` writes every id of both lists (16 train, 17 test), so the loader works with its
-defaults (use ``val_split: test``). ``n_tiles < 33`` writes the first ``n`` ids (12 -> train 1 3
-5 7 11 13, test 2 4 6 8 10 12); the loader then needs ``tiles=[...]`` for the ids present,
-which ``synthaerial.json`` lists per split.
+each in the Vaihingen ``train`` or ``test`` list that holds it (:func:`tile_split`).
+``n_tiles`` writes the first ``n`` ids (4 -> train 1 3, test 2 4; 12 -> train 1 3 5 7 11 13,
+test 2 4 6 8 10 12; the default 33 -> all 16 train and 17 test ids), and the tiles of each split
+are listed in ``{out}/splits/{split}.txt``, which the ``vaihingen`` loader reads in place of
+its fixed lists when the folder exists: every ``n_tiles`` reads completely with the loader's
+defaults (use ``val_split: test``). With ``n_tiles=1`` there is no test tile, so no
+``test.txt`` (a stale one from an earlier render into the same folder is removed).
 
 Layout: ``{out}/top``, ``{out}/dsm``, ``{out}/gts_for_participants``,
-``{out}/gts_eroded_for_participants`` as above, plus ``{out}/synthaerial.json`` (classes,
-colours, options, gsd, tiles per split, per-tile sun, slope, object counts and class fractions).
+``{out}/gts_eroded_for_participants`` as above, ``{out}/splits/{train,test}.txt`` (tile ids,
+one per line), plus ``{out}/synthaerial.json`` (classes, colours, options, gsd, tiles per
+split, per-tile sun, slope, object counts and class fractions).
 
 Determinism: every tile uses its own generator seeded from ``(seed, tile id)`` through
 :class:`numpy.random.SeedSequence`, so the bytes depend neither on ``workers`` nor on
@@ -78,10 +81,12 @@ import numpy as np
 from fusionseg.data.datasets.isprs import (
     ISPRS_CLASSES,
     ISPRS_COLOURS,
+    SPLIT_LIST_DIR,
     VAIHINGEN_TEST_TILES,
     VAIHINGEN_TRAIN_TILES,
 )
 from fusionseg.data.synthetic._jobs import run_jobs
+from fusionseg.errors import ConfigError
 
 __all__ = [
     "GENERATOR_VERSION",
@@ -91,6 +96,7 @@ __all__ = [
     "render_aerial",
     "render_tile",
     "tile_split",
+    "write_split_lists",
 ]
 
 GENERATOR_VERSION = "1.0.0"
@@ -873,6 +879,27 @@ def _job(args: tuple) -> dict:
     return {"id": tile, "split": tile_split(tile), **res["info"]}
 
 
+def write_split_lists(out: Path, splits: dict[str, list[str]]) -> dict[str, Path]:
+    """Write ``out/splits/{split}.txt`` (one tile id per line) for every split with tiles, and
+    remove the list of a split without tiles (left by an earlier render into ``out``).
+
+    Returns:
+        split -> list file written.
+    """
+    folder = out / SPLIT_LIST_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    written: dict[str, Path] = {}
+    for split, tiles in splits.items():
+        path = folder / f"{split}.txt"
+        if not tiles:
+            path.unlink(missing_ok=True)
+            continue
+        header = f"# synthaerial: the {split} tiles of this render (Vaihingen tile ids)\n"
+        path.write_text(header + "".join(f"{t}\n" for t in tiles))
+        written[split] = path
+    return written
+
+
 def render_aerial(out: str | Path, n_tiles: int = DEFAULT_TILES, size: int = DEFAULT_SIZE,
                   seed: int = 0, workers: int | None = None,
                   progress: Callable[[int, int], None] | None = None, *,
@@ -882,9 +909,10 @@ def render_aerial(out: str | Path, n_tiles: int = DEFAULT_TILES, size: int = DEF
     Args:
         out: output root (created); existing files of the same names are overwritten, others
             are left alone (render into an empty folder when changing options).
-        n_tiles: number of tiles, 1..33; the first ``n_tiles`` of :data:`TILE_IDS`. The
-            default 33 covers both Vaihingen split lists (16 train, 17 test tiles), so the
-            ``vaihingen`` loader reads the tree with its defaults.
+        n_tiles: number of tiles, 1..33; the first ``n_tiles`` of :data:`TILE_IDS`, listed per
+            split in ``splits/{split}.txt`` (see :func:`write_split_lists`), so the
+            ``vaihingen`` loader reads exactly the rendered tiles with its defaults. The
+            default 33 covers both Vaihingen split lists (16 train, 17 test tiles).
         size: tile height and width in pixels (>= 16; default 1000).
         seed: non-negative seed fixing every byte (independent of ``workers``).
         workers: processes (default ``os.cpu_count()``); each renders and writes whole tiles.
@@ -897,7 +925,8 @@ def render_aerial(out: str | Path, n_tiles: int = DEFAULT_TILES, size: int = DEF
     ``dsm/dsm_09cm_matching_area{id}.tif`` (float32 ``[S, S]``, metres),
     ``gts_for_participants/top_mosaic_09cm_area{id}.tif`` and
     ``gts_eroded_for_participants/top_mosaic_09cm_area{id}_noBoundary.tif`` (colour labels,
-    uint8 ``[S, S, 3]``); ``synthaerial.json`` at the root describes the render. About 0.3 s
+    uint8 ``[S, S, 3]``); ``splits/{split}.txt`` lists the tiles of each split and
+    ``synthaerial.json`` at the root describes the render. About 0.3 s
     of CPU and 13 MB of disk per 1000 x 1000 tile.
 
     Returns:
@@ -905,22 +934,22 @@ def render_aerial(out: str | Path, n_tiles: int = DEFAULT_TILES, size: int = DEF
         "test": {"total", "tiles"}}}``.
 
     Raises:
-        ValueError: ``n_tiles`` outside 1..33, ``size`` < 16, negative ``seed``,
-            non-positive ``gsd``, negative ``boundary_px``.
+        ConfigError: (a ValueError) ``n_tiles`` outside 1..33, ``size`` < 16, negative
+            ``seed``, non-positive ``gsd``, negative ``boundary_px``.
     """
     out = Path(out)
     n_tiles, size, seed = int(n_tiles), int(size), int(seed)
     if not 1 <= n_tiles <= len(TILE_IDS):
-        raise ValueError(f"n_tiles must be 1..{len(TILE_IDS)} (the Vaihingen tile ids), got {n_tiles}")
+        raise ConfigError(f"n_tiles must be 1..{len(TILE_IDS)} (the Vaihingen tile ids), got {n_tiles}")
     if size < 16:
-        raise ValueError(f"size must be at least 16 pixels, got {size}")
+        raise ConfigError(f"size must be at least 16 pixels, got {size}")
     if seed < 0:
-        raise ValueError("seed must be non-negative")
+        raise ConfigError(f"seed must be non-negative, got {seed}")
     g = EXTENT_M / size if gsd is None else float(gsd)
     if not g > 0:
-        raise ValueError(f"gsd must be positive, got {gsd}")
+        raise ConfigError(f"gsd must be positive, got {gsd}")
     if boundary_px is not None and boundary_px < 0:
-        raise ValueError(f"boundary_px must be >= 0, got {boundary_px}")
+        raise ConfigError(f"boundary_px must be >= 0, got {boundary_px}")
     tiles = list(TILE_IDS[:n_tiles])
     jobs = [(str(out), seed, size, g, boundary_px, t) for t in tiles]
     total = len(jobs)
@@ -928,6 +957,7 @@ def render_aerial(out: str | Path, n_tiles: int = DEFAULT_TILES, size: int = DEF
     infos = {info["id"]: info for info in run_jobs(_job, jobs, workers, progress)}
 
     splits = {s: [t for t in tiles if tile_split(t) == s] for s in ("train", "test")}
+    lists = write_split_lists(out, splits)
     meta = {
         "name": "synthaerial",
         "generator_version": GENERATOR_VERSION,
@@ -943,9 +973,8 @@ def render_aerial(out: str | Path, n_tiles: int = DEFAULT_TILES, size: int = DEF
         "options": {"n_tiles": n_tiles, "size": size, "seed": seed, "gsd_m": g,
                     "boundary_px": boundary_px},
         "splits": {s: {"total": len(v), "tiles": v} for s, v in splits.items()},
-        "loader": ("vaihingen: train/test read their fixed tile lists; all 33 ids present"
-                   if n_tiles == len(TILE_IDS) else
-                   "vaihingen: pass tiles=[...] with the ids of splits.train / splits.test"),
+        "split_lists": {s: p.relative_to(out).as_posix() for s, p in lists.items()},
+        "loader": "vaihingen: each split reads the tiles of its splits/{split}.txt",
         "tiles": [infos[t] for t in tiles],
     }
     (out / "synthaerial.json").write_text(json.dumps(meta, indent=1, sort_keys=True) + "\n")
