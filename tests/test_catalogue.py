@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 
 from fusionseg import cli
 from fusionseg.cli import app
+from fusionseg.errors import CheckpointError
 from fusionseg.models import catalogue
 from fusionseg.models.backbones import BACKBONES, create_backbone
 from fusionseg.models.catalogue import (
@@ -127,17 +128,17 @@ def test_resolution_errors_are_one_line_and_name_the_options(wdir, tmp_path):
     assert "\n" not in msg
     assert "run `fusionseg weights fetch mit_b2`" in msg and f"at {wdir / 'mit_b2.pth'}" in msg
     assert "https://huggingface.co/nvidia/mit-b2/resolve/main/pytorch_model.bin" in msg
-    with pytest.raises(FileNotFoundError, match=r"not a catalogue name; give a local path or "
+    with pytest.raises(CheckpointError, match=r"not a catalogue name; give a local path or "
                                                 r"one of mit_b0, .*resnet152") as ei:
         resolve_pretrained("mit_b9")
     assert not isinstance(ei.value, WeightsNotAvailableError)
     # a missing path whose file is a catalogue file names the entry
-    with pytest.raises(FileNotFoundError, match="catalogue file of 'sam2.1_hiera_base_plus'"):
+    with pytest.raises(CheckpointError, match="catalogue file of 'sam2.1_hiera_base_plus'"):
         resolve_pretrained("checkpoints/pretrained/sam2.1_hiera_base_plus.pt")
     # create_backbone resolves before building, with the same errors
     with pytest.raises(WeightsNotAvailableError, match="fusionseg weights fetch resnet50"):
         create_backbone("resnet50", pretrained="resnet50")
-    with pytest.raises(FileNotFoundError, match="no such file, and not a catalogue name"):
+    with pytest.raises(CheckpointError, match="no such file, and not a catalogue name"):
         create_backbone("resnet50", pretrained="resnet_999")
 
 

@@ -22,6 +22,7 @@ from fusionseg.config import config_from_dict, load_config
 from fusionseg.data.modalities import get_spec
 from fusionseg.engine.inference import predict_logits
 from fusionseg.engine.runner import model_spec
+from fusionseg.errors import CheckpointError
 from fusionseg.export import ExportReport, OnnxExportError, OnnxModel, export_onnx
 from fusionseg.models import MODELS, create_model
 
@@ -267,7 +268,7 @@ def test_fixed_size_export_runs_batches_and_sliding_windows(tmp_path):
 
 
 def test_export_errors_and_atomic_write(tmp_path, monkeypatch):
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
         export_onnx(tmp_path / "none.ckpt", tmp_path / "x.onnx")
     torch.save({"state_dict": {}}, tmp_path / "plain.ckpt")
     with pytest.raises(ValueError, match="holds no fusionseg config"):

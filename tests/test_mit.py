@@ -9,6 +9,7 @@ import torch
 from conftest import TINY_MIT
 from safetensors.torch import save_file
 
+from fusionseg.errors import CheckpointError
 from fusionseg.models import create_backbone
 from fusionseg.models.backbones import list_backbones
 from fusionseg.models.backbones.mit import Attention, Block, MixVisionTransformer
@@ -213,7 +214,7 @@ def test_mismatch_message_lists_first_keys_and_count(tmp_path):
 
 
 def test_bad_files(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(CheckpointError, match="nope.pth"):
         create_backbone("mit_b0", pretrained=tmp_path / "nope.pth", **TINY)
     p = tmp_path / "notsd.pth"
     torch.save({"epoch": 3, "lr": 0.1}, p)

@@ -27,6 +27,7 @@ from fusionseg.data.io import DataError  # noqa: E402
 from fusionseg.data.modalities import get_spec  # noqa: E402
 from fusionseg.engine.inference import predict_logits  # noqa: E402
 from fusionseg.engine.runner import model_spec  # noqa: E402
+from fusionseg.errors import CheckpointError  # noqa: E402
 from fusionseg.models import create_model  # noqa: E402
 from fusionseg.predict import (  # noqa: E402
     InputSource,
@@ -196,7 +197,7 @@ def test_folder_form_with_label_and_an_explicit_modality(tmp_path):
     assert torch.equal(ds[0]["label"], torch.from_numpy(label.astype(np.int64)))
     ds = open_inputs([str(tmp_path / "own"), f"depth={tmp_path / 'elsewhere'}"], cfg, specs)
     assert ds.modalities == ["rgb", "depth"] and set(ds[0]) >= {"rgb", "depth", "label"}
-    with pytest.raises(FileNotFoundError, match="input folder not found"):
+    with pytest.raises(DataError, match="input folder not found"):
         open_inputs(tmp_path / "missing", cfg, specs)
 
 
@@ -223,7 +224,7 @@ def test_stored_specs_are_applied_not_the_defaults(tmp_path, monkeypatch):
         return real(model, batch, **kw)
 
     monkeypatch.setattr(predict_mod, "predict_logits", spy)
-    assert predict(ckpt, tmp_path / "in", tmp_path / "out") == 1
+    assert predict(ckpt, tmp_path / "in", tmp_path / "out").written == ["x"]
     assert_close(seen["depth"][0], stored["depth"].normalize_tensor(x))
 
 
@@ -325,9 +326,10 @@ def test_predict_writes_masks_panels_overlays_and_a_gif(tmp_path):
     for s in stems:
         _png(tmp_path / "depth" / f"{s}.png", _depth16(rng))
     out = tmp_path / "out"
-    n = predict(ckpt, [f"rgb={tmp_path / 'rgb'}/*.png", f"depth={tmp_path / 'depth'}"], out,
-                overlay=True, video=tmp_path / "v" / "pred.gif", fps=4)
-    assert n == 3
+    summary = predict(ckpt, [f"rgb={tmp_path / 'rgb'}/*.png", f"depth={tmp_path / 'depth'}"],
+                      out, overlay=True, video=tmp_path / "v" / "pred.gif", fps=4)
+    assert summary.written == ["f01", "f02", "f03"] and summary.total == 3
+    assert summary.video == tmp_path / "v" / "pred.gif" and not summary.failed
     for s in stems:
         mask = np.asarray(Image.open(out / "masks" / f"{s}.png"))
         over = np.asarray(Image.open(out / "overlays" / f"{s}.png"))
@@ -418,7 +420,7 @@ def test_load_predictor_needs_exactly_one_source(tmp_path):
         load_predictor()
     with pytest.raises(ValueError, match="exactly one"):
         load_predictor(ckpt="a.ckpt", onnx="a.onnx")
-    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_predictor(ckpt=tmp_path / "none.ckpt")
 
 
@@ -448,7 +450,7 @@ def test_onnx_branch_reads_meta_and_runs_without_autocast(tmp_path, monkeypatch)
     assert isinstance(model, FakeOnnx) and cfg2 == cfg
     assert meta2["fusionseg_specs"]["rgb"]["bit_depth"] == 8
     _png(tmp_path / "own" / "rgb" / "a.png", _rgb(np.random.default_rng(11), 32, 32))
-    assert predict(None, tmp_path / "own", tmp_path / "out", onnx=path) == 1
+    assert predict(None, tmp_path / "own", tmp_path / "out", onnx=path).written == ["a"]
     predict(ckpt, tmp_path / "own", tmp_path / "ref")
     assert np.array_equal(np.asarray(Image.open(tmp_path / "out" / "masks" / "a.png")),
                           np.asarray(Image.open(tmp_path / "ref" / "masks" / "a.png")))
@@ -470,7 +472,7 @@ def test_predict_with_a_real_fixed_size_onnx_export(tmp_path):
     onnx = tmp_path / "m.onnx"
     export.export_onnx(ckpt, onnx, size=(32, 32), check=False, dynamic=False)
     _png(tmp_path / "own" / "rgb" / "a.png", _rgb(np.random.default_rng(12), 40, 48))
-    assert predict(None, tmp_path / "own", tmp_path / "onnx_out", onnx=onnx) == 1
+    assert predict(None, tmp_path / "own", tmp_path / "onnx_out", onnx=onnx).written == ["a"]
     # PyTorch with the same windows gives the same mask (up to rare near-ties)
     predict(ckpt, tmp_path / "own", tmp_path / "torch_out", max_pixels=1)
     a = np.asarray(Image.open(tmp_path / "onnx_out" / "masks" / "a.png"))

@@ -9,6 +9,7 @@ from PIL import Image
 from rich.console import Console
 
 from fusionseg.config import Config
+from fusionseg.errors import DataError
 from fusionseg.models import count_parameters, create_model
 from fusionseg.models.segmentors.baselines import SUM_FUSION_TINY
 from fusionseg.report import collect_run, report_command, report_table, write_report
@@ -145,9 +146,9 @@ def test_collect_run_without_results_or_buildable_model(tmp_path):
 
 
 def test_missing_config_names_the_dir(tmp_path):
-    with pytest.raises(FileNotFoundError, match=r"nowhere is not a run dir: .*config\.json"):
+    with pytest.raises(DataError, match=r"nowhere is not a run dir: .*config\.json"):
         collect_run(tmp_path / "nowhere")
-    with pytest.raises(FileNotFoundError, match="nowhere"):
+    with pytest.raises(DataError, match="nowhere"):
         write_report([tmp_path / "nowhere"], tmp_path / "out")
 
 

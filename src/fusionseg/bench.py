@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
+from .errors import ConfigError
 from .models.segmentors.base import count_parameters, logits_of
 from .runtime import autocast, configure_cpu_allocator, resolve_precision
 
@@ -164,7 +165,7 @@ def measure(
     if (batch is None) == (batch_fn is None):
         raise ValueError("pass exactly one of batch or batch_fn")
     if steps < 1 or warmup < 0:
-        raise ValueError(f"steps must be >= 1 and warmup >= 0, got {steps}, {warmup}")
+        raise ConfigError(f"steps must be >= 1 and warmup >= 0, got {steps}, {warmup}")
     get = batch_fn if batch_fn is not None else (lambda: batch)
     was_training = model.training
     first = get()

@@ -9,20 +9,25 @@
     fusionseg report runs/a runs/b --out report/
     fusionseg info
 
-Bad input (config, data, checkpoint) prints one line naming the file, modality and problem
-and exits with status 2; set ``FUSIONSEG_DEBUG=1`` for the full traceback.
+Bad input (config, data, checkpoint: a :class:`~fusionseg.errors.FusionsegError`) prints one
+line naming the file, modality and problem and exits with status 2; any other exception is a
+bug in fusionseg and prints its traceback, a line asking to report it, and exits with status 1.
+Set ``FUSIONSEG_DEBUG=1`` to let both propagate.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
@@ -52,28 +57,46 @@ def one_line(exc: BaseException) -> str:
     return " ".join(text.split())
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from .config import ConfigError
-    from .data.io import DataError
-    errors: tuple[type[BaseException], ...] = (ConfigError, DataError, FileNotFoundError,
-                                               ValueError, KeyError)
-    # RunError can only have been raised if the runner (Lightning: slow to import) was loaded
-    runner = sys.modules.get("fusionseg.engine.runner")
-    return errors + ((runner.RunError,) if runner is not None else ())
+#: OSError numbers that describe the machine, not a bug: disk full, quota, read-only file
+#: system, permission denied
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES,
+                                 errno.EPERM})
+
+
+def _print_error(message: str) -> None:
+    # escaped: "[modality 'rgb']" in a message is text, not rich markup
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def cli_errors(fn):
-    """Turn user-facing errors into one red line and exit status 2."""
+    """Run a command: a user error (:class:`~fusionseg.errors.FusionsegError`) is one red line
+    and exit status 2, and so is an ``OSError`` that describes the machine (disk full, quota,
+    read-only or forbidden folder); any other exception is a bug in fusionseg: its traceback,
+    one line asking to report it, and exit status 1. ``FUSIONSEG_DEBUG=1`` re-raises all of
+    them as they are."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from .errors import FusionsegError
         try:
             return fn(*args, **kwargs)
-        except _user_errors() as exc:
+        except (typer.Exit, typer.Abort, KeyboardInterrupt):
+            raise
+        except Exception as exc:
             if os.environ.get("FUSIONSEG_DEBUG"):
                 raise
-            err_console.print(f"[bold red]error:[/] {one_line(exc)}", highlight=False,
-                              soft_wrap=True)
-            raise typer.Exit(2) from None
+            if isinstance(exc, FusionsegError):
+                _print_error(one_line(exc))
+                raise typer.Exit(2) from None
+            if isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS:
+                # a full disk, a read-only or forbidden folder: the machine's state, not a bug
+                where = f"{exc.filename}: " if exc.filename else ""
+                _print_error(f"{where}{exc.strerror or exc}")
+                raise typer.Exit(2) from None
+            traceback.print_exc()
+            err_console.print("[bold red]internal error[/] (a bug in fusionseg, not in your "
+                              "input): please report it with the traceback above and the "
+                              "output of `fusionseg info`", highlight=False, soft_wrap=True)
+            raise typer.Exit(1) from None
     return wrapper
 
 
@@ -246,20 +269,34 @@ def predict(input: Annotated[list[str], typer.Option(
             fps: Annotated[float, typer.Option(help="video frame rate")] = 2.0,
             max_pixels: Annotated[int | None, typer.Option(
                 help="sliding-window inference above this many input pixels "
-                     "(default: 4x the training crop area)")] = None):
+                     "(default: 4x the training crop area)")] = None,
+            on_error: Annotated[str, typer.Option(
+                metavar="[skip|stop]",
+                help="a sample whose files cannot be read or do not fit: skip it, list it in "
+                     "OUT/failed.txt, write all others, exit 2 at the end (skip); or stop at "
+                     "the first one with its error (stop)")] = "skip",
+            skip_existing: Annotated[bool, typer.Option(
+                help="skip samples whose outputs (mask, panel, overlay with --overlay) all "
+                     "exist: continue an interrupted run")] = False):
     """Predict masks for a dataset split, a folder or per-modality files; write colorized
-    masks and panels with a class legend (docs/predict.md)."""
-    from .predict import parse_spec_overrides
+    masks and panels with a class legend (docs/predict.md).
+
+    Ends with a summary (written, skipped because their outputs existed, failed with the
+    reason, one line each); exit status 2 when any sample failed."""
+    from .predict import PredictionIncomplete, parse_spec_overrides
     from .predict import predict as run_predict
-    n = run_predict(ckpt, input, out, config=config, split=split, max_samples=max_samples,
-                    onnx=onnx, spec_overrides=parse_spec_overrides(spec), overlay=overlay,
-                    video=video, fps=fps, max_pixels=max_pixels)
-    parts = [f"wrote {n} masks to {out / 'masks'}", f"panels to {out / 'panels'}"]
-    if overlay:
-        parts.append(f"overlays to {out / 'overlays'}")
-    if video is not None:
-        parts.append(f"video {video}")
-    console.print(", ".join(parts))
+    try:
+        summary = run_predict(ckpt, input, out, config=config, split=split,
+                              max_samples=max_samples, onnx=onnx,
+                              spec_overrides=parse_spec_overrides(spec), overlay=overlay,
+                              video=video, fps=fps, max_pixels=max_pixels, on_error=on_error,
+                              skip_existing=skip_existing)
+    except PredictionIncomplete as exc:
+        for line in exc.summary.lines():
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+        raise
+    for line in summary.lines():
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -374,7 +411,10 @@ def synth_aerial(out: Annotated[Path, typer.Option(help="output root (ISPRS Vaih
                  size: Annotated[int, typer.Option(help="tile size (px); a tile is 90 m across")] = 1000,
                  seed: Annotated[int, typer.Option(help="random seed")] = 0,
                  workers: Annotated[int | None, typer.Option(help="processes")] = None):
-    """Render synthaerial: IRRG orthophoto tiles with a DSM (metres) and ISPRS colour labels."""
+    """Render synthaerial: IRRG orthophoto tiles with a DSM (metres) and ISPRS colour labels.
+
+    The tiles of each split are listed in OUT/splits/{train,test}.txt, which the vaihingen
+    loader reads instead of its fixed tile lists, so any --tiles reads completely."""
     from rich.progress import Progress
 
     from .data.synthetic.aerial import render_aerial
@@ -403,6 +443,7 @@ def data_check(config: Annotated[Path | None, typer.Argument(help="run config")]
                set: SetOpt = None):
     """Walk a dataset and report every problem found; exit 1 if there is any."""
     from .data.check import check_dataset, print_report
+    from .errors import ConfigError
     options: dict = {}
     if config is not None:
         from .config import load_config
@@ -414,7 +455,7 @@ def data_check(config: Annotated[Path | None, typer.Argument(help="run config")]
         options = dict(cfg.data.options)
     else:
         if dataset is None or root is None:
-            raise ValueError("give a CONFIG, or --dataset NAME and --root DIR")
+            raise ConfigError("give a CONFIG, or --dataset NAME and --root DIR")
         mods = None
     if modalities:
         mods = [m.strip() for m in modalities.split(",") if m.strip()]

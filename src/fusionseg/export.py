@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .errors import CheckpointError, ConfigError, DataError, RunError
 from .files import atomic_path
 
 __all__ = [
@@ -82,7 +83,7 @@ EXPORTER = "torchscript"
 _CKPT_KEYS = ("fusionseg_config", "fusionseg_classes", "fusionseg_palette", "fusionseg_specs")
 
 
-class OnnxExportError(RuntimeError):
+class OnnxExportError(RunError):
     """The model could not be exported, or ONNX Runtime disagrees with PyTorch on the exported
     file beyond the tolerance (the message gives the largest absolute difference)."""
 
@@ -251,7 +252,6 @@ def _jsonable(obj: Any) -> Any:
 def _input_channels(names: Sequence[str], specs: Mapping[str, Any] | None) -> dict[str, int]:
     """Channels per exported input: the checkpoint spec's ``out_channels`` (default spec of the
     modality without one); a value other than 1 or 3 becomes 3 (what the encoders take)."""
-    from .data.io import DataError
     from .data.modalities import ModalitySpec, get_spec
 
     out = {}
@@ -275,12 +275,12 @@ def _choose_modalities(model_modalities: list[str], modalities: Sequence[str] | 
     chosen = list(modalities)
     unknown = [m for m in chosen if m not in model_modalities]
     if unknown:
-        raise ValueError(f"modalities {unknown} are not the model's; it has {model_modalities}")
+        raise ConfigError(f"modalities {unknown} are not the model's; it has {model_modalities}")
     if not chosen:
-        raise ValueError(f"export needs at least one modality of {model_modalities}")
+        raise ConfigError(f"export needs at least one modality of {model_modalities}")
     dup = sorted({m for m in chosen if chosen.count(m) > 1})
     if dup:
-        raise ValueError(f"duplicate modalities {dup}")
+        raise ConfigError(f"duplicate modalities {dup}")
     return [m for m in model_modalities if m in chosen]
 
 
@@ -430,11 +430,12 @@ def export_onnx(ckpt: Path, out: Path, modalities: list[str] | None = None,
         :class:`ExportReport`.
 
     Raises:
-        FileNotFoundError: no checkpoint at ``ckpt``.
-        ValueError: the checkpoint holds no fusionseg config; unknown, duplicate or no
-            modalities; a non-positive size; an opset outside 14..20; the class count unknown.
-        CheckpointMismatchError: checkpoint and model disagree.
-        OnnxExportError: the exporter fails at every attempt, or ONNX Runtime and PyTorch
+        CheckpointError: no checkpoint at ``ckpt``; a file that cannot be read safely (one
+            that names Python objects is refused, never unpickled); no fusionseg config in it;
+            checkpoint and model disagree (``CheckpointMismatchError``).
+        ConfigError: unknown, duplicate or no modalities; a non-positive size; an opset
+            outside 14..20; the class count unknown.
+        OnnxExportError (a ``RunError``): the exporter fails at every attempt, or ONNX Runtime and PyTorch
             differ by more than ``1e-3 * max(1, max|logits|)`` at ``size``.
     """
     from .predict import load_predictor  # the one checkpoint -> model path (predict's)
@@ -443,12 +444,12 @@ def export_onnx(ckpt: Path, out: Path, modalities: list[str] | None = None,
     ckpt, out = Path(ckpt), Path(out)
     opset = DEFAULT_OPSET if opset is None else int(opset)
     if opset not in _OPSETS:
-        raise ValueError(f"opset {opset} not supported; use {_OPSETS.start}..{_OPSETS.stop - 1}")
+        raise ConfigError(f"opset {opset} not supported; use {_OPSETS.start}..{_OPSETS.stop - 1}")
     model, meta, cfg = load_predictor(ckpt=ckpt)
     meta = {k: meta[k] for k in _CKPT_KEYS if meta.get(k) is not None}
     h, w = (int(s) for s in (size if size is not None else cfg.data.crop_size))
     if h < 1 or w < 1:
-        raise ValueError(f"size must be positive, got {(h, w)}")
+        raise ConfigError(f"size must be positive, got {(h, w)}")
     names = _choose_modalities(list(model.modalities), modalities)
     channels = _input_channels(names, meta.get("fusionseg_specs"))
     wrapper = _PositionalSegmentor(model, names).eval()
@@ -554,14 +555,13 @@ class OnnxModel:
         num_classes: ``K`` (``None`` if the file does not say).
 
     Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: the file has no ``logits`` output.
+        CheckpointError: no file at ``path``; the file has no ``logits`` output.
     """
 
     def __init__(self, path: str | Path, threads: int | None = None) -> None:
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: ONNX file not found")
+            raise CheckpointError(f"{path}: ONNX file not found")
         self.path = path
         self.session = _session(str(path), threads)
         custom = self.session.get_modelmeta().custom_metadata_map
@@ -572,7 +572,7 @@ class OnnxModel:
         self._channels = {i.name: i.shape[1] for i in inputs}
         outputs = {o.name: o for o in self.session.get_outputs()}
         if "logits" not in outputs:
-            raise ValueError(f"{path}: no 'logits' output (outputs: {sorted(outputs)})")
+            raise CheckpointError(f"{path}: no 'logits' output (outputs: {sorted(outputs)})")
         shape = inputs[0].shape
         self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
         hw = shape[2:]
@@ -592,52 +592,52 @@ class OnnxModel:
 
     def _inputs(self, batch: Mapping[str, Any]) -> dict[str, np.ndarray]:
         if not isinstance(batch, Mapping):
-            raise ValueError(f"a batch must be a dict of modality tensors, got "
+            raise DataError(f"a batch must be a dict of modality tensors, got "
                              f"{type(batch).__name__}")
         feeds: dict[str, np.ndarray] = {}
         ref: tuple[str, tuple[int, int, int]] | None = None
         for m in self.modalities:
             if m not in batch:
-                raise ValueError(f"modality {m!r} is missing from the batch; this ONNX model "
+                raise DataError(f"modality {m!r} is missing from the batch; this ONNX model "
                                  f"was exported for {self.modalities} (export again with a "
                                  f"subset of modalities to run without it)")
             x = batch[m]
             if not isinstance(x, Tensor) or x.ndim != 4 or not x.is_floating_point():
                 shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-                raise ValueError(f"modality {m!r}: expected a float tensor [B, C, H, W], got "
+                raise DataError(f"modality {m!r}: expected a float tensor [B, C, H, W], got "
                                  f"{shape}")
             c_in, c = self._channels[m], x.shape[1]
             if c != c_in:
                 if c == 1 and c_in == 3:
                     x = x.expand(-1, 3, -1, -1)
                 else:
-                    raise ValueError(f"modality {m!r} has {c} channels; the ONNX model takes "
+                    raise DataError(f"modality {m!r} has {c} channels; the ONNX model takes "
                                      f"{c_in}")
             b, _, h, w = x.shape
             if ref is None:
                 ref = (m, (b, h, w))
             elif (b, h, w) != ref[1]:
-                raise ValueError(f"modality {m!r} has batch/size {(b, h, w)} but {ref[0]!r} "
+                raise DataError(f"modality {m!r} has batch/size {(b, h, w)} but {ref[0]!r} "
                                  f"has {ref[1]}; modalities must be pixel-aligned")
             feeds[m] = np.ascontiguousarray(x.detach().float().cpu().numpy())
         assert ref is not None
         b, h, w = ref[1]
         if self.input_size is not None and (h, w) != self.input_size:
             ih, iw = self.input_size
-            raise ValueError(f"this ONNX model was exported at the fixed size {ih}x{iw}, got "
+            raise DataError(f"this ONNX model was exported at the fixed size {ih}x{iw}, got "
                              f"{h}x{w}; resize the input or use sliding-window inference "
                              f"(eval.mode=slide, eval.window=[{ih}, {iw}])")
         present = batch.get("present")
         if present is not None:
             present = torch.as_tensor(present).to(torch.bool)
             if present.ndim != 2 or present.shape[1] != len(self._model_modalities):
-                raise ValueError(f"batch['present'] must be bool[B, "
+                raise DataError(f"batch['present'] must be bool[B, "
                                  f"{len(self._model_modalities)}] with columns "
                                  f"{self._model_modalities}, got {tuple(present.shape)}")
             for m in self.modalities:
                 gone = (~present[:, self._model_modalities.index(m)]).nonzero().flatten()
                 if gone.numel():
-                    raise ValueError(f"modality {m!r} is flagged missing for sample(s) "
+                    raise DataError(f"modality {m!r} is flagged missing for sample(s) "
                                      f"{gone.tolist()}; an ONNX export has a fixed modality "
                                      f"set {self.modalities}")
         return feeds
@@ -646,25 +646,25 @@ class OnnxModel:
         """Logits ``float32 [B, K, H, W]`` (CPU) of ``batch`` (see the class docstring).
 
         Raises:
-            ValueError: a modality of the export is missing, flagged missing in ``present``,
+            DataError: a modality of the export is missing, flagged missing in ``present``,
                 not a float ``[B, C, H, W]`` tensor or has the wrong channel count (the
                 message names it); modalities differ in batch or size; a fixed-size export
                 gets another size.
-            RuntimeError: ONNX Runtime fails (e.g. a MiT map below the spatial-reduction
+            RunError: ONNX Runtime fails (e.g. a MiT map below the spatial-reduction
                 kernel, inputs under ~29 px, whose padding branch the trace left out).
         """
         feeds = self._inputs(batch)
         b = next(iter(feeds.values())).shape[0]
         step = b if self.fixed_batch is None else self.fixed_batch
         if b % step:
-            raise ValueError(f"batch size {b} is not a multiple of the export's fixed batch "
+            raise DataError(f"batch size {b} is not a multiple of the export's fixed batch "
                              f"{step}")
         try:
             outs = [self.session.run(["logits"], {m: v[i:i + step] for m, v in feeds.items()})[0]
                     for i in range(0, b, step)]
         except Exception as err:  # onnxruntime's own exception types
             h, w = next(iter(feeds.values())).shape[-2:]
-            raise RuntimeError(f"ONNX Runtime failed on batch {b} at {h}x{w} with {self!r} (an "
+            raise RunError(f"ONNX Runtime failed on batch {b} at {h}x{w} with {self!r} (an "
                                f"export is checked at its size and a second size only): "
                                f"{_first_line(err)}") from err
         return torch.from_numpy(np.concatenate(outs) if len(outs) > 1 else outs[0]).float()

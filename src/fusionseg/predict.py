@@ -32,6 +32,11 @@ the classes present), with ``overlay`` ``out/overlays/{id}.png`` (the colour mas
 the RGB image at alpha 0.5; without RGB on the first present modality's visualisation), with
 ``video`` an animated GIF (or MP4) of the overlays (panels without ``overlay``), sorted by id.
 
+Long runs: every output is written atomically; a sample whose files cannot be used is
+skipped and listed in ``out/failed.txt`` (``on_error="skip"``; the run raises
+:class:`PredictionIncomplete` at the end), and ``skip_existing`` continues an interrupted run
+without redoing the samples whose outputs all exist (see :func:`predict`).
+
 Large images run sliding-window inference automatically (:func:`inference_settings`).
 """
 
@@ -42,9 +47,9 @@ import json
 import re
 import warnings
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -57,7 +62,10 @@ from .data.io import IMAGE_EXTENSIONS, DataError, bit_depth_of, read_image
 from .data.modalities import ModalitySpec, resolve_specs
 from .engine.inference import predict_logits
 from .engine.runner import model_spec
+from .errors import CheckpointError, ConfigError
+from .files import atomic_path
 from .models import create_model, load_checkpoint
+from .models.weights import read_weights_file
 from .runtime import autocast, resolve_precision
 from .viz import (
     check_video_path,
@@ -72,8 +80,12 @@ from .viz import (
 )
 
 __all__ = [
+    "FailedSample",
     "FileInput",
     "InputSource",
+    "PredictionIncomplete",
+    "PredictionSummary",
+    "SampleOutputs",
     "inference_settings",
     "load_predictor",
     "match_stems",
@@ -81,6 +93,7 @@ __all__ = [
     "parse_input",
     "parse_spec_overrides",
     "predict",
+    "sample_outputs",
     "source_files",
     "training_specs",
 ]
@@ -92,13 +105,6 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 # ----------------------------------------------------------------------------- model loading
-def _torch_meta(ckpt: Path) -> dict:
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{ckpt}: checkpoint not found")
-    obj = torch.load(ckpt, map_location="cpu", weights_only=False)
-    return obj if isinstance(obj, dict) else {}
-
-
 def _meta_value(meta: Mapping, key: str) -> Any:
     value = meta.get(key)
     if isinstance(value, str):
@@ -128,24 +134,27 @@ def load_predictor(ckpt: str | Path | None = None, onnx: str | Path | None = Non
         messages), and the run config.
 
     Raises:
-        ValueError: neither or both of ``ckpt`` / ``onnx``; no config stored and none given;
-            the number of classes unknown.
-        FileNotFoundError: the file is missing.
-        CheckpointMismatchError: checkpoint and model disagree.
-        ConfigError: an invalid config.
+        ConfigError: neither or both of ``ckpt`` / ``onnx``; an invalid config; the number of
+            classes unknown.
+        CheckpointError: the file is missing, cannot be read safely (a checkpoint naming
+            Python objects beyond tensors and plain containers is refused, never unpickled:
+            :func:`fusionseg.serialization.read_checkpoint`), holds no config and none is given,
+            or does not fit the model (:class:`CheckpointMismatchError`).
     """
     if (ckpt is None) == (onnx is None):
-        raise ValueError("give exactly one of a checkpoint (--ckpt) or an ONNX file (--onnx)")
+        raise ConfigError("give exactly one of a checkpoint (--ckpt) or an ONNX file (--onnx)")
     source = Path(ckpt if ckpt is not None else onnx)
+    contents: object = None
     if onnx is not None:
         if not source.is_file():
-            raise FileNotFoundError(f"{source}: ONNX file not found")
+            raise CheckpointError(f"{source}: ONNX file not found")
         from .export import OnnxModel
 
         model = OnnxModel(source).eval()
         raw = dict(getattr(model, "meta", {}) or {})
     else:
-        raw = _torch_meta(source)
+        contents = read_weights_file(source)  # never unpickles code (weights_only=True)
+        raw = contents if isinstance(contents, dict) else {}
         model = None
     meta = {k: _meta_value(raw, k) for k in raw if str(k).startswith("fusionseg_")}
     if config is not None:
@@ -153,15 +162,15 @@ def load_predictor(ckpt: str | Path | None = None, onnx: str | Path | None = Non
     elif isinstance(meta.get("fusionseg_config"), dict):
         cfg = config_from_dict(meta["fusionseg_config"], source=str(source))
     else:
-        raise ValueError(f"{source}: holds no fusionseg config; pass --config")
+        raise CheckpointError(f"{source}: holds no fusionseg config; pass --config")
     if model is None:
         classes = meta.get("fusionseg_classes")
         num_classes = cfg.model.num_classes or (len(classes) if classes else None)
         if num_classes is None:
-            raise ValueError(f"{source}: number of classes unknown; set model.num_classes")
+            raise ConfigError(f"{source}: number of classes unknown; set model.num_classes")
         # the checkpoint replaces the backbone weights: model.pretrained is not read
         model = create_model(model_spec(cfg, num_classes, for_checkpoint=True))
-        load_checkpoint(model, source)
+        load_checkpoint(model, source, contents)
         model.eval()
     meta["source"] = str(source)
     return model, meta, cfg
@@ -481,7 +490,8 @@ def _is_modality_folder(root: Path, modalities: Sequence[str]) -> bool:
 
 def open_inputs(inputs: str | Path | Sequence[str | Path], cfg: Config,
                 specs: Mapping[str, ModalitySpec], split: str | None = None,
-                dataset_specs: Mapping[str, Any] | None = None) -> torch.utils.data.Dataset:
+                dataset_specs: Mapping[str, Any] | None = None,
+                check_files: bool = True) -> torch.utils.data.Dataset:
     """The dataset of samples for the given ``--input`` values (forms: module docstring).
 
     Args:
@@ -491,17 +501,20 @@ def open_inputs(inputs: str | Path | Sequence[str | Path], cfg: Config,
         split: split of a dataset root (default ``cfg.data.val_split``).
         dataset_specs: the ``specs`` option given to the dataset class for a dataset root
             (default: ``specs``).
+        check_files: False builds a dataset root with ``check_files=False`` (where the class
+            takes it), so a sample with a broken file fails alone when it is read, instead of
+            the whole dataset at construction (``predict`` with ``on_error="skip"``).
 
     Returns:
         A :class:`FileInput`, or the dataset class's instance for a dataset root; its
         ``transform`` is left unset.
 
     Raises:
-        FileNotFoundError: a plain path that does not exist.
-        DataError: an unknown modality name, a modality given twice, a dataset root combined
-            with other inputs, unmatched stems, and the dataset's own errors.
+        DataError: a plain path that does not exist, an unknown modality name, a modality
+            given twice, a dataset root combined with other inputs, unmatched stems, and the
+            dataset's own errors.
     """
-    from .data.datasets import create_dataset
+    from .data.datasets import create_dataset, dataset_options, get_dataset_class
 
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     if not items:
@@ -517,13 +530,16 @@ def open_inputs(inputs: str | Path | Sequence[str | Path], cfg: Config,
     if plain:
         root = Path(plain[0].path)
         if not root.is_dir():
-            raise FileNotFoundError(f"{root}: input folder not found")
+            raise DataError("input folder not found", path=root)
         if not _is_modality_folder(root, modalities):
             if named:
                 raise DataError(f"{root}: a dataset root cannot be combined with "
                                 "per-modality inputs (MODALITY=PATH)", path=root)
             options = dict(cfg.data.options)
             options["specs"] = dict(specs if dataset_specs is None else dataset_specs)
+            accepted = dataset_options(get_dataset_class(cfg.data.dataset))
+            if not check_files and (accepted is None or "check_files" in accepted):
+                options["check_files"] = False
             return create_dataset(cfg.data.dataset, str(root), split or cfg.data.val_split,
                                   modalities, **options)
         for m in [*modalities, LABEL]:
@@ -564,7 +580,7 @@ def inference_settings(cfg: Config, size: Sequence[int], max_pixels: int | None 
     2/3), smaller images padded; this takes precedence over the rules above.
 
     Raises:
-        ValueError: ``max_pixels < 1``.
+        ConfigError: ``max_pixels < 1``.
     """
     e = cfg.eval
     out: dict[str, Any] = {"mode": e.mode, "window": tuple(e.window),
@@ -581,7 +597,7 @@ def inference_settings(cfg: Config, size: Sequence[int], max_pixels: int | None 
     ch, cw = cfg.data.crop_size
     budget = 4 * ch * cw if max_pixels is None else int(max_pixels)
     if budget < 1:
-        raise ValueError(f"max_pixels must be >= 1, got {max_pixels}")
+        raise ConfigError(f"max_pixels must be >= 1, got {max_pixels}")
     h, w = size
     if h * w > budget:
         out.update(mode="slide", window=(ch, cw),
@@ -599,13 +615,284 @@ def _overlay_base(sample: dict, modalities: Sequence[str], specs: Mapping[str, A
     return modality_image(sample[first], first)
 
 
+# ----------------------------------------------------------------------------- outputs
+OnError = Literal["skip", "stop"]
+ON_ERROR_CHOICES: tuple[str, ...] = ("skip", "stop")
+FAILURES_FILE = "failed.txt"
+
+
+@dataclass(frozen=True)
+class SampleOutputs:
+    """The files a run writes for one sample (:func:`sample_outputs`).
+
+    Attributes:
+        mask: ``out/masks/{name}.png``.
+        panel: ``out/panels/{name}.png``.
+        overlay: ``out/overlays/{name}.png``, or ``None`` when overlays are not written.
+    """
+
+    mask: Path
+    panel: Path
+    overlay: Path | None = None
+
+    @property
+    def paths(self) -> tuple[Path, ...]:
+        """Every file of the sample, in the order they are written."""
+        return (self.mask, self.panel) + (() if self.overlay is None else (self.overlay,))
+
+    @property
+    def frame(self) -> Path:
+        """The sample's video frame: the overlay when overlays are written, else the panel."""
+        return self.panel if self.overlay is None else self.overlay
+
+    def exist(self) -> bool:
+        """Whether every file of the sample is there (each is written atomically, so a file
+        that exists is complete)."""
+        return all(p.is_file() for p in self.paths)
+
+
+def output_name(sample_id: Any) -> str:
+    """The file stem of a sample's outputs: its id with ``/`` replaced by ``_``."""
+    return str(sample_id).replace("/", "_")
+
+
+def sample_outputs(out_dir: str | Path, name: str, overlay: bool = False) -> SampleOutputs:
+    """The output files of sample ``name`` (:func:`output_name`) under ``out_dir``."""
+    out_dir = Path(out_dir)
+    return SampleOutputs(mask=out_dir / "masks" / f"{name}.png",
+                         panel=out_dir / "panels" / f"{name}.png",
+                         overlay=out_dir / "overlays" / f"{name}.png" if overlay else None)
+
+
+@dataclass(frozen=True)
+class FailedSample:
+    """A sample skipped because its input files could not be used.
+
+    Attributes:
+        id: the sample's output name (:func:`output_name`; ``#{index}`` when the input cannot
+            tell the id without reading the files).
+        error: the :class:`DataError` message on one line (it names the file and modality).
+    """
+
+    id: str
+    error: str
+
+
+@dataclass
+class PredictionSummary:
+    """What a :func:`predict` run did with each of its ``total`` samples.
+
+    Attributes:
+        out_dir: the output folder.
+        total: the samples of the run (after ``max_samples``).
+        written: output names of the samples predicted and written by this run.
+        skipped_existing: output names skipped because all their outputs existed
+            (``skip_existing``).
+        failed: the samples skipped because of a data problem (``on_error="skip"``).
+        video: the video written, or ``None``.
+    """
+
+    out_dir: Path
+    total: int = 0
+    written: list[str] = field(default_factory=list)
+    skipped_existing: list[str] = field(default_factory=list)
+    failed: list[FailedSample] = field(default_factory=list)
+    video: Path | None = None
+
+    @property
+    def failures_file(self) -> Path | None:
+        """``out/failed.txt`` (one ``{id}<TAB>{error}`` line per failure) when any failed."""
+        return self.out_dir / FAILURES_FILE if self.failed else None
+
+    @property
+    def done(self) -> list[str]:
+        """Output names of the samples whose outputs are all on disk, sorted."""
+        return sorted([*self.written, *self.skipped_existing])
+
+    def lines(self) -> list[str]:
+        """The summary as text lines: the counts, then one line per failed sample."""
+        head = (f"{self.total} sample(s): {len(self.written)} written, "
+                f"{len(self.skipped_existing)} skipped (outputs existed), "
+                f"{len(self.failed)} failed; outputs in {self.out_dir}")
+        if self.video is not None:
+            head += f", video {self.video}"
+        return [head] + [f"failed {f.id}: {f.error}" for f in self.failed]
+
+
+class PredictionIncomplete(DataError):
+    """Raised at the end of an ``on_error="skip"`` run in which some samples failed, after
+    every other output (and the video) is written. ``summary`` is the run's
+    :class:`PredictionSummary`; the message is one line naming the failed samples."""
+
+    def __init__(self, summary: PredictionSummary):
+        self.summary = summary
+        ids = [f.id for f in summary.failed]
+        super().__init__(
+            f"{len(ids)} of {summary.total} sample(s) failed on their input files and were "
+            f"skipped: {_some(ids)}; the other {len(summary.done)} have their outputs; the "
+            f"reasons are in {summary.failures_file}; fix those files and re-run with "
+            "--skip-existing to predict only what is missing")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _record_failure(summary: PredictionSummary, failure: FailedSample) -> None:
+    """Add ``failure`` to the summary and append it to ``out/failed.txt`` right away, so an
+    interrupted run keeps the failures found so far."""
+    summary.failed.append(failure)
+    path = summary.out_dir / FAILURES_FILE
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(f"{failure.id}\t{failure.error}\n")
+
+
+def _save_png(path: Path, image: np.ndarray) -> None:
+    """Write an ``[H, W, 3]`` uint8 image as PNG, atomically (no truncated file on a kill)."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+
+
+# ----------------------------------------------------------------------------- the run
+@dataclass(frozen=True, eq=False)
+class _Predictor:
+    """The model and what drawing its outputs needs, fixed for one run.
+
+    Attributes:
+        model: a ``torch.nn.Module`` or an ``OnnxModel`` (batch dict -> logits [B, K, H, W]).
+        cfg: the run config.
+        specs: the dataset's modality specs (to show RGB in its own colours on overlays).
+        classes: class names or ``None``.
+        palette: ``[K, 3]`` uint8 colours.
+        num_classes: label values must be below it (or 255, ignore).
+        precision: the autocast precision for a torch model.
+        max_pixels: see :func:`inference_settings`.
+    """
+
+    model: Any
+    cfg: Config
+    specs: Mapping[str, Any]
+    classes: list[str] | None
+    palette: np.ndarray
+    num_classes: int
+    precision: str
+    max_pixels: int | None
+
+    @property
+    def modalities(self) -> list[str]:
+        return list(self.cfg.model.modalities)
+
+    def classify(self, sample: dict) -> torch.Tensor:
+        """Class ids ``int64 [H, W]`` of one transformed sample."""
+        batch = {m: sample[m][None] for m in self.modalities if m in sample}
+        size = tuple(next(iter(batch.values())).shape[-2:])
+        is_torch = isinstance(self.model, torch.nn.Module)
+        fixed = None if is_torch else getattr(self.model, "input_size", None)
+        settings = inference_settings(self.cfg, size, self.max_pixels, fixed_size=fixed)
+        if is_torch:
+            with autocast(self.precision, "cpu"):
+                logits = predict_logits(self.model, batch, **settings)
+        else:
+            logits = predict_logits(self.model, batch, **settings)
+        return logits.float().argmax(1)[0]
+
+    def check_label(self, sample: dict, ignore_index: int = 255) -> None:
+        """Raises DataError: a label value outside ``0..num_classes-1`` and ``ignore_index``
+        (naming the label file)."""
+        label = sample.get(LABEL)
+        if label is None:
+            return
+        bad = (label != ignore_index) & ((label < 0) | (label >= self.num_classes))
+        if bool(bad.any()):
+            values = torch.unique(label[bad])[:10].tolist()
+            raise DataError(f"label value(s) {values} outside the model's classes "
+                            f"0..{self.num_classes - 1} (and ignore {ignore_index})",
+                            path=sample["meta"].get("paths", {}).get(LABEL), modality=LABEL)
+
+    def write(self, sample: dict, pred: torch.Tensor, outputs: SampleOutputs) -> None:
+        """Write the mask, the panel and (when asked) the overlay of one sample, each
+        atomically; the mask first, so a sample interrupted midway lacks a later file."""
+        name = outputs.mask.stem
+        mask_rgb = colorize(pred, self.palette)
+        _save_png(outputs.mask, mask_rgb)
+        cond = sample["meta"].get("condition")
+        legend = class_legend(self.classes, self.palette, pred, sample.get(LABEL))
+        save_panel(outputs.panel, sample_panel(sample, self.modalities, pred, self.palette),
+                   title=name + (f" ({cond})" if cond else ""), legend=legend)
+        if outputs.overlay is not None:
+            base = _overlay_base(sample, self.modalities, self.specs)
+            _save_png(outputs.overlay, overlay_mask(base, mask_rgb, 0.5))
+
+
+def _known_id(ds: Any, index: int) -> str | None:
+    """The id of sample ``index`` without reading its files, when the input can tell."""
+    if isinstance(ds, FileInput):
+        return ds.stems[index]
+    records = getattr(ds, "records", None)
+    return None if records is None else str(records[index].id)
+
+
+def _read_sample(ds: Any, index: int, predictor: _Predictor) -> dict:
+    """Sample ``index`` read and transformed, its label checked.
+
+    Raises:
+        DataError: the sample's files cannot be used (unreadable, corrupt, wrong bit depth
+            or channels, sizes that differ, label values out of range).
+    """
+    sample = ds[index]
+    predictor.check_label(sample)
+    return sample
+
+
+def _predict_samples(ds: Any, n: int, predictor: _Predictor, out_dir: Path, *,
+                     overlay: bool, on_error: str, skip_existing: bool) -> PredictionSummary:
+    """Predict samples ``0..n-1`` of ``ds`` and write their outputs (see :func:`predict`).
+
+    Raises:
+        DataError: with ``on_error="stop"``, the first sample whose files cannot be used.
+    """
+    summary = PredictionSummary(out_dir=out_dir, total=n)
+    for index in range(n):
+        known = _known_id(ds, index)
+        if (skip_existing and known is not None
+                and sample_outputs(out_dir, output_name(known), overlay).exist()):
+            summary.skipped_existing.append(output_name(known))
+            continue
+        try:
+            sample = _read_sample(ds, index, predictor)
+        except DataError as err:
+            if on_error == "stop":
+                raise
+            failed_id = output_name(known) if known is not None else f"#{index}"
+            _record_failure(summary, FailedSample(failed_id, _one_line(str(err))))
+            continue
+        name = output_name(sample["meta"]["id"])
+        outputs = sample_outputs(out_dir, name, overlay)
+        if skip_existing and known is None and outputs.exist():
+            summary.skipped_existing.append(name)
+            continue
+        predictor.write(sample, predictor.classify(sample), outputs)
+        summary.written.append(name)
+    return summary
+
+
 def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
             out_dir: str | Path, config: str | Path | None = None, split: str | None = None,
             max_samples: int | None = None, *, onnx: str | Path | None = None,
             spec_overrides: Mapping[str, Mapping[str, Any]] | None = None,
             overlay: bool = False, video: str | Path | None = None, fps: float = 2.0,
-            max_pixels: int | None = None) -> int:
+            max_pixels: int | None = None, on_error: OnError = "skip",
+            skip_existing: bool = False) -> PredictionSummary:
     """Predict every sample of ``inputs`` and write masks, panels (and overlays, a video).
+
+    Long runs: a sample whose files cannot be used (a :class:`DataError`: unreadable or
+    corrupt, wrong bit depth or channels, modalities of different sizes, label values out of
+    range) is skipped with ``on_error="skip"`` (the default) and appended to
+    ``out/failed.txt`` as ``{id}<TAB>{error}``; every other sample is written, and the run
+    then raises :class:`PredictionIncomplete` (a DataError, one line; ``.summary``). With
+    ``on_error="stop"`` the first such sample stops the run with its DataError. Any other
+    exception is a bug and stops the run in both modes. Every output is written atomically
+    (temporary file + rename), so ``skip_existing`` can trust any output file it finds.
 
     Args:
         ckpt: checkpoint (``--ckpt``); ``None`` with ``onnx``.
@@ -622,27 +909,38 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
         overlay: also write ``out/overlays/{id}.png``, the mask blended on RGB at alpha 0.5
             (``--overlay``).
         video: ``*.gif`` or ``*.mp4`` of the frames sorted by id: the overlays with
-            ``overlay``, else the panels (``--video``); MP4 needs PyAV or imageio-ffmpeg.
+            ``overlay``, else the panels (``--video``); MP4 needs PyAV or imageio-ffmpeg. Built
+            at the end from the frame files on disk, so it also holds the samples that
+            ``skip_existing`` skipped; failed samples have no frame.
         fps: video frame rate (``--fps``).
         max_pixels: input pixels above which sliding-window inference runs (``--max-pixels``;
             default 4 x the training crop area; see :func:`inference_settings`).
+        on_error: ``"skip"`` or ``"stop"`` (``--on-error``), see above.
+        skip_existing: skip a sample whose outputs (mask, panel, and overlay with
+            ``overlay``) all exist, e.g. to continue an interrupted run (``--skip-existing``).
 
     Returns:
-        The number of samples predicted.
+        The :class:`PredictionSummary` (counts, names written / skipped, the video).
 
     Raises:
-        FileNotFoundError: checkpoint or input missing.
-        ValueError: no config stored and none given; a bad video path or missing MP4 writer
-            (raised before any prediction).
-        DataError: input forms, stems, specs and files that do not fit (see
-            :func:`open_inputs`, :class:`FileInput`).
-        CheckpointMismatchError: checkpoint and model disagree.
+        PredictionIncomplete: ``on_error="skip"`` and some samples failed (raised last).
+        DataError: ``on_error="stop"`` and a sample's files cannot be used; and, in both
+            modes, input forms, stems and specs that do not fit (see :func:`open_inputs`,
+            :class:`FileInput`), raised before any prediction.
+        ConfigError: a bad ``on_error``, ``fps``, ``max_pixels`` or video path, a missing MP4
+            writer (all raised before any prediction); no config stored and none given.
+        CheckpointError: the checkpoint is missing, unsafe or does not fit the model.
     """
     from .data.transforms import build_eval_transforms
 
     out_dir = Path(out_dir)
+    if on_error not in ON_ERROR_CHOICES:
+        raise ConfigError(f"on_error must be one of {', '.join(ON_ERROR_CHOICES)}, "
+                          f"got {on_error!r}")
     if video is not None:
         video = check_video_path(video)
+        if fps <= 0:
+            raise ConfigError(f"video fps must be > 0, got {fps}")
     model, meta, cfg = load_predictor(ckpt=ckpt, onnx=onnx, config=config)
     modalities = list(cfg.model.modalities)
     specs = training_specs(meta, cfg, spec_overrides)
@@ -651,7 +949,9 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
         dataset_specs = {m: {**dict((cfg.data.options.get("specs") or {}).get(m) or {}),
                              **dict((spec_overrides or {}).get(m) or {})}
                          for m in modalities}
-    ds = open_inputs(inputs, cfg, specs, split=split, dataset_specs=dataset_specs)
+    # skipping: a broken file of a dataset root fails its sample alone, not the whole run
+    ds = open_inputs(inputs, cfg, specs, split=split, dataset_specs=dataset_specs,
+                     check_files=on_error == "stop")
     ds.transform = build_eval_transforms(ds.specs, size=cfg.data.eval_size)
     classes = meta.get("fusionseg_classes") or list(getattr(ds, "classes", []) or []) or None
     num_classes = cfg.model.num_classes or (len(classes) if classes else None)
@@ -661,39 +961,18 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
     if palette is None or len(palette) == 0:
         palette = default_palette(num_classes or 256)
     palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
-    is_torch = isinstance(model, torch.nn.Module)
-    precision = resolve_precision(cfg.train.precision, "cpu", strict=False)
+    predictor = _Predictor(model=model, cfg=cfg, specs=ds.specs, classes=classes,
+                           palette=palette, num_classes=num_classes or len(palette),
+                           precision=resolve_precision(cfg.train.precision, "cpu", strict=False),
+                           max_pixels=max_pixels)
     n = len(ds) if max_samples is None else min(len(ds), max_samples)
-    (out_dir / "masks").mkdir(parents=True, exist_ok=True)
-    frames: dict[str, Path] = {}
-    for i in range(n):
-        sample = ds[i]
-        batch = {m: sample[m][None] for m in modalities if m in sample}
-        size = tuple(next(iter(batch.values())).shape[-2:])
-        settings = inference_settings(cfg, size, max_pixels,
-                                      fixed_size=None if is_torch else
-                                      getattr(model, "input_size", None))
-        if is_torch:
-            with autocast(precision, "cpu"):
-                logits = predict_logits(model, batch, **settings)
-        else:
-            logits = predict_logits(model, batch, **settings)
-        pred = logits.float().argmax(1)[0]
-        name = str(sample["meta"]["id"]).replace("/", "_")
-        mask_rgb = colorize(pred, palette)
-        Image.fromarray(mask_rgb).save(out_dir / "masks" / f"{name}.png")
-        cond = sample["meta"].get("condition")
-        legend = class_legend(classes, palette, pred, sample.get(LABEL))
-        panel = out_dir / "panels" / f"{name}.png"
-        save_panel(panel, sample_panel(sample, modalities, pred, palette),
-                   title=f"{name}" + (f" ({cond})" if cond else ""), legend=legend)
-        frames[name] = panel
-        if overlay:
-            path = out_dir / "overlays" / f"{name}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray(overlay_mask(_overlay_base(sample, modalities, ds.specs),
-                                         mask_rgb, 0.5)).save(path)
-            frames[name] = path
-    if video is not None and frames:
-        save_video([frames[k] for k in sorted(frames)], video, fps=fps)
-    return n
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / FAILURES_FILE).unlink(missing_ok=True)  # the failures of this run only
+    summary = _predict_samples(ds, n, predictor, out_dir, overlay=overlay, on_error=on_error,
+                               skip_existing=skip_existing)
+    if video is not None and summary.done:
+        frames = (sample_outputs(out_dir, name, overlay).frame for name in summary.done)
+        summary.video = save_video(frames, video, fps=fps)
+    if summary.failed:
+        raise PredictionIncomplete(summary)
+    return summary

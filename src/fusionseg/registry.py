@@ -24,6 +24,8 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
+from .errors import ConfigError
+
 __all__ = ["Registry", "RegistryEntry"]
 
 T = TypeVar("T")
@@ -52,11 +54,11 @@ class Registry(Generic[T]):
 
     Args:
         kind: what is registered ("model", "backbone", ...), used in error messages.
-        error: exception class raised for an unknown name (``ValueError`` by default; the
-            dataset registry raises ``DataError`` so the CLI reports it as a data problem).
+        error: exception class raised for an unknown name (:class:`~fusionseg.errors.ConfigError`
+            by default: a name comes from a config; the dataset registry raises ``DataError``).
     """
 
-    def __init__(self, kind: str, error: type[Exception] = ValueError) -> None:
+    def __init__(self, kind: str, error: type[Exception] = ConfigError) -> None:
         self.kind = kind
         self.error = error
         self._entries: dict[str, RegistryEntry[T]] = {}

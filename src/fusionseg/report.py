@@ -17,6 +17,8 @@ from typing import Any
 
 import torch
 
+from .errors import ConfigError, DataError
+
 __all__ = ["collect_run", "report_command", "report_table", "run_labels", "write_report"]
 
 #: failure probabilities ``p`` of the EMM expectations shown in the table
@@ -27,7 +29,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+        raise DataError(f"{path} is not valid JSON: {exc}") from None
 
 
 def _result_file(ckpt_dir: Path, protocol: str, split: str) -> Path | None:
@@ -85,7 +87,7 @@ def collect_run(run_dir: str | Path, label: str | None = None) -> dict[str, Any]
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
     if not config_path.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run dir: {config_path} not found")
+        raise DataError(f"{run_dir} is not a run dir: {config_path} not found")
     config = _read_json(config_path)
     model = dict(config.get("model") or {})
     split = (config.get("data") or {}).get("val_split") or "val"
@@ -172,7 +174,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     from .viz import plot_report
 
     if not run_dirs:
-        raise ValueError("fusionseg report needs at least one run dir")
+        raise ConfigError("fusionseg report needs at least one run dir")
     rows = [collect_run(d, label) for d, label in zip(run_dirs, run_labels(run_dirs),
                                                       strict=True)]
     out_dir = Path(out_dir)

@@ -8,6 +8,8 @@ import warnings
 
 import torch
 
+from .errors import ConfigError
+
 __all__ = ["PRECISIONS", "autocast", "configure_cpu_allocator", "cpu_has_native_bf16",
            "resolve_precision", "setup_threads"]
 
@@ -30,11 +32,11 @@ def resolve_precision(precision: str | int | None, device: torch.device | str,
         return "bf16-mixed" if dev == "cuda" else "32-true"
     p = str(precision)
     if p not in PRECISIONS:
-        raise ValueError(f"precision {p!r} unknown; choose one of {', '.join(PRECISIONS)}")
+        raise ConfigError(f"precision {p!r} unknown; choose one of {', '.join(PRECISIONS)}")
     if p == "16-mixed" and dev != "cuda":
         if not strict:
             return "bf16-mixed"
-        raise ValueError("precision 16-mixed needs a CUDA GPU; use bf16-mixed on CPU")
+        raise ConfigError("precision 16-mixed needs a CUDA GPU; use bf16-mixed on CPU")
     return "32-true" if p == "32" else p
 
 

@@ -3,11 +3,15 @@ legends, mask overlays, GIF / MP4 videos of frames, and the robustness plots."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .errors import ConfigError
+from .files import atomic_path
 
 
 def default_palette(num_classes: int, seed: int = 0) -> np.ndarray:
@@ -106,6 +110,9 @@ def save_panel(path: str | Path, images: dict[str, np.ndarray], title: str = "",
 
     ``legend``: entries of :func:`class_legend`, drawn as coloured patches with the class
     names in rows below the images (the figure grows by one strip per legend row).
+
+    The PNG is written atomically (:func:`fusionseg.files.atomic_path`): an interrupted call
+    leaves no truncated file at ``path``. The figure is closed before returning.
     """
     import matplotlib
 
@@ -134,10 +141,11 @@ def save_panel(path: str | Path, images: dict[str, np.ndarray], title: str = "",
         fig.tight_layout(rect=(0, strip / (2.9 + strip), 1, 1))
     else:
         fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=100, format="png")
+    finally:
+        plt.close(fig)
 
 
 def overlay_mask(image: np.ndarray, mask_rgb: np.ndarray, alpha: float = 0.5,
@@ -188,7 +196,7 @@ def check_video_path(path: str | Path) -> Path:
     needs :func:`mp4_writer`.
 
     Raises:
-        ValueError: another suffix, or ``.mp4`` without PyAV / imageio-ffmpeg installed.
+        ConfigError: another suffix, or ``.mp4`` without PyAV / imageio-ffmpeg installed.
     """
     path = Path(path)
     suffix = path.suffix.lower()
@@ -196,11 +204,11 @@ def check_video_path(path: str | Path) -> Path:
         return path
     if suffix == ".mp4":
         if mp4_writer() is None:
-            raise ValueError(f"{path}: writing MP4 needs PyAV (pip install av) or imageio with "
-                             "imageio-ffmpeg, and neither is installed; write an animated GIF "
-                             "instead (e.g. --video out.gif)")
+            raise ConfigError(f"{path}: writing MP4 needs PyAV (pip install av) or imageio "
+                              "with imageio-ffmpeg, and neither is installed; write an animated "
+                              "GIF instead (e.g. --video out.gif)")
         return path
-    raise ValueError(f"{path}: video must end in .gif or .mp4, got {suffix or 'no suffix'!r}")
+    raise ConfigError(f"{path}: video must end in .gif or .mp4, got {suffix or 'no suffix'!r}")
 
 
 def _frame_array(frame: str | Path | np.ndarray) -> np.ndarray:
@@ -212,7 +220,63 @@ def _frame_array(frame: str | Path | np.ndarray) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def save_video(frames: Sequence[str | Path | np.ndarray], path: str | Path,
+def _video_images(frames: Iterable[str | Path | np.ndarray]) -> Iterator:
+    """RGB Pillow images of ``frames``, read one at a time (files are opened only when their
+    turn comes), each resized (bilinear) to the size of the first."""
+    from PIL import Image
+
+    size = None
+    for frame in frames:
+        im = Image.fromarray(np.ascontiguousarray(_frame_array(frame)[..., :3]).astype(np.uint8))
+        if size is None:
+            size = im.size
+        elif im.size != size:
+            im = im.resize(size, Image.BILINEAR)
+        yield im
+
+
+def _write_mp4(path: Path, images: Iterator, fps: float) -> None:
+    """Encode ``images`` (RGB Pillow images of one size) as H.264 MP4 at ``path``, one frame at
+    a time; the size is padded to even numbers (4:2:0 needs them)."""
+    from PIL import Image
+
+    first = next(images)
+    w, h = first.size
+    even = (w + w % 2, h + h % 2)
+
+    def padded(im) -> np.ndarray:
+        canvas = Image.new("RGB", even)
+        canvas.paste(im, (0, 0))
+        return np.asarray(canvas)
+
+    arrays = (padded(im) for im in itertools.chain([first], images))
+    if mp4_writer() == "av":
+        from fractions import Fraction
+
+        import av
+
+        with av.open(str(path), mode="w", format="mp4") as container:
+            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
+            stream.width, stream.height = even
+            stream.pix_fmt = "yuv420p"
+            for a in arrays:
+                container.mux(stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
+            container.mux(stream.encode())
+    else:  # imageio's ffmpeg binding, called directly: the temporary name has no .mp4 suffix
+        import imageio_ffmpeg
+
+        writer = imageio_ffmpeg.write_frames(str(path), even, fps=fps, codec="libx264",
+                                             pix_fmt_out="yuv420p", macro_block_size=2,
+                                             output_params=["-f", "mp4"])
+        writer.send(None)  # start ffmpeg
+        try:
+            for a in arrays:
+                writer.send(np.ascontiguousarray(a))
+        finally:
+            writer.close()
+
+
+def save_video(frames: Iterable[str | Path | np.ndarray], path: str | Path,
                fps: float = 2.0) -> Path:
     """Write ``frames`` (image files or ``[H, W, 3]`` uint8 arrays, in the given order) as an
     animated GIF (Pillow, looping) or an MP4 (PyAV or imageio-ffmpeg, H.264).
@@ -220,6 +284,10 @@ def save_video(frames: Sequence[str | Path | np.ndarray], path: str | Path,
     Frames of another size than the first are resized to it (bilinear). For MP4 the size is
     padded to even numbers (H.264 4:2:0 needs them). Pillow merges identical consecutive GIF
     frames into one longer frame.
+
+    Memory: frames are read one at a time (``frames`` may be a generator). An MP4 is encoded
+    as they come; Pillow's GIF writer keeps every frame, quantized to 1 byte per pixel, until
+    the file is written. The file is written atomically (:func:`fusionseg.files.atomic_path`).
 
     Args:
         frames: at least one frame.
@@ -230,49 +298,22 @@ def save_video(frames: Sequence[str | Path | np.ndarray], path: str | Path,
         ``path`` as a :class:`~pathlib.Path`.
 
     Raises:
-        ValueError: no frames, ``fps <= 0``, or see :func:`check_video_path`.
+        ValueError: no frames.
+        ConfigError: ``fps <= 0``, or see :func:`check_video_path`.
     """
-    from PIL import Image
-
     path = check_video_path(path)
-    if not frames:
-        raise ValueError(f"{path}: no frames to write")
     if fps <= 0:
-        raise ValueError(f"video fps must be > 0, got {fps}")
-    images: list[Image.Image] = []
-    for frame in frames:
-        im = Image.fromarray(np.ascontiguousarray(_frame_array(frame)[..., :3]).astype(np.uint8))
-        if images and im.size != images[0].size:
-            im = im.resize(images[0].size, Image.BILINEAR)
-        images.append(im)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".gif":
-        images[0].save(path, save_all=True, append_images=images[1:],
+        raise ConfigError(f"video fps must be > 0, got {fps}")
+    images = _video_images(frames)
+    first = next(images, None)
+    if first is None:
+        raise ValueError(f"{path}: no frames to write")
+    with atomic_path(path) as tmp:
+        if path.suffix.lower() == ".gif":
+            first.save(tmp, format="GIF", save_all=True, append_images=images,
                        duration=max(1, round(1000 / fps)), loop=0)
-        return path
-    w, h = images[0].size
-    even = (w + w % 2, h + h % 2)
-    arrays = []
-    for im in images:
-        canvas = Image.new("RGB", even)
-        canvas.paste(im, (0, 0))
-        arrays.append(np.asarray(canvas))
-    if mp4_writer() == "av":
-        from fractions import Fraction
-
-        import av
-
-        with av.open(str(path), mode="w") as container:
-            stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1000))
-            stream.width, stream.height = even
-            stream.pix_fmt = "yuv420p"
-            for a in arrays:
-                container.mux(stream.encode(av.VideoFrame.from_ndarray(a, format="rgb24")))
-            container.mux(stream.encode())
-    else:
-        import imageio
-
-        imageio.mimwrite(str(path), arrays, fps=fps)
+        else:
+            _write_mp4(tmp, itertools.chain([first], images), fps)
     return path
 
 

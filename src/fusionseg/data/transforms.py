@@ -40,6 +40,8 @@ from fusionseg.data.io import DataError
 from fusionseg.data.modalities import ModalitySpec, resolve_specs
 from fusionseg.data.sample import IGNORE_INDEX, LABEL_KEY, META_KEY, Sample, modality_keys
 
+from ..errors import ConfigError
+
 __all__ = [
     "ColorJitter",
     "Compose",
@@ -98,10 +100,10 @@ def _size2(size: int | Sequence[int], what: str) -> Size2:
         h = w = size
     else:
         if len(size) != 2:
-            raise ValueError(f"{what} must be an int or (height, width), got {size!r}")
+            raise ConfigError(f"{what} must be an int or (height, width), got {size!r}")
         h, w = int(size[0]), int(size[1])
     if h < 1 or w < 1:
-        raise ValueError(f"{what} must be positive, got {size!r}")
+        raise ConfigError(f"{what} must be positive, got {size!r}")
     return h, w
 
 
@@ -121,7 +123,7 @@ def _resize_image(x: torch.Tensor, size: Size2, mode: str) -> torch.Tensor:
         return F.interpolate(x[None], size=size, mode="nearest-exact")[0]
     if mode == "bilinear":
         return F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
-    raise ValueError(f"unknown interpolation mode {mode!r} (use 'bilinear' or 'nearest')")
+    raise ConfigError(f"unknown interpolation mode {mode!r} (use 'bilinear' or 'nearest')")
 
 
 def _resize_label(lab: torch.Tensor, size: Size2) -> torch.Tensor:
@@ -140,7 +142,7 @@ def _pad_image(x: torch.Tensor, bottom: int, right: int, fill: FillValue) -> tor
     if len(values) == 1:
         values = values * c
     if len(values) != c:
-        raise ValueError(f"fill has {len(values)} values for a {c}-channel tensor")
+        raise ConfigError(f"fill has {len(values)} values for a {c}-channel tensor")
     out = x.new_empty((c, h + bottom, w + right))
     out[:] = torch.tensor(values, dtype=x.dtype).view(c, 1, 1)
     out[:, :h, :w] = x
@@ -213,7 +215,7 @@ class _Geometric(Transform):
         self.interpolation = dict(interpolation or {})
         for name, mode in self.interpolation.items():
             if mode not in ("bilinear", "nearest"):
-                raise ValueError(f"interpolation for '{name}' must be bilinear|nearest: {mode!r}")
+                raise ConfigError(f"interpolation for '{name}' must be bilinear|nearest: {mode!r}")
         self.fill = dict(fill or {})
         self.ignore_index = ignore_index
 
@@ -276,10 +278,10 @@ class RandomScaleCrop(_Geometric):
         self.crop_size = _size2(crop_size, "crop_size")
         lo, hi = float(scale_range[0]), float(scale_range[1])
         if not 0 < lo <= hi:
-            raise ValueError(f"scale_range must satisfy 0 < min <= max, got {scale_range!r}")
+            raise ConfigError(f"scale_range must satisfy 0 < min <= max, got {scale_range!r}")
         self.scale_range = (lo, hi)
         if cat_max_ratio is not None and not 0 < cat_max_ratio <= 1:
-            raise ValueError(f"cat_max_ratio must be in (0, 1], got {cat_max_ratio}")
+            raise ConfigError(f"cat_max_ratio must be in (0, 1], got {cat_max_ratio}")
         self.cat_max_ratio = cat_max_ratio
         self.base_size = None if base_size is None else _size2(base_size, "base_size")
 
@@ -395,7 +397,7 @@ class PadToMultiple(_Geometric):
     ) -> None:
         super().__init__(None, fill, ignore_index)
         if multiple < 1:
-            raise ValueError(f"multiple must be >= 1, got {multiple}")
+            raise ConfigError(f"multiple must be >= 1, got {multiple}")
         self.multiple = multiple
 
     def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
@@ -464,7 +466,7 @@ class ColorJitter(Transform):
         self.contrast = contrast
         self.saturation = saturation
         if not 0 <= hue <= 0.5:
-            raise ValueError(f"hue must be in [0, 0.5], got {hue}")
+            raise ConfigError(f"hue must be in [0, 0.5], got {hue}")
         self.hue = hue
         self.photometric = tuple(photometric)
 
@@ -512,7 +514,7 @@ class GaussianBlur(Transform):
         photometric: Sequence[str] = ("rgb",),
     ) -> None:
         if kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"kernel_size must be odd and >= 1, got {kernel_size}")
+            raise ConfigError(f"kernel_size must be odd and >= 1, got {kernel_size}")
         self.p = p
         self.kernel_size = kernel_size
         self.sigma = (float(sigma[0]), float(sigma[1]))

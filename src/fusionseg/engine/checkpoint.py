@@ -17,7 +17,9 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from ..errors import CheckpointError
 from ..files import atomic_path
+from ..serialization import read_checkpoint
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
@@ -56,7 +58,24 @@ def atomic_write_json(obj: Any, path: str | os.PathLike, indent: int = 2) -> Pat
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint IO plugin whose saves are atomic (see module docstring)."""
+    """Lightning checkpoint IO plugin whose saves are atomic (see module docstring) and whose
+    loads (``train --resume``) go through :func:`fusionseg.serialization.read_checkpoint`, so a
+    checkpoint carrying code is refused with one line instead of being unpickled."""
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
         atomic_torch_save(checkpoint, path)
+
+    def load_checkpoint(self, path, map_location: Any = None, weights_only: bool | None = None
+                        ) -> dict[str, Any]:
+        """Read ``path`` with :func:`~fusionseg.serialization.read_checkpoint` (whatever
+        ``weights_only`` Lightning asks for); tensors go to the CPU unless ``map_location``
+        says otherwise.
+
+        Raises:
+            CheckpointError: missing, unreadable, code-carrying, or not a training checkpoint.
+        """
+        obj = read_checkpoint(path, map_location="cpu" if map_location is None else map_location)
+        if not isinstance(obj, dict) or "state_dict" not in obj:
+            raise CheckpointError(f"{path}: not a fusionseg training checkpoint (no "
+                                  "'state_dict'); --resume takes the last.ckpt of a run")
+        return obj

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
 from ..models.segmentors.base import logits_of
 
 _NON_IMAGE_KEYS = ("label", "meta", "present")
@@ -98,7 +99,7 @@ def predict_logits(model: nn.Module, batch: dict, mode: str = "whole",
         ValueError: unknown mode.
     """
     if mode not in ("whole", "slide"):
-        raise ValueError(f"unknown inference mode {mode!r}; use 'whole' or 'slide'")
+        raise ConfigError(f"unknown inference mode {mode!r}; use 'whole' or 'slide'")
     h, w = _input_size(batch)
     acc = None
     n = 0

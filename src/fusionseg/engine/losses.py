@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError
 from ..models.segmentors.base import SegmentationOutput
 from ..registry import Registry
 
@@ -105,7 +106,7 @@ def loss_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
         return {"name": spec}
     if isinstance(spec, Mapping) and isinstance(spec.get("name"), str):
         return dict(spec)
-    raise ValueError(f"a loss spec is a name or a mapping with a 'name' key, got {spec!r}")
+    raise ConfigError(f"a loss spec is a name or a mapping with a 'name' key, got {spec!r}")
 
 
 def build_loss(spec: str | Mapping[str, Any], ignore_index: int = 255, **kwargs) -> nn.Module:
@@ -123,7 +124,7 @@ def build_loss(spec: str | Mapping[str, Any], ignore_index: int = 255, **kwargs)
     try:
         return cls(ignore_index=ignore_index, **opts)
     except TypeError as e:
-        raise ValueError(f"loss {name!r}: bad option(s) {sorted(opts)} ({e})") from None
+        raise ConfigError(f"loss {name!r}: bad option(s) {sorted(opts)} ({e})") from None
 
 
 class SegmentationCriterion(nn.Module):

@@ -12,6 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ..errors import ConfigError
+
 
 def random_modality_dropout(batch: dict, modalities: list[str], p: float,
                             generator: torch.Generator | None = None) -> dict:
@@ -87,7 +89,7 @@ def sample_modality_keep(present: torch.Tensor, p: float | Sequence[float],
     probs = torch.full((m,), float(p)) if isinstance(p, (int, float)) else torch.tensor(
         [float(v) for v in p])
     if probs.numel() != m or (probs < 0).any() or (probs > 1).any():
-        raise ValueError(f"modality dropout needs {m} probabilities in [0, 1], got {p}")
+        raise ConfigError(f"modality dropout needs {m} probabilities in [0, 1], got {p}")
     keep = (torch.rand(b, m, generator=generator) >= probs) & present.cpu()
     for i in torch.nonzero(~keep.any(1)).flatten().tolist():
         choices = torch.nonzero(present[i].cpu()).flatten()

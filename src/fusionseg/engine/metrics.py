@@ -21,6 +21,8 @@ from collections.abc import Sequence
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from ..errors import ConfigError
+
 
 def confusion_metric(num_classes: int, ignore_index: int = 255) -> MulticlassConfusionMatrix:
     """A torchmetrics confusion matrix over ``num_classes`` that skips ``ignore_index`` pixels."""
@@ -47,7 +49,7 @@ def metrics_from_confusion(cm: torch.Tensor, miou: str = "nanmean",
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1]:
         raise ValueError(f"confusion matrix must be [K, K], got {tuple(cm.shape)}")
     if miou not in ("nanmean", "zero"):
-        raise ValueError(f"unknown mIoU convention {miou!r}; use 'nanmean' or 'zero'")
+        raise ConfigError(f"unknown mIoU convention {miou!r}; use 'nanmean' or 'zero'")
     cm = cm.double()
     tp = cm.diag()
     gt = cm.sum(1)

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Callback
 
+from ..errors import CheckpointError
+
 __all__ = ["ResumeStateCallback", "capture_rng_state", "restore_rng_state"]
 
 
@@ -131,7 +133,7 @@ class ResumeStateCallback(Callback):
             return
         loaders = _train_loaders(trainer)
         if len(loaders) != len(states):
-            raise RuntimeError(f"the checkpoint holds the positions of {len(states)} training "
+            raise CheckpointError(f"the checkpoint holds the positions of {len(states)} training "
                                f"loaders but this run has {len(loaders)} resumable ones")
         for loader, state in zip(loaders, states, strict=True):
             loader.load_state_dict(state)

@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..errors import ConfigError
 from ..models.segmentors.base import AuxiliaryLogits, SegmentationOutput
 from .masking import random_rectangle, sample_modality_keep
 
@@ -89,15 +90,15 @@ class RobustTraining:
         if isinstance(modality_dropout, Mapping):
             unknown = sorted(set(modality_dropout) - set(self.modalities))
             if unknown:
-                raise ValueError(f"robust.modality_dropout names {unknown}, not modalities of "
+                raise ConfigError(f"robust.modality_dropout names {unknown}, not modalities of "
                                  f"the model {self.modalities}")
             self.p_drop = [float(modality_dropout.get(m, 0.0)) for m in self.modalities]
         else:
             self.p_drop = [float(modality_dropout)] * len(self.modalities)
         if not all(0 <= p <= 1 for p in [*self.p_drop, rect_prob]):
-            raise ValueError("robust.modality_dropout and robust.rect_prob must lie in [0, 1]")
+            raise ConfigError("robust.modality_dropout and robust.rect_prob must lie in [0, 1]")
         if temperature <= 0:
-            raise ValueError(f"robust.temperature must be > 0, got {temperature}")
+            raise ConfigError(f"robust.temperature must be > 0, got {temperature}")
         self.rect_prob = float(rect_prob)
         self.rect_area = (float(rect_area[0]), float(rect_area[1]))
         self.rect_aspect = (float(rect_aspect[0]), float(rect_aspect[1]))
@@ -105,7 +106,7 @@ class RobustTraining:
         self.temperature = float(temperature)
         self.ignore_index = ignore_index
         if corrupt_weight < 0:
-            raise ValueError(f"robust.corrupt_weight must be >= 0, got {corrupt_weight}")
+            raise ConfigError(f"robust.corrupt_weight must be >= 0, got {corrupt_weight}")
         self.corrupt_weight = float(corrupt_weight)
 
     def halves_loss(self, criterion, output, label: Tensor) -> tuple[Tensor, dict[str, Tensor]]:

@@ -46,6 +46,7 @@ from typing import Any
 import torch
 
 from ..data.sample import drop_modalities
+from ..errors import ConfigError
 from .metrics import confusion_metric, metrics_from_confusion
 
 __all__ = [
@@ -96,10 +97,10 @@ def modality_subsets(modalities: Sequence[str],
     for s in which:
         unknown = [m for m in s if m not in modalities]
         if unknown:
-            raise ValueError(f"missing-modality subset {list(s)} names {unknown}, not in "
+            raise ConfigError(f"missing-modality subset {list(s)} names {unknown}, not in "
                              f"{modalities}")
         if not s:
-            raise ValueError("a missing-modality subset must keep at least one modality")
+            raise ConfigError("a missing-modality subset must keep at least one modality")
         subsets.append(tuple(s))
     return subsets
 
@@ -233,7 +234,7 @@ def protocol_scenarios(modalities: Sequence[str], protocols: Iterable[str]) -> l
     out: list[Scenario] = []
     for proto in protocols:
         if proto not in PROTOCOLS:
-            raise ValueError(f"unknown robustness protocol {proto!r}; choose from "
+            raise ConfigError(f"unknown robustness protocol {proto!r}; choose from "
                              f"{', '.join(PROTOCOLS)} or all")
         if proto in ("emm", "rmm"):
             ratios = [None] if proto == "emm" else list(RMM_RATIOS)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader
 from ..config import Config
 from ..data.datamodule import SegDataModule, build_dataset
 from ..data.sample import Collate
+from ..errors import ConfigError, RunError
 from ..models import (
     MODELS,
     convert_checkpoint,
@@ -43,10 +44,6 @@ from .robustness import (
     protocol_results,
     protocol_scenarios,
 )
-
-
-class RunError(RuntimeError):
-    """A run cannot start (e.g. it would overwrite an earlier run's checkpoints)."""
 
 
 class _AllOutputs(torch.nn.Module):
@@ -88,7 +85,7 @@ def model_spec(cfg: Config, num_classes: int | None = None,
     if spec.get("num_classes") is None:
         spec["num_classes"] = num_classes
     elif num_classes is not None and spec["num_classes"] != num_classes:
-        raise ValueError(f"model.num_classes={spec['num_classes']} but dataset "
+        raise ConfigError(f"model.num_classes={spec['num_classes']} but dataset "
                          f"{cfg.data.dataset!r} has {num_classes} classes")
     return spec
 
@@ -121,7 +118,7 @@ def convert_weights(cfg: Config, src: str | Path, dst: str | Path) -> Path:
         infer = getattr(cls, "infer_num_classes", None)
         k = infer(to_model_keys(load_state_dict_file(src), None, segmentor=cls)) if infer else None
         if k is None:
-            raise ValueError(f"model.num_classes is not set and {src} does not tell the class "
+            raise ConfigError(f"model.num_classes is not set and {src} does not tell the class "
                              f"count; set model.num_classes")
         spec["num_classes"] = k
     return convert_checkpoint(src, dst, model=create_model(spec))
@@ -310,7 +307,7 @@ def parse_protocols(protocol: str | list[str] | None) -> list[str]:
         return list(PROTOCOLS)
     bad = [n for n in names if n not in PROTOCOLS]
     if bad:
-        raise ValueError(f"unknown --protocol {', '.join(bad)}: choose emm, rmm, nm or all")
+        raise ConfigError(f"unknown --protocol {', '.join(bad)}: choose emm, rmm, nm or all")
     return [p for p in PROTOCOLS if p in names]
 
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import CheckpointError, ConfigError
 from ..files import atomic_path
 
 __all__ = [
@@ -59,7 +60,7 @@ WEIGHTS_ENV = "FUSIONSEG_WEIGHTS"
 DEFAULT_WEIGHTS_DIR = "~/.cache/fusionseg/weights"
 
 
-class WeightsNotAvailableError(FileNotFoundError):
+class WeightsNotAvailableError(CheckpointError, FileNotFoundError):
     """Pretrained weights that are not on disk and could not be downloaded (or were not fetched
     yet). The message is one line: what to download (URL) and where to put it (path).
 
@@ -72,7 +73,7 @@ class WeightsNotAvailableError(FileNotFoundError):
         self.name, self.url, self.path = name, url, path
 
 
-class ChecksumError(ValueError):
+class ChecksumError(CheckpointError):
     """A downloaded file whose checksum differs from the published one (the file is deleted)."""
 
 
@@ -208,11 +209,11 @@ def get_pretrained(name: str) -> PretrainedWeights:
     """Like :func:`find_pretrained`, raising for unknown names.
 
     Raises:
-        ValueError: ``name`` is not in the catalogue (the message lists the names).
+        ConfigError: ``name`` is not in the catalogue (the message lists the names).
     """
     entry = find_pretrained(name)
     if entry is None:
-        raise ValueError(f"{name!r} is not in the pretrained-weight catalogue; known: "
+        raise ConfigError(f"{name!r} is not in the pretrained-weight catalogue; known: "
                          f"{', '.join(CATALOGUE)}")
     return entry
 
@@ -252,7 +253,7 @@ def resolve_pretrained(pretrained: str | Path, directory: str | Path | None = No
     Raises:
         WeightsNotAvailableError: a catalogue name not fetched yet; the one-line message says
             ``run `fusionseg weights fetch NAME` or put FILE (from URL) at PATH``.
-        FileNotFoundError: neither an existing path nor a catalogue name; the message names both
+        CheckpointError: neither an existing path nor a catalogue name; the message names both
             options (a local path, or one of the catalogue names). A missing path whose file
             name is a catalogue file also names the catalogue entry to use instead.
     """
@@ -270,11 +271,11 @@ def resolve_pretrained(pretrained: str | Path, directory: str | Path | None = No
             f"{_fetch_hint(entry, local)}", entry.name, entry.download_url, local)
     known = find_pretrained(path.name)
     if known is not None:
-        raise FileNotFoundError(
+        raise CheckpointError(
             f"pretrained weights {text!r}: no such file; it is the catalogue file of "
             f"{known.name!r}: set model.pretrained: {known.name} and "
             f"{_fetch_hint(known, local_path(known, directory))}")
-    raise FileNotFoundError(
+    raise CheckpointError(
         f"pretrained weights {text!r}: no such file, and not a catalogue name; give a local "
         f"path or one of {', '.join(CATALOGUE)} (`fusionseg weights list`)")
 
@@ -402,7 +403,7 @@ def fetch(name: str, directory: str | Path | None = None, *, force: bool = False
         ``DIR / entry.filename``, which :func:`resolve_pretrained` finds.
 
     Raises:
-        ValueError: unknown ``name``.
+        ConfigError: unknown ``name``.
         WeightsNotAvailableError: no source could be reached (one line: the reasons, the URL to
             download and the path to put it at).
         ChecksumError: a download whose checksum differs from the published one (deleted).
@@ -428,7 +429,7 @@ def fetch(name: str, directory: str | Path | None = None, *, force: bool = False
             return dst
     if entry.url:
         try:
-            _download_url(entry, dst, progress)  # a ChecksumError (a ValueError) propagates
+            _download_url(entry, dst, progress)  # a ChecksumError propagates
         except OSError as exc:  # URLError, HTTPError, timeouts, refused connections
             reasons.append(f"{entry.url}: {_reason(exc)}")
         else:

@@ -22,6 +22,7 @@ from typing import Any
 
 from torch import nn
 
+from ..errors import ConfigError
 from ..registry import Registry
 
 __all__ = ["MODELS", "register_model", "create_model", "list_models", "get_builder"]
@@ -86,16 +87,16 @@ def create_model(cfg: Mapping[str, Any]) -> nn.Module:
             ``set_grad_checkpointing`` or without a backbone.
     """
     if not isinstance(cfg, Mapping):
-        raise ValueError(f"model config must be a mapping, got {type(cfg).__name__}")
+        raise ConfigError(f"model config must be a mapping, got {type(cfg).__name__}")
     if "name" not in cfg:
-        raise ValueError(
+        raise ConfigError(
             "model config needs a 'name' key; registered models: " + ", ".join(list_models())
         )
     kwargs = dict(cfg)
     name = kwargs.pop("name")
     grad_checkpointing = kwargs.pop("grad_checkpointing", False)
     if not isinstance(grad_checkpointing, bool):
-        raise ValueError(
+        raise ConfigError(
             f"model.grad_checkpointing must be true or false, got {grad_checkpointing!r}"
         )
     builder = get_builder(name)
@@ -109,7 +110,7 @@ def create_model(cfg: Mapping[str, Any]) -> nn.Module:
     if not accepts_var_kw:
         for key in kwargs:
             if key not in allowed:
-                raise ValueError(
+                raise ConfigError(
                     f"unknown key {key!r} in model config for {name!r}; allowed keys: "
                     + ", ".join(["name", *allowed, "grad_checkpointing"])
                 )
@@ -117,14 +118,14 @@ def create_model(cfg: Mapping[str, Any]) -> nn.Module:
         n for n in allowed if params[n].default is inspect.Parameter.empty and n not in kwargs
     ]
     if missing:
-        raise ValueError(
+        raise ConfigError(
             f"model config for {name!r} is missing required key(s): {', '.join(missing)}"
         )
     model = builder(**kwargs)
     if grad_checkpointing:
         setter = getattr(model, "set_grad_checkpointing", None)
         if not callable(setter):
-            raise ValueError(
+            raise ConfigError(
                 f"model {name!r} ({type(model).__name__}) has no set_grad_checkpointing; "
                 "grad_checkpointing needs a fusionseg Segmentor"
             )

@@ -3,8 +3,8 @@
 This module knows files and key matching, not formats: every official or released key format
 is converted by the module it belongs to.
 
-* :func:`load_state_dict_file` reads ``.pth`` / ``.pt`` / ``.ckpt`` (``torch.load`` with
-  ``weights_only=True`` on CPU) and ``.safetensors`` files, unwrapping a state dict nested under
+* :func:`load_state_dict_file` reads ``.pth`` / ``.pt`` / ``.ckpt`` (through
+  :func:`fusionseg.serialization.read_checkpoint`: ``weights_only=True``, never code) and ``.safetensors`` files, unwrapping a state dict nested under
   ``"state_dict"``, ``"model"`` or ``"model_state_dict"``.
 * :func:`load_backbone_weights` loads an official backbone file (e.g. NVlabs SegFormer
   ``mit_b2.pth``) into a backbone after the backbone's own ``checkpoint_filter_fn`` (see
@@ -28,7 +28,8 @@ is converted by the module it belongs to.
 pretrained-weight catalogue (:mod:`fusionseg.models.catalogue`, ``fusionseg weights list``) that
 is not a file here, resolved to the fetched file in the weights directory.
 
-All mismatches raise :class:`CheckpointMismatchError` (a ``ValueError``) naming the file and
+All mismatches raise :class:`CheckpointMismatchError` (a
+:class:`~fusionseg.errors.CheckpointError`) naming the file and
 listing the missing, unexpected and shape-mismatched keys.
 """
 
@@ -37,7 +38,6 @@ from __future__ import annotations
 import inspect
 import json
 import math
-import pickle
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +47,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..errors import CheckpointError
 from ..files import atomic_path
+from ..serialization import read_checkpoint
 
 __all__ = [
     "CheckpointMismatchError",
@@ -62,9 +64,11 @@ __all__ = [
     "load_checkpoint",
     "load_state_dict_file",
     "load_state_dict_strict",
+    "read_weights_file",
     "rename_key",
     "rename_keys",
     "save_state_dict",
+    "state_dict_from",
     "to_model_keys",
 ]
 
@@ -73,7 +77,7 @@ StateDict = dict[str, Tensor]
 _MAX_LISTED = 10
 
 
-class CheckpointMismatchError(ValueError):
+class CheckpointMismatchError(CheckpointError):
     """A checkpoint's keys or shapes do not match the module it is loaded into.
 
     Attributes: ``path``, ``missing``, ``unexpected`` (lists of keys) and ``mismatched``
@@ -117,23 +121,23 @@ def _is_state_dict(obj: object) -> bool:
     )
 
 
-def _read_raw(path: Path) -> object:
+def read_weights_file(path: str | Path) -> object:
+    """What a weights file holds, read without running code: ``.safetensors`` through
+    safetensors, any other file through :func:`fusionseg.serialization.read_checkpoint`
+    (``torch.load(weights_only=True)``).
+
+    Raises:
+        CheckpointError: missing, unreadable or code-carrying file (message names it).
+    """
+    path = Path(path)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own error types
-            raise ValueError(f"{path}: not a readable safetensors file ({e})") from e
-    try:
-        return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(
-            f"{path}: cannot be read with torch.load(weights_only=True) - it is not a plain "
-            f"tensor checkpoint or holds arbitrary Python objects ({str(e).splitlines()[0]})"
-        ) from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise ValueError(f"{path}: not a readable PyTorch file ({e})") from e
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from None
+    return read_checkpoint(path)
 
 
 def _unwrap(obj: object) -> object:
@@ -160,7 +164,7 @@ def hf_weight_files(folder: str | Path) -> list[Path]:
     lists, else ``model.safetensors``, else ``pytorch_model.bin``.
 
     Raises:
-        FileNotFoundError: none of them is in ``folder`` (message names the folder and the
+        CheckpointError: none of them is in ``folder`` (message names the folder and the
             names looked for).
     """
     folder = Path(folder)
@@ -172,7 +176,7 @@ def hf_weight_files(folder: str | Path) -> list[Path]:
             shards = sorted(set(json.loads(f.read_text()).get("weight_map", {}).values()))
             return [folder / s for s in shards]
         return [f]
-    raise FileNotFoundError(f"{folder}: no weights of a Hugging Face model folder in it (looked "
+    raise CheckpointError(f"{folder}: no weights of a Hugging Face model folder in it (looked "
                             f"for {', '.join(_HF_WEIGHT_NAMES)})")
 
 
@@ -192,11 +196,12 @@ def load_state_dict_file(path: str | Path) -> StateDict:
         checkpoints) is unwrapped; keys are kept as stored.
 
     Raises:
-        FileNotFoundError: ``path`` does not exist (message names it); a catalogue name not
+        CheckpointError: ``path`` does not exist (message names it); a catalogue name not
             fetched yet (:class:`~fusionseg.models.catalogue.WeightsNotAvailableError`, naming
-            the command and the place of the file).
-        ValueError: the file cannot be read or holds no ``str -> Tensor`` mapping (message names
-            the path).
+            the command and the place of the file); the file cannot be read safely (see
+            :func:`fusionseg.serialization.read_checkpoint`: a file naming Python objects
+            beyond tensors and plain containers is refused) or holds no ``str -> Tensor``
+            mapping (message names the path).
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -210,8 +215,18 @@ def load_state_dict_file(path: str | Path) -> StateDict:
             merged.update(load_state_dict_file(shard))
         return merged
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    sd = _unwrap(_read_raw(path))
+        raise CheckpointError(f"{path}: checkpoint not found")
+    return state_dict_from(read_weights_file(path), path)
+
+
+def state_dict_from(contents: object, path: str | Path) -> StateDict:
+    """The state dict in what a weights file holds (``contents``; see
+    :func:`load_state_dict_file` for the nestings unwrapped).
+
+    Raises:
+        CheckpointError: no ``str -> Tensor`` mapping in ``contents`` (message names ``path``).
+    """
+    sd = _unwrap(contents)
     if not _is_state_dict(sd):
         what = type(sd).__name__
         if isinstance(sd, Mapping):
@@ -222,7 +237,7 @@ def load_state_dict_file(path: str | Path) -> StateDict:
             what = f"{what} with keys {list(sd)[:5]}" + (
                 f" (non-tensor entry {bad!r})" if bad else ""
             )
-        raise ValueError(
+        raise CheckpointError(
             f"{path}: not a state dict (expected a mapping of str -> Tensor, possibly under "
             f"'state_dict' or 'model'; found {what})"
         )
@@ -261,7 +276,7 @@ def load_backbone_weights(backbone: nn.Module, path: str | Path) -> nn.Module:
     ``backbone.`` prefixes); then every key must match in name and shape.
 
     Raises:
-        FileNotFoundError, ValueError: see :func:`load_state_dict_file`.
+        CheckpointError: see :func:`load_state_dict_file`.
         CheckpointMismatchError: missing / unexpected keys or shape mismatches.
     """
     sd = load_state_dict_file(path)
@@ -321,7 +336,7 @@ def to_model_keys(sd: Mapping[str, Tensor], model: nn.Module | None,
     return sd
 
 
-def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
+def load_checkpoint(model: nn.Module, path: str | Path, contents: object = None) -> nn.Module:
     """Load a whole-model checkpoint into ``model`` (in place, strict) and return it.
 
     Accepted files:
@@ -336,11 +351,18 @@ def load_checkpoint(model: nn.Module, path: str | Path) -> nn.Module:
         ``type(model).checkpoint_filter_fn`` (e.g. the StitchFusion authors' files for a
         :class:`~fusionseg.models.segmentors.stitchfusion.StitchFusionSegmentor`).
 
+    ``contents``: what :func:`read_weights_file` returned for ``path``, when the caller has
+    read it already (``predict`` reads the metadata first); ``path`` then only names it.
+
     Raises:
-        FileNotFoundError, ValueError: see :func:`load_state_dict_file`.
+        CheckpointError: see :func:`load_state_dict_file`.
         CheckpointMismatchError: missing / unexpected keys or shape mismatches.
     """
-    sd = to_model_keys(load_state_dict_file(path), model)
+    if contents is None:
+        sd = load_state_dict_file(path)
+    else:
+        sd = state_dict_from(contents, path)
+    sd = to_model_keys(sd, model)
     load_state_dict_strict(model, sd, path)
     return model
 
@@ -373,7 +395,7 @@ def convert_backbone_checkpoint(src: str | Path, dst: str | Path, backbone: nn.M
     written to ``dst`` with ``metadata`` (plus ``fusionseg_source``).
 
     Raises:
-        FileNotFoundError, ValueError, CheckpointMismatchError: unreadable source, or weights
+        CheckpointError (CheckpointMismatchError): unreadable source, or weights
             that do not fit ``backbone``.
     """
     load_backbone_weights(backbone, src)
@@ -422,7 +444,7 @@ def convert_checkpoint(
         ``Path(dst)``.
 
     Raises:
-        FileNotFoundError, ValueError, CheckpointMismatchError: unreadable source, or weights
+        CheckpointError (CheckpointMismatchError): unreadable source, or weights
             that do not fit ``model``.
     """
     src = Path(src)
@@ -606,7 +628,7 @@ def backbone_from_hf_config(config: Mapping[str, Any]) -> DetectedBackbone:
     ``sam_vit_h``, ...) without overrides.
 
     Raises:
-        ValueError: an unsupported ``model_type``, or settings our backbone cannot express
+        CheckpointError: an unsupported ``model_type``, or settings our backbone cannot express
             (other patch sizes or strides of SegFormer, per-stage MLP ratios that differ, Hiera
             widths or heads that do not double per stage, no qkv bias, ...).
     """
@@ -617,24 +639,24 @@ def backbone_from_hf_config(config: Mapping[str, Any]) -> DetectedBackbone:
         mtype = str(config.get("model_type") or sub_type)
     if mtype not in _HF_DEFAULTS:
         known = sorted(set(_HF_DEFAULTS) | set(_HF_NESTED))
-        raise ValueError(f"Hugging Face model_type {mtype!r} is not an encoder fusionseg has "
+        raise CheckpointError(f"Hugging Face model_type {mtype!r} is not an encoder fusionseg has "
                          f"(supported: {', '.join(known)})")
     c = {**_HF_DEFAULTS[mtype], **{k: v for k, v in config.items() if v is not None}}
     if mtype == "segformer":
         if list(c["patch_sizes"]) != [7, 3, 3, 3] or list(c["strides"]) != [4, 2, 2, 2] or (
                 int(c["num_encoder_blocks"]) != 4):
-            raise ValueError("SegFormer config: MiT has 4 stages with patch sizes [7, 3, 3, 3] and "
+            raise CheckpointError("SegFormer config: MiT has 4 stages with patch sizes [7, 3, 3, 3] and "
                              f"strides [4, 2, 2, 2], got {c['patch_sizes']} / {c['strides']}")
         ratios = {float(r) for r in c["mlp_ratios"]}
         if len(ratios) != 1:
-            raise ValueError(f"SegFormer config: one MLP ratio for all stages, got {c['mlp_ratios']}")
+            raise CheckpointError(f"SegFormer config: one MLP ratio for all stages, got {c['mlp_ratios']}")
         found = dict(embed_dims=c["hidden_sizes"], depths=c["depths"],
                      num_heads=c["num_attention_heads"], sr_ratios=c["sr_ratios"],
                      mlp_ratio=ratios.pop(), in_chans=c["num_channels"])
         return _match("mit", found, "hugging face", "config.json")
     if mtype.startswith("dinov2"):
         if not c["qkv_bias"]:
-            raise ValueError("DINOv2 config: qkv_bias false is not supported")
+            raise CheckpointError("DINOv2 config: qkv_bias false is not supported")
         img = _as_pair(c["image_size"])
         regs = int(c.get("num_register_tokens", 0)) if mtype == "dinov2_with_registers" else 0
         found = dict(embed_dim=c["hidden_size"], depth=c["num_hidden_layers"],
@@ -643,7 +665,7 @@ def backbone_from_hf_config(config: Mapping[str, Any]) -> DetectedBackbone:
                      ffn="swiglu" if c["use_swiglu_ffn"] else "mlp",
                      num_register_tokens=regs, in_chans=c["num_channels"])
         if img[0] != img[1]:
-            raise ValueError(f"DINOv2 config: square image_size expected, got {c['image_size']}")
+            raise CheckpointError(f"DINOv2 config: square image_size expected, got {c['image_size']}")
         _, table = _family_settings("dinov2")
         cands = [n for n in table if ("_reg4" in n) == bool(regs)]
         return _match("dinov2", found, "hugging face", "config.json", cands)
@@ -655,12 +677,12 @@ def backbone_from_hf_config(config: Mapping[str, Any]) -> DetectedBackbone:
         hds = [heads * 2**i for i in range(len(stages))]
         if [int(d) for d in c["embed_dim_per_stage"]] != dims or [
                 int(h) for h in c["num_attention_heads_per_stage"]] != hds:
-            raise ValueError("SAM 2 Hiera config: widths and heads must double per stage from "
+            raise CheckpointError("SAM 2 Hiera config: widths and heads must double per stage from "
                              f"hidden_size / num_attention_heads ({dims} / {hds}), got "
                              f"{c['embed_dim_per_stage']} / {c['num_attention_heads_per_stage']}")
         if (_as_pair(c["patch_kernel_size"]), _as_pair(c["patch_stride"]),
                 _as_pair(c["patch_padding"])) != ((7, 7), (4, 4), (3, 3)):
-            raise ValueError("SAM 2 Hiera config: the patch embedding must be 7x7, stride 4, "
+            raise CheckpointError("SAM 2 Hiera config: the patch embedding must be 7x7, stride 4, "
                              "padding 3")
         found = dict(embed_dim=dim, num_heads=heads, stages=stages, q_pool=q_pool,
                      q_stride=_as_pair(c["query_stride"]), dim_mul=2.0, head_mul=2.0,
@@ -672,7 +694,7 @@ def backbone_from_hf_config(config: Mapping[str, Any]) -> DetectedBackbone:
         return _match("sam2_hiera", found, "hugging face", "config.json")
     # sam_vision_model
     if not c["use_abs_pos"] or not c["qkv_bias"]:
-        raise ValueError("SAM vision config: use_abs_pos and qkv_bias must be true")
+        raise CheckpointError("SAM vision config: use_abs_pos and qkv_bias must be true")
     dim = int(c["hidden_size"])
     mlp_ratio = float(c["mlp_dim"]) / dim if c.get("mlp_dim") else float(c["mlp_ratio"])
     found = dict(embed_dim=dim, depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
@@ -781,7 +803,7 @@ def backbone_from_state_dict(state_dict: Mapping[str, Tensor]) -> DetectedBackbo
         A :class:`DetectedBackbone`, or ``None`` when the keys are none of these formats.
 
     Raises:
-        ValueError: a Hiera trunk that is not one of ``sam2.1_hiera_{t,s,b+,l}``, or an
+        CheckpointError: a Hiera trunk that is not one of ``sam2.1_hiera_{t,s,b+,l}``, or an
             inconsistent file (e.g. a SwiGLU width our ViT-g does not build).
     """
     sd = dict(state_dict)
@@ -814,7 +836,7 @@ def backbone_from_state_dict(state_dict: Mapping[str, Tensor]) -> DetectedBackbo
         if swiglu:
             hidden = (int(int(dim * 4.0) * 2 / 3) + 7) // 8 * 8
             if int(enc["blocks.0.mlp.w3.weight"].shape[1]) != hidden:
-                raise ValueError(f"DINOv2 SwiGLU width {enc['blocks.0.mlp.w3.weight'].shape[1]} "
+                raise CheckpointError(f"DINOv2 SwiGLU width {enc['blocks.0.mlp.w3.weight'].shape[1]} "
                                  f"is not the ViT-g rule's {hidden} for width {dim}")
         found = dict(embed_dim=dim, depth=_count(enc, r"^blocks\.(\d+)\.norm1\.weight$"),
                      num_heads=_divisor_heads(dim, dim // 64), patch_size=patch,
@@ -858,7 +880,7 @@ def backbone_from_state_dict(state_dict: Mapping[str, Tensor]) -> DetectedBackbo
                     int(kw["window_spec"][0]), float(kw["mlp_ratio"])) == (
                     dim, stages, bkg, win0, float(mlp)):
                 return DetectedBackbone(name, {}, family, "state dict", fmt)
-        raise ValueError(f"a SAM 2 Hiera trunk of width {dim}, stages {stages}, background grid "
+        raise CheckpointError(f"a SAM 2 Hiera trunk of width {dim}, stages {stages}, background grid "
                          f"{list(bkg)} is none of {', '.join(table)}; its window sizes, global-"
                          "attention blocks and heads are not stored in the weights: convert its "
                          "Hugging Face folder (config.json) or pass --backbone")
@@ -883,7 +905,7 @@ def detect_backbone(src: str | Path) -> DetectedBackbone | None:
         know (e.g. a whole-model checkpoint).
 
     Raises:
-        FileNotFoundError, ValueError: unreadable source, unsupported ``model_type``, or
+        CheckpointError: unreadable source, unsupported ``model_type``, or
             settings our backbones cannot express.
     """
     src = Path(src).expanduser()
@@ -898,6 +920,6 @@ def detect_backbone(src: str | Path) -> DetectedBackbone | None:
         try:
             config = json.loads(cfg.read_text())
         except json.JSONDecodeError as e:
-            raise ValueError(f"{cfg}: not valid JSON ({e})") from e
+            raise CheckpointError(f"{cfg}: not valid JSON ({e})") from None
         return backbone_from_hf_config(config)
     return backbone_from_state_dict(load_state_dict_file(src))

@@ -83,6 +83,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ...errors import ConfigError
 from ._jobs import run_jobs
 from ._raycast import Camera, Scene, cast, normals, shadows
 
@@ -1139,9 +1140,9 @@ def render_city(out: str | Path, n_train: int = 400, n_val: int = 100, size: int
     """
     out = Path(out)
     if size < 8:
-        raise ValueError("size must be at least 8 pixels")
+        raise ConfigError("size must be at least 8 pixels")
     if seed < 0:
-        raise ValueError("seed must be non-negative")
+        raise ConfigError("seed must be non-negative")
     plans = {"train": sample_plan("train", int(n_train), seed, failure_fraction),
              "val": sample_plan("val", int(n_val), seed, failure_fraction)}
     items = [it for split in ("train", "val") for it in plans[split]]

@@ -51,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..layers import PatchEmbed
 from ..weights import rename_key
 from .base import TransformerBackbone, register_backbone, strip_prefixes
@@ -134,7 +135,7 @@ class Attention(nn.Module):
     def __init__(self, dim: int, num_heads: int) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} must be divisible by num_heads {num_heads}")
         self.dim, self.num_heads = dim, num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
@@ -168,7 +169,7 @@ class ViTBlock(nn.Module):
         elif ffn == "swiglu":
             self.mlp = SwiGLUFFN(dim, mlp_ratio)
         else:
-            raise ValueError(f"unknown ffn {ffn!r}; use 'mlp' or 'swiglu'")
+            raise ConfigError(f"unknown ffn {ffn!r}; use 'mlp' or 'swiglu'")
         self.ls2 = LayerScale(dim, init_values)
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
 
@@ -232,9 +233,9 @@ class DinoVisionTransformer(TransformerBackbone):
         super().__init__()
         out_indices = [int(i) for i in out_indices]
         if not out_indices or sorted(set(out_indices)) != out_indices:
-            raise ValueError(f"out_indices must be increasing block indices, got {out_indices}")
+            raise ConfigError(f"out_indices must be increasing block indices, got {out_indices}")
         if out_indices[0] < 0 or out_indices[-1] >= depth:
-            raise ValueError(f"out_indices {out_indices} outside the {depth} blocks")
+            raise ConfigError(f"out_indices {out_indices} outside the {depth} blocks")
         self.embed_dim, self.depth, self.num_heads = int(embed_dim), int(depth), int(num_heads)
         self.out_indices = out_indices
         self.patch_size = int(patch_size)

@@ -48,6 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..weights import rename_key
 from .base import Backbone, register_backbone, strip_prefixes
 from .mit import DropPath
@@ -153,7 +154,7 @@ class MultiScaleAttention(nn.Module):
                  q_stride: tuple[int, int] | None = None) -> None:
         super().__init__()
         if dim_out % num_heads:
-            raise ValueError(f"dim_out {dim_out} must be divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim_out {dim_out} must be divisible by num_heads {num_heads}")
         self.dim, self.dim_out, self.num_heads = dim, dim_out, num_heads
         self.q_stride = q_stride
         self.qkv = nn.Linear(dim, 3 * dim_out)
@@ -216,9 +217,9 @@ class MultiScaleBlock(nn.Module):
         super().__init__()
         if q_stride is not None:
             if dim == dim_out:
-                raise ValueError("a query-pooling block must change the width (dim_mul != 1)")
+                raise ConfigError("a query-pooling block must change the width (dim_mul != 1)")
             if window_size % q_stride[0]:
-                raise ValueError(f"window {window_size} of a query-pooling block must be a "
+                raise ConfigError(f"window {window_size} of a query-pooling block must be a "
                                  f"multiple of q_stride {q_stride[0]}")
         self.dim, self.dim_out = dim, dim_out
         self.window_size = int(window_size)
@@ -331,16 +332,16 @@ class Hiera(Backbone):
         window_spec = [int(w) for w in window_spec]
         q_stride = tuple(int(s) for s in q_stride)
         if len(stages) != len(window_spec) or not stages or min(stages) < 1:
-            raise ValueError(f"stages {stages} and window_spec {window_spec} need one positive "
+            raise ConfigError(f"stages {stages} and window_spec {window_spec} need one positive "
                              "entry per stage")
         if len(q_stride) != 2 or q_stride[0] != q_stride[1] or q_stride[0] < 1:
-            raise ValueError(f"q_stride must be a square stride (s, s), got {q_stride}")
+            raise ConfigError(f"q_stride must be a square stride (s, s), got {q_stride}")
         if not 0 <= q_pool <= len(stages) - 1:
-            raise ValueError(f"q_pool must be in 0..{len(stages) - 1}, got {q_pool}")
+            raise ConfigError(f"q_pool must be in 0..{len(stages) - 1}, got {q_pool}")
         depth = sum(stages)
         self.global_att_blocks = tuple(int(i) for i in global_att_blocks)
         if any(not 0 <= i < depth for i in self.global_att_blocks):
-            raise ValueError(f"global_att_blocks {self.global_att_blocks} outside the {depth} "
+            raise ConfigError(f"global_att_blocks {self.global_att_blocks} outside the {depth} "
                              "blocks")
         self.embed_dim, self.num_heads = int(embed_dim), int(num_heads)
         self.stages, self.window_spec, self.q_stride = tuple(stages), tuple(window_spec), q_stride

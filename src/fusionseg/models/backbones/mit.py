@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from .base import TransformerBackbone, register_backbone, strip_prefixes
 
 __all__ = [
@@ -100,7 +101,7 @@ class DropPath(nn.Module):
     def __init__(self, p: float = 0.0) -> None:
         super().__init__()
         if not 0.0 <= p < 1.0:
-            raise ValueError(f"drop path probability must be in [0, 1), got {p}")
+            raise ConfigError(f"drop path probability must be in [0, 1), got {p}")
         self.p = float(p)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -153,7 +154,7 @@ class Attention(nn.Module):
     ) -> None:
         super().__init__()
         if dim % num_heads != 0:
-            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} must be divisible by num_heads {num_heads}")
         self.dim = dim
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
@@ -308,7 +309,7 @@ class MixVisionTransformer(TransformerBackbone):
             ("sr_ratios", sr_ratios),
         ):
             if len(seq) != 4:
-                raise ValueError(f"{nm} must have 4 entries (one per stage), got {list(seq)}")
+                raise ConfigError(f"{nm} must have 4 entries (one per stage), got {list(seq)}")
         self.embed_dims = [int(d) for d in embed_dims]
         self.depths = [int(d) for d in depths]
         self.num_heads = [int(h) for h in num_heads]

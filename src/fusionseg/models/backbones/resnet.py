@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from .base import Backbone, register_backbone, strip_prefixes
 
 __all__ = ["RESNET_LAYERS", "RESNET_TINY", "Bottleneck", "ResNet"]
@@ -95,7 +96,7 @@ class ResNet(Backbone):
                  zero_init_residual: bool = False) -> None:
         super().__init__()
         if len(layers) != 4:
-            raise ValueError(f"layers must have 4 entries (one per stage), got {list(layers)}")
+            raise ConfigError(f"layers must have 4 entries (one per stage), got {list(layers)}")
         self.in_chans = int(in_chans)
         self.layers = [int(n) for n in layers]
         self.width = int(width)

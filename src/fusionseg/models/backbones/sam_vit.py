@@ -78,6 +78,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..layers import LayerNorm2d, PatchEmbed
 from ..weights import rename_key
 from .base import TransformerBackbone, register_backbone, strip_prefixes
@@ -202,7 +203,7 @@ class SamAttention(nn.Module):
                  use_rel_pos: bool = True) -> None:
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} must be divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} must be divisible by num_heads {num_heads}")
         self.dim, self.num_heads = dim, num_heads
         head_dim = dim // num_heads
         self.qkv = nn.Linear(dim, 3 * dim)
@@ -328,13 +329,13 @@ class SamVisionTransformer(TransformerBackbone):
         super().__init__()
         glob = sorted({int(i) for i in global_attn_indexes})
         if any(not 0 <= i < depth for i in glob):
-            raise ValueError(f"global_attn_indexes {list(global_attn_indexes)} outside the "
+            raise ConfigError(f"global_attn_indexes {list(global_attn_indexes)} outside the "
                              f"{depth} blocks")
         taps = list(glob) if out_indices is None else [int(i) for i in out_indices]
         if not taps or sorted(set(taps)) != taps:
-            raise ValueError(f"out_indices must be increasing block indices, got {taps}")
+            raise ConfigError(f"out_indices must be increasing block indices, got {taps}")
         if taps[0] < 0 or taps[-1] >= depth:
-            raise ValueError(f"out_indices {taps} outside the {depth} blocks")
+            raise ConfigError(f"out_indices {taps} outside the {depth} blocks")
         self.embed_dim, self.depth, self.num_heads = int(embed_dim), int(depth), int(num_heads)
         self.global_attn_indexes = glob
         self.out_indices = taps

@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..layers import check_stream_indices
 
 __all__ = [
@@ -166,7 +167,7 @@ class ChannelAttention(nn.Module):
         super().__init__()
         hidden = dim // reduction
         if hidden < 1:
-            raise ValueError(f"ChannelAttention needs dim >= reduction ({reduction}), got {dim}")
+            raise ConfigError(f"ChannelAttention needs dim >= reduction ({reduction}), got {dim}")
         self.fc = nn.Sequential(
             nn.Linear(dim, hidden, bias=False),
             nn.ReLU(inplace=True),

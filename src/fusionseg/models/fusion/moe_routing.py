@@ -31,6 +31,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ...errors import ConfigError
+
 __all__ = ["ModalityRouter"]
 
 
@@ -61,13 +63,13 @@ class ModalityRouter(nn.Module):
                  integrate: str | None = "conv") -> None:
         super().__init__()
         if gate not in ("pixel", "image"):
-            raise ValueError(f"gate must be 'pixel' or 'image', got {gate!r}")
+            raise ConfigError(f"gate must be 'pixel' or 'image', got {gate!r}")
         if integrate not in ("conv", "mean", None):
-            raise ValueError(f"integrate must be 'conv', 'mean' or None, got {integrate!r}")
+            raise ConfigError(f"integrate must be 'conv', 'mean' or None, got {integrate!r}")
         if not weighted and integrate is None:
-            raise ValueError("ModalityRouter needs the weighted or the integrated path")
+            raise ConfigError("ModalityRouter needs the weighted or the integrated path")
         if top_k is not None and int(top_k) < 1:
-            raise ValueError(f"top_k must be >= 1 or None, got {top_k}")
+            raise ConfigError(f"top_k must be >= 1 or None, got {top_k}")
         self.channels, self.num_modalities = int(channels), int(num_modalities)
         self.gate_kind, self.top_k = gate, None if top_k is None else int(top_k)
         self.integrate_kind = integrate

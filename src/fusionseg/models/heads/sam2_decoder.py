@@ -88,6 +88,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..layers import LayerNorm2d
 from ..weights import CheckpointMismatchError, load_state_dict_file, rename_key
 
@@ -170,7 +171,7 @@ class Attention(nn.Module):
         super().__init__()
         inner = dim // downsample_rate
         if inner % num_heads:
-            raise ValueError(f"num_heads={num_heads} must divide the inner width {inner}")
+            raise ConfigError(f"num_heads={num_heads} must divide the inner width {inner}")
         self.num_heads = num_heads
         self.q_proj = nn.Linear(dim, inner)
         self.k_proj = nn.Linear(dim, inner)
@@ -357,11 +358,11 @@ class Sam2SemanticDecoder(nn.Module):
     ) -> None:
         super().__init__()
         if num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         if transformer_dim % 8:
-            raise ValueError(f"transformer_dim must be a multiple of 8, got {transformer_dim}")
+            raise ConfigError(f"transformer_dim must be a multiple of 8, got {transformer_dim}")
         if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+            raise ConfigError(f"variant must be one of {VARIANTS}, got {variant!r}")
         c = transformer_dim
         sam2 = variant == "sam2"
         self.num_classes = num_classes

@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
+
 __all__ = ["SegFormerHead", "LinearEmbed", "ConvBNReLU"]
 
 
@@ -80,7 +82,7 @@ class SegFormerHead(nn.Module):
     ) -> None:
         super().__init__()
         if len(in_channels) != 4:
-            raise ValueError(f"SegFormerHead needs 4 input channel counts, got {list(in_channels)}")
+            raise ConfigError(f"SegFormerHead needs 4 input channel counts, got {list(in_channels)}")
         self.in_channels = [int(c) for c in in_channels]
         self.embed_dim = embed_dim
         self.num_classes = num_classes

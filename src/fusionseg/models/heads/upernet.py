@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
+
 __all__ = ["AuxHead", "ConvNormAct", "UperNetHead"]
 
 
@@ -90,7 +92,7 @@ class UperNetHead(nn.Module):
                  pool_scales: Sequence[int] = (1, 2, 3, 6), dropout: float = 0.1) -> None:
         super().__init__()
         if len(in_channels) != 4:
-            raise ValueError(f"UperNetHead needs 4 input channel counts, got {list(in_channels)}")
+            raise ConfigError(f"UperNetHead needs 4 input channel counts, got {list(in_channels)}")
         self.in_channels = [int(c) for c in in_channels]
         self.ppm = PyramidPooling(self.in_channels[3], channels, pool_scales)
         self.lateral_convs = nn.ModuleList(ConvNormAct(c, channels, 1, act=False)

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..backbones.base import strip_prefixes
 from ..weights import load_state_dict_file, load_state_dict_strict, rename_key
 
@@ -135,9 +136,9 @@ class Sam2FpnNeck(nn.Module):
     ) -> None:
         super().__init__()
         if fuse_type not in ("sum", "avg"):
-            raise ValueError(f"fuse_type must be 'sum' or 'avg', got {fuse_type!r}")
+            raise ConfigError(f"fuse_type must be 'sum' or 'avg', got {fuse_type!r}")
         if fpn_interp_model not in ("nearest", "bilinear", "bicubic"):
-            raise ValueError(f"unknown fpn_interp_model {fpn_interp_model!r}")
+            raise ConfigError(f"unknown fpn_interp_model {fpn_interp_model!r}")
         self.backbone_channel_list = [int(c) for c in backbone_channel_list]
         self.d_model = int(d_model)
         self.fpn_interp_model = fpn_interp_model

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..heads.sam2_decoder import LayerNorm2d
 
 __all__ = ["SimpleFeaturePyramid"]
@@ -86,7 +87,7 @@ class SimpleFeaturePyramid(nn.Module):
                  eps: float = 1e-6) -> None:
         super().__init__()
         if in_channels % 4:
-            raise ValueError(f"in_channels must be a multiple of 4, got {in_channels}")
+            raise ConfigError(f"in_channels must be a multiple of 4, got {in_channels}")
         c, d = in_channels, d_model
         self.in_channels = c
         self.d_model = d

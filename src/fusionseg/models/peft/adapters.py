@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from ...errors import ConfigError
 from ..layers import check_stream_indices
 from .base import PeftModule
 
@@ -152,11 +153,11 @@ class MultiAdapter(PeftModule):
     ) -> None:
         super().__init__()
         if density not in ADAPTER_DENSITIES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown adapter density {density!r}; choose one of {', '.join(ADAPTER_DENSITIES)}"
             )
         if not 1 <= num_streams <= 8:
-            raise ValueError(f"MultiAdapter supports 1..8 streams, got {num_streams}")
+            raise ConfigError(f"MultiAdapter supports 1..8 streams, got {num_streams}")
         self.dim = dim
         self.num_streams = num_streams
         self.density = density

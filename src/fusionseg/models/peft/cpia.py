@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from .base import PeftModule
 
 __all__ = ["CPIA"]
@@ -46,7 +47,7 @@ class CPIA(PeftModule):
         super().__init__()
         r = int(dim * ratio)
         if r < 1:
-            raise ValueError(f"CPIA bottleneck int({dim} * {ratio}) must be >= 1")
+            raise ConfigError(f"CPIA bottleneck int({dim} * {ratio}) must be >= 1")
         self.down_opt = nn.Linear(dim, r)
         self.down_dsm = nn.Linear(dim, r)
         self.joint = nn.Linear(2 * r, r)

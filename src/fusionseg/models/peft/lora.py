@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from .base import PeftModule
 
 __all__ = [
@@ -60,7 +61,7 @@ class LoRA(nn.Module):
     def __init__(self, in_features: int, out_features: int, rank: int) -> None:
         super().__init__()
         if rank < 1:
-            raise ValueError(f"LoRA rank must be >= 1, got {rank}")
+            raise ConfigError(f"LoRA rank must be >= 1, got {rank}")
         self.lora_A = nn.Parameter(torch.empty(rank, in_features))
         self.lora_B = nn.Parameter(torch.zeros(out_features, rank))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))
@@ -90,10 +91,10 @@ class MixtureOfLoRA(PeftModule):
         super().__init__()
         experts = list(experts)
         if not experts:
-            raise ValueError("MixtureOfLoRA needs at least one expert")
+            raise ConfigError("MixtureOfLoRA needs at least one expert")
         bad = [e for e in experts if not e.isidentifier()]
         if bad:
-            raise ValueError(f"expert names must be identifiers, got {bad}")
+            raise ConfigError(f"expert names must be identifiers, got {bad}")
         self.expert_names = experts
         self.rank = int(rank)
         self.scale = (float(alpha) if alpha is not None else float(rank)) / float(rank)
@@ -153,7 +154,7 @@ class LoRAQKV(nn.Module):
                  alpha: float | None = None, shared: bool = False) -> None:
         super().__init__()
         if not isinstance(base, nn.Linear) or base.out_features % 3:
-            raise ValueError("LoRAQKV wraps an nn.Linear whose output is q | k | v "
+            raise ConfigError("LoRAQKV wraps an nn.Linear whose output is q | k | v "
                              f"(out_features divisible by 3), got {base}")
         self.in_features, self.out_features = base.in_features, base.out_features
         self.weight = base.weight

@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..backbones import create_backbone
 from ..backbones.resnet import RESNET_TINY, ResNet
 from ..fusion.asym import fused_bottleneck, parallelize_batchnorms, set_active_streams
@@ -83,9 +84,9 @@ class AsymFusionSegmentor(Segmentor):
                  freeze_bn_stats: bool = True, decoder_channels: int = 256) -> None:
         super().__init__(modalities, num_classes)
         if len(self.modalities) > 2:
-            raise ValueError(f"AsymFusion fuses one or two modalities, got {self.modalities}")
+            raise ConfigError(f"AsymFusion fuses one or two modalities, got {self.modalities}")
         if not isinstance(backbone, ResNet):
-            raise ValueError("AsymFusion needs a ResNet backbone (resnet50 / 101 / 152)")
+            raise ConfigError("AsymFusion needs a ResNet backbone (resnet50 / 101 / 152)")
         self.backbone = parallelize_batchnorms(backbone, len(self.modalities))
         self.decode_head = RefineNetLW(backbone.out_channels, num_classes, dropout,
                                        decoder_channels)

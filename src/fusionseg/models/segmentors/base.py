@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...errors import ConfigError, DataError
 from ..backbones.base import Backbone
 from ..peft.base import PeftModule
 
@@ -162,12 +163,12 @@ class Segmentor(nn.Module):
             modalities = [modalities]
         modalities = list(modalities)
         if not modalities:
-            raise ValueError("a segmentor needs at least one modality")
+            raise ConfigError("a segmentor needs at least one modality")
         dup = sorted({m for m in modalities if modalities.count(m) > 1})
         if dup:
-            raise ValueError(f"duplicate modalities {dup} in {modalities}")
+            raise ConfigError(f"duplicate modalities {dup} in {modalities}")
         if int(num_classes) < 1:
-            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+            raise ConfigError(f"num_classes must be >= 1, got {num_classes}")
         self.modalities: list[str] = modalities
         self.num_classes = int(num_classes)
         self.backbone_frozen = False
@@ -263,7 +264,7 @@ class Segmentor(nn.Module):
             ValueError: the model has no backbone.
         """
         if freeze and not self.backbone_modules():
-            raise ValueError(f"{type(self).__name__} has no backbone to freeze")
+            raise ConfigError(f"{type(self).__name__} has no backbone to freeze")
         for p in self.backbone_parameters():
             p.requires_grad_(not freeze)
         self.backbone_frozen = freeze
@@ -311,7 +312,7 @@ class Segmentor(nn.Module):
         """
         backbones = [m for m in self.modules() if isinstance(m, Backbone)]
         if enable and not backbones:
-            raise ValueError(f"{type(self).__name__} has no fusionseg Backbone whose blocks could "
+            raise ConfigError(f"{type(self).__name__} has no fusionseg Backbone whose blocks could "
                              "be checkpointed")
         for bb in backbones:
             bb.set_grad_checkpointing(enable)
@@ -421,14 +422,14 @@ class Segmentor(nn.Module):
                 a ``present`` of the wrong shape; a sample with no present modality.
         """
         if not isinstance(batch, Mapping):
-            raise ValueError(
+            raise DataError(
                 f"a batch must be a dict of modality tensors, got {type(batch).__name__}"
             )
         present = batch.get("present")
         if present is not None:
             present = torch.as_tensor(present)
             if present.ndim != 2 or present.shape[1] != len(self.modalities):
-                raise ValueError(
+                raise DataError(
                     f"batch['present'] must be bool[B, {len(self.modalities)}] with columns "
                     f"{self.modalities}, got shape {tuple(present.shape)}"
                 )
@@ -441,16 +442,16 @@ class Segmentor(nn.Module):
             x = batch[name]
             if not isinstance(x, Tensor) or x.ndim != 4:
                 shape = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
-                raise ValueError(f"modality {name!r}: expected a tensor [B, C, H, W], got {shape}")
+                raise DataError(f"modality {name!r}: expected a tensor [B, C, H, W], got {shape}")
             if not x.is_floating_point():
-                raise ValueError(
+                raise DataError(
                     f"modality {name!r}: expected a floating-point tensor, got {x.dtype}"
                 )
             c = x.shape[1]
             if c == 1:
                 x = x.expand(-1, 3, -1, -1)
             elif c != 3:
-                raise ValueError(
+                raise DataError(
                     f"modality {name!r} has {c} channels; the model takes 3-channel images "
                     f"(1-channel ones are repeated)"
                 )
@@ -458,14 +459,14 @@ class Segmentor(nn.Module):
             if ref is None:
                 ref = (name, x.shape)
             elif (b, h, w) != (ref[1][0], ref[1][2], ref[1][3]):
-                raise ValueError(
+                raise DataError(
                     f"modality {name!r} has batch/size {(b, h, w)} but {ref[0]!r} has "
                     f"{(ref[1][0], ref[1][2], ref[1][3])}; modalities must be pixel-aligned"
                 )
             mask = None
             if present is not None:
                 if present.shape[0] != b:
-                    raise ValueError(
+                    raise DataError(
                         f"batch['present'] has {present.shape[0]} rows but modality {name!r} "
                         f"has batch size {b}"
                     )
@@ -473,7 +474,7 @@ class Segmentor(nn.Module):
                 mask = None if bool(m.all()) else m
             out.append((name, x, mask))
         if not out:
-            raise ValueError(
+            raise DataError(
                 f"none of the model's modalities {self.modalities} is in the batch "
                 f"(keys: {sorted(k for k in batch if isinstance(k, str))})"
             )
@@ -481,5 +482,5 @@ class Segmentor(nn.Module):
             cols = [self.modalities.index(n) for n, _, _ in out]
             empty = (~present[:, cols].any(dim=1)).nonzero().flatten().tolist()
             if empty:
-                raise ValueError(f"sample(s) {empty} of the batch have no present modality")
+                raise DataError(f"sample(s) {empty} of the batch have no present modality")
         return out

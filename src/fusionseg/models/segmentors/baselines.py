@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from ...errors import ConfigError
 from ..backbones import create_backbone, default_decoder_dim
 from ..backbones.mit import MIT_TINY
 from ..heads.segformer import SegFormerHead
@@ -70,7 +71,7 @@ class SumFusionSegmentor(Segmentor):
         self.decode_head = SegFormerHead(backbone.out_channels, num_classes, embed_dim=decoder_dim)
         self.batch_modalities = batch_modalities
         if reduce not in ("mean", "sum"):
-            raise ValueError(f"sum_fusion reduce must be 'mean' or 'sum', got {reduce!r}")
+            raise ConfigError(f"sum_fusion reduce must be 'mean' or 'sum', got {reduce!r}")
         self.reduce = reduce
 
     def encode(self, inputs: list[ModalityInput]) -> list[Tensor]:
@@ -180,7 +181,7 @@ def build_sum_fusion(
     extra = dict(backbone_kwargs or {})
     clash = sorted({"pretrained", "drop_path_rate"} & set(extra))
     if clash:
-        raise ValueError(
+        raise ConfigError(
             f"backbone_kwargs must not repeat {clash}: set them as top-level model keys"
         )
     enc = create_backbone(backbone, pretrained=pretrained, drop_path_rate=drop_path_rate, **extra)

@@ -51,6 +51,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..backbones import create_backbone
 from ..backbones.hiera import HIERA_TINY
 from ..backbones.sam_vit import SamVisionTransformer
@@ -123,15 +124,15 @@ class MLESAMSegmentor(Segmentor):
     ) -> None:
         super().__init__(modalities, num_classes)
         if len(getattr(encoder, "out_channels", ())) != 4:
-            raise ValueError("MLE-SAM needs an encoder with 4 output maps (sam2.1_hiera_*)")
+            raise ConfigError("MLE-SAM needs an encoder with 4 output maps (sam2.1_hiera_*)")
         if inference not in ("main", "mean"):
-            raise ValueError(f"inference must be 'main' or 'mean', got {inference!r}")
+            raise ConfigError(f"inference must be 'main' or 'mean', got {inference!r}")
         if inference == "mean" and not aux_head:
-            raise ValueError("inference='mean' needs the auxiliary head (aux_head=True)")
+            raise ConfigError("inference='mean' needs the auxiliary head (aux_head=True)")
         #: "sam2" (Hiera + FPN neck + SAM 2 decoder) or "sam" (SAM v1 ViT + pyramid + SAM decoder)
         self.encoder_kind = "sam" if isinstance(encoder, SamVisionTransformer) else "sam2"
         if self.encoder_kind == "sam" and encoder.out_indices[-1] != encoder.depth - 1:
-            raise ValueError("MLE-SAM with a SAM ViT needs its last tap at the last block (the "
+            raise ConfigError("MLE-SAM with a SAM ViT needs its last tap at the last block (the "
                              "image embedding is SAM's neck on it)")
         self.encoder = encoder
         self.neck = neck
@@ -285,7 +286,7 @@ def build_mle_sam(
     enc = create_backbone(backbone, pretrained=pretrained, **dict(backbone_kwargs or {}))
     if isinstance(enc, SamVisionTransformer):
         if enc.out_chans != neck_dim:
-            raise ValueError(f"{backbone}'s neck gives {enc.out_chans} channels but neck_dim is "
+            raise ConfigError(f"{backbone}'s neck gives {enc.out_chans} channels but neck_dim is "
                              f"{neck_dim}")
         neck: nn.Module = SimpleFeaturePyramid(enc.embed_dim, d_model=neck_dim)
         head = Sam2SemanticDecoder(num_classes, transformer_dim=neck_dim, variant="sam",

@@ -111,6 +111,7 @@ import torch
 from torch import Tensor, nn
 
 from ...engine.masking import modality_conditional_random_mask
+from ...errors import ConfigError
 from ..backbones import create_backbone
 from ..backbones.base import TransformerBackbone
 from ..backbones.dinov2 import DINOV2_TINY
@@ -151,7 +152,7 @@ class PromptAdapter(PeftModule):
         super().__init__()
         hidden = int(dim * ratio)
         if hidden < 1:
-            raise ValueError(f"adapter bottleneck int({dim} * {ratio}) must be >= 1")
+            raise ConfigError(f"adapter bottleneck int({dim} * {ratio}) must be >= 1")
         self.down = nn.Linear(dim, hidden)
         self.up = nn.Linear(hidden, dim)
         self.prompt = nn.Linear(dim, hidden)
@@ -289,7 +290,7 @@ class MoBaNetSegmentor(Segmentor):
     ) -> None:
         mods = [modalities] if isinstance(modalities, str) else list(modalities)
         if len(mods) != 2 or mods[0] not in OPTICAL or mods[1] not in DSM_LIKE:
-            raise ValueError(
+            raise ConfigError(
                 f"MoBaNet is a two-stream model: one optical modality ({', '.join(OPTICAL)}) "
                 f"followed by one DSM-like modality ({', '.join(DSM_LIKE)}); got {mods}"
             )
@@ -297,21 +298,21 @@ class MoBaNetSegmentor(Segmentor):
         if not (isinstance(backbone, TransformerBackbone)
                 and callable(getattr(backbone, "prepare_tokens", None))
                 and hasattr(backbone, "patch_embed") and hasattr(backbone, "embed_dim")):
-            raise ValueError("MoBaNet needs a plain-ViT transformer backbone (dinov2_vit*14, "
+            raise ConfigError("MoBaNet needs a plain-ViT transformer backbone (dinov2_vit*14, "
                              f"sam_vit_*), got {type(backbone).__name__}")
         is_sam = isinstance(backbone, SamVisionTransformer)
         design = ("neck" if is_sam else "taps") if design is None else str(design)
         if design not in DESIGNS:
-            raise ValueError(f"unknown MoBaNet design {design!r}; use one of {DESIGNS}")
+            raise ConfigError(f"unknown MoBaNet design {design!r}; use one of {DESIGNS}")
         if design == "taps" and backbone.num_stages != 4:
-            raise ValueError("MoBaNet's taps design needs a ViT backbone with 4 taps "
+            raise ConfigError("MoBaNet's taps design needs a ViT backbone with 4 taps "
                              f"(out_indices), got {backbone.num_stages}")
         if design == "neck":
             if not is_sam or backbone.neck is None:
-                raise ValueError("MoBaNet's neck design (the release's SAM encoder) needs a "
+                raise ConfigError("MoBaNet's neck design (the release's SAM encoder) needs a "
                                  "sam_vit_* backbone built with its neck")
             if dgfm:
-                raise ValueError("MoBaNet's neck design (SAM encoder) has no DGFM: it fuses by "
+                raise ConfigError("MoBaNet's neck design (SAM encoder) has no DGFM: it fuses by "
                                  "squeeze-excitation as released; leave dgfm unset")
         self.design = design
         c = backbone.embed_dim

@@ -72,6 +72,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from ..backbones import create_backbone, default_decoder_dim
 from ..backbones.mit import MIT_TINY, MixVisionTransformer
 from ..fusion.featurecross import FeatureCrossStage
@@ -107,7 +108,7 @@ def _stage_densities(adapter: str | None | Sequence[str | None]) -> list[str | N
         adapter = [adapter] * 4
     adapter = list(adapter)
     if len(adapter) != 4:
-        raise ValueError(
+        raise ConfigError(
             f"adapter must be one density or a list of 4 (one per stage), got {adapter}"
         )
     out: list[str | None] = []
@@ -117,7 +118,7 @@ def _stage_densities(adapter: str | None | Sequence[str | None]) -> list[str | N
         elif a in ADAPTER_DENSITIES:
             out.append(a)
         else:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown adapter density {a!r}; choose from {', '.join(ADAPTER_DENSITIES)} or none"
             )
     return out
@@ -165,17 +166,17 @@ class StitchFusionSegmentor(Segmentor):
         super().__init__(modalities, num_classes)
         m = len(self.modalities)
         if m > MAX_MODALITIES:
-            raise ValueError(
+            raise ConfigError(
                 f"StitchFusion supports 1..{MAX_MODALITIES} modalities, got {m}: {self.modalities}"
             )
         if not isinstance(backbone, MixVisionTransformer):
-            raise ValueError(
+            raise ConfigError(
                 f"StitchFusion needs a MiT backbone (mit_b0..mit_b5), got {type(backbone).__name__}"
             )
         if fusion not in FUSIONS:
-            raise ValueError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
+            raise ConfigError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
         if missing not in MISSING_MODES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown missing mode {missing!r}; choose one of {', '.join(MISSING_MODES)}"
             )
         self.missing = missing
