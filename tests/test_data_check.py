@@ -280,6 +280,10 @@ def test_deep_check_finds_truncated_pixels(tmp_path):
     assert check_dataset("fmb", root).ok  # headers only
     deep = check_dataset("fmb", root, deep=True)
     assert deep.count("load") + deep.count("unreadable") == 1
+    args = ["data", "check", "--dataset", "fmb", "--root", str(root), "--split", "train"]
+    assert runner.invoke(app, args).exit_code == 0
+    res = runner.invoke(app, [*args, "--deep"])
+    assert res.exit_code == 1 and "FAILED: 1 problem(s)" in res.output
 
 
 def test_folder_dataset_faults(tmp_path):

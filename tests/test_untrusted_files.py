@@ -205,6 +205,33 @@ def test_pretrained_encoder_file_refuses(run, tmp_path):
     assert not run["marker"].exists()
 
 
+def test_init_from_refuses(run, tmp_path):
+    res = runner.invoke(app, ["train", str(run["cfg"]), "--run-dir", str(tmp_path / "r"),
+                              "--set", f"train.init_from={run['evil']}"])
+    _assert_refused(res, run, logged=True)
+    assert not any((tmp_path / "r").glob("checkpoints/*.ckpt"))
+
+
+def test_init_from_starts_a_new_run_from_trained_weights(run, tmp_path):
+    """lr 0: the parameters stay where they started, so the new run's checkpoint shows which
+    weights it started from (buffers such as BatchNorm statistics still move)."""
+    trained = read_checkpoint(run["good"])["state_dict"]
+    cfg = load_config(run["cfg"])
+    names = [f"model.{n}" for n, _ in
+             create_model({**cfg.model.to_dict(), "num_classes": 25}).named_parameters()]
+
+    def started_from(extra: list[str], run_dir: Path) -> dict:
+        res = runner.invoke(app, ["train", str(run["cfg"]), "--run-dir", str(run_dir),
+                                  "--set", "train.lr=0", *extra])
+        assert res.exit_code == 0, res.output
+        return read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["state_dict"]
+
+    init = started_from(["--set", f"train.init_from={run['good']}"], tmp_path / "init")
+    assert all(torch.equal(init[k], trained[k]) for k in names)
+    fresh = started_from([], tmp_path / "fresh")
+    assert not all(torch.equal(fresh[k], trained[k]) for k in names)
+
+
 def test_python_loaders_refuse(run):
     from fusionseg.predict import load_predictor
 

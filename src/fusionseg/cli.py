@@ -440,6 +440,10 @@ def data_check(config: Annotated[Path | None, typer.Argument(help="run config")]
                split: Annotated[list[str] | None, typer.Option(help="split(s) to check")] = None,
                modalities: Annotated[str | None, typer.Option(
                    help="comma-separated modalities (default: all the dataset has)")] = None,
+               deep: Annotated[bool, typer.Option(
+                   help="also read every sample in full (pixels, label values): finds files "
+                        "cut in their pixel data, which headers alone do not show; slower")]
+               = False,
                set: SetOpt = None):
     """Walk a dataset and report every problem found; exit 1 if there is any."""
     from .data.check import check_dataset, print_report
@@ -459,7 +463,8 @@ def data_check(config: Annotated[Path | None, typer.Argument(help="run config")]
         mods = None
     if modalities:
         mods = [m.strip() for m in modalities.split(",") if m.strip()]
-    report = check_dataset(dataset, root, splits=split, modalities=mods, options=options)
+    report = check_dataset(dataset, root, splits=split, modalities=mods, options=options,
+                           deep=deep)
     print_report(report, console)
     if not report.ok:
         raise typer.Exit(1)

@@ -166,6 +166,10 @@ class TrainConfig(_Strict):
     #: also write ``last.ckpt`` every this many optimizer steps (None: only at the end of each
     #: epoch); ``--resume last.ckpt`` continues exactly from there, mid-epoch too
     checkpoint_every_n_steps: int | None = Field(default=None, ge=1)
+    #: start from the weights of a trained model: a fusionseg checkpoint (``best.ckpt``), a
+    #: plain state dict or a method's released file, loaded strictly into the configured model
+    #: (read like every checkpoint: weights only, never code); a new run, unlike ``--resume``
+    init_from: str | None = None
     out_dir: str = "runs"
     progress: bool = True
     threads: int | None = None  # torch.set_num_threads on CPU; None leaves torch's default

@@ -195,7 +195,12 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
         resume: a ``last.ckpt`` to continue from. Model, optimizer, schedule, loop counters,
             the position in the training data (mid-epoch too) and the random state are
             restored, so the run ends with the weights an uninterrupted run ends with
-            (bit-identical on CPU; :mod:`fusionseg.engine.resume`).
+            (bit-identical on CPU; :mod:`fusionseg.engine.resume`). ``train.init_from`` is
+            ignored then.
+
+    ``train.init_from`` starts a new run from a trained model's weights (loaded strictly
+    with :func:`fusionseg.models.load_checkpoint`, so through the safe reader); optimizer,
+    schedule and counters start fresh.
 
     Checkpoints (``{run_dir}/checkpoints``, written atomically): ``best.ckpt`` (highest
     ``val/mIoU``, after validation) and ``last.ckpt`` at the end of every epoch (after its
@@ -204,14 +209,20 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
 
     Raises:
         RunError: ``run_dir`` already holds checkpoints and ``resume`` is not given.
-        DataError, ConfigError, ValueError: bad data or config, before anything is written.
+        CheckpointError: ``train.init_from`` is missing, unsafe, unreadable or does not fit
+            the model.
+        DataError, ConfigError: bad data or config, before anything is written.
     """
     setup_threads(cfg.train.threads)
     L.seed_everything(cfg.seed, workers=True, verbose=False)
     dm = SegDataModule(cfg)
     dm.setup("fit")
     ds = dm.val_set
-    model = build_model(cfg, ds.num_classes)
+    init_from = cfg.train.init_from if resume is None else None  # --resume restores all
+    # weights from init_from replace the pretrained encoder's: model.pretrained is not read
+    model = build_model(cfg, ds.num_classes, for_checkpoint=init_from is not None)
+    if init_from is not None:
+        load_checkpoint(model, init_from)
     prepare_for_training(model, cfg)
     module = SegmentationModule(model, cfg, ds.classes, conditions=getattr(ds, "conditions", []),
                                 palette=getattr(ds, "palette", None),
