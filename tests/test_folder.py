@@ -143,3 +143,17 @@ def test_unlabelled_split(tmp_path):
     (root / "test" / "label").rmdir()
     s = create_dataset("folder", root, "test", None)[0]
     assert "label" not in s and s["rgb"].shape == (3, 12, 16)
+
+
+def test_float_labels_must_hold_whole_class_ids(tmp_path):
+    """A float label (TIFF / .npy) is read as class ids only when every value is a whole
+    number: 1.7 is not silently class 1, NaN not a huge negative id."""
+    ds = create_dataset("folder", write_tree(tmp_path / "own"), "train", None)
+    whole = np.array([[0.0, 1.0], [2.0, 255.0]], np.float32)[:, :, None]
+    assert ds.label_from_array(whole, "l.tif").tolist() == [[0, 1], [2, 255]]
+    for bad, shown in ((1.7, "1.7"), (np.nan, "nan")):
+        raw = whole.copy()
+        raw[0, 1, 0] = bad
+        with pytest.raises(DataError, match=rf"l\.tif \[modality 'label'\]: label holds "
+                                            rf"non-integer class ids \[{shown}\] \(1 pixel"):
+            ds.label_from_array(raw, "l.tif")

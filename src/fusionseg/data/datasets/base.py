@@ -438,7 +438,20 @@ class MultimodalDataset(Dataset):
 
     def label_from_array(self, raw: np.ndarray, path: str | os.PathLike | None) -> torch.Tensor:
         """Decode a raw label array ``[H, W, C]`` (see :meth:`read_label`); ``path`` is only
-        used in error messages."""
+        used in error messages.
+
+        Raises:
+            DataError: a float label holding values that are not whole numbers (NaN, 1.7: a
+                cast would silently make them class ids), a decoded shape other than the
+                file's, a class id outside ``0..num_classes-1`` and ``ignore_index``.
+        """
+        if raw.dtype.kind == "f":
+            frac = ~np.isfinite(raw) | (raw != np.round(raw))
+            if frac.any():
+                vals = ", ".join(f"{v:g}" for v in np.unique(raw[frac])[:10].tolist())
+                raise DataError(f"label holds non-integer class ids [{vals}] ({int(frac.sum())} "
+                                "pixel(s)); class ids must be whole numbers",
+                                path=path, modality=LABEL_KEY)
         try:
             lab = np.asarray(self.decode_label(raw))
         except DataError as err:
