@@ -199,3 +199,31 @@ def test_vertical_flip_moves_rows_of_every_modality_and_the_label():
     assert torch.equal(out["label"][0], s["label"][2])
     assert torch.equal(out["dsm"][0, 0], s["dsm"][0, 2]) and torch.equal(out["rgb"][1, 0], s["rgb"][1, 2])
     assert RandomVerticalFlip(0.0)(s) is s
+
+
+def test_label_interpolation_legacy_is_torchvision_nearest():
+    """``nearest-legacy`` takes source pixel ``floor(dst * in / out)`` (torch's legacy nearest,
+    torchvision's InterpolationMode.NEAREST); the default stays pixel-centre aligned."""
+    import math
+
+    import torch.nn.functional as F
+
+    rows = torch.arange(30)[:, None].expand(30, 7).contiguous()
+    s = {"rgb": torch.rand(3, 30, 7), "label": rows, "meta": {"id": "r"}}
+    for out_h in (45, 40, 20, 64):
+        legacy = Resize((out_h, 7), label_interpolation="nearest-legacy")(s)["label"][:, 0]
+        assert legacy.tolist() == [math.floor(d * 30 / out_h) for d in range(out_h)]
+        exact = Resize((out_h, 7))(s)["label"][:, 0]
+        assert exact.tolist() == [math.floor((d + 0.5) * 30 / out_h) for d in range(out_h)]
+    lab = torch.randint(0, 9, (30, 40))
+    lab[0] = 255
+    s = {"rgb": torch.rand(3, 30, 40), "label": lab, "meta": {"id": "l"}}
+    specs = {"rgb": get_spec("rgb")}
+    for size in ((40, 53), (17, 23), (60, 80)):
+        want = F.interpolate(lab[None, None].float(), size=size, mode="nearest")[0, 0].long()
+        out = build_eval_transforms(specs, size, label_interpolation="nearest-legacy")(s)
+        assert torch.equal(out["label"], want) and out["rgb"].shape == (3, *size)
+        # images are resampled as before (bilinear): only the label's rule changes
+        assert torch.equal(out["rgb"], build_eval_transforms(specs, size)(s)["rgb"])
+    with pytest.raises(ValueError):
+        Resize(8, label_interpolation="bilinear")

@@ -16,7 +16,9 @@ Geometry:
   modality -> ``"bilinear"`` | ``"nearest"``, from the ModalitySpecs; modalities not in the
   map are bilinear); the label always uses nearest. ``"nearest"`` is torch's
   ``"nearest-exact"`` (pixel-centre aligned like bilinear with ``align_corners=False``), so
-  nearest and bilinear maps stay aligned.
+  nearest and bilinear maps stay aligned. :class:`Resize` can instead resample the label with
+  torch's legacy nearest (``label_interpolation="nearest-legacy"``), as torchvision and OpenCV
+  do, to reproduce a release's evaluation labels.
 - padding goes bottom/right; images are filled with ``fill[modality]`` (default 0; the
   builders pass :meth:`ModalitySpec.pad_value`, the value that becomes exactly 0 after
   ``Normalize``), the label with ``ignore_index`` (255).
@@ -46,6 +48,7 @@ __all__ = [
     "ColorJitter",
     "Compose",
     "GaussianBlur",
+    "LABEL_INTERPOLATIONS",
     "Normalize",
     "PadToMultiple",
     "RandomHorizontalFlip",
@@ -126,10 +129,22 @@ def _resize_image(x: torch.Tensor, size: Size2, mode: str) -> torch.Tensor:
     raise ConfigError(f"unknown interpolation mode {mode!r} (use 'bilinear' or 'nearest')")
 
 
-def _resize_label(lab: torch.Tensor, size: Size2) -> torch.Tensor:
+#: label resampling modes: ``"nearest"`` = torch's ``"nearest-exact"`` (source pixel
+#: ``floor((dst + 0.5) * in / out)``, aligned with bilinear); ``"nearest-legacy"`` = torch's
+#: legacy ``"nearest"`` (``floor(dst * in / out)``), what torchvision's
+#: ``InterpolationMode.NEAREST`` and OpenCV's ``INTER_NEAREST`` compute (release pipelines
+#: such as StitchFusion's evaluation ``Resize``)
+LABEL_INTERPOLATIONS = ("nearest", "nearest-legacy")
+
+
+def _resize_label(lab: torch.Tensor, size: Size2, mode: str = "nearest") -> torch.Tensor:
     if tuple(lab.shape[-2:]) == size:
         return lab
-    out = F.interpolate(lab[None, None].to(torch.float32), size=size, mode="nearest-exact")
+    if mode not in LABEL_INTERPOLATIONS:
+        raise ConfigError(f"unknown label interpolation {mode!r} (use "
+                          f"{' or '.join(map(repr, LABEL_INTERPOLATIONS))})")
+    torch_mode = "nearest-exact" if mode == "nearest" else "nearest"
+    out = F.interpolate(lab[None, None].to(torch.float32), size=size, mode=torch_mode)
     return out[0, 0].round().to(lab.dtype)
 
 
@@ -219,12 +234,12 @@ class _Geometric(Transform):
         self.fill = dict(fill or {})
         self.ignore_index = ignore_index
 
-    def _resize_all(self, sample: Sample, size: Size2) -> Sample:
+    def _resize_all(self, sample: Sample, size: Size2, label_mode: str = "nearest") -> Sample:
         out = _copy(sample)
         for k in modality_keys(sample):
             out[k] = _resize_image(sample[k], size, self.interpolation.get(k, "bilinear"))
         if isinstance(sample.get(LABEL_KEY), torch.Tensor):
-            out[LABEL_KEY] = _resize_label(sample[LABEL_KEY], size)
+            out[LABEL_KEY] = _resize_label(sample[LABEL_KEY], size, label_mode)
         return out
 
     def _pad_all(self, sample: Sample, bottom: int, right: int) -> Sample:
@@ -351,7 +366,9 @@ class Resize(_Geometric):
 
     With ``keep_ratio`` the image is scaled by ``min(h / H, w / W)`` (fits into ``size``,
     aspect kept). With ``resize_label=False`` the label keeps its original size (evaluate at
-    the original resolution by resizing logits back).
+    the original resolution by resizing logits back). ``label_interpolation``: ``"nearest"``
+    (default, pixel-centre aligned) or ``"nearest-legacy"`` (torchvision / OpenCV nearest, for
+    parity with pipelines that resize labels that way); see :data:`LABEL_INTERPOLATIONS`.
     """
 
     def __init__(
@@ -361,11 +378,16 @@ class Resize(_Geometric):
         keep_ratio: bool = False,
         resize_label: bool = True,
         interpolation: Mapping[str, str] | None = None,
+        label_interpolation: str = "nearest",
     ) -> None:
         super().__init__(interpolation)
         self.size = _size2(size, "size")
         self.keep_ratio = keep_ratio
         self.resize_label = resize_label
+        if label_interpolation not in LABEL_INTERPOLATIONS:
+            raise ConfigError(f"label_interpolation must be one of {LABEL_INTERPOLATIONS}, "
+                              f"got {label_interpolation!r}")
+        self.label_interpolation = label_interpolation
 
     def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
         h, w = _sample_size(sample)
@@ -374,7 +396,7 @@ class Resize(_Geometric):
             s = min(size[0] / h, size[1] / w)
             size = (max(1, int(round(h * s))), max(1, int(round(w * s))))
         if self.resize_label:
-            return self._resize_all(sample, size)
+            return self._resize_all(sample, size, self.label_interpolation)
         out = _copy(sample)
         for k in modality_keys(sample):
             out[k] = _resize_image(sample[k], size, self.interpolation.get(k, "bilinear"))
@@ -629,11 +651,13 @@ def build_eval_transforms(
     pad_multiple: int | None = None,
     normalize: bool = True,
     ignore_index: int = IGNORE_INDEX,
+    label_interpolation: str = "nearest",
 ) -> Compose:
     """Evaluation pipeline: [Resize(size)] -> [PadToMultiple(pad_multiple)] -> [Normalize].
 
     ``size=None`` keeps the native size. DELIVER's reference protocol is ``size=(1024, 1024)``
-    with the label resized (nearest); ``resize_label=False`` keeps the label at full size.
+    with the label resized (nearest); ``resize_label=False`` keeps the label at full size;
+    ``label_interpolation`` picks the label's nearest rule (see :class:`Resize`).
     """
     specs = _as_specs(specs)
     ts: list[Transform] = []
@@ -644,6 +668,7 @@ def build_eval_transforms(
                 keep_ratio=keep_ratio,
                 resize_label=resize_label,
                 interpolation=interpolation_map(specs),
+                label_interpolation=label_interpolation,
             )
         )
     if pad_multiple is not None and pad_multiple > 1:
