@@ -79,6 +79,8 @@ def test_eval_tables_and_json(trained):
     res = runner.invoke(app, ["eval", str(cfg), "--ckpt", str(ckpt), "--missing", "all"])
     assert res.exit_code == 0, res.output
     assert "per condition" in res.output and "night" in res.output
+    assert "mIoU over the classes present (nanmean)" in res.output  # the convention used
+
     def no_nan(name):  # a strict parser: bare NaN / Infinity are not JSON
         raise ValueError(f"non-standard JSON constant {name}")
 
@@ -233,3 +235,31 @@ def test_eval_in_bf16(trained):
     assert res.exit_code == 0, res.output
     out = json.loads((run / "checkpoints" / "best_eval_val.json").read_text())
     assert out["precision"] == "bf16-mixed" and 0 <= out["overall"]["mIoU"] <= 100
+
+
+def test_eval_reads_the_data_with_the_specs_the_checkpoint_was_trained_with(trained):
+    """A recipe whose input conventions changed since a checkpoint was trained (here: the depth
+    scale) evaluates that checkpoint as it was trained: same confusion, one warning naming the
+    field; a released file without stored specs would be read with the config's."""
+    import warnings
+
+    from fusionseg.config import load_config
+    from fusionseg.engine.runner import evaluate
+
+    tmp, root, cfg_path, run = trained
+    ckpt = run / "checkpoints" / "best.ckpt"
+    cfg = load_config(cfg_path)
+    base = evaluate(cfg, ckpt, write_json=False)
+    changed = load_config(cfg_path, ["data.options={specs: {depth: {scale: 0.0005}}}"])
+    with pytest.warns(UserWarning, match=r"depth: scale 0\.001 \(config 0\.0005\)"):
+        again = evaluate(changed, ckpt, write_json=False)
+    assert again["overall"]["IoU"] == base["overall"]["IoU"]
+    # the stored specs removed: the config's depth scale is used, and the result changes
+    plain = tmp / "no_specs.ckpt"
+    ck = torch.load(ckpt, weights_only=True)
+    del ck["fusionseg_specs"]
+    torch.save(ck, plain)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        other = evaluate(changed, plain, write_json=False)
+    assert other["overall"]["IoU"] != base["overall"]["IoU"]

@@ -108,11 +108,15 @@ def _fmt(v: float | None) -> str:
 def print_results(res: dict) -> None:
     """Print the overall, per-class, per-condition and missing-modality tables."""
     ov = res["overall"]
+    convention = {"nanmean": "mIoU over the classes present (nanmean)",
+                  "zero": "mIoU over every class, absent ones 0"}.get(res.get("miou", ""), "")
     t = Table(title=f"{res['dataset']} {res['split']} ({'+'.join(res['modalities'])})")
     for col in ("mIoU", "OA", "mAcc", "mF1"):
         t.add_column(col, justify="right")
     t.add_row(*[_fmt(ov[c]) for c in ("mIoU", "OA", "mAcc", "mF1")])
     console.print(t)
+    if convention:
+        console.print(convention, highlight=False, soft_wrap=True)
     t = Table(title="per class")
     t.add_column("class")
     t.add_column("IoU", justify="right")

@@ -9,6 +9,7 @@ and (optionally) missing-modality results (:mod:`fusionseg.engine.robustness`).
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from ..models import (
     load_checkpoint,
     load_state_dict_file,
 )
-from ..models.weights import to_model_keys
+from ..models.weights import read_weights_file, to_model_keys
 from ..runtime import autocast, resolve_precision, setup_threads
 from .checkpoint import AtomicCheckpointIO, atomic_write_json
 from .inference import predict_logits
@@ -322,6 +323,34 @@ def parse_protocols(protocol: str | list[str] | None) -> list[str]:
     return [p for p in PROTOCOLS if p in names]
 
 
+def _trained_specs(contents: Any, specs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The modality specs a fusionseg checkpoint was trained with (``fusionseg_specs``) where
+    they differ from ``specs`` (the config's, resolved by the dataset), with one warning naming
+    the modalities and fields; ``{}`` for a file without stored specs (a released checkpoint)
+    or when they agree."""
+    stored = contents.get("fusionseg_specs") if isinstance(contents, dict) else None
+    if not isinstance(stored, dict):
+        return {}
+    out: dict[str, dict[str, Any]] = {}
+    changes: list[str] = []
+    for m, spec in specs.items():
+        saved = stored.get(m)
+        if not isinstance(saved, dict):
+            continue
+        now = spec.model_dump(mode="json")
+        # fields the file lacks (added to ModalitySpec after it was written) keep defaults
+        fields = sorted(k for k in saved if k != "name" and now.get(k) != saved[k])
+        if fields:
+            out[m] = {k: v for k, v in saved.items() if k != "name"}
+            changes.append(f"{m}: " + ", ".join(f"{k} {saved.get(k)!r} (config {now.get(k)!r})"
+                                                for k in fields))
+    if changes:
+        warnings.warn("the checkpoint was trained with other modality specs than the config "
+                      "gives; evaluating with the checkpoint's: " + "; ".join(changes),
+                      stacklevel=3)
+    return out
+
+
 def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
              split: str | None = None, write_json: bool = True,
              max_batches: int | None = None, protocol: str | list[str] | None = None,
@@ -347,19 +376,34 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         those of :func:`metrics_from_confusion` (percent); ``outputs`` only for models with
         several outputs (``stream_logits``, e.g. AsymFusion).
 
+    The data is read with the modality specs the checkpoint was trained with
+    (``fusionseg_specs``, stored by every fusionseg training run) where they differ from the
+    config's, with a warning: a recipe whose input conventions changed keeps evaluating its
+    earlier checkpoints correctly. Files without stored specs (released checkpoints) are read
+    with the config's specs.
+
     Raises:
-        CheckpointMismatchError: the checkpoint does not match the configured model.
+        CheckpointError: the checkpoint is missing, unsafe or does not match the configured
+            model (``CheckpointMismatchError``).
         DataError: bad data.
-        ValueError: an unknown protocol.
+        ConfigError: an unknown protocol.
     """
     protocols = parse_protocols(protocol)
     setup_threads(cfg.train.threads)
     if split:
         cfg = cfg.model_copy(deep=True)
         cfg.data.val_split = split
+    contents = read_weights_file(ckpt)
     ds = build_dataset(cfg, cfg.data.val_split, train=False)
+    trained = _trained_specs(contents, ds.specs)
+    if trained:
+        # the model was trained on other inputs than the config's specs give (e.g. a recipe
+        # whose conventions changed since): read the data as it was trained on
+        cfg = cfg.model_copy(deep=True)
+        cfg.data.options["specs"] = {**dict(cfg.data.options.get("specs") or {}), **trained}
+        ds = build_dataset(cfg, cfg.data.val_split, train=False)
     model = build_model(cfg, ds.num_classes, for_checkpoint=True)
-    load_checkpoint(model, ckpt)
+    load_checkpoint(model, ckpt, contents)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model.to(device).eval()
     loader = DataLoader(ds, batch_size=cfg.data.val_batch_size, shuffle=False,
@@ -405,6 +449,7 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         "split": cfg.data.val_split,
         "modalities": list(full),
         "precision": precision,
+        "miou": e.miou,
         "classes": list(ds.classes),
         "overall": {kk: v for kk, v in main.items() if kk != "per_condition"},
         "per_condition": main["per_condition"],
