@@ -227,3 +227,33 @@ def test_label_interpolation_legacy_is_torchvision_nearest():
         assert torch.equal(out["rgb"], build_eval_transforms(specs, size)(s)["rgb"])
     with pytest.raises(ValueError):
         Resize(8, label_interpolation="bilinear")
+
+
+@pytest.mark.parametrize("rule, mode", [("nearest", "nearest-exact"),
+                                        ("nearest-legacy", "nearest")])
+def test_config_eval_label_interpolation_reaches_the_eval_resize(tmp_path, rule, mode):
+    """``data.eval_label_interpolation`` picks the label's nearest rule of the evaluation
+    resize (32 -> 48 px: a non-integer factor, where the two rules differ)."""
+    import sys
+    from pathlib import Path
+
+    import torch.nn.functional as F
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixtures.deliver_tree import make_deliver_tree
+
+    from fusionseg.config import config_from_dict
+    from fusionseg.data.datamodule import build_dataset
+
+    root = tmp_path / "deliver"
+    make_deliver_tree(root, conditions=("cloud",), splits=("val",), per_split=1,
+                      modalities=("rgb",))
+    cfg = config_from_dict({"model": {"name": "sum_fusion", "modalities": ["rgb"]},
+                            "data": {"dataset": "deliver", "root": str(root),
+                                     "eval_size": [48, 48],
+                                     "eval_label_interpolation": rule}})
+    ds = build_dataset(cfg, "val", train=False)
+    raw = build_dataset(cfg.model_copy(update={"data": cfg.data.model_copy(
+        update={"eval_size": None})}), "val", train=False)[0]["label"]
+    want = F.interpolate(raw[None, None].float(), size=(48, 48), mode=mode)[0, 0].long()
+    assert torch.equal(ds[0]["label"], want)

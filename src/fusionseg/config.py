@@ -84,6 +84,10 @@ class DataConfig(_Strict):
     vflip_prob: float = 0.0  # vertical flips (aerial data)
     photometric: bool = True
     eval_size: tuple[int, int] | None = None  # resize for evaluation (None: native size)
+    #: the label's nearest rule when ``eval_size`` resizes it: ``nearest`` (pixel-centre
+    #: aligned) or ``nearest-legacy`` (torchvision / OpenCV, what most releases use); they
+    #: differ at non-integer factors only
+    eval_label_interpolation: Literal["nearest", "nearest-legacy"] = "nearest"
     batch_size: int = 8
     val_batch_size: int = 4
     num_workers: int = 2

@@ -952,7 +952,9 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
     # skipping: a broken file of a dataset root fails its sample alone, not the whole run
     ds = open_inputs(inputs, cfg, specs, split=split, dataset_specs=dataset_specs,
                      check_files=on_error == "stop")
-    ds.transform = build_eval_transforms(ds.specs, size=cfg.data.eval_size)
+    ds.transform = build_eval_transforms(
+        ds.specs, size=cfg.data.eval_size,
+        label_interpolation=cfg.data.eval_label_interpolation)
     classes = meta.get("fusionseg_classes") or list(getattr(ds, "classes", []) or []) or None
     num_classes = cfg.model.num_classes or (len(classes) if classes else None)
     palette = meta.get("fusionseg_palette")

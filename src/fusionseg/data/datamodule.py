@@ -75,7 +75,8 @@ def build_dataset(cfg: Config, split: str, train: bool):
                                     flip_prob=d.flip_prob, photometric=d.photometric,
                                     vflip_prob=d.vflip_prob)
     else:
-        tf = build_eval_transforms(probe.specs, size=d.eval_size)
+        tf = build_eval_transforms(probe.specs, size=d.eval_size,
+                                   label_interpolation=d.eval_label_interpolation)
     probe.transform = tf
     return probe
 
