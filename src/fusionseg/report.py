@@ -82,7 +82,7 @@ def collect_run(run_dir: str | Path, label: str | None = None) -> dict[str, Any]
 
     Raises:
         FileNotFoundError: ``run_dir/config.json`` is missing.
-        ValueError: a JSON file is not valid JSON.
+        DataError: a JSON file is not valid JSON.
     """
     run_dir = Path(run_dir)
     config_path = run_dir / "config.json"
@@ -168,7 +168,7 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
         ``{"rows": [collect_run dicts], "markdown": Path, "png": Path}``.
 
     Raises:
-        ValueError: no run dirs given.
+        ConfigError: no run dirs given.
         FileNotFoundError: a run dir without ``config.json``.
     """
     from .viz import plot_report

@@ -24,7 +24,7 @@ def resolve_precision(precision: str | int | None, device: torch.device | str,
     checkpoint trained at ``16-mixed`` on a GPU), ``16-mixed`` off CUDA becomes ``bf16-mixed``.
 
     Raises:
-        ValueError: an unknown name, or (``strict``) ``16-mixed`` on a device other than CUDA
+        ConfigError: an unknown name, or (``strict``) ``16-mixed`` on a device other than CUDA
             (fp16 autocast needs a GPU; use ``bf16-mixed`` on CPU).
     """
     dev = torch.device(device).type
@@ -56,7 +56,7 @@ def autocast(precision: str | int | None, device: torch.device | str):
     outside it, in float32.
 
     Raises:
-        ValueError: see :func:`resolve_precision`.
+        ConfigError: see :func:`resolve_precision`.
     """
     p = resolve_precision(precision, device)
     dev = torch.device(device).type

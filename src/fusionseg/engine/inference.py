@@ -96,7 +96,7 @@ def predict_logits(model: nn.Module, batch: dict, mode: str = "whole",
         window_batch: sliding windows per model call (see :func:`slide_inference`).
 
     Raises:
-        ValueError: unknown mode.
+        ConfigError: unknown mode.
     """
     if mode not in ("whole", "slide"):
         raise ConfigError(f"unknown inference mode {mode!r}; use 'whole' or 'slide'")

@@ -100,7 +100,7 @@ def loss_spec(spec: str | Mapping[str, Any]) -> dict[str, Any]:
     """Normalise a loss spec: ``"ohem"`` -> ``{"name": "ohem"}``; a mapping is copied.
 
     Raises:
-        ValueError: not a string or a mapping with a ``name``.
+        ConfigError: not a string or a mapping with a ``name``.
     """
     if isinstance(spec, str):
         return {"name": spec}
@@ -115,7 +115,7 @@ def build_loss(spec: str | Mapping[str, Any], ignore_index: int = 255, **kwargs)
     ``kwargs`` are added to the spec's options (the spec wins).
 
     Raises:
-        ValueError: unknown name (listing the registered ones), or an option the loss does not
+        ConfigError: unknown name (listing the registered ones), or an option the loss does not
             take (naming it).
     """
     opts = {**kwargs, **loss_spec(spec)}

@@ -83,7 +83,7 @@ def sample_modality_keep(present: torch.Tensor, p: float | Sequence[float],
         would keeps one of its present modalities, chosen uniformly.
 
     Raises:
-        ValueError: ``p`` has the wrong length or a value outside ``[0, 1]``.
+        ConfigError: ``p`` has the wrong length or a value outside ``[0, 1]``.
     """
     b, m = present.shape
     probs = torch.full((m,), float(p)) if isinstance(p, (int, float)) else torch.tensor(

@@ -77,7 +77,7 @@ class RobustTraining:
         ignore_index: label value of pixels left out of the KL average.
 
     Raises:
-        ValueError: a probability outside ``[0, 1]``, a dropout key that is not a modality,
+        ConfigError: a probability outside ``[0, 1]``, a dropout key that is not a modality,
             a non-positive temperature.
     """
 

@@ -85,7 +85,7 @@ def modality_subsets(modalities: Sequence[str],
     ``itertools.combinations`` order); a list of lists is taken as given (each checked).
 
     Raises:
-        ValueError: a listed subset names a modality the model does not have, or is empty.
+        ConfigError: a listed subset names a modality the model does not have, or is empty.
     """
     modalities = list(modalities)
     if which == "all":
@@ -228,7 +228,7 @@ def protocol_scenarios(modalities: Sequence[str], protocols: Iterable[str]) -> l
     """The scenarios of ``protocols`` (``"emm"``, ``"rmm"``, ``"nm"``) for a model's modalities.
 
     Raises:
-        ValueError: an unknown protocol name.
+        ConfigError: an unknown protocol name.
     """
     mods = list(modalities)
     out: list[Scenario] = []

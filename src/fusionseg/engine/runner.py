@@ -78,7 +78,7 @@ def model_spec(cfg: Config, num_classes: int | None = None,
             replace those, so an ImageNet file need not be present).
 
     Raises:
-        ValueError: ``model.num_classes`` disagrees with ``num_classes``.
+        ConfigError: ``model.num_classes`` disagrees with ``num_classes``.
     """
     spec = cfg.model.to_dict()
     if for_checkpoint:
@@ -96,7 +96,7 @@ def build_model(cfg: Config, num_classes: int, for_checkpoint: bool = False) -> 
     (see :func:`model_spec`).
 
     Raises:
-        ValueError: unknown model name or key; ``num_classes`` disagrees with the dataset.
+        ConfigError: unknown model name or key; ``num_classes`` disagrees with the dataset.
     """
     return create_model(model_spec(cfg, num_classes, for_checkpoint))
 
@@ -309,7 +309,7 @@ def parse_protocols(protocol: str | list[str] | None) -> list[str]:
     """``"all"`` -> ``["emm", "rmm", "nm"]``; ``"emm,nm"`` or a list -> those; ``None`` -> [].
 
     Raises:
-        ValueError: an unknown protocol name.
+        ConfigError: an unknown protocol name.
     """
     if not protocol:
         return []

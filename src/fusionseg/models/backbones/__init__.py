@@ -70,7 +70,7 @@ def create_backbone(name: str, pretrained: str | Path | None = None, **overrides
         maps at ``strides``, with ``out_channels``).
 
     Raises:
-        ValueError: unknown ``name`` (the message lists the known names).
+        ConfigError: unknown ``name`` (the message lists the known names).
         TypeError: an override the constructor does not accept.
         WeightsNotAvailableError: a catalogue name not fetched yet (a ``FileNotFoundError``;
             one line: ``run `fusionseg weights fetch NAME` or put FILE at PATH``).

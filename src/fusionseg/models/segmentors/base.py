@@ -261,7 +261,7 @@ class Segmentor(nn.Module):
         ``train()`` calls. Returns ``self``.
 
         Raises:
-            ValueError: the model has no backbone.
+            ConfigError: the model has no backbone.
         """
         if freeze and not self.backbone_modules():
             raise ConfigError(f"{type(self).__name__} has no backbone to freeze")
@@ -307,7 +307,7 @@ class Segmentor(nn.Module):
         :func:`fusionseg.models.create_model`).
 
         Raises:
-            ValueError: ``enable`` with no backbone in the model (nothing would be
+            ConfigError: ``enable`` with no backbone in the model (nothing would be
                 checkpointed).
         """
         backbones = [m for m in self.modules() if isinstance(m, Backbone)]
@@ -416,7 +416,7 @@ class Segmentor(nn.Module):
             or ``None`` when there is no ``present`` entry or the column is all true.
 
         Raises:
-            ValueError: not a dict; no configured modality present; a tensor that is not
+            DataError: not a dict; no configured modality present; a tensor that is not
                 ``[B, C, H, W]`` floating point; a channel count other than 1 or 3 (names the
                 modality and the count); batch-size or spatial-size mismatch across modalities;
                 a ``present`` of the wrong shape; a sample with no present modality.

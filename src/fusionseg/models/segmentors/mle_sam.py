@@ -97,7 +97,7 @@ class MLESAMSegmentor(Segmentor):
     label.
 
     Raises:
-        ValueError: an encoder without 4 output maps, a SAM ViT whose last tap is not its last
+        ConfigError: an encoder without 4 output maps, a SAM ViT whose last tap is not its last
             block, an unknown ``inference``.
     """
 

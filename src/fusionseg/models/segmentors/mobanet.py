@@ -145,7 +145,7 @@ class PromptAdapter(PeftModule):
     (``D_fc_prompt``), ``up`` (``D_fc2``).
 
     Raises:
-        ValueError: ``int(C * ratio) < 1``.
+        ConfigError: ``int(C * ratio) < 1``.
     """
 
     def __init__(self, dim: int, ratio: float = 0.0625, dropout: float = 0.1) -> None:
@@ -263,7 +263,7 @@ class MoBaNetSegmentor(Segmentor):
     targets).
 
     Raises:
-        ValueError: not two modalities, or not an optical one followed by a DSM-like one; a
+        ConfigError: not two modalities, or not an optical one followed by a DSM-like one; a
             backbone that is not a plain-ViT transformer backbone; ``design="taps"`` without 4
             taps; ``design="neck"`` without a SAM backbone built with its neck, or with
             ``dgfm=True``; an unknown design.
