@@ -224,6 +224,10 @@ class EvalConfig(_Strict):
     window: tuple[int, int] = (512, 512)
     stride: tuple[int, int] = (341, 341)
     window_batch: int = 1  # sliding windows per forward pass (throughput; same result)
+    # sliding-window placement: "aligned" (each window once, the last one aligned to the edge)
+    # or "clamped" (the ISPRS code's loop, as the MoBaNet release: a start every stride, starts
+    # past the edge moved back to the last position and summed once per move)
+    slide_positions: Literal["aligned", "clamped"] = "aligned"
     flip: bool = False
     scales: list[float] = Field(default_factory=lambda: [1.0])
     miou: Literal["nanmean", "zero"] = "nanmean"

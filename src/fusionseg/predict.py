@@ -60,7 +60,7 @@ from pydantic import ValidationError
 from .config import Config, config_from_dict, load_config
 from .data.io import IMAGE_EXTENSIONS, DataError, bit_depth_of, read_image
 from .data.modalities import ModalitySpec, resolve_specs
-from .engine.inference import predict_logits
+from .engine.inference import inference_kwargs, predict_logits
 from .engine.runner import model_spec
 from .errors import CheckpointError, ConfigError
 from .files import atomic_path
@@ -583,9 +583,7 @@ def inference_settings(cfg: Config, size: Sequence[int], max_pixels: int | None 
         ConfigError: ``max_pixels < 1``.
     """
     e = cfg.eval
-    out: dict[str, Any] = {"mode": e.mode, "window": tuple(e.window),
-                           "stride": tuple(e.stride), "scales": list(e.scales), "flip": e.flip,
-                           "window_batch": e.window_batch}
+    out: dict[str, Any] = inference_kwargs(e)
     if fixed_size is not None:
         fh, fw = (int(v) for v in fixed_size)
         if tuple(size) == (fh, fw) and list(e.scales) == [1.0]:

@@ -28,7 +28,7 @@ from torch import nn
 from ..config import Config
 from ..data.sample import drop_modalities
 from ..models.segmentors.base import logits_of
-from .inference import predict_logits
+from .inference import inference_kwargs, predict_logits
 from .losses import SegmentationCriterion
 from .masking import random_modality_dropout
 from .metrics import confusion_metric, metrics_from_confusion
@@ -203,9 +203,7 @@ class SegmentationModule(L.LightningModule):
     def validation_step(self, batch: dict, batch_idx: int):
         batch = self._prepare_batch(batch)
         e = self.cfg.eval
-        logits = predict_logits(self.model, batch, mode=e.mode, window=e.window,
-                                stride=e.stride, scales=e.scales, flip=e.flip,
-                                window_batch=e.window_batch)
+        logits = predict_logits(self.model, batch, **inference_kwargs(e))
         pred = logits.argmax(1)
         label = batch["label"]
         self.val_cm.update(pred, label)

@@ -33,7 +33,7 @@ from ..models import (
 from ..models.weights import read_weights_file, to_model_keys
 from ..runtime import autocast, resolve_precision, setup_threads
 from .checkpoint import AtomicCheckpointIO, atomic_write_json
-from .inference import predict_logits
+from .inference import inference_kwargs, predict_logits
 from .metrics import confusion_metric, metrics_from_confusion
 from .module import SegmentationModule
 from .resume import ResumeStateCallback
@@ -421,8 +421,7 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
 
     def predict(sub: dict) -> torch.Tensor:
         with autocast(precision, device):
-            logits = predict_logits(model, sub, mode=e.mode, window=e.window, stride=e.stride,
-                                    scales=e.scales, flip=e.flip, window_batch=e.window_batch)
+            logits = predict_logits(model, sub, **inference_kwargs(e))
         return logits.float()
 
     # methods with several outputs (AsymFusion: one per stream + the ensemble) are also scored
@@ -437,9 +436,8 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
             sub = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                    for k, v in batch.items()}
             with autocast(precision, device):
-                stacked = predict_logits(_AllOutputs(model, outputs), sub, mode=e.mode,
-                                         window=e.window, stride=e.stride, scales=e.scales,
-                                         flip=e.flip, window_batch=e.window_batch).float()
+                stacked = predict_logits(_AllOutputs(model, outputs), sub,
+                                         **inference_kwargs(e)).float()
             for n, logits in zip(outputs, stacked.chunk(len(outputs), dim=1), strict=True):
                 out_cms[n].update(logits.argmax(1).cpu(), batch["label"])
     main = evaluator.metrics(full, e.miou, e.ignore_classes)

@@ -1,7 +1,8 @@
 """ISPRS 2D semantic labelling: Vaihingen (IRRG + DSM, 9 cm) and Potsdam (RGB/IRRG + DSM, 5 cm).
 
 Both have 6 classes, colour-coded in RGB label TIFFs (:data:`ISPRS_COLOURS`); any other colour
-(e.g. the black boundary band of the ``noBoundary`` labels) is ignore 255.
+(e.g. the black boundary band of the ``noBoundary`` labels) is ignore 255
+(``off_palette_class=0``: colours other than black are class 0, as in the MoBaNet release).
 
 Vaihingen (dataset ``"vaihingen"``), ``area{id}`` tiles of about 2500 x 2000 px::
 
@@ -145,11 +146,17 @@ for _k, (_r, _g, _b) in enumerate(ISPRS_COLOURS):
     _CODE_TO_CLASS[(_r >> 7) << 2 | (_g >> 7) << 1 | (_b >> 7)] = _k
 
 
-def decode_isprs_colours(rgb: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+def decode_isprs_colours(rgb: np.ndarray, ignore_index: int = 255,
+                         off_palette_class: int | None = None) -> np.ndarray:
     """Colour label ``uint8 [H, W, >=3]`` -> class ids ``int64 [H, W]`` (other colours -> ignore).
 
     All ISPRS colours have channels 0 or 255, so each pixel is a 3-bit code looked up in a
     table; pixels with any channel other than 0/255 are ignore.
+
+    ``off_palette_class``: class id given to the colours of no class other than black (the
+    noBoundary band, ISPRS "undefined", stays ignore), instead of ignore. ``0`` is the rule of
+    the ISPRS code lineage (the MoBaNet release's ``convert_from_color``, utils.py:190-198,
+    starts from zeros and only writes listed colours; black is its class 6, out of the metric).
     """
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise DataError(f"colour label needs 3 channels, got shape {tuple(rgb.shape)}")
@@ -164,6 +171,10 @@ def decode_isprs_colours(rgb: np.ndarray, ignore_index: int = 255) -> np.ndarray
     res = out.astype(np.int64)
     if ignore_index != 255:
         res[res == 255] = ignore_index
+    if off_palette_class is not None:
+        unlisted = ~pure | (_CODE_TO_CLASS[code] == 255)
+        black = (r == 0) & (g == 0) & (b == 0)
+        res[unlisted & ~black] = off_palette_class
     return res
 
 
@@ -227,6 +238,10 @@ class ISPRSDataset(MultimodalDataset):
             trains on windows and evaluates whole tiles.
         dsm_size_tolerance: largest DSM-vs-tile size difference (pixels) that is cropped or
             padded instead of reported.
+        dsm_nodata_below: DSM values below this (metres) are nodata.
+        off_palette_class: class id for label colours of no class other than black (None,
+            the default: ignore; ``0``: as the MoBaNet release, see
+            :func:`decode_isprs_colours`).
         max_samples: keep the first ``max_samples`` samples (windows).
         check_files: check every sample's files when the dataset is built (see
             :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
@@ -265,6 +280,7 @@ class ISPRSDataset(MultimodalDataset):
         tile_splits: Sequence[str] | None = None,
         dsm_size_tolerance: int = 16,
         dsm_nodata_below: float = -1000.0,
+        off_palette_class: int | None = None,
         max_samples: int | None = None,
         check_files: bool = True,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
@@ -275,6 +291,17 @@ class ISPRSDataset(MultimodalDataset):
             )
         if tile_size is not None and tile_size < 1:
             raise DataError(f"tile_size must be >= 1, got {tile_size}")
+        if off_palette_class is not None and (
+            isinstance(off_palette_class, bool)
+            or not isinstance(off_palette_class, int)
+            or not 0 <= off_palette_class < len(ISPRS_CLASSES)
+        ):
+            raise DataError(
+                f"off_palette_class must be null or a class id 0..{len(ISPRS_CLASSES) - 1}, "
+                f"got {off_palette_class!r}"
+            )
+        #: class of label colours of no class other than black (None: ignore)
+        self.off_palette_class = off_palette_class
         if stride is not None and (tile_size is None or stride < 1):
             raise DataError("stride needs tile_size and must be >= 1")
         if isinstance(tiles, str):
@@ -546,8 +573,9 @@ class ISPRSDataset(MultimodalDataset):
         return self.label_from_array(raw, record.label)
 
     def decode_label(self, raw: np.ndarray) -> np.ndarray:
-        """Colour label -> class ids (other colours -> ignore); see :func:`decode_isprs_colours`."""
-        return decode_isprs_colours(raw, self.ignore_index)
+        """Colour label -> class ids (other colours -> ignore, or ``off_palette_class``); see
+        :func:`decode_isprs_colours`."""
+        return decode_isprs_colours(raw, self.ignore_index, self.off_palette_class)
 
     def meta_of(self, record: SampleRecord) -> dict[str, Any]:
         meta = super().meta_of(record)
