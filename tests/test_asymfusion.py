@@ -142,3 +142,40 @@ def test_eval_reports_every_stream_and_the_ensemble(released, tmp_path):
     assert set(out["outputs"]) == {"rgb", "depth", "ensemble"}
     assert out["outputs"]["ensemble"]["mIoU"] == pytest.approx(out["overall"]["mIoU"])
     assert set(out["missing"]) == {"rgb+depth", "rgb", "depth"}
+
+
+def test_release_saver_file_loads(released, tmp_path):
+    """The file the release's ``Saver`` writes (``{'segmenter': state_dict, 'epoch_start',
+    'best_val'}``, DataParallel ``module.`` keys, ``best_val`` a numpy float) loads like the
+    plain state dict."""
+    import numpy as np
+
+    ref, path = released
+    saver = tmp_path / "model-best.pth.tar"
+    torch.save({"segmenter": {f"module.{k}": v for k, v in ref.state_dict().items()},
+                "epoch_start": 12, "best_val": np.float64(40.5)}, saver)
+    a, b = load_checkpoint(ours(seed=1), path), load_checkpoint(ours(seed=2), saver)
+    for (k, v), w in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(v, w), k
+
+
+def test_eval_upsample_bicubic_only_outside_training():
+    """``eval_upsample="bicubic"``: the 1/4-scale logits reach input size by torch's bicubic
+    (the release's cv2 INTER_CUBIC at evaluation) in eval mode, bilinear in training."""
+    bil, bic = ours(seed=0).eval(), ours(seed=0, eval_upsample="bicubic").eval()
+    x = {"rgb": torch.randn(1, 3, 64, 64), "depth": torch.randn(1, 3, 64, 64)}
+    seen = {}
+    bic.decode_head.register_forward_hook(lambda m, i, o: seen.update(low=o))
+    with torch.no_grad():
+        got = bic.stream_logits(x)
+        low = seen["low"].chunk(2)[0]
+        torch.testing.assert_close(got["rgb"], F.interpolate(low, size=(64, 64), mode="bicubic",
+                                                             align_corners=False))
+        assert not torch.allclose(got["ensemble"], bil(x))
+        torch.manual_seed(0)
+        t1 = bic.train()(x).logits
+        torch.manual_seed(0)
+        t2 = bil.train()(x).logits
+    torch.testing.assert_close(t1, t2)
+    with pytest.raises(ValueError, match="eval_upsample"):
+        ours(eval_upsample="nearest")

@@ -4,6 +4,7 @@ generated trees in each release's layout: shapes, dtypes, value ranges, label ma
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -368,6 +369,30 @@ def test_nyudv2_hha_only_copy(tmp_path):
     assert ei.value.modality == "depth"
     with pytest.raises(DataError, match="lists present: test, train"):
         create_dataset("nyudv2", root, "val")
+
+
+def test_nyudv2_label_formats(tmp_path):
+    """label_format "1-40" (default: 0 void) and "0-39" (255 void, the AsymFusion / CEN masks);
+    a mismatch is noticed: a "1-40" file holding 255 warns, a "1-40" file read as "0-39" is a
+    DataError naming the option; an unknown format is refused."""
+    root = tmp_path / "nyu"
+    make_nyudv2_tree(root, modalities=("rgb",))
+    one = create_dataset("nyudv2", root, "train", ["rgb"])
+    zero = create_dataset("nyudv2", root, "train", ["rgb"], label_format="0-39")
+    raw = np.array([0, 1, 40], dtype=np.uint8).reshape(1, 3, 1)
+    assert one.decode_label(raw)[0].tolist() == [255, 0, 39]
+    rel = np.array([0, 1, 39, 255], dtype=np.uint8).reshape(1, 4, 1)
+    assert zero.decode_label(rel)[0].tolist() == [0, 1, 39, 255]
+    with pytest.raises(DataError, match="label_format '1-40'"):
+        zero[0]  # the tree's 1..40 labels hold 40
+    with pytest.warns(UserWarning, match="label_format: '0-39'"):
+        assert one.decode_label(rel)[0].tolist() == [255, 0, 38, 255]  # shifted, wall lost
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        one.decode_label(rel)  # once per dataset
+        one[0]
+    with pytest.raises(DataError, match="label_format must be one of"):
+        create_dataset("nyudv2", root, "train", ["rgb"], label_format="0-40")
 
 
 # ----------------------------------------------------------------------------------- ISPRS

@@ -5,7 +5,7 @@ is converted by the module it belongs to.
 
 * :func:`load_state_dict_file` reads ``.pth`` / ``.pt`` / ``.ckpt`` (through
   :func:`fusionseg.serialization.read_checkpoint`: ``weights_only=True``, never code) and ``.safetensors`` files, unwrapping a state dict nested under
-  ``"state_dict"``, ``"model"`` or ``"model_state_dict"``.
+  ``"state_dict"``, ``"model"``, ``"model_state_dict"`` or ``"segmenter"``.
 * :func:`load_backbone_weights` loads an official backbone file (e.g. NVlabs SegFormer
   ``mit_b2.pth``) into a backbone after the backbone's own ``checkpoint_filter_fn`` (see
   :mod:`fusionseg.models.backbones.base`) mapped it to our keys.
@@ -142,11 +142,13 @@ def read_weights_file(path: str | Path) -> object:
 
 def _unwrap(obj: object) -> object:
     """Return the tensor mapping inside ``obj`` (``obj``, ``obj['state_dict']``, ``obj['model']``,
-    ``obj['model_state_dict']`` - the training checkpoints of the DELIVER/StitchFusion code)."""
+    ``obj['model_state_dict']`` - the training checkpoints of the DELIVER/StitchFusion code -,
+    ``obj['segmenter']`` - the files of the AsymFusion / CEN / light-weight-refinenet ``Saver``,
+    ``{'segmenter': state_dict, 'epoch_start': ..., 'best_val': ...}``)."""
     if _is_state_dict(obj):
         return obj
     if isinstance(obj, Mapping):
-        for key in ("state_dict", "model", "model_state_dict"):
+        for key in ("state_dict", "model", "model_state_dict", "segmenter"):
             inner = obj.get(key)
             if _is_state_dict(inner):
                 return inner
@@ -192,7 +194,8 @@ def load_state_dict_file(path: str | Path) -> StateDict:
 
     Returns:
         ``dict[str, Tensor]`` (CPU). A dict nested under ``"state_dict"`` (mmseg, Lightning) or
-        ``"model"`` (DeiT-style files) or ``"model_state_dict"`` (DELIVER/StitchFusion training
+        ``"model"`` (DeiT-style files), ``"segmenter"`` (AsymFusion's Saver) or
+        ``"model_state_dict"`` (DELIVER/StitchFusion training
         checkpoints) is unwrapped; keys are kept as stored.
 
     Raises:
@@ -345,7 +348,8 @@ def load_checkpoint(model: nn.Module, path: str | Path, contents: object = None)
         with the prefix stripped (other LightningModule entries, e.g. loss buffers, are
         ignored);
       * a plain state dict of the model (``.pth`` / ``.pt`` / ``.safetensors``, or nested
-        under ``"state_dict"`` / ``"model"`` / ``"model_state_dict"``), DDP ``module.`` prefix
+        under ``"state_dict"`` / ``"model"`` / ``"model_state_dict"`` / ``"segmenter"``), DDP
+        ``module.`` prefix
         allowed;
       * the released format of the model's own method, converted by
         ``type(model).checkpoint_filter_fn`` (e.g. the StitchFusion authors' files for a

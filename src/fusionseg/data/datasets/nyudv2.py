@@ -1,23 +1,36 @@
 """NYUDv2 (RGB-D indoor scenes; 40 classes; 640x480).
 
-Layout in use by the RGB-D reference code (the 1449 labelled frames of NYU Depth V2,
-exported from ``nyu_depth_v2_labeled.mat`` with the 40-class mapping of Gupta et al.)::
+Layout in use by the RGB-D reference code (CMX, DFormer: the 1449 labelled frames of NYU Depth
+V2, exported from ``nyu_depth_v2_labeled.mat`` with the 40-class mapping of Gupta et al.)::
 
     root/RGB/{name}.jpg      8-bit RGB (.png accepted)
     root/HHA/{name}.png      8-bit 3-channel HHA encoding of the depth
-    root/Depth/{name}.png    16-bit depth in millimetres
-    root/Label/{name}.png    8-bit: 0 = void, 1..40 = classes
+    root/Depth/{name}.png    16-bit depth in millimetres (raw 1000 = 1 m)
+    root/Label/{name}.png    8-bit: 0 = void, 1..40 = classes (``label_format="1-40"``)
     root/train.txt, root/test.txt   one entry per line (``12``, ``12.jpg`` or
                                     ``RGB/12.jpg Label/12.png``: the first token's stem)
 
 Modalities: ``rgb`` ``[3, H, W]`` in [0, 1]; ``hha`` ``[3, H, W]`` in [0, 1]; ``depth``
-``[3, H, W]`` in metres (``raw * 0.001``, repeated), normalized by 65.535 m. (AsymFusion's
-``raw / 5000`` input is the spec override ``{"depth": {"scale": 0.0002, "unit": "",
-"normalize": None}}`` that its method config sets.) Only the selected modalities' folders need
-to exist: either ``HHA/`` or ``Depth/`` is enough.
+``[3, H, W]`` in metres (``raw * 0.001``, repeated), normalized by 65.535 m. Only the selected
+modalities' folders need to exist: either ``HHA/`` or ``Depth/`` is enough.
 
-Label shift: raw 0 (void) -> ignore 255, raw 1..40 -> classes 0..39 of
-:data:`NYUDV2_CLASSES`; raw 255 is ignore as well; anything else is an error.
+Depth from elsewhere: the AsymFusion / CEN releases (DrSleep's NYUDv2 preprocessing) store
+depth PNGs in units of 1/5000 m (raw 5000 = 1 m); such files placed in ``Depth/`` need the spec
+override ``{"depth": {"scale": 0.0002}}`` to be read as metres. The AsymFusion recipe feeds
+the model metres without normalization (``{"depth": {"scale": 0.001, "normalize": None}}`` on
+the millimetre files of this layout), which is what its release feeds it.
+
+Labels (``label_format``):
+
+- ``"1-40"`` (default, this layout): raw 0 (void) -> ignore 255, raw 1..40 -> classes 0..39 of
+  :data:`NYUDV2_CLASSES`; raw 255 is ignore as well, but a file holding it gets a warning (once
+  per dataset): 255 is the void of the other encoding, whose masks read as "1-40" lose class
+  0 (wall) and shift every other class by one without an error;
+- ``"0-39"`` (the AsymFusion / CEN / light-weight-refinenet ``masks/``): raw 0..39 are the
+  classes, raw 255 is void -> ignore. A raw value 40..254 is an error that names the file (a
+  "1-40" mask read as "0-39" fails on its first ``otherprop`` pixel).
+
+Anything else is an error.
 
 795 train / 654 test; results are reported on ``test``.
 """
@@ -25,9 +38,10 @@ Label shift: raw 0 (void) -> ignore 255, raw 1..40 -> classes 0..39 of
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -44,7 +58,7 @@ from .base import (
     register_dataset,
 )
 
-__all__ = ["NYUDV2_CLASSES", "NYUDV2_FOLDERS", "NYUDV2_PALETTE", "NYUDV2_SPECS", "NYUDv2"]
+__all__ = ["NYUDV2_CLASSES", "NYUDV2_LABEL_FORMATS", "NYUDV2_FOLDERS", "NYUDV2_PALETTE", "NYUDV2_SPECS", "NYUDv2"]
 
 NYUDV2_CLASSES: list[str] = [
     "wall",
@@ -117,6 +131,10 @@ NYUDV2_SPECS: dict[str, ModalitySpec] = {
 
 _EXTS = (".png", ".jpg", ".jpeg")
 
+#: ``label_format`` values: ``"1-40"`` (0 = void; this layout) and ``"0-39"`` (255 = void; the
+#: masks of the AsymFusion / CEN / light-weight-refinenet releases)
+NYUDV2_LABEL_FORMATS: tuple[str, ...] = ("1-40", "0-39")
+
 
 @register_dataset("nyudv2")
 class NYUDv2(MultimodalDataset):
@@ -133,11 +151,19 @@ class NYUDv2(MultimodalDataset):
         check_files: check every sample's files when the dataset is built (see
             :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
         specs: per-modality spec overrides.
+        label_format: ``"1-40"`` (default: 0 = void, 1..40 = classes) or ``"0-39"`` (0..39 =
+            classes, 255 = void: the release masks of AsymFusion / CEN); see the module
+            docstring.
 
     Raises:
-        DataError: missing root, list file or a selected modality's folder (naming it); per
-            sample: missing/unreadable file, depth that is not 16-bit, size mismatch, raw label
-            values above 40 (other than 255).
+        DataError: missing root, list file or a selected modality's folder (naming it); an
+            unknown ``label_format``; per sample: missing/unreadable file, depth that is not
+            16-bit, size mismatch, raw label values above 40 (other than 255) with "1-40",
+            raw values 40..254 with "0-39".
+
+    Warns:
+        UserWarning: (once per dataset) a "1-40" label file holding raw 255, the void value
+            of the "0-39" encoding.
     """
 
     classes = NYUDV2_CLASSES
@@ -159,7 +185,13 @@ class NYUDv2(MultimodalDataset):
         max_samples: int | None = None,
         check_files: bool = True,
         specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
+        label_format: Literal["1-40", "0-39"] = "1-40",
     ) -> None:
+        if label_format not in NYUDV2_LABEL_FORMATS:
+            raise DataError(f"NYUDv2 label_format must be one of "
+                            f"{', '.join(map(repr, NYUDV2_LABEL_FORMATS))}, got {label_format!r}")
+        self.label_format = label_format
+        self._warned_255 = False
         super().__init__(root, split, modalities, transform, specs=specs,
                          max_samples=max_samples, check_files=check_files)
 
@@ -198,8 +230,31 @@ class NYUDv2(MultimodalDataset):
         return records
 
     def decode_label(self, raw: np.ndarray) -> np.ndarray:
-        """Channel 0: raw 0 (void) and 255 -> ignore 255; raw 1..40 -> 0..39."""
+        """Channel 0, by ``label_format``: "1-40": raw 0 (void) and 255 -> ignore 255, raw
+        1..40 -> 0..39; "0-39": raw 0..39 as they are, raw 255 -> ignore, 40..254 an error."""
         r = raw[:, :, 0].astype(np.int64)
+        if self.label_format == "0-39":
+            bad = (r >= len(NYUDV2_CLASSES)) & (r != 255)
+            if bad.any():
+                vals = np.unique(r[bad])[:10].tolist()
+                raise DataError(
+                    f"label value out of range for label_format '0-39' (0..39 = classes, 255 = "
+                    f"void): raw value(s) {vals} ({int(bad.sum())} pixel(s)); a mask with 0 = "
+                    "void and 1..40 = classes (the NYUDepthv2 Label/ export) needs "
+                    "label_format '1-40'")
+            out = r.copy()
+            out[r == 255] = self.ignore_index
+            return out
         out = r - 1
-        out[(r == 0) | (r == 255)] = self.ignore_index
+        void = r == 0
+        if not self._warned_255 and bool((r == 255).any()):
+            self._warned_255 = True
+            warnings.warn(
+                "NYUDv2 label file holds raw 255, the void value of the '0-39' encoding (the "
+                "masks of the AsymFusion / CEN releases), while label_format is '1-40' (0 = "
+                "void, 1..40 = classes): read as '1-40' such a mask loses class 0 (wall) and "
+                "shifts every other class by one. If your Label/ files are those masks, set "
+                "data.options.label_format: '0-39' (reported once per dataset)",
+                UserWarning, stacklevel=2)
+        out[void | (r == 255)] = self.ignore_index
         return out

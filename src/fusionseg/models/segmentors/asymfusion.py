@@ -19,7 +19,10 @@ Model (streams ``x_1`` = first modality, ``x_2`` = second, each ``[B, 3, H, W]``
     ensemble = sum_m softmax(alpha)_m * stopgrad(logits_m)        (alpha initialised to ones)
 
 ``forward(batch)`` returns the ensemble logits at input size (bilinear, ``align_corners=False``
-from 1/4); :meth:`AsymFusionSegmentor.stream_logits` gives each stream's and the ensemble's by
+from 1/4; in evaluation ``eval_upsample="bicubic"`` gives the release's evaluation resize,
+``cv2.resize(..., INTER_CUBIC)`` of ``main.py:318-320``, which torch's bicubic with
+``align_corners=False`` computes: same pixel mapping, Keys kernel A = -0.75, edge taps
+clamped); :meth:`AsymFusionSegmentor.stream_logits` gives each stream's and the ensemble's by
 name. Training returns a :class:`~fusionseg.models.SegmentationOutput` whose main logits are the
 ensemble and whose auxiliary outputs are the per-stream logits with weight 1 and
 cross-entropy: the loss is the sum of the NLL of every stream and of the ensemble (equal
@@ -36,7 +39,10 @@ Checkpoint keys (ours <- release): the release wraps each conv in ``ModuleParall
 ``layer{1..4}.*`` -> ``backbone.layer{1..4}.*`` (``.module`` dropped), decoder keys
 (``p_ims1d2_outl*``, ``adapt_stage*``, ``mflow_conv_g*``, ``clf_conv``) -> ``decode_head.*``,
 ``alpha`` -> ``alpha``. torchvision ImageNet files go to ``pretrained`` (every BN copied to both
-streams).
+streams). The files the release's ``Saver`` writes (``utils/meter.py:53-89``, called at
+``main.py:430``: ``{'segmenter': state_dict, 'epoch_start': int, 'best_val': float}``, keys
+under DataParallel's ``module.``) load as they are: :func:`~fusionseg.models.weights.load_checkpoint`
+unwraps ``'segmenter'`` and strips the ``module.`` every key carries before this conversion.
 """
 
 from __future__ import annotations
@@ -74,6 +80,10 @@ class AsymFusionSegmentor(Segmentor):
         freeze_bn_stats: keep the encoder BatchNorms' running statistics fixed in training (as
             released; their affine parameters train).
         decoder_channels: RefineNet width (256 as released; smaller for CPU demos).
+        eval_upsample: how the 1/4-scale logits reach input size outside training:
+            ``"bilinear"`` (default, ``align_corners=False``) or ``"bicubic"`` (the release's
+            evaluation, ``main.py:318-320``). Training always upsamples bilinearly, as the
+            release's loss does (``main.py:273-274``).
 
     Raises:
         ValueError: more than two modalities; a backbone that is not a ResNet.
@@ -81,8 +91,13 @@ class AsymFusionSegmentor(Segmentor):
 
     def __init__(self, backbone: ResNet, modalities: Sequence[str], num_classes: int,
                  shift_shuffle: bool = True, dropout: float = 0.5,
-                 freeze_bn_stats: bool = True, decoder_channels: int = 256) -> None:
+                 freeze_bn_stats: bool = True, decoder_channels: int = 256,
+                 eval_upsample: str = "bilinear") -> None:
         super().__init__(modalities, num_classes)
+        if eval_upsample not in ("bilinear", "bicubic"):
+            raise ConfigError(f"AsymFusion eval_upsample must be 'bilinear' or 'bicubic', got "
+                              f"{eval_upsample!r}")
+        self.eval_upsample = eval_upsample
         if len(self.modalities) > 2:
             raise ConfigError(f"AsymFusion fuses one or two modalities, got {self.modalities}")
         if not isinstance(backbone, ResNet):
@@ -156,15 +171,24 @@ class AsymFusionSegmentor(Segmentor):
         x = self.pad_to_multiple(torch.cat([sb.images[i] for i in streams], dim=0))
         logits = self.decode_head(self.encode(x, streams))  # dropout on l3 / l4 inside
         per = logits.chunk(len(streams), dim=0)
-        out = {sb.names[i]: self.upsample_logits(p, size, x.shape[-2:]) for i, p in
+        out = {sb.names[i]: self._upsample(p, size, x.shape[-2:]) for i, p in
                zip(streams, per, strict=True)}
         if len(streams) == 2:
             w = F.softmax(self.alpha, dim=0)
             ens = w[0] * per[0].detach() + w[1] * per[1].detach()
         else:
             ens = per[0]
-        out["ensemble"] = self.upsample_logits(ens, size, x.shape[-2:])
+        out["ensemble"] = self._upsample(ens, size, x.shape[-2:])
         return out
+
+    def _upsample(self, logits: Tensor, size: Sequence[int], padded: Sequence[int]) -> Tensor:
+        """1/4-scale logits -> input size: bilinear in training and by default; bicubic
+        (``align_corners=False``) in evaluation with ``eval_upsample="bicubic"``."""
+        if self.training or self.eval_upsample == "bilinear":
+            return self.upsample_logits(logits, size, padded)
+        out = F.interpolate(logits.contiguous(), size=tuple(padded), mode="bicubic",
+                            align_corners=False)
+        return out[..., : size[0], : size[1]]
 
     def _stream_logits_per_pattern(self, batch: Mapping[str, object], present: Tensor,
                                    patterns: Tensor) -> dict[str, Tensor]:
@@ -236,6 +260,7 @@ def build_asymfusion(num_classes: int, modalities: Sequence[str] = ("rgb", "dept
                      backbone: str = "resnet101", pretrained: str | Path | None = None,
                      shift_shuffle: bool = True, dropout: float = 0.5,
                      freeze_bn_stats: bool = True, decoder_channels: int = 256,
+                     eval_upsample: str = "bilinear",
                      backbone_kwargs: Mapping[str, object] | None = None) -> AsymFusionSegmentor:
     """Build AsymFusion (``resnet50 / 101 / 152``; ``pretrained`` = a torchvision ImageNet file).
 
@@ -247,5 +272,6 @@ def build_asymfusion(num_classes: int, modalities: Sequence[str] = ("rgb", "dept
     enc = create_backbone(backbone, pretrained=pretrained, **dict(backbone_kwargs or {}))
     return AsymFusionSegmentor(enc, modalities, num_classes, shift_shuffle=shift_shuffle,
                                dropout=dropout, freeze_bn_stats=freeze_bn_stats,
-                               decoder_channels=decoder_channels)
+                               decoder_channels=decoder_channels,
+                               eval_upsample=eval_upsample)
 
