@@ -30,7 +30,7 @@ CASES = {
     "deliver": ("DELIVER", make_deliver_tree, "train", ["rgb", "depth"], {}, "DELIVER",
                 ["img/", "semantic/"]),
     "mfnet": ("ir_seg_dataset", make_mfnet_tree, "train", None, {}, "MFNet",
-              ["images/ or rgb/ or ther/", "labels/"]),
+              ["images/ or rgb/ or img/ or ther/", "labels/"]),
     "fmb": ("FMB", make_fmb_tree, "test", None, {}, "FMB", ["*/Visible/"]),
     "nyudv2": ("NYUDepthv2", make_nyudv2_tree, "train", ["rgb", "hha", "depth"], {}, "NYUDv2",
                ["Label/", "RGB/ or HHA/ or Depth/"]),

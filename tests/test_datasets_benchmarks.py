@@ -285,6 +285,19 @@ def test_mfnet_both_layouts(tmp_path, layout):
     assert len(day) == 1 and day.conditions == ["day"]
 
 
+def test_mfnet_reads_the_stitchfusion_release_img_folder(tmp_path):
+    """The StitchFusion release names the RGB folder img/ (semseg/datasets/MFNet.py:41)."""
+    root = tmp_path / "MFNet"
+    names = make_mfnet_tree(root, layout="split")
+    (root / "rgb").rename(root / "img")
+    ds = create_dataset("mfnet", root, "train")
+    assert ds.layout == "split" and [r.id for r in ds.records] == names["train"]
+    name = names["train"][0]
+    assert ds.records[0].paths["rgb"] == root / "img" / f"{name}.png"
+    rgb = _png(root / "img" / f"{name}.png")
+    np.testing.assert_allclose(ds[0]["rgb"].numpy(), rgb.transpose(2, 0, 1) / 255, rtol=1e-6)
+
+
 def test_mfnet_errors(tmp_path):
     root = tmp_path / "MFNet"
     names = make_mfnet_tree(root)

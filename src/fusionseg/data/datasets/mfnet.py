@@ -10,7 +10,7 @@ Two layouts are in use; both are read (``layout="auto"`` picks the one present):
 
 ``split`` — later reference code, thermal in its own folder::
 
-    root/rgb/{name}.{png,jpg}   8-bit RGB
+    root/rgb/{name}.{png,jpg}   8-bit RGB (``img/`` in the StitchFusion release: read too)
     root/ther/{name}.{png,jpg}  8-bit thermal, 1 channel (or 3 equal channels)
     root/labels/{name}.png, root/*.txt as above
 
@@ -99,13 +99,19 @@ MFNET_FOLDERS: dict[str, dict[str, str]] = {
 _EXTS = (".png", ".jpg", ".jpeg")
 
 
+#: folders of the RGB images in the ``split`` layout, in the order they are looked for (the
+#: StitchFusion release reads ``img/``, semseg/datasets/MFNet.py:41)
+SPLIT_RGB_FOLDERS = ("rgb", "img")
+
+
 def _detect_layout(root: Path) -> str:
     if (root / "images").is_dir():
         return "rgba"
-    if (root / "rgb").is_dir() or (root / "ther").is_dir():
+    if any((root / f).is_dir() for f in (*SPLIT_RGB_FOLDERS, "ther")):
         return "split"
     raise DataError(
-        "MFNet layout not recognized: expected images/ (4-channel RGBA PNGs) or rgb/ + ther/",
+        "MFNet layout not recognized: expected images/ (4-channel RGBA PNGs) or rgb/ (or img/) "
+        "+ ther/",
         path=root,
     )
 
@@ -139,7 +145,7 @@ class MFNet(MultimodalDataset):
     available_modalities = ("rgb", "thermal")
     default_modalities = ("rgb", "thermal")
     check_bit_depths: dict[str, tuple[int, ...]] = {"label": (8,)}
-    root_markers = (("images", "rgb", "ther"), "labels")
+    root_markers = (("images", *SPLIT_RGB_FOLDERS, "ther"), "labels")
     archive_folders = ("ir_seg_dataset", "MFNet")
 
     def __init__(
@@ -171,7 +177,10 @@ class MFNet(MultimodalDataset):
 
     def _index(self) -> list[SampleRecord]:
         lst, names = read_required_split("MFNet", self.split, self.root)
-        folders = MFNET_FOLDERS[self.layout]
+        folders = dict(MFNET_FOLDERS[self.layout])
+        if self.layout == "split":
+            folders["rgb"] = next((f for f in SPLIT_RGB_FOLDERS if (self.root / f).is_dir()),
+                                  folders["rgb"])
         found: dict[str, dict[str, Path]] = {}
         default_ext: dict[str, str] = {}
         for m in self.modalities:
