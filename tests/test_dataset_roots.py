@@ -33,7 +33,7 @@ CASES = {
               ["images/ or rgb/ or img/ or ther/", "labels/"]),
     "fmb": ("FMB", make_fmb_tree, "test", None, {}, "FMB", ["*/Visible/"]),
     "nyudv2": ("NYUDepthv2", make_nyudv2_tree, "train", ["rgb", "hha", "depth"], {}, "NYUDv2",
-               ["Label/", "RGB/ or HHA/ or Depth/"]),
+               ["Label/ or Labels/", "RGB/ or HHA/ or Depth/"]),
     "muses": ("muses", make_muses_tree, "train", ["rgb", "lidar"], {}, "MUSES",
               ["frame_camera/"]),
     "vaihingen": ("ISPRS_semantic_labeling_Vaihingen",

@@ -372,6 +372,18 @@ def test_nyudv2_read_back(tmp_path):
     assert dec[0] == 255 and dec[1:41].tolist() == list(range(40)) and dec[41] == 40  # 41: out of range
 
 
+def test_nyudv2_reads_the_stitchfusion_release_labels_folder(tmp_path):
+    """The StitchFusion release names the label folder Labels/ (same 1..40 files)."""
+    root = tmp_path / "NYUDv2"
+    names = make_nyudv2_tree(root, modalities=("rgb", "hha"))
+    (root / "Label").rename(root / "Labels")
+    ds = create_dataset("nyudv2", root, "train", ["rgb", "hha"])
+    name = names["train"][0]
+    assert ds.records[0].label == root / "Labels" / f"{name}.png"
+    raw = nyu_raw_label(24, 32, 0).astype(np.int64)
+    np.testing.assert_array_equal(ds[0]["label"].numpy(), np.where(raw == 0, 255, raw - 1))
+
+
 def test_nyudv2_hha_only_copy(tmp_path):
     root = tmp_path / "nyu"
     make_nyudv2_tree(root, modalities=("rgb", "hha"))

@@ -6,7 +6,8 @@ V2, exported from ``nyu_depth_v2_labeled.mat`` with the 40-class mapping of Gupt
     root/RGB/{name}.jpg      8-bit RGB (.png accepted)
     root/HHA/{name}.png      8-bit 3-channel HHA encoding of the depth
     root/Depth/{name}.png    16-bit depth in millimetres (raw 1000 = 1 m)
-    root/Label/{name}.png    8-bit: 0 = void, 1..40 = classes (``label_format="1-40"``)
+    root/Label/{name}.png    8-bit: 0 = void, 1..40 = classes (``label_format="1-40"``);
+                             ``Labels/`` (the StitchFusion release's name) is read too
     root/train.txt, root/test.txt   one entry per line (``12``, ``12.jpg`` or
                                     ``RGB/12.jpg Label/12.png``: the first token's stem)
 
@@ -122,6 +123,8 @@ NYUDV2_PALETTE: np.ndarray = _spread_palette(len(NYUDV2_CLASSES))
 
 #: modality -> folder
 NYUDV2_FOLDERS: dict[str, str] = {"rgb": "RGB", "hha": "HHA", "depth": "Depth", "label": "Label"}
+#: label folders in the order they are looked for (the StitchFusion release reads ``Labels/``)
+LABEL_FOLDERS = ("Label", "Labels")
 
 NYUDV2_SPECS: dict[str, ModalitySpec] = {
     "rgb": get_spec("rgb", bit_depth=8),
@@ -172,7 +175,7 @@ class NYUDv2(MultimodalDataset):
     default_modalities = ("rgb", "depth")
     default_specs = NYUDV2_SPECS
     check_bit_depths: dict[str, tuple[int, ...]] = {"label": (8,)}
-    root_markers = ("Label", ("RGB", "HHA", "Depth"))
+    root_markers = (LABEL_FOLDERS, ("RGB", "HHA", "Depth"))
     archive_folders = ("NYUDepthv2", "NYUDv2")
 
     def __init__(
@@ -204,11 +207,14 @@ class NYUDv2(MultimodalDataset):
         lst, names = read_required_split("NYUDv2", self.split, self.root)
         found: dict[str, dict[str, Path]] = {}
         default_ext: dict[str, str] = {}
+        folders = dict(NYUDV2_FOLDERS)
+        folders["label"] = next((f for f in LABEL_FOLDERS if (self.root / f).is_dir()),
+                                folders["label"])
         for m in [*self.modalities, "label"]:
-            folder = self.root / NYUDV2_FOLDERS[m]
+            folder = self.root / folders[m]
             if m != "label" and not folder.is_dir():
                 raise DataError(
-                    f"NYUDv2 folder '{NYUDV2_FOLDERS[m]}' not found", path=folder, modality=m
+                    f"NYUDv2 folder '{folders[m]}' not found", path=folder, modality=m
                 )
             found[m] = files_by_stem(folder, _EXTS)
             exts = sorted({p.suffix for p in found[m].values()})
@@ -218,11 +224,11 @@ class NYUDv2(MultimodalDataset):
         records = []
         for name in names:
             paths = {
-                m: found[m].get(name, self.root / NYUDV2_FOLDERS[m] / f"{name}{default_ext[m]}")
+                m: found[m].get(name, self.root / folders[m] / f"{name}{default_ext[m]}")
                 for m in self.modalities
             }
             label = found["label"].get(
-                name, self.root / NYUDV2_FOLDERS["label"] / f"{name}{default_ext['label']}"
+                name, self.root / folders["label"] / f"{name}{default_ext['label']}"
             )
             records.append(
                 SampleRecord(id=name, paths=paths, label=label, extra={"list_file": lst})
