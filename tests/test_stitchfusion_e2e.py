@@ -36,6 +36,7 @@ import numpy as np
 import pytest
 import torch
 from fixtures.deliver_tree import deliver_path, raw_label
+from fixtures.mcubes_tree import make_mcubes_tree
 from PIL import Image
 from reference import stitchfusion_pipeline as release
 from reference.stitchfusion_release import StitchFusionRelease, randomize_
@@ -309,3 +310,84 @@ def test_mfnet_fusionseg_eval_equals_release(tmp_path_factory):
     # the MFNet default (thermal ImageNet-normalised) disagrees
     old = fusionseg_confusion(MFNET_CONFIG, [*sets, "data.options={}"], ckpt, ["rgb", "thermal"])
     assert (old - metrics.hist).abs().sum().item() / 2 > 0.05 * old.sum().item()
+
+
+# --------------------------------------------------------------------------- MCubeS
+MCUBES_CONFIG = ROOT / "configs" / "stitchfusion" / "mcubes_rgbadn.yaml"
+#: release names (configs/mcubes_rgbadn.yaml MODALS) and ours, in stream order
+MCUBES_MODALS = ["image", "nir", "aolp", "dolp"]
+MCUBES_OURS = ["rgb", "nir", "aolp", "dolp"]
+MCUBES_CROP = 64  # FixScaleCrop's crop size (1024 in the release)
+
+
+@pytest.fixture(scope="module")
+def mcubes_model(tmp_path_factory):
+    """The release's MCubeS RGB-N-A-D model (pairwise adapters in every stage, FeatureCross)
+    at tiny widths, saved as a released-format .pth."""
+    ref = StitchFusionRelease(20, 4, ("pairwise",) * 4, "featurecross",
+                              embed_dims=TINY["embed_dims"], depths=TINY["depths"],
+                              heads=TINY["num_heads"], decoder_dim=32)
+    ref = randomize_(ref, 5).eval()  # predicts 12 classes on the tree, 4 with IoU > 0
+    ckpt = tmp_path_factory.mktemp("sf_mcubes_model") / "released.pth"
+    torch.save(ref.state_dict(), ckpt)
+    return ref, ckpt
+
+
+#: height of the tree and the fusionseg overrides reproducing FixScaleCrop(64) on it:
+#: "native" is MCubeS itself in small (short side = crop size: no resize, as 1024 of
+#: 1024 x 1032; the recipe's ``eval_size: null``), "2x" makes FixScaleCrop resize 32 x 36 to
+#: 64 x 72 first (fusionseg: ``eval_size`` of that size with OpenCV's nearest for the label)
+MCUBES_CASES = {
+    "native": (MCUBES_CROP, []),
+    "2x": (MCUBES_CROP // 2, [f"data.eval_size=[{MCUBES_CROP}, {MCUBES_CROP + 8}]",
+                             "data.eval_label_interpolation=nearest-legacy"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MCUBES_CASES))
+def test_mcubes_fusionseg_eval_equals_release(case, mcubes_model, tmp_path_factory):
+    """MCubeS RGB-N-A-D (issue 21): the release's own MCubeS pipeline (192 left columns cut;
+    RGB / 255 or / 65535 + ImageNet; NIR / 255 or / 65535, not normalised; AoLP [sin, cos,
+    sin] raw; DoLP (d + 0.55) / 2; FixScaleCrop: centre crop of the crop size) against
+    ``fusionseg eval`` of the recipe with ``data.eval_crop``: the same tensors reach the model,
+    the same confusion matrix and IoU come out. The tree is 192 + (crop + 8) px wide (8- and
+    16-bit RGB and NIR samples), so the left cut and the centre crop (4 columns each side) both
+    happen. Without the centre crop (``data.eval_crop=null``) the results differ."""
+    height, extra = MCUBES_CASES[case]
+    ref, ckpt = mcubes_model
+    base = tmp_path_factory.mktemp(f"sf_mcubes_{case}")
+    root = base / "multimodal_dataset"
+    width = height * (MCUBES_CROP + 8) // MCUBES_CROP
+    make_mcubes_tree(root, splits={"train": 1, "test": 4}, height=height, width=192 + width,
+                     rgb16=(2,), nir8=(3,))
+    ds_rel = release.MCubeSRelease(root, "val", MCUBES_MODALS, crop_size=MCUBES_CROP)
+    metrics = release.evaluate(ref, ds_rel, batch_size=2)
+    ious, miou = metrics.compute_iou()
+    assert ds_rel[0][1].shape == (MCUBES_CROP, MCUBES_CROP)
+
+    sets = [f"data.root={root}", f"data.eval_crop=[{MCUBES_CROP}, {MCUBES_CROP}]",
+            "data.num_workers=0", "data.val_batch_size=2", "model.decoder_dim=32",
+            f"model.backbone_kwargs={json.dumps(TINY)}", *extra]
+    cfg = load_config(MCUBES_CONFIG, sets)
+    ours = build_dataset(cfg, cfg.data.val_split, train=False)
+    assert len(ours) == len(ds_rel) == 4
+    for i in range(len(ours)):
+        xs, label = ds_rel[i]
+        s = ours[i]
+        for x, m in zip(xs, MCUBES_OURS, strict=True):
+            torch.testing.assert_close(s[m], x, atol=2e-6, rtol=0, msg=m)
+        assert torch.equal(s["label"], label)
+
+    cm = fusionseg_confusion(MCUBES_CONFIG, sets, ckpt, MCUBES_OURS)
+    assert torch.equal(cm, metrics.hist)
+    out = run_cli_eval(MCUBES_CONFIG, sets, ckpt)
+    got = [0.0 if v is None else v for v in out["overall"]["IoU"]]  # release: absent -> 0
+    assert got == pytest.approx(ious, abs=1e-4)
+    assert out["overall"]["mIoU"] == pytest.approx(miou, abs=1e-4)
+    assert sum(v > 0 for v in ious) >= 3
+
+    # without the centre crop fusionseg scores the whole crop x (crop + 8) image: it disagrees
+    whole = fusionseg_confusion(MCUBES_CONFIG, [*sets, "data.eval_crop=null"], ckpt,
+                                MCUBES_OURS)
+    assert whole.sum() > cm.sum()
+    assert max(abs(a - b) for a, b in zip(release_iou(whole), ious, strict=True)) > 0.5

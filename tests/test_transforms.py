@@ -257,3 +257,63 @@ def test_config_eval_label_interpolation_reaches_the_eval_resize(tmp_path, rule,
         update={"eval_size": None})}), "val", train=False)[0]["label"]
     want = F.interpolate(raw[None, None].float(), size=(48, 48), mode=mode)[0, 0].long()
     assert torch.equal(ds[0]["label"], want)
+
+
+def test_center_crop_known_windows():
+    """``crop`` cuts the window at ``round((H - h) / 2), round((W - w) / 2)`` (Python round, as
+    torchvision and the MCubeS release's FixScaleCrop) from every modality and the label,
+    after the resize; 1024 x 1032 -> 1024 x 1024 keeps columns 4..1027."""
+    from fusionseg.data.transforms import CenterCrop
+    from fusionseg.errors import ConfigError, DataError
+
+    h, w = 6, 10
+    grid = (torch.arange(h)[:, None] * 100 + torch.arange(w)[None, :])
+    s = {"rgb": grid.float()[None].repeat(3, 1, 1), "dsm": grid.float()[None],
+         "label": grid.clone(), "meta": {"id": "c"}}
+    for (ch, cw), (top, left) in {(6, 8): (0, 1), (4, 4): (1, 3), (3, 5): (2, 2),
+                                  (5, 7): (0, 2), (6, 10): (0, 0)}.items():
+        out = CenterCrop((ch, cw))(s)
+        want = grid[top:top + ch, left:left + cw]
+        assert torch.equal(out["label"], want), (ch, cw)
+        assert torch.equal(out["dsm"][0], want.float()) and torch.equal(out["rgb"][2], want.float())
+    assert CenterCrop((6, 10))(s) is s
+    assert torch.equal(s["label"], grid)  # input untouched
+    big = {"rgb": torch.zeros(3, 1024, 1032), "label": torch.arange(1032).expand(1024, 1032)}
+    out = build_eval_transforms({"rgb": get_spec("rgb")}, crop=(1024, 1024))(big)
+    assert out["rgb"].shape == (3, 1024, 1024)
+    assert out["label"][0, 0].item() == 4 and out["label"][0, -1].item() == 1027
+    # after the resize: 6 x 10 -> 12 x 20 (nearest label: each pixel twice), centre 8 x 8
+    out = build_eval_transforms({"rgb": get_spec("rgb")}, (12, 20), crop=8)(
+        {"rgb": s["rgb"], "label": s["label"]})
+    assert torch.equal(out["label"], grid.repeat_interleave(2, 0).repeat_interleave(2, 1)[2:10, 6:14])
+    with pytest.raises(DataError, match="smaller"):
+        CenterCrop((7, 4))(s)
+    with pytest.raises(DataError, match="label"):
+        build_eval_transforms({"rgb": get_spec("rgb")}, (12, 20), resize_label=False, crop=8)(s)
+    with pytest.raises(ConfigError):
+        CenterCrop((0, 4))
+
+
+def test_config_eval_crop_reaches_the_eval_transforms(tmp_path):
+    """``data.eval_crop`` centre-crops the evaluation samples of ``build_dataset`` (MCubeS: the
+    left 192 columns cut by the loader, then the centre crop)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from fixtures.mcubes_tree import make_mcubes_tree
+
+    from fusionseg.config import config_from_dict
+    from fusionseg.data.datamodule import build_dataset
+
+    root = tmp_path / "multimodal_dataset"
+    make_mcubes_tree(root, splits={"test": 1}, height=24, width=192 + 32)
+    data = {"dataset": "mcubes", "root": str(root)}
+    model = {"name": "sum_fusion", "modalities": ["rgb", "nir"]}
+    full = build_dataset(config_from_dict({"model": model, "data": data}), "test", train=False)[0]
+    cfg = config_from_dict({"model": model, "data": {**data, "eval_crop": [24, 24]}})
+    assert cfg.data.eval_crop == (24, 24)
+    out = build_dataset(cfg, "test", train=False)[0]
+    assert full["label"].shape == (24, 32) and out["label"].shape == (24, 24)
+    assert torch.equal(out["label"], full["label"][:, 4:28])
+    assert torch.equal(out["nir"], full["nir"][:, :, 4:28])

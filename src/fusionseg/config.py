@@ -88,6 +88,9 @@ class DataConfig(_Strict):
     #: aligned) or ``nearest-legacy`` (torchvision / OpenCV, what most releases use); they
     #: differ at non-integer factors only
     eval_label_interpolation: Literal["nearest", "nearest-legacy"] = "nearest"
+    #: centre crop ``[H, W]`` of every modality and the label after the eval resize (None: no
+    #: crop), e.g. the centre 1024 x 1024 of MCubeS's 1024 x 1032 that its releases score
+    eval_crop: tuple[int, int] | None = None
     batch_size: int = 8
     val_batch_size: int = 4
     num_workers: int = 2

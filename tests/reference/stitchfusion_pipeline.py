@@ -13,6 +13,15 @@ Written for fusionseg's end-to-end tests from a reading of the official code (Gi
   Python ``round``, then a second resize up to multiples of 32; every image bilinear, the
   mask nearest), ``Normalize`` (26-43: ``img`` / 255 then ImageNet mean/std, every other
   modality / 255 only), ``get_val_augmentation`` (374-378);
+* ``semseg/datasets/mcubes.py`` (``MCubeS.__getitem__`` 78-121, ``transform_val`` 133-139,
+  ``Normalize`` 157-185, ``ToTensor`` 188-231, ``FixScaleCrop`` 391-454): its own pipeline on
+  HxWxC numpy arrays: RGB ``/ 255`` (``/ 65535`` for 16 bit), AoLP ``[sin, cos, sin]`` raw,
+  DoLP ``(d + 0.55) / 2`` repeated, NIR ``/ 255`` (``/ 65535``) repeated and not normalised,
+  every array and the label lose their left 192 columns; ``FixScaleCrop(1024)``: short side to
+  the crop size (long side ``int(w * crop / h)``), OpenCV ``INTER_LINEAR`` for the images,
+  ``INTER_NEAREST`` for the label, then the centre ``crop x crop`` window from
+  ``round((ow - crop) / 2)``, ``round((oh - crop) / 2)``; then RGB ImageNet mean/std only;
+  the "val" loader reads ``list_folder/test.txt``;
 * ``getting_start/val_mm.py`` (``evaluate``, 68-99): ``model(images)``, softmax, then
   ``Metrics.update``;
 * ``semseg/metrics.py`` (``Metrics``, 6-24): confusion ``hist`` over the pixels whose target is
@@ -27,6 +36,13 @@ exactly that with torch alone (torchvision is not a fusionseg dependency); ``qua
 leaves the resampled values as float32, which is the only step fusionseg does differently
 (it resamples the values already scaled to ``[0, 1]``).
 
+For MCubeS, OpenCV (not a fusionseg dependency) is replaced by :func:`cv2_imread_unchanged`
+(``cv2.imread(path, -1)`` followed by the release's BGR -> RGB flip: the file's channels in
+stored order, its bit depth kept) and :func:`cv2_resize` (``cv2.resize`` of float32 arrays:
+``INTER_LINEAR`` is bilinear with half-pixel centres, clamped borders and no antialiasing,
+i.e. ``F.interpolate(align_corners=False)``; ``INTER_NEAREST`` takes source pixel
+``floor(dst * in / out)``, torch's legacy ``"nearest"``; a resize to the same size is a copy).
+
 Images are read as ``torchvision.io.read_image`` does (``[C, H, W]`` uint8, every channel of
 the file); here with PIL. Only what the evaluation path needs is re-implemented; nothing is
 part of the package.
@@ -37,6 +53,8 @@ from __future__ import annotations
 import glob
 import math
 import os
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -224,6 +242,124 @@ class MFNetRelease(Dataset):
             sample = self.transform(sample)
         label = torch.from_numpy(sample.pop("mask").squeeze().numpy()).long()
         return [sample[k] for k in self.modals], label
+
+
+class MCubeSRelease(Dataset):
+    """The release's ``MCubeS`` dataset on its evaluation path (``split="val"`` reads
+    ``list_folder/test.txt`` and applies ``transform_val``). ``modals`` use the release's
+    names ``image``, ``nir``, ``aolp``, ``dolp``; ``crop_size`` is ``FixScaleCrop``'s (1024 in
+    the release; tiny trees pass their own). The unused ``u_map``/``v_map``/``nir_mask``/``SS``
+    entries are left out; they do not reach the model or the label."""
+
+    n_classes = 20
+    ignore_label = 255
+    left_offset = 192
+
+    def __init__(self, root, split="val", modals=("image", "nir", "aolp", "dolp"),
+                 crop_size: int = 1024) -> None:
+        assert split in ("train", "val")
+        self.root = str(root)
+        self.modals = list(modals)
+        self.crop_size = crop_size
+        source = os.path.join(self.root, "list_folder",
+                              "test.txt" if split == "val" else "train.txt")
+        self.files = [line.strip().split(" ")[0] for line in Path(source).read_text().splitlines()
+                      if line.strip()]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int):
+        name = self.files[index]
+        path = lambda folder, ext: os.path.join(self.root, folder, name + ext)  # noqa: E731
+        img = cv2_imread_unchanged(path("polL_color", ".png"))
+        img = img.astype(np.float32) / (65535 if img.dtype == np.uint16 else 255)
+        target = cv2_imread_unchanged(path("GT", ".png"))
+        sin = np.load(path("polL_aolp_sin", ".npy"))
+        cos = np.load(path("polL_aolp_cos", ".npy"))
+        aolp = np.stack([sin, cos, sin], axis=2)
+        dolp = (np.load(path("polL_dolp", ".npy")) + 0.55) / 2.0
+        dolp = np.stack([dolp, dolp, dolp], axis=2)
+        nir = cv2_imread_unchanged(path("NIR_warped", ".png"))
+        nir = nir.astype(np.float32) / (65535 if nir.dtype == np.uint16 else 255)
+        nir = np.stack([nir, nir, nir], axis=2)
+        o = self.left_offset
+        sample = {"image": img[:, o:], "label": target[:, o:], "aolp": aolp[:, o:],
+                  "dolp": dolp[:, o:], "nir": nir[:, o:]}
+        sample = fix_scale_crop(sample, self.crop_size)
+        # Normalize: image - mean, / std; label and nir to float32, nir not scaled
+        image = np.array(sample["image"]).astype(np.float32)
+        image -= IMAGENET_MEAN  # in place: stays float32, as released
+        image /= IMAGENET_STD
+        sample["image"] = image
+        # ToTensor: HWC -> CHW float32
+        out = {k: torch.from_numpy(np.array(v).astype(np.float32).transpose(2, 0, 1).copy())
+               for k, v in sample.items() if k != "label"}
+        label = torch.from_numpy(np.array(sample["label"]).astype(np.float32)).long()
+        return [out[k] for k in self.modals], label
+
+
+def fix_scale_crop(sample: dict, crop_size: int) -> dict:
+    """``FixScaleCrop(crop_size)`` on HxW(xC) arrays: the short side to ``crop_size``, the long
+    side ``int(long * crop / short)``; ``label`` nearest, the rest bilinear; then the centre
+    ``crop_size`` square from ``round((ow - crop) / 2)``, ``round((oh - crop) / 2)``."""
+    h, w = sample["image"].shape[:2]
+    if w > h:
+        oh = crop_size
+        ow = int(1.0 * w * oh / h)
+    else:
+        ow = crop_size
+        oh = int(1.0 * h * ow / w)
+    x1 = int(round((ow - crop_size) / 2.0))
+    y1 = int(round((oh - crop_size) / 2.0))
+    out = {}
+    for k, v in sample.items():
+        v = cv2_resize(v, (oh, ow), "nearest" if k == "label" else "bilinear")
+        out[k] = v[y1:y1 + crop_size, x1:x1 + crop_size]
+    return out
+
+
+def cv2_resize(a: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarray:
+    """``cv2.resize(a, (w, h), INTER_LINEAR | INTER_NEAREST)`` of an HxW or HxWxC array (see
+    the module docstring); the dtype is kept (nearest only moves values)."""
+    if tuple(a.shape[:2]) == tuple(size):
+        return a.copy()
+    t = torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32)
+    t = t[None, None] if t.ndim == 2 else t.permute(2, 0, 1)[None]
+    if mode == "bilinear":
+        t = F.interpolate(t, size=list(size), mode="bilinear", align_corners=False)
+    elif mode == "nearest":
+        t = F.interpolate(t, size=list(size), mode="nearest")
+    else:
+        raise ValueError(mode)
+    t = t[0, 0] if a.ndim == 2 else t[0].permute(1, 2, 0)
+    return t.numpy().astype(a.dtype)
+
+
+def cv2_imread_unchanged(path: str | os.PathLike) -> np.ndarray:
+    """``cv2.imread(path, -1)`` then, for colour, the release's ``[:, :, ::-1]``: HxW or HxWxC
+    in the file's channel order and bit depth. 16-bit colour PNGs (which Pillow cannot hold)
+    are decoded here; only unfiltered scanlines (filter 0) are supported."""
+    data = Path(path).read_bytes()
+    width, height, depth, colour = struct.unpack(">IIBB", data[16:26])
+    if depth != 16 or colour not in (2, 6):
+        return np.array(Image.open(path))
+    channels = 3 if colour == 2 else 4
+    pos, idat = 8, b""
+    while pos < len(data):
+        (length,), kind = struct.unpack(">I", data[pos:pos + 4]), data[pos + 4:pos + 8]
+        if kind == b"IDAT":
+            idat += data[pos + 8:pos + 8 + length]
+        pos += 12 + length
+    raw = zlib.decompress(idat)
+    stride = 1 + width * channels * 2
+    rows = []
+    for y in range(height):
+        line = raw[y * stride:(y + 1) * stride]
+        if line[0] != 0:
+            raise NotImplementedError("filtered 16-bit PNG scanlines")
+        rows.append(np.frombuffer(line[1:], dtype=">u2").reshape(width, channels))
+    return np.stack(rows).astype(np.uint16)
 
 
 # ----------------------------------------------------------------------------- metric

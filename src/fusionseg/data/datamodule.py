@@ -76,7 +76,8 @@ def build_dataset(cfg: Config, split: str, train: bool):
                                     vflip_prob=d.vflip_prob)
     else:
         tf = build_eval_transforms(probe.specs, size=d.eval_size,
-                                   label_interpolation=d.eval_label_interpolation)
+                                   label_interpolation=d.eval_label_interpolation,
+                                   crop=d.eval_crop)
     probe.transform = tf
     return probe
 

@@ -45,6 +45,7 @@ from fusionseg.data.sample import IGNORE_INDEX, LABEL_KEY, META_KEY, Sample, mod
 from ..errors import ConfigError
 
 __all__ = [
+    "CenterCrop",
     "ColorJitter",
     "Compose",
     "GaussianBlur",
@@ -442,6 +443,44 @@ class PadToMultiple(_Geometric):
         return out
 
 
+class CenterCrop(_Geometric):
+    """Cut the centre ``size`` window (``(h, w)`` or int for square) of every modality and the
+    label, e.g. to score a release's centre crop (MCubeS: 1024 x 1024 of 1024 x 1032).
+
+    The window starts at ``top = round((H - h) / 2)``, ``left = round((W - w) / 2)`` (Python's
+    ``round``, as torchvision's ``CenterCrop`` and the MCubeS release's ``FixScaleCrop``). A
+    dimension already of the crop's size is kept; the label must have the images' size.
+
+    Raises:
+        ConfigError: a size that is not positive.
+        DataError: a sample smaller than ``size``, or a label of another size than the images.
+    """
+
+    def __init__(self, size: int | Sequence[int]) -> None:
+        super().__init__()
+        self.size = _size2(size, "crop size")
+
+    def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
+        h, w = _sample_size(sample)
+        ch, cw = self.size
+        if h < ch or w < cw:
+            raise DataError(f"sample is {h}x{w}, smaller than the {ch}x{cw} centre crop "
+                            "(data.eval_crop)")
+        label = sample.get(LABEL_KEY)
+        if isinstance(label, torch.Tensor) and tuple(label.shape[-2:]) != (h, w):
+            raise DataError(f"label is {label.shape[-2]}x{label.shape[-1]}, images {h}x{w}: "
+                            "the centre crop needs both at one size")
+        if (h, w) == (ch, cw):
+            return sample
+        top, left = int(round((h - ch) / 2.0)), int(round((w - cw) / 2.0))
+        out = _copy(sample)
+        for k in modality_keys(sample):
+            out[k] = sample[k][..., top : top + ch, left : left + cw].contiguous()
+        if isinstance(label, torch.Tensor):
+            out[LABEL_KEY] = label[..., top : top + ch, left : left + cw].contiguous()
+        return out
+
+
 # --------------------------------------------------------------------------- photometric
 
 
@@ -652,12 +691,17 @@ def build_eval_transforms(
     normalize: bool = True,
     ignore_index: int = IGNORE_INDEX,
     label_interpolation: str = "nearest",
+    crop: int | Sequence[int] | None = None,
 ) -> Compose:
-    """Evaluation pipeline: [Resize(size)] -> [PadToMultiple(pad_multiple)] -> [Normalize].
+    """Evaluation pipeline: [Resize(size)] -> [CenterCrop(crop)] -> [PadToMultiple(pad_multiple)]
+    -> [Normalize].
 
     ``size=None`` keeps the native size. DELIVER's reference protocol is ``size=(1024, 1024)``
     with the label resized (nearest); ``resize_label=False`` keeps the label at full size;
-    ``label_interpolation`` picks the label's nearest rule (see :class:`Resize`).
+    ``label_interpolation`` picks the label's nearest rule (see :class:`Resize`). ``crop``
+    cuts the centre window of that size from every modality and the label after the resize
+    (:class:`CenterCrop`; MCubeS releases score the centre 1024 x 1024); it needs the label
+    at the images' size.
     """
     specs = _as_specs(specs)
     ts: list[Transform] = []
@@ -671,6 +715,8 @@ def build_eval_transforms(
                 label_interpolation=label_interpolation,
             )
         )
+    if crop is not None:
+        ts.append(CenterCrop(crop))
     if pad_multiple is not None and pad_multiple > 1:
         ts.append(PadToMultiple(pad_multiple, fill=fill_map(specs), ignore_index=ignore_index))
     if normalize:
