@@ -257,7 +257,8 @@ MFNET_CONFIG = ROOT / "configs" / "stitchfusion" / "mfnet_rgbt.yaml"
 MFNET_H, MFNET_W = 32, 48  # short side 32 -> 64: 64x96, already multiples of 32
 
 
-def write_mfnet_tree(root: Path, *, step: int = 16, seed: int = 0) -> None:
+def write_mfnet_tree(root: Path, *, step: int = 16, seed: int = 0, h: int = MFNET_H,
+                     w: int = MFNET_W) -> None:
     """The release's MFNet layout: ``img/`` (RGB), ``ther/`` (1-channel thermal), ``labels/``
     (ids 0..8, one row of 255), ``test.txt``; plus ``rgb -> img``, the RGB folder name our
     loader reads (its ``split`` layout), as a symlink to the same files."""
@@ -267,10 +268,10 @@ def write_mfnet_tree(root: Path, *, step: int = 16, seed: int = 0) -> None:
         return (rng.integers(0, 256 // step, shape) * step).astype(np.uint8)
 
     names = [f"{i + 1:05d}{'DN'[i % 2]}" for i in range(4)]
-    yy, xx = np.mgrid[0:MFNET_H, 0:MFNET_W]
+    yy, xx = np.mgrid[0:h, 0:w]
     for i, name in enumerate(names):
-        _save(root / "img" / f"{name}.png", img(MFNET_H, MFNET_W, 3))
-        _save(root / "ther" / f"{name}.png", img(MFNET_H, MFNET_W))
+        _save(root / "img" / f"{name}.png", img(h, w, 3))
+        _save(root / "ther" / f"{name}.png", img(h, w))
         lab = ((yy // 8) * 3 + xx // 12 + i) % 9
         lab[-1, :] = 255
         _save(root / "labels" / f"{name}.png", lab.astype(np.uint8))
@@ -298,6 +299,7 @@ def test_mfnet_fusionseg_eval_equals_release(tmp_path_factory):
     assert ds[0][1].shape == (2 * MFNET_H, 2 * MFNET_W)
 
     sets = [f"data.root={root}", f"data.eval_size=[{2 * MFNET_H}, {2 * MFNET_W}]",
+            "data.eval_pre_size=null",  # 32x48 -> 64x96: the release's second resize is a no-op
             "data.num_workers=0", "data.val_batch_size=2", "model.decoder_dim=32",
             f"model.backbone_kwargs={json.dumps(TINY)}"]
     cm = fusionseg_confusion(MFNET_CONFIG, sets, ckpt, ["rgb", "thermal"])
@@ -310,6 +312,32 @@ def test_mfnet_fusionseg_eval_equals_release(tmp_path_factory):
     # the MFNet default (thermal ImageNet-normalised) disagrees
     old = fusionseg_confusion(MFNET_CONFIG, [*sets, "data.options={}"], ckpt, ["rgb", "thermal"])
     assert (old - metrics.hist).abs().sum().item() / 2 > 0.05 * old.sum().item()
+
+
+def test_mfnet_two_step_eval_resize(tmp_path_factory):
+    """The release resizes twice (short side to EVAL.IMAGE_SIZE[0], then up to multiples of
+    32): 30x40 -> 64x85 -> 64x96, as the recipe's eval_pre_size + eval_size do for 480x640 ->
+    640x853 -> 640x864. Two bilinear steps are not one: with both, fusionseg equals the release
+    (its uint8 rounding between the steps left out, see the DELIVER rounding test); with the
+    single resize it does not."""
+    base = tmp_path_factory.mktemp("sf_mfnet2")
+    root = base / "MFNet"
+    write_mfnet_tree(root, step=1, seed=2, h=30, w=40)
+    ref = randomize_(StitchFusionRelease(9, 2, (None, None, "shared", "shared"), "featurecross",
+                                         embed_dims=TINY["embed_dims"], depths=TINY["depths"],
+                                         heads=TINY["num_heads"], decoder_dim=32), 5).eval()
+    ckpt = base / "released.pth"
+    torch.save(ref.state_dict(), ckpt)
+    ds = release.MFNetRelease(root, "val", release.get_val_augmentation((64, 64), quantize=False))
+    assert ds[0][1].shape == (64, 96)
+    hist = release.evaluate(ref, ds, batch_size=2).hist
+    sets = [f"data.root={root}", "data.eval_pre_size=[64, 85]", "data.eval_size=[64, 96]",
+            "data.num_workers=0", "data.val_batch_size=2", "model.decoder_dim=32",
+            f"model.backbone_kwargs={json.dumps(TINY)}"]
+    assert torch.equal(fusionseg_confusion(MFNET_CONFIG, sets, ckpt, ["rgb", "thermal"]), hist)
+    one = fusionseg_confusion(MFNET_CONFIG, [*sets, "data.eval_pre_size=null"], ckpt,
+                              ["rgb", "thermal"])
+    assert not torch.equal(one, hist)
 
 
 # --------------------------------------------------------------------------- MCubeS

@@ -91,6 +91,9 @@ class DataConfig(_Strict):
     #: centre crop ``[H, W]`` of every modality and the label after the eval resize (None: no
     #: crop), e.g. the centre 1024 x 1024 of MCubeS's 1024 x 1032 that its releases score
     eval_crop: tuple[int, int] | None = None
+    #: a first evaluation resize ``[H, W]`` before ``eval_size`` (None: one resize), for
+    #: releases that resize twice (StitchFusion MFNet: 480x640 -> 640x853 -> 640x864)
+    eval_pre_size: tuple[int, int] | None = None
     batch_size: int = 8
     val_batch_size: int = 4
     num_workers: int = 2

@@ -951,7 +951,7 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
     ds = open_inputs(inputs, cfg, specs, split=split, dataset_specs=dataset_specs,
                      check_files=on_error == "stop")
     ds.transform = build_eval_transforms(
-        ds.specs, size=cfg.data.eval_size,
+        ds.specs, size=cfg.data.eval_size, pre_size=cfg.data.eval_pre_size,
         label_interpolation=cfg.data.eval_label_interpolation)  # no eval_crop: whole masks
     classes = meta.get("fusionseg_classes") or list(getattr(ds, "classes", []) or []) or None
     num_classes = cfg.model.num_classes or (len(classes) if classes else None)

@@ -77,7 +77,7 @@ def build_dataset(cfg: Config, split: str, train: bool):
     else:
         tf = build_eval_transforms(probe.specs, size=d.eval_size,
                                    label_interpolation=d.eval_label_interpolation,
-                                   crop=d.eval_crop)
+                                   crop=d.eval_crop, pre_size=d.eval_pre_size)
     probe.transform = tf
     return probe
 

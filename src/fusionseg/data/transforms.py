@@ -692,23 +692,28 @@ def build_eval_transforms(
     ignore_index: int = IGNORE_INDEX,
     label_interpolation: str = "nearest",
     crop: int | Sequence[int] | None = None,
+    pre_size: int | Sequence[int] | None = None,
 ) -> Compose:
-    """Evaluation pipeline: [Resize(size)] -> [CenterCrop(crop)] -> [PadToMultiple(pad_multiple)]
-    -> [Normalize].
+    """Evaluation pipeline: [Resize(pre_size)] -> [Resize(size)] -> [CenterCrop(crop)] ->
+    [PadToMultiple(pad_multiple)] -> [Normalize].
 
     ``size=None`` keeps the native size. DELIVER's reference protocol is ``size=(1024, 1024)``
     with the label resized (nearest); ``resize_label=False`` keeps the label at full size;
     ``label_interpolation`` picks the label's nearest rule (see :class:`Resize`). ``crop``
     cuts the centre window of that size from every modality and the label after the resize
     (:class:`CenterCrop`; MCubeS releases score the centre 1024 x 1024); it needs the label
-    at the images' size.
+    at the images' size. ``pre_size`` is a first resize before ``size``, for releases that
+    resize twice (StitchFusion: short side to the eval size, then up to multiples of 32; two
+    bilinear / nearest steps are not one).
     """
     specs = _as_specs(specs)
     ts: list[Transform] = []
-    if size is not None:
+    for step in (pre_size, size):
+        if step is None:
+            continue
         ts.append(
             Resize(
-                size,
+                step,
                 keep_ratio=keep_ratio,
                 resize_label=resize_label,
                 interpolation=interpolation_map(specs),
