@@ -69,3 +69,23 @@ def test_training_module_drops_the_missing_modalities():
              "present": torch.ones(2, 2, dtype=torch.bool), "label": torch.zeros(2, 4, 4)}
     out = module._prepare_batch(batch)
     assert "depth" not in out and out["present"].tolist() == [[True, False], [True, False]]
+
+
+def test_a_key_set_inside_a_switch_makes_it_its_section():
+    """configs/quickstart.yaml says ``robust: false``; ``--set train.robust.modality_dropout=0.5``
+    (as docs/robustness.md writes it) turns robust training on with that dropout, and
+    ``train.robust.enabled=false`` next to it keeps it off (it used to fail: 'robust' is not a
+    section)."""
+    from pathlib import Path
+
+    from fusionseg.config import load_config
+
+    quickstart = Path(__file__).resolve().parents[1] / "configs" / "quickstart.yaml"
+    assert load_config(quickstart).train.robust.enabled is False
+    cfg = load_config(quickstart, ["train.robust.modality_dropout=0.5"])
+    assert cfg.train.robust.enabled is True and cfg.train.robust.modality_dropout == 0.5
+    off = load_config(quickstart, ["train.robust.modality_dropout=0.5",
+                                   "train.robust.enabled=false"])
+    assert off.train.robust.enabled is False and off.train.robust.modality_dropout == 0.5
+    with pytest.raises(ConfigError, match="'lr' is not a section"):
+        load_config(quickstart, ["train.lr.x=1"])

@@ -327,7 +327,9 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
     """Apply ``key.sub=value`` overrides to a raw config dict and return a new dict.
 
     The key is a dotted path of non-empty names (blanks around names are ignored); the value
-    is YAML (see :func:`_parse_value`); both are split at the first ``=``.
+    is YAML (see :func:`_parse_value`); both are split at the first ``=``. A path through a
+    ``true`` / ``false`` switch (``train.robust: false`` and ``train.robust.modality_dropout=
+    0.5``) replaces the switch by its section: the keys set, on unless ``enabled`` says off.
 
     Raises:
         ConfigError: an override without ``=``, with an empty key name (``a..b``, ``.a``), a
@@ -349,6 +351,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
         _check_value(parsed, item)
         node = out
         for part in parts[:-1]:
+            if isinstance(node.get(part), bool):
+                # a section written as its switch (``robust: false``): a key set inside it
+                # makes it the section, which such sections read as on unless ``enabled``
+                # is set too (``train.robust.modality_dropout=0.5`` turns robust training on)
+                node[part] = {}
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {_show(item)}: {_show(part)} is not a section")
