@@ -24,6 +24,27 @@ def tiny_model_cfg(name: str, **overrides) -> dict:
     return {"name": name, **dict(MODELS.entry(name).tiny or {}), **overrides}
 
 
+def run_cli_eval(config, sets: list[str], ckpt) -> dict:
+    """``fusionseg eval CONFIG --ckpt CKPT --set ...`` through the CLI (exit 0 asserted); the
+    result JSON it writes next to the checkpoint, parsed (the end-to-end parity tests)."""
+    import json
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    from fusionseg.cli import app
+
+    ckpt = Path(ckpt)
+    args = ["eval", str(config), "--ckpt", str(ckpt)]
+    for s in sets:
+        args += ["--set", s]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    written = sorted(ckpt.parent.glob(f"{ckpt.stem}_eval_*.json"))
+    assert len(written) == 1, written
+    return json.loads(written[0].read_text())
+
+
 @pytest.fixture(autouse=True, scope="session")
 def _one_thread():
     """Tiny models: one thread per process avoids OpenMP wake-up latency, and the suite runs

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli_eval
 from fixtures.nyudv2_tree import make_nyudv2_tree
 from PIL import Image
 from reference import asymfusion_pipeline as release
@@ -92,19 +93,6 @@ def fusionseg_confusions(sets: list[str], ckpt: Path) -> dict[str, np.ndarray]:
     return cms
 
 
-def run_cli_eval(sets: list[str], ckpt: Path) -> dict:
-    from typer.testing import CliRunner
-
-    from fusionseg.cli import app
-
-    args = ["eval", str(CONFIG), "--ckpt", str(ckpt)]
-    for s in sets:
-        args += ["--set", s]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return json.loads(next(ckpt.parent.glob(f"{ckpt.stem}_eval_*.json")).read_text())
-
-
 @pytest.fixture(scope="module")
 def nyu(tmp_path_factory):
     """Tree, the release's files of it, a released-format Saver file and the release's result."""
@@ -148,7 +136,7 @@ def test_fusionseg_eval_of_the_release_checkpoint_equals_release(nyu):
     cms = fusionseg_confusions(sets, nyu["ckpt"])
     for n in OUTPUTS:
         np.testing.assert_array_equal(cms[n], nyu["conf"][n], err_msg=n)
-    out = run_cli_eval(sets, nyu["ckpt"])
+    out = run_cli_eval(CONFIG, sets, nyu["ckpt"])
     assert out["miou"] == "nanmean"
     glob, mean, miou, iou = release.get_scores(nyu["conf"]["ensemble"])
     got = np.array([np.nan if v is None else v for v in out["overall"]["IoU"]], dtype=float)

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 import tifffile
 import torch
+from conftest import run_cli_eval
 from fixtures.isprs_tree import make_vaihingen_tree
 from reference import mobanet_pipeline as release
 from reference.mobanet_release import MoBaNetRelease, randomize_
@@ -37,7 +38,12 @@ from reference.mobanet_release import MoBaNetRelease, randomize_
 from fusionseg.config import load_config
 from fusionseg.data.datamodule import build_dataset
 from fusionseg.data.datasets.isprs import Vaihingen, decode_isprs_colours
-from fusionseg.engine.inference import predict_logits, slide_inference, window_starts
+from fusionseg.engine.inference import (
+    inference_kwargs,
+    predict_logits,
+    slide_inference,
+    window_starts,
+)
 from fusionseg.engine.runner import build_model
 from fusionseg.errors import ConfigError, DataError
 from fusionseg.models import load_checkpoint
@@ -86,25 +92,11 @@ def fusionseg_confusion(sets: list[str], ckpt: Path) -> torch.Tensor:
     for i in range(len(ds)):
         s = ds[i]
         batch = {m: s[m][None] for m in cfg.model.modalities}
-        logits = predict_logits(model, batch, mode=e.mode, window=e.window, stride=e.stride,
-                                window_batch=e.window_batch, positions=e.slide_positions)
+        logits = predict_logits(model, batch, **inference_kwargs(e))
         pred, label = logits.argmax(1)[0], s["label"]
         keep = label != ds.ignore_index
         cm += torch.bincount(label[keep] * K + pred[keep], minlength=K * K).view(K, K)
     return cm
-
-
-def run_cli_eval(sets: list[str], ckpt: Path) -> dict:
-    from typer.testing import CliRunner
-
-    from fusionseg.cli import app
-
-    args = ["eval", str(CONFIG), "--ckpt", str(ckpt)]
-    for s in sets:
-        args += ["--set", s]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return json.loads(ckpt.with_name(f"{ckpt.stem}_eval_test.json").read_text())
 
 
 @pytest.fixture(scope="module")
@@ -148,7 +140,7 @@ def test_fusionseg_eval_equals_release(vaihingen):
     sets = overrides(vaihingen["root"])
     cm = fusionseg_confusion(sets, vaihingen["ckpt"])
     assert torch.equal(cm, torch.from_numpy(vaihingen["cm"]))
-    out = run_cli_eval(sets, vaihingen["ckpt"])["overall"]
+    out = run_cli_eval(CONFIG, sets, vaihingen["ckpt"])["overall"]
     for key in ("IoU", "F1"):
         got = [np.nan if v is None else v / 100 for v in out[key]]
         np.testing.assert_allclose(got, vaihingen[key], atol=1e-6)

@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_cli_eval
 from fixtures.deliver_tree import deliver_path, raw_label
 from fixtures.mcubes_tree import make_mcubes_tree
 from PIL import Image
@@ -119,19 +120,6 @@ def fusionseg_confusion(config: Path, sets: list[str], ckpt: Path, mods: list[st
             keep = s["label"] != ds.ignore_index
             cm += torch.bincount(s["label"][keep] * k + pred[keep], minlength=k * k).view(k, k)
     return cm
-
-
-def run_cli_eval(config: Path, sets: list[str], ckpt: Path) -> dict:
-    from typer.testing import CliRunner
-
-    from fusionseg.cli import app
-
-    args = ["eval", str(config), "--ckpt", str(ckpt)]
-    for s in sets:
-        args += ["--set", s]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, res.output
-    return json.loads(next(ckpt.parent.glob(f"{ckpt.stem}_eval_*.json")).read_text())
 
 
 def release_iou(hist: torch.Tensor) -> list[float]:
