@@ -118,9 +118,17 @@ class RobustConfig(_Strict):
     rect_prob: float = 0.25  # per sample: one kept modality loses a random rectangle
     rect_area: tuple[float, float] = (0.1, 0.3)  # fraction of the image
     rect_aspect: tuple[float, float] = (0.5, 2.0)  # width / height
-    consistency_weight: float = 1.0  # KL from the full-modality half (0: none)
+    consistency_weight: float = 1.0  # KL from the full-modality half or the teacher (0: none)
     corrupt_weight: float = 1.0  # weight of the corrupted half's loss against the full half's
     temperature: float = 2.0
+    #: modality subsets: per-modality ``dropout`` or a ``uniform`` subset size k ~ U{1..M}
+    sampling: Literal["dropout", "uniform"] = "dropout"
+    #: probability that a sample keeps every modality (None: what the sampling gives)
+    full_share: float | None = Field(default=None, ge=0.0, le=1.0)
+    #: second stage: distil from a frozen full-modality model, ``init`` (= train.init_from)
+    #: or a checkpoint path; None: the same network's full-input half of a doubled batch
+    teacher: str | None = None
+    feature_weight: float = Field(default=0.0, ge=0.0)  # fused-feature MSE to the teacher
 
     @model_validator(mode="before")
     @classmethod
@@ -264,6 +272,10 @@ class Config(_Strict):
         if unknown or len(self.data.missing_modalities) >= len(self.model.modalities):
             raise ValueError(f"data.missing_modalities {self.data.missing_modalities} must name "
                              f"some but not all of the model's modalities {self.model.modalities}")
+        r = self.train.robust
+        if r.enabled and r.teacher == "init" and not self.train.init_from:
+            raise ValueError("train.robust.teacher: init needs train.init_from (the trained "
+                             "model the second stage starts from and distils from)")
         return self
 
 

@@ -175,6 +175,10 @@ class SegmentationCriterion(nn.Module):
             if name in terms:
                 raise ValueError(f"auxiliary output name {name!r} clashes with another loss term")
             target = label if aux.target is None else aux.target
+            if aux.sample_mask is not None:
+                keep = aux.sample_mask.to(device=target.device, dtype=torch.bool)
+                target = target.masked_fill(~keep.view(-1, *([1] * (target.ndim - 1))),
+                                            self.ignore_index)
             value = self._loss_for(aux.loss)(aux.logits, target)
             total = total + self.aux_weights.get(name, aux.weight) * value
             terms[name] = value.detach()

@@ -98,6 +98,46 @@ def sample_modality_keep(present: torch.Tensor, p: float | Sequence[float],
     return keep.to(present.device)
 
 
+def sample_modality_subsets(present: torch.Tensor, full_share: float | None = None,
+                            generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-sample modality subsets of uniform size: which modalities each sample keeps.
+
+    Sample ``i`` with ``n_i`` present modalities keeps all of them with probability
+    ``full_share``; otherwise (or always, with ``full_share=None``) it draws a subset size
+    ``k ~ U{1..n_i}`` and then ``k`` of its modalities uniformly. Without ``full_share`` the
+    full set is kept in ``1/n_i`` of the samples. Source: AnySeg (Zheng et al. 2024, public
+    code ``zhengxuJosh/AnySeg``) draws the subset size uniformly per batch; here per sample.
+
+    Args:
+        present: ``bool[B, M]``.
+        full_share: probability in ``[0, 1]`` of keeping the full set, or ``None``.
+
+    Returns:
+        ``bool[B, M]`` within ``present``, at least one per sample that has one.
+
+    Raises:
+        ConfigError: ``full_share`` outside ``[0, 1]``.
+    """
+    if full_share is not None and not 0 <= full_share <= 1:
+        raise ConfigError(f"full_share must lie in [0, 1], got {full_share}")
+    pres = present.cpu().bool()
+    keep = torch.zeros_like(pres)
+    for i in range(pres.shape[0]):
+        cols = torch.nonzero(pres[i]).flatten()
+        n = len(cols)
+        if n == 0:
+            continue
+        if full_share is not None:
+            full = bool(torch.rand((), generator=generator) < full_share)
+            k = n if full else int(torch.randint(1, max(n, 2), (), generator=generator))
+            k = min(k, n)
+        else:
+            k = int(torch.randint(1, n + 1, (), generator=generator))
+        chosen = cols[torch.randperm(n, generator=generator)[:k]]
+        keep[i, chosen] = True
+    return keep.to(present.device)
+
+
 def modality_conditional_random_mask(
     x_opt: torch.Tensor,
     x_dsm: torch.Tensor,

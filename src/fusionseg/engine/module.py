@@ -32,7 +32,7 @@ from .inference import inference_kwargs, predict_logits
 from .losses import SegmentationCriterion
 from .masking import random_modality_dropout
 from .metrics import confusion_metric, metrics_from_confusion
-from .robust_training import RobustTraining
+from .robust_training import FeatureTap, RobustTraining, feature_distillation
 
 
 def supports_fused_adamw(groups: list[dict]) -> bool:
@@ -132,11 +132,14 @@ class SegmentationModule(L.LightningModule):
         specs: the dataset's :class:`~fusionseg.data.modalities.ModalitySpec` per modality
             (how files were read, scaled to physical units and normalised), stored in the
             checkpoint as ``fusionseg_specs`` so ``predict`` applies the training run's specs.
+        teacher: the frozen full-modality model of the robust second stage
+            (``train.robust.teacher``); kept out of the module's parameters and checkpoints,
+            run in eval mode without gradients.
     """
 
     def __init__(self, model: nn.Module, cfg: Config, class_names: list[str],
                  conditions: list[str] | None = None, palette=None, ignore_index: int = 255,
-                 specs: dict | None = None):
+                 specs: dict | None = None, teacher: nn.Module | None = None):
         super().__init__()
         self.model = model
         self.cfg = cfg
@@ -156,7 +159,20 @@ class SegmentationModule(L.LightningModule):
         self.robust = RobustTraining(
             list(cfg.model.modalities), r.modality_dropout, r.rect_prob, r.rect_area,
             r.rect_aspect, r.consistency_weight, r.temperature, ignore_index, r.corrupt_weight,
+            r.sampling, r.full_share, distill=teacher is not None, feature_weight=r.feature_weight,
         ) if r.enabled else None
+        if teacher is not None:
+            teacher.eval().requires_grad_(False)
+        self._teacher = [teacher] if teacher is not None else []  # a list: not a submodule
+
+    @property
+    def teacher(self) -> nn.Module | None:
+        """The frozen teacher of the robust second stage, or ``None``."""
+        return self._teacher[0] if self._teacher else None
+
+    def on_fit_start(self) -> None:
+        if self.teacher is not None:
+            self.teacher.to(self.device).eval()
 
     # -- training -------------------------------------------------------------------------
     def forward(self, batch: dict):
@@ -180,6 +196,8 @@ class SegmentationModule(L.LightningModule):
         if self.cfg.data.modality_dropout > 0:
             batch = random_modality_dropout(batch, list(self.cfg.model.modalities),
                                             self.cfg.data.modality_dropout)
+        if self.robust is not None and self.teacher is not None:
+            return self._distillation_step(batch)
         changed = None
         if self.robust is not None:  # [x; x'] in one forward pass (see robust_training)
             batch, changed = self.robust.paired_batch(batch)
@@ -196,6 +214,30 @@ class SegmentationModule(L.LightningModule):
         if len(terms) > 1:
             for name, value in terms.items():
                 self.log(f"train/loss_{name}", value, batch_size=label.shape[0])
+        self.log("train/loss", loss, prog_bar=True, batch_size=label.shape[0])
+        return loss
+
+    def _distillation_step(self, batch: dict):
+        """The robust second stage: the student on a modality subset of each sample, the
+        frozen teacher on the full input (see :mod:`fusionseg.engine.robust_training`)."""
+        r = self.robust
+        student_batch, _ = r.corrupt(batch)
+        label = batch["label"]
+        with torch.no_grad(), FeatureTap(self.teacher) as t_tap:
+            t_logits = logits_of(self.teacher(batch))
+        with FeatureTap(self.model) as s_tap:
+            out = self.model(student_batch)
+        loss, terms = self.criterion(out, label)
+        if r.consistency_weight > 0:
+            kl = r.distillation_loss(logits_of(out), t_logits, label)
+            terms = {**terms, "distill": kl.detach()}
+            loss = loss + kl
+        if r.feature_weight > 0 and s_tap.value is not None and t_tap.value is not None:
+            feat = r.feature_weight * feature_distillation(s_tap.value, t_tap.value)
+            terms = {**terms, "distill_feature": feat.detach()}
+            loss = loss + feat
+        for name, value in terms.items():
+            self.log(f"train/loss_{name}", value, batch_size=label.shape[0])
         self.log("train/loss", loss, prog_bar=True, batch_size=label.shape[0])
         return loss
 

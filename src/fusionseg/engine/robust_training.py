@@ -22,6 +22,25 @@ the any-modality segmentation papers (AnySeg, Zheng et al. 2024, and MAGIC++, Zh
 of Hinton et al. 2015. Ours: the teacher is the same network's full-input half of the batch
 (AnySeg / MAGIC++ use a separately trained teacher or feature-level terms), and the KL is
 averaged over the valid (non-ignored) pixels of the corrupted samples only.
+
+**Second stage** (``train.robust.teacher``): from a trained full-modality model
+(``train.init_from``), distil from a frozen copy of a full-modality model ``T`` instead::
+
+    x'   = rectangles(subset(x))             per sample: a modality subset (dropout, or a
+                                              uniform subset size k ~ U{1..M}), the full set
+                                              kept with probability full_share
+    z'   = model(x'),  t = T(x)               T frozen, in eval mode, on the full input
+    loss = L(z', y) (and the method's terms)
+         + w * T^2 * KL(softmax(t / T) || softmax(z' / T))     on every valid pixel
+         + w_f * mean_i MSE(f'_i, f^T_i)       fused features (the decode head's input), where
+                                              the method declares them
+                                              (``Segmentor.fused_feature_module``)
+
+Sources: RMMSS (arXiv 2505.12861) keeps full-modality mIoU within 0.1 of its teacher with a
+second stage distilling from a frozen full-modality model; AnySeg / RobustSeg (public code
+``zhengxuJosh/AnySeg``) sample the subset size uniformly and distil logits (KL) and features
+from a frozen multimodal teacher. Ours: one batch (no doubling), the KL over all samples (the
+full-set ones too, which keeps the full prediction at the teacher's), an MSE feature term.
 """
 
 from __future__ import annotations
@@ -34,10 +53,10 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..models.segmentors.base import AuxiliaryLogits, SegmentationOutput
-from .masking import random_rectangle, sample_modality_keep
+from ..models.segmentors.base import SegmentationOutput
+from .masking import random_rectangle, sample_modality_keep, sample_modality_subsets
 
-__all__ = ["RobustTraining", "consistency_kl"]
+__all__ = ["FeatureTap", "RobustTraining", "consistency_kl", "feature_distillation"]
 
 
 def consistency_kl(student: Tensor, teacher: Tensor, valid: Tensor,
@@ -61,6 +80,58 @@ def consistency_kl(student: Tensor, teacher: Tensor, valid: Tensor,
     return (kl * valid).sum() / n * temperature ** 2
 
 
+def feature_distillation(student: Sequence[Tensor], teacher: Sequence[Tensor]) -> Tensor:
+    """Mean over levels of the mean squared difference of feature maps, in float32.
+
+    Args:
+        student, teacher: matching lists of maps ``[B, C_i, H_i, W_i]`` (``teacher``
+            detached here).
+
+    Raises:
+        ValueError: the lists differ in length or a level in shape.
+    """
+    if len(student) != len(teacher) or not student:
+        raise ValueError(f"feature distillation needs matching levels, got {len(student)} "
+                         f"and {len(teacher)}")
+    terms = []
+    for s, t in zip(student, teacher, strict=True):
+        if s.shape != t.shape:
+            raise ValueError(f"student feature {tuple(s.shape)} vs teacher {tuple(t.shape)}")
+        terms.append(F.mse_loss(s.float(), t.detach().float()))
+    return torch.stack(terms).mean()
+
+
+class FeatureTap:
+    """Records the input of the first call of a model's fused-feature module in a forward.
+
+    ``model.fused_feature_module`` names the submodule whose input is the method's fused
+    features (``"decode_head"`` for sum fusion, StitchFusion and MoBaNet); a model without one
+    records nothing (``value`` stays ``None``). Use as a context manager around the forward.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        name = getattr(model, "fused_feature_module", None)
+        self.module = model.get_submodule(name) if name else None
+        self.value: list[Tensor] | None = None
+        self._handle = None
+
+    def _hook(self, module, args) -> None:
+        if self.value is None and args:
+            x = args[0]
+            self.value = [x] if isinstance(x, Tensor) else [t for t in x if isinstance(t, Tensor)]
+
+    def __enter__(self) -> FeatureTap:
+        self.value = None
+        if self.module is not None:
+            self._handle = self.module.register_forward_pre_hook(self._hook)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._handle is not None:
+            self._handle.remove()
+            self._handle = None
+
+
 class RobustTraining:
     """The robust recipe's batch doubling, corruption and consistency loss.
 
@@ -75,18 +146,38 @@ class RobustTraining:
         corrupt_weight: ``lambda``, weight of the corrupted half's loss: the loss is
             ``(L(z, y) + lambda * L(z', y)) / (1 + lambda)`` (1: the plain mean over ``2B``).
         ignore_index: label value of pixels left out of the KL average.
+        sampling: ``"dropout"`` (each modality dropped with ``modality_dropout``) or
+            ``"uniform"`` (a uniform subset size, :func:`~fusionseg.engine.masking.
+            sample_modality_subsets`).
+        full_share: probability that a sample keeps its full set (``None``: what the sampling
+            gives: ``(1 - p)^M``-ish for dropout, ``1/M`` for uniform).
+        distill: the second stage: a frozen teacher supplies the KL target (see the module
+            docstring); no batch doubling.
+        feature_weight: ``w_f`` of the feature term (second stage only).
 
     Raises:
         ConfigError: a probability outside ``[0, 1]``, a dropout key that is not a modality,
-            a non-positive temperature.
+            a non-positive temperature, an unknown sampling.
     """
 
     def __init__(self, modalities: Sequence[str], modality_dropout: float | Mapping[str, float]
                  = 0.25, rect_prob: float = 0.25, rect_area: Sequence[float] = (0.1, 0.3),
                  rect_aspect: Sequence[float] = (0.5, 2.0), consistency_weight: float = 1.0,
                  temperature: float = 2.0, ignore_index: int = 255,
-                 corrupt_weight: float = 1.0) -> None:
+                 corrupt_weight: float = 1.0, sampling: str = "dropout",
+                 full_share: float | None = None, distill: bool = False,
+                 feature_weight: float = 0.0) -> None:
         self.modalities = list(modalities)
+        if sampling not in ("dropout", "uniform"):
+            raise ConfigError(f"robust.sampling must be 'dropout' or 'uniform', got {sampling!r}")
+        if full_share is not None and not 0 <= full_share <= 1:
+            raise ConfigError(f"robust.full_share must lie in [0, 1], got {full_share}")
+        if feature_weight < 0:
+            raise ConfigError(f"robust.feature_weight must be >= 0, got {feature_weight}")
+        self.sampling = sampling
+        self.full_share = None if full_share is None else float(full_share)
+        self.distill = bool(distill)
+        self.feature_weight = float(feature_weight)
         if isinstance(modality_dropout, Mapping):
             unknown = sorted(set(modality_dropout) - set(self.modalities))
             if unknown:
@@ -127,9 +218,8 @@ class RobustTraining:
         else:
             halves = [SegmentationOutput(
                 output.logits[sl],
-                aux={k: AuxiliaryLogits(a.logits[sl], a.weight, a.loss,
-                                        None if a.target is None else a.target[sl])
-                     for k, a in output.aux.items()}) for sl in (slice(0, b), slice(b, None))]
+                aux={k: a.select(sl) for k, a in output.aux.items()})
+                for sl in (slice(0, b), slice(b, None))]
             extra = dict(output.losses)
         (l_full, t_full), (l_cor, t_cor) = (criterion(h, y) for h, y in
                                             zip(halves, (label[:b], label[b:]), strict=True))
@@ -139,6 +229,31 @@ class RobustTraining:
             total = total + v
             terms[k] = v.detach()
         return total, terms
+
+    def sample_keep(self, present: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Which modalities each sample keeps (``bool[B, M]`` within ``present``), by
+        :attr:`sampling` and :attr:`full_share`."""
+        if self.sampling == "uniform":
+            return sample_modality_subsets(present, self.full_share, generator)
+        keep = sample_modality_keep(present, self.p_drop, generator)
+        if self.full_share is not None:
+            full = torch.rand(present.shape[0], generator=generator) < self.full_share
+            keep = torch.where(full.view(-1, 1).to(keep.device), present.to(keep.device), keep)
+        return keep
+
+    def distillation_loss(self, student: Tensor, teacher: Tensor, label: Tensor) -> Tensor:
+        """``w * T^2 * KL(softmax(teacher / T) || softmax(student / T))`` over the valid
+        pixels of every sample (second stage). Logits ``[B, K, H, W]``, labels ``[B, H, W]``
+        (resized nearest to the logits when they differ)."""
+        if label.shape[-2:] != student.shape[-2:]:
+            label = F.interpolate(label[:, None].float(), size=student.shape[-2:],
+                                  mode="nearest")[:, 0].long()
+        if teacher.shape[-2:] != student.shape[-2:]:
+            teacher = F.interpolate(teacher.float(), size=student.shape[-2:], mode="bilinear",
+                                    align_corners=False)
+        valid = label != self.ignore_index
+        return self.consistency_weight * consistency_kl(student, teacher, valid,
+                                                        self.temperature)
 
     def corrupt(self, batch: Mapping[str, Any], generator: torch.Generator | None = None
                 ) -> tuple[dict[str, Any], Tensor]:
@@ -154,7 +269,7 @@ class RobustTraining:
         present = batch.get("present")
         present = (torch.tensor([[m in batch for m in self.modalities]] * b)
                    if present is None else torch.as_tensor(present).cpu().bool())
-        keep = sample_modality_keep(present, self.p_drop, generator)
+        keep = self.sample_keep(present, generator)
         changed = (keep != present).any(1)
         out = dict(batch)
         tensors = {m: batch[m].clone() for m in names}

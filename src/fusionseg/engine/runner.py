@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from ..config import Config
+from ..config import Config, ModelConfig
 from ..data.datamodule import SegDataModule, build_dataset
 from ..data.sample import Collate
 from ..errors import ConfigError, RunError
@@ -27,6 +27,7 @@ from ..models import (
     convert_checkpoint,
     count_parameters,
     create_model,
+    init_from_checkpoint,
     load_checkpoint,
     load_state_dict_file,
 )
@@ -99,6 +100,42 @@ def build_model(cfg: Config, num_classes: int, for_checkpoint: bool = False) -> 
         ConfigError: unknown model name or key; ``num_classes`` disagrees with the dataset.
     """
     return create_model(model_spec(cfg, num_classes, for_checkpoint))
+
+
+def build_teacher(cfg: Config, num_classes: int) -> torch.nn.Module | None:
+    """The frozen full-modality model of the robust second stage (``train.robust.teacher``).
+
+    ``teacher: init`` is the ``train.init_from`` file, any other value a checkpoint path. A
+    fusionseg checkpoint is built from the model section stored in it (the teacher may differ
+    from the student, e.g. a mean-fusion teacher for a gated student); any other file (a plain
+    state dict, a released checkpoint) with the run's model section. Loaded strictly, in eval
+    mode, without gradients.
+
+    Returns:
+        The teacher, or ``None`` when robust training is off or has no teacher.
+
+    Raises:
+        CheckpointError: unreadable, unsafe or mismatching file.
+        ConfigError: the teacher's class count is not the run's.
+    """
+    r = cfg.train.robust
+    if not (r.enabled and r.teacher):
+        return None
+    path = cfg.train.init_from if r.teacher == "init" else r.teacher
+    contents = read_weights_file(path)
+    stored = contents.get("fusionseg_config") if isinstance(contents, dict) else None
+    tcfg = cfg
+    if isinstance(stored, dict) and isinstance(stored.get("model"), dict):
+        tcfg = cfg.model_copy(update={"model": ModelConfig.model_validate(stored["model"])})
+    spec = model_spec(tcfg, None, for_checkpoint=True)
+    if spec.get("num_classes") is None:
+        spec["num_classes"] = num_classes
+    if spec["num_classes"] != num_classes:
+        raise ConfigError(f"train.robust.teacher {path}: {spec['num_classes']} classes, the run "
+                          f"has {num_classes}; the teacher must predict the run's classes")
+    teacher = create_model(spec)
+    load_checkpoint(teacher, path, contents)
+    return teacher.eval().requires_grad_(False)
 
 
 def convert_weights(cfg: Config, src: str | Path, dst: str | Path) -> Path:
@@ -200,8 +237,9 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
             ignored then.
 
     ``train.init_from`` starts a new run from a trained model's weights (loaded strictly
-    with :func:`fusionseg.models.load_checkpoint`, so through the safe reader); optimizer,
-    schedule and counters start fresh.
+    with :func:`fusionseg.models.init_from_checkpoint`, so through the safe reader; a head
+    whose class count differs is re-initialised and the run says so); optimizer, schedule,
+    counters and run dir start fresh.
 
     Checkpoints (``{run_dir}/checkpoints``, written atomically): ``best.ckpt`` (highest
     ``val/mIoU``, after validation) and ``last.ckpt`` at the end of every epoch (after its
@@ -222,13 +260,19 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     init_from = cfg.train.init_from if resume is None else None  # --resume restores all
     # weights from init_from replace the pretrained encoder's: model.pretrained is not read
     model = build_model(cfg, ds.num_classes, for_checkpoint=init_from is not None)
+    init_lines: list[str] = []
     if init_from is not None:
-        load_checkpoint(model, init_from)
+        report = init_from_checkpoint(model, init_from)
+        init_lines = [f"initialised from {init_from}", *report.lines()]
     prepare_for_training(model, cfg)
+    teacher = build_teacher(cfg, ds.num_classes)
+    if teacher is not None:
+        init_lines.append(f"robust second stage: distilling from the frozen model "
+                          f"{cfg.train.init_from if cfg.train.robust.teacher == 'init' else cfg.train.robust.teacher}")
     module = SegmentationModule(model, cfg, ds.classes, conditions=getattr(ds, "conditions", []),
                                 palette=getattr(ds, "palette", None),
                                 ignore_index=getattr(ds, "ignore_index", 255),
-                                specs=getattr(ds, "specs", None))
+                                specs=getattr(ds, "specs", None), teacher=teacher)
     if resume is not None:
         resume = Path(resume)
         if not resume.is_file():
@@ -251,7 +295,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     msg = (f"model {cfg.model.name} ({cfg.model.backbone}, modalities "
            f"{'+'.join(cfg.model.modalities)}): {counts['total'] / 1e6:.3f} M parameters, "
            f"{counts['trainable'] / 1e6:.3f} M trainable")
-    (console.print if console else print)(msg)
+    for line in [*init_lines, msg]:
+        console.print(line, markup=False) if console else print(line)
 
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger

@@ -25,7 +25,9 @@ from .segmentors.base import (
 )
 from .weights import (
     CheckpointMismatchError,
+    InitReport,
     convert_checkpoint,
+    init_from_checkpoint,
     load_backbone_weights,
     load_checkpoint,
     load_state_dict_file,
@@ -45,6 +47,8 @@ __all__ = [
     "list_backbones",
     "list_models",
     "load_backbone_weights",
+    "InitReport",
+    "init_from_checkpoint",
     "load_checkpoint",
     "load_state_dict_file",
     "logits_of",

@@ -60,6 +60,8 @@ __all__ = [
     "convert_checkpoint",
     "detect_backbone",
     "hf_weight_files",
+    "InitReport",
+    "init_from_checkpoint",
     "load_backbone_weights",
     "load_checkpoint",
     "load_state_dict_file",
@@ -369,6 +371,99 @@ def load_checkpoint(model: nn.Module, path: str | Path, contents: object = None)
     sd = to_model_keys(sd, model)
     load_state_dict_strict(model, sd, path)
     return model
+
+
+@dataclass
+class InitReport:
+    """What :func:`init_from_checkpoint` did besides loading matching weights.
+
+    Attributes:
+        path: the checkpoint.
+        checkpoint_classes: its class count ``K'`` (``None`` when it does not tell).
+        reinitialised: ``(key, checkpoint shape, model shape)`` of the class-dependent
+            parameters kept at the model's fresh initialisation (``K' != K``).
+        new_keys: the model's optional keys the checkpoint lacks (see
+            :meth:`~fusionseg.models.Segmentor.optional_init_keys`), kept at initialisation.
+    """
+
+    path: str
+    checkpoint_classes: int | None = None
+    reinitialised: list[tuple[str, tuple, tuple]] = field(default_factory=list)
+    new_keys: list[str] = field(default_factory=list)
+
+    def lines(self) -> list[str]:
+        """Human-readable lines for the run log (empty when every key matched)."""
+        out = []
+        if self.reinitialised:
+            out.append(f"init_from {self.path}: {self.checkpoint_classes} classes in the "
+                       f"checkpoint, re-initialised {len(self.reinitialised)} class-dependent "
+                       f"tensor(s) {_head([k for k, _, _ in self.reinitialised])}")
+        if self.new_keys:
+            out.append(f"init_from {self.path}: {len(self.new_keys)} tensor(s) the checkpoint "
+                       f"lacks start at their initialisation {_head(self.new_keys)}")
+        return out
+
+
+def _class_dim_only(ckpt: tuple, own: tuple, delta: int) -> bool:
+    """Whether two shapes differ in exactly one dimension, by ``delta`` (model - checkpoint)."""
+    if len(ckpt) != len(own) or delta == 0:
+        return False
+    diff = [(a, b) for a, b in zip(ckpt, own, strict=True) if a != b]
+    return len(diff) == 1 and diff[0][1] - diff[0][0] == delta
+
+
+def init_from_checkpoint(model: nn.Module, path: str | Path, contents: object = None
+                         ) -> InitReport:
+    """Initialise ``model`` from a trained model's checkpoint (``train.init_from``), in place.
+
+    Reads ``path`` like :func:`load_checkpoint` (fusionseg / Lightning checkpoints, plain
+    state dicts, the method's released format; weights only, never code) and loads it
+    strictly, with two exceptions that are reported, never silent:
+
+    * the checkpoint has another class count ``K'`` (``fusionseg_classes`` of a fusionseg
+      checkpoint, else the segmentor's :meth:`~fusionseg.models.Segmentor.infer_num_classes`):
+      tensors whose shape differs from the model's in one dimension by exactly ``K - K'`` (the
+      classifier of the decode and auxiliary heads) keep the model's fresh initialisation;
+    * keys the model declares optional (:meth:`~fusionseg.models.Segmentor.optional_init_keys`:
+      a zero-initialised gate, training-only heads) may be absent.
+
+    Returns:
+        :class:`InitReport`.
+
+    Raises:
+        CheckpointError: unreadable or unsafe file (see :func:`load_state_dict_file`).
+        CheckpointMismatchError: any other missing, unexpected or mis-shaped key; nothing is
+            loaded then.
+    """
+    if contents is None:
+        contents = read_weights_file(path)
+    sd = to_model_keys(state_dict_from(contents, path), model)
+    own = model.state_dict()
+    k_model = getattr(model, "num_classes", None)
+    k_ckpt = None
+    if isinstance(contents, Mapping) and isinstance(contents.get("fusionseg_classes"), list):
+        k_ckpt = len(contents["fusionseg_classes"])
+    elif hasattr(type(model), "infer_num_classes"):
+        k_ckpt = type(model).infer_num_classes(sd)
+    delta = (k_model - k_ckpt) if (k_model is not None and k_ckpt is not None) else 0
+    optional = tuple(model.optional_init_keys()) if hasattr(model, "optional_init_keys") else ()
+    report = InitReport(str(path), k_ckpt)
+    missing, mismatched = [], []
+    for k in own:
+        if k not in sd:
+            (report.new_keys if optional and k.startswith(optional) else missing).append(k)
+    for k, v in sd.items():
+        if k in own and tuple(v.shape) != tuple(own[k].shape):
+            item = (k, tuple(v.shape), tuple(own[k].shape))
+            (report.reinitialised if _class_dim_only(item[1], item[2], delta)
+             else mismatched).append(item)
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(path, missing, unexpected, mismatched)
+    skip = {k for k, _, _ in report.reinitialised}
+    merged = {k: (own[k] if k in skip or k not in sd else sd[k]) for k in own}
+    model.load_state_dict(merged, strict=True)
+    return report
 
 
 def save_state_dict(sd: Mapping[str, Tensor], dst: str | Path,

@@ -68,12 +68,23 @@ class AuxiliaryLogits:
             for this term; ``None`` = the run's configured loss.
         target: labels ``int64 [B, H, W]`` to use instead of the batch's (e.g. MoBaNet's
             hard-pixel labels, 255 where the main prediction is right); ``None`` = the label.
+        sample_mask: ``bool[B]``: only these samples count (the others' labels are taken as
+            ``ignore_index``; e.g. a per-modality output on the samples where that modality is
+            present); ``None`` = all.
     """
 
     logits: Tensor
     weight: float = DEFAULT_AUX_WEIGHT
     loss: Mapping[str, Any] | None = None
     target: Tensor | None = None
+    sample_mask: Tensor | None = None
+
+    def select(self, index: slice) -> AuxiliaryLogits:
+        """The same output for the samples ``index`` (a slice of the batch)."""
+        return AuxiliaryLogits(
+            self.logits[index], self.weight, self.loss,
+            None if self.target is None else self.target[index],
+            None if self.sample_mask is None else self.sample_mask[index])
 
 
 @dataclass
@@ -345,6 +356,18 @@ class Segmentor(nn.Module):
         """Number of classes of a (converted) state dict of this method, if it tells."""
         return None
 
+    #: name of the submodule whose (first) input is the method's fused features, for the
+    #: robust second stage's feature term (``train.robust.feature_weight``); None: none
+    fused_feature_module: str | None = None
+
+    def optional_init_keys(self) -> list[str]:
+        """Key prefixes of parameters a trained model may lack when it initialises this one
+        (``train.init_from``): parts that start as the identity or only feed training losses
+        (a zero-initialised presence gate, per-modality auxiliary heads), so a checkpoint
+        trained without them loads into a model whose main output is unchanged. Default:
+        none."""
+        return []
+
     # ------------------------------------------------------------------ input size
     @property
     def input_multiple(self) -> int:
@@ -394,8 +417,7 @@ class Segmentor(nn.Module):
             x, mask = inputs[name]
             if mask is None:
                 cols.append(torch.ones(b, dtype=torch.bool, device=ref.device))
-            else:
-                x = x * mask.to(x.dtype).view(-1, 1, 1, 1)
+            else:  # zeroed by _modality_inputs
                 cols.append(mask.to(ref.device))
             images.append(x)
         return StreamBatch(list(self.modalities), images, torch.stack(cols, dim=1))
@@ -412,7 +434,8 @@ class Segmentor(nn.Module):
         Returns:
             ``[(name, x [B, 3, H, W], mask bool[B] or None), ...]`` for the configured
             modalities whose key is in the batch, in ``self.modalities`` order. 1-channel
-            tensors are repeated to 3 channels. ``mask`` is the modality's ``present`` column,
+            tensors are repeated to 3 channels; the images of samples flagged absent are set
+            to 0 (so a non-finite value there cannot reach the output). ``mask`` is the modality's ``present`` column,
             or ``None`` when there is no ``present`` entry or the column is all true.
 
         Raises:
@@ -472,6 +495,8 @@ class Segmentor(nn.Module):
                     )
                 m = present[:, col].to(x.device)
                 mask = None if bool(m.all()) else m
+                if mask is not None:  # absent samples read as zeros: a NaN there stays out
+                    x = x.masked_fill(~mask.view(-1, 1, 1, 1), 0.0)
             out.append((name, x, mask))
         if not out:
             raise DataError(

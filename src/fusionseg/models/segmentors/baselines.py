@@ -11,6 +11,13 @@ sample whose ``present`` entry is false, is left out of that sample's mean, so a
 and a zero (or any) image flagged absent give the same logits, and the fused maps keep the
 scale of one modality's features whatever the number present (a masked *sum* would shrink
 with every missing modality).
+
+``reduce: gate`` replaces the mean by a learned, presence-aware gate (a per-pixel softmax over
+the present streams, zero-initialised so that it starts as the mean;
+:class:`~fusionseg.models.fusion.presence_gate.PresenceGate`). ``modality_aux: w`` adds, in
+training, the decode head run on each present stream alone as an auxiliary output
+``modality_<name>`` of weight ``w`` (unimodal supervision, as CHARM's per-modality paths and
+the any-modality papers' unimodal terms do), so each stream stays decodable on its own.
 """
 
 from __future__ import annotations
@@ -19,14 +26,15 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ..backbones import create_backbone, default_decoder_dim
 from ..backbones.mit import MIT_TINY
+from ..fusion.presence_gate import PresenceGate
 from ..heads.segformer import SegFormerHead
 from ..registry import register_model
-from .base import ModalityInput, Segmentor
+from .base import AuxiliaryLogits, ModalityInput, SegmentationOutput, Segmentor
 
 __all__ = ["SumFusionSegmentor", "build_sum_fusion"]
 
@@ -51,11 +59,21 @@ class SumFusionSegmentor(Segmentor):
         modalities: ordered modality names.
         num_classes: ``K``.
         decoder_dim: SegFormer head width ``E``.
-        reduce: ``"mean"`` (default: the present modalities' maps averaged per sample) or
-            ``"sum"`` (summed, no rescaling: the fused maps grow with the number present).
+        reduce: ``"mean"`` (default: the present modalities' maps averaged per sample),
+            ``"sum"`` (summed, no rescaling: the fused maps grow with the number present) or
+            ``"gate"`` (a learned per-pixel softmax over the present modalities at every stage,
+            starting as the mean; parameters ``fusion_gates.*``).
         batch_modalities: run the present modalities as one concatenated batch through the
             encoder (faster on CPU: fewer, larger kernels) instead of one pass each.
+        modality_aux: weight of the per-modality auxiliary outputs in training (0: none); each
+            is the decode head on one stream's maps, its loss counted only on the samples where
+            that modality is present.
+
+    Raises:
+        ConfigError: unknown ``reduce``, negative ``modality_aux``.
     """
+
+    fused_feature_module = "decode_head"  # its input: the fused maps
 
     def __init__(
         self,
@@ -65,14 +83,47 @@ class SumFusionSegmentor(Segmentor):
         decoder_dim: int = 256,
         batch_modalities: bool = True,
         reduce: str = "mean",
+        modality_aux: float = 0.0,
     ) -> None:
         super().__init__(modalities, num_classes)
         self.backbone = backbone
         self.decode_head = SegFormerHead(backbone.out_channels, num_classes, embed_dim=decoder_dim)
         self.batch_modalities = batch_modalities
-        if reduce not in ("mean", "sum"):
-            raise ConfigError(f"sum_fusion reduce must be 'mean' or 'sum', got {reduce!r}")
+        if reduce not in ("mean", "sum", "gate"):
+            raise ConfigError(f"sum_fusion reduce must be 'mean', 'sum' or 'gate', got {reduce!r}")
+        if modality_aux < 0:
+            raise ConfigError(f"sum_fusion modality_aux must be >= 0, got {modality_aux}")
         self.reduce = reduce
+        self.modality_aux = float(modality_aux)
+        self.fusion_gates = nn.ModuleList(
+            PresenceGate(c, len(self.modalities)) for c in backbone.out_channels
+        ) if reduce == "gate" else None
+
+    def optional_init_keys(self) -> list[str]:
+        """The zero-initialised gates (``reduce: gate``) may be absent from an init model."""
+        return ["fusion_gates."] if self.fusion_gates is not None else []
+
+    def stream_features(self, inputs: list[ModalityInput]) -> list[Tensor]:
+        """Each stream's encoder maps, stacked: ``[S_1, .., S_4]``, ``S_i: [n, B, C_i, H_i,
+        W_i]`` for the ``n`` inputs in order (one encoder batch with ``batch_modalities``)."""
+        n, b = len(inputs), inputs[0][1].shape[0]
+        if n > 1 and self.batch_modalities:
+            feats = self.backbone(torch.cat([x for _, x, _ in inputs], dim=0))
+            return [f.view(n, b, *f.shape[1:]) for f in feats]
+        per = [self.backbone(x) for _, x, _ in inputs]
+        return [torch.stack(level, dim=0) for level in zip(*per, strict=True)]
+
+    def gate_fuse(self, inputs: list[ModalityInput], stacked: list[Tensor]) -> list[Tensor]:
+        """The gated fusion of :meth:`stream_features`' maps (``reduce: gate``)."""
+        assert self.fusion_gates is not None
+        masks = [m for _, _, m in inputs]
+        b = inputs[0][1].shape[0]
+        present = None if all(m is None for m in masks) else torch.stack([
+            torch.ones(b, dtype=torch.bool, device=inputs[0][1].device) if m is None
+            else m.to(inputs[0][1].device) for m in masks])  # [n, B]
+        index = [self.modalities.index(name) for name, _, _ in inputs]
+        return [gate(f, present, index) for gate, f in zip(self.fusion_gates, stacked,
+                                                            strict=True)]
 
     def encode(self, inputs: list[ModalityInput]) -> list[Tensor]:
         """Per-sample mean of the stage maps over the present modalities.
@@ -85,6 +136,8 @@ class SumFusionSegmentor(Segmentor):
             ``[F_1, .., F_4]``, ``F_i: [B, C_i, H_i, W_i]``: ``sum_m mask_m * E_i(x_m) /
             sum_m mask_m``, per sample.
         """
+        if self.fusion_gates is not None:
+            return self.gate_fuse(inputs, self.stream_features(inputs))
         b = inputs[0][1].shape[0]
         masks = [m for _, _, m in inputs]
         n = len(inputs)
@@ -123,13 +176,40 @@ class SumFusionSegmentor(Segmentor):
         """``K`` from the SegFormer head's ``decode_head.linear_pred`` weight."""
         return SegFormerHead.num_classes_in(state_dict, "decode_head.")
 
-    def forward(self, batch: Mapping[str, object]) -> Tensor:
-        """``batch`` (see :meth:`Segmentor._modality_inputs`) -> logits ``[B, K, H, W]``."""
+    def forward(self, batch: Mapping[str, object]) -> Tensor | SegmentationOutput:
+        """``batch`` (see :meth:`Segmentor._modality_inputs`) -> logits ``[B, K, H, W]``; in
+        training with ``modality_aux > 0`` a :class:`SegmentationOutput` whose ``aux`` holds
+        ``modality_<name>`` logits ``[B, K, H/4, W/4]`` per modality in the batch."""
         inputs = self._modality_inputs(batch)
         size = inputs[0][1].shape[-2:]
         inputs = [(n, self.pad_to_multiple(x), m) for n, x, m in inputs]
-        logits = self.decode_head(self.encode(inputs))
-        return self.upsample_logits(logits, size, inputs[0][1].shape[-2:])
+        padded = inputs[0][1].shape[-2:]
+        if not (self.training and self.modality_aux > 0):
+            return self.upsample_logits(self.decode_head(self.encode(inputs)), size, padded)
+        stacked = self.stream_features(inputs)
+        fused = (self.gate_fuse(inputs, stacked) if self.fusion_gates is not None
+                 else self._mean_of(inputs, stacked))
+        logits = self.upsample_logits(self.decode_head(fused), size, padded)
+        aux = {}
+        for k, (name, _, mask) in enumerate(inputs):
+            stream = self.decode_head([f[k] for f in stacked])
+            if padded != size:  # the aux loss resizes to the label: crop the padding first
+                stream = self.upsample_logits(stream, size, padded)
+            aux[f"modality_{name}"] = AuxiliaryLogits(stream, self.modality_aux,
+                                                      sample_mask=mask)
+        return SegmentationOutput(logits, aux=aux)
+
+    def _mean_of(self, inputs: list[ModalityInput], stacked: list[Tensor]) -> list[Tensor]:
+        """``reduce`` mean / sum of :meth:`stream_features`' maps over the present streams."""
+        b = inputs[0][1].shape[0]
+        w = torch.stack([torch.ones(b, device=stacked[0].device) if m is None
+                         else m.to(stacked[0].device).float() for _, _, m in inputs])  # [n, B]
+        count = w.sum(0).view(b, 1, 1, 1) if self.reduce == "mean" else torch.ones(b, 1, 1, 1)
+        out = []
+        for f in stacked:
+            wf = w.to(f.dtype).view(*w.shape, 1, 1, 1)
+            out.append((f * wf).sum(0) / count.to(device=f.device, dtype=f.dtype))
+        return out
 
 
 #: tiny settings of the contract tests
@@ -154,6 +234,7 @@ def build_sum_fusion(
     backbone_kwargs: Mapping[str, object] | None = None,
     batch_modalities: bool = True,
     reduce: str = "mean",
+    modality_aux: float = 0.0,
 ) -> SumFusionSegmentor:
     """Build the sum-fusion baseline.
 
@@ -167,7 +248,10 @@ def build_sum_fusion(
         freeze_backbone: freeze the encoder (head trains).
         backbone_kwargs: extra constructor overrides for the backbone (e.g. tiny test widths).
         batch_modalities: run the modalities as one concatenated encoder batch.
-        reduce: ``"mean"`` over the present modalities (default) or ``"sum"``.
+        reduce: ``"mean"`` over the present modalities (default), ``"sum"`` or ``"gate"``
+            (learned presence-aware gate, starting as the mean).
+        modality_aux: weight of the per-modality auxiliary outputs (unimodal supervision;
+            0: none).
 
     Returns:
         :class:`SumFusionSegmentor`.
@@ -192,6 +276,7 @@ def build_sum_fusion(
         decoder_dim=decoder_dim or default_decoder_dim(backbone),
         batch_modalities=batch_modalities,
         reduce=reduce,
+        modality_aux=modality_aux,
     )
     if freeze_backbone:
         model.freeze_backbone()

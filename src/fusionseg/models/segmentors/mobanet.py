@@ -269,6 +269,8 @@ class MoBaNetSegmentor(Segmentor):
             ``dgfm=True``; an unknown design.
     """
 
+    fused_feature_module = "decode_head"  # its input: the fused maps
+
     def __init__(
         self,
         backbone: TransformerBackbone,

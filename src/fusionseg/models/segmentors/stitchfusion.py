@@ -150,6 +150,8 @@ class StitchFusionSegmentor(Segmentor):
             adapter density or missing mode.
     """
 
+    fused_feature_module = "decode_head"  # its input: the fused maps
+
     def __init__(
         self,
         backbone: MixVisionTransformer,
