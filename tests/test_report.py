@@ -103,7 +103,14 @@ def test_report_holds_the_runs_numbers_and_parameter_counts(tmp_path):
 
     res = write_report([a, b], tmp_path / "out")
     assert res["markdown"] == tmp_path / "out" / "report.md"
-    header, _, row_a, row_b = _table_rows(res["markdown"].read_text())
+    text = res["markdown"].read_text()
+    main, emm = text.split("## EMM: mIoU per modality subset")
+    header, _, row_a, row_b = _table_rows(main)
+    # the EMM tables side by side: a subset per row, a run per column
+    assert _table_rows(emm) == [["present", "exp_a/version_0", "exp_b/version_0"],
+                                ["---", "---:", "---:"],
+                                ["rgb+depth", "37.12", "-"], ["rgb", "31.00", "-"],
+                                ["depth", "22.50", "-"], ["mean", "30.50", "-"]]
     assert header == ["run", "method", "backbone", "modalities", "robust",
                       "trainable / total params (M)", "mIoU", "fog", "night", "rain",
                       "EMM mean", "E[p=0.05]", "E[p=0.1]", "E[p=0.2]"]

@@ -75,8 +75,8 @@ def collect_run(run_dir: str | Path, label: str | None = None) -> dict[str, Any]
 
     Returns:
         ``{"run", "method", "backbone", "modalities", "params_total", "params_trainable",
-        "mIoU", "OA", "per_condition": {condition: mIoU}, "emm_mean",
-        "expectation": {"0.05", "0.1", "0.2"}, "robust"}``; metrics in percent, None where the
+        "mIoU", "OA", "per_condition": {condition: mIoU}, "emm_mean", "emm_subsets":
+        {"rgb+depth": mIoU, ...}, "expectation": {"0.05", "0.1", "0.2"}, "robust"}``; metrics in percent, None where the
         file or value is missing; parameter counts None when the model cannot be built (or
         ``num_classes`` is known neither from the config nor from the eval JSON).
 
@@ -115,6 +115,8 @@ def collect_run(run_dir: str | Path, label: str | None = None) -> dict[str, Any]
         "per_condition": {c: (m or {}).get("mIoU")
                           for c, m in (ev.get("per_condition") or {}).items()},
         "emm_mean": emm.get("mean"),
+        "emm_subsets": {"+".join(sub.get("present") or []): sub.get("mIoU")
+                        for sub in emm.get("subsets") or []},
         "expectation": {p: expectation.get(p) for p in EXPECTATION_KEYS},
         "robust": bool(robust.get("enabled", True)) if isinstance(robust, dict) else bool(robust),
     }
@@ -146,6 +148,29 @@ def table_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[st
         for r in rows
     ]
     return header, body
+
+
+def emm_cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]] | None:
+    """Header and cells of the EMM table side by side: one row per modality subset (in the
+    order of the first run that has them), one mIoU column per run; ``None`` when no run has
+    EMM results."""
+    subsets: list[str] = []
+    for r in rows:
+        subsets += [s for s in r.get("emm_subsets") or {} if s not in subsets]
+    if not subsets:
+        return None
+    header = ["present", *(r["run"] for r in rows)]
+    body = [[s, *(_number((r.get("emm_subsets") or {}).get(s)) for r in rows)] for s in subsets]
+    body.append(["mean", *(_number(r["emm_mean"]) for r in rows)])
+    return header, body
+
+
+def _markdown(header: Sequence[str], body: Sequence[Sequence[str]], left: int) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+    align = ["---"] * left + ["---:"] * (len(header) - left)
+    return "\n".join([line(header), line(align), *(line(b) for b in body)]) + "\n"
 
 
 def report_table(rows: Sequence[dict[str, Any]]) -> str:
@@ -180,9 +205,12 @@ def write_report(run_dirs: Sequence[str | Path], out_dir: str | Path) -> dict[st
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "report.md"
+    emm = emm_cells(rows)
     markdown.write_text("# Runs compared\n\nmIoU in percent (condition columns: mIoU per condition; EMM: missing-"
                         "modality mean and expectations).\n\n"
-                        + report_table(rows))
+                        + report_table(rows)
+                        + ("" if emm is None else "\n## EMM: mIoU per modality subset\n\n"
+                           + _markdown(*emm, left=1)))
     png = plot_report(rows, out_dir / "report.png")
     return {"rows": rows, "markdown": markdown, "png": png}
 
@@ -204,5 +232,13 @@ def report_command(run_dirs: Sequence[str | Path], out: str | Path, console) -> 
     for cells in body:
         table.add_row(*(escape(cells[i]) for i in keep))
     console.print(table)
+    emm = emm_cells(res["rows"])
+    if emm is not None:
+        side = Table(title="EMM: mIoU (%) per modality subset")
+        for i, h in enumerate(emm[0]):
+            side.add_column(escape(h), justify="left" if i == 0 else "right")
+        for cells in emm[1]:
+            side.add_row(*(escape(c) for c in cells))
+        console.print(side)
     console.print(f"wrote {res['markdown']} and {res['png']}")
     return res
