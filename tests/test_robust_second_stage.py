@@ -271,3 +271,20 @@ def test_second_stage_run_distils_from_a_frozen_teacher(tmp_path):
 def test_teacher_init_needs_init_from(tmp_path):
     with pytest.raises(ValueError, match="needs train.init_from"):
         _cfg(tmp_path, tmp_path, robust={"teacher": "init"})
+
+
+def test_stitchfusion_gate_starts_as_the_release_sum_over_present_streams(tmp_path):
+    cfg = {"name": "stitchfusion", "backbone": "mit_b0", "modalities": MODS, "num_classes": 3,
+           "decoder_dim": 16, "backbone_kwargs": TINY}
+    torch.manual_seed(0)
+    summed = create_model(cfg).eval()
+    torch.save(summed.state_dict(), tmp_path / "sf.pth")
+    gated = create_model({**cfg, "fusion": "gate"}).eval()
+    assert init_from_checkpoint(gated, tmp_path / "sf.pth").new_keys
+    batch = {m: torch.randn(2, 3, 32, 32) for m in MODS}
+    batch["present"] = torch.tensor([[True, False, True], [True, True, True]])
+    with torch.no_grad():
+        torch.testing.assert_close(gated(batch), summed(batch), atol=1e-5, rtol=1e-5)
+        for g in gated.fusion_gates:  # a trained gate: the stage map is n * a weighted mean
+            g.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
+        assert not torch.allclose(gated(batch), summed(batch), atol=1e-3)

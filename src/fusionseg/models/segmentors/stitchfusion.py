@@ -76,6 +76,7 @@ from ...errors import ConfigError
 from ..backbones import create_backbone, default_decoder_dim
 from ..backbones.mit import MIT_TINY, MixVisionTransformer
 from ..fusion.featurecross import FeatureCrossStage
+from ..fusion.presence_gate import PresenceGate
 from ..heads.segformer import SegFormerHead
 from ..layers import check_stream_indices
 from ..peft.adapters import ADAPTER_DENSITIES, MultiAdapter
@@ -93,7 +94,7 @@ __all__ = [
 ]
 
 #: stage fusion choices
-FUSIONS = ("sum", "featurecross")
+FUSIONS = ("sum", "featurecross", "gate")
 #: missing-modality handling: skip the stream (ours) | zero images through it (2503.18445)
 MISSING_MODES = ("skip", "zeros")
 #: adapter key names use one digit per stream (``adap_t_att12``), as in the release
@@ -134,7 +135,10 @@ class StitchFusionSegmentor(Segmentor):
         num_classes: ``K``.
         adapter: one density for all stages or a list of 4 (per stage): ``"shared"``,
             ``"pairwise"``, ``"directional"`` or ``None``/``"none"`` (plain blocks).
-        fusion: ``"sum"`` (plain StitchFusion) or ``"featurecross"`` (+FFMs).
+        fusion: ``"sum"`` (plain StitchFusion), ``"featurecross"`` (+FFMs) or ``"gate"``
+            (ours: the sum replaced by ``n_present`` times a presence-aware per-pixel softmax
+            average, :class:`~fusionseg.models.fusion.presence_gate.PresenceGate`; it starts
+            as the sum, so a ``"sum"`` model initialises it, ``train.init_from``).
         decoder_dim: SegFormer head width ``E``.
         adapter_hidden: adapter bottleneck width (8).
         adapter_dropout: dropout inside the adapters (0.1).
@@ -204,7 +208,14 @@ class StitchFusionSegmentor(Segmentor):
             if fusion == "featurecross"
             else None
         )
+        self.fusion_gates = (
+            nn.ModuleList(PresenceGate(dims[s], m) for s in range(4)) if fusion == "gate" else None
+        )
         self.decode_head = SegFormerHead(dims, num_classes, embed_dim=decoder_dim)
+
+    def optional_init_keys(self) -> list[str]:
+        """The zero-initialised gates (``fusion: gate``) may be absent from an init model."""
+        return ["fusion_gates."] if self.fusion_gates is not None else []
 
     # ------------------------------------------------------------------ parameters
     def adapter_param_count(self) -> int:
@@ -257,6 +268,15 @@ class StitchFusionSegmentor(Segmentor):
         FeatureCross over them."""
         if self.fusion is not None:
             return self.fusion[s](tokens, h, w, streams=streams, present=present)
+        if self.fusion_gates is not None:
+            r, b = tokens.shape[:2]
+            maps = self.backbone.tokens_to_map(tokens.flatten(0, 1), h, w)
+            maps = maps.view(r, b, *maps.shape[1:])
+            keep = None if present is None else present.t()  # [R, B]
+            count = (float(r) if keep is None
+                     else keep.sum(0).to(maps.dtype).view(b, 1, 1, 1))
+            index = list(range(r)) if streams is None else list(streams)
+            return self.fusion_gates[s](maps, keep, index) * count
         if present is not None:
             r, b = present.shape[1], present.shape[0]
             tokens = tokens * present.t().to(tokens.dtype).view(r, b, 1, 1)
@@ -424,7 +444,7 @@ def build_stitchfusion(
             :func:`fusionseg.models.load_checkpoint` for whole released StitchFusion files.
         adapter: density for all stages or a list of 4 (``shared`` / ``pairwise`` /
             ``directional`` / ``none``).
-        fusion: ``"sum"`` or ``"featurecross"``.
+        fusion: ``"sum"``, ``"featurecross"`` or ``"gate"`` (see the segmentor).
         drop_path_rate: encoder stochastic depth (0.1, also applied to the adapters' outputs).
         decoder_dim: head width; ``None`` = 256 for mit_b0/b1, 512 otherwise (as released).
         freeze_backbone: freeze the shared encoder (adapters, fusion and head train); the
