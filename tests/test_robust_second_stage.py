@@ -288,3 +288,28 @@ def test_stitchfusion_gate_starts_as_the_release_sum_over_present_streams(tmp_pa
         for g in gated.fusion_gates:  # a trained gate: the stage map is n * a weighted mean
             g.bias.copy_(torch.tensor([5.0, 0.0, 0.0]))
         assert not torch.allclose(gated(batch), summed(batch), atol=1e-3)
+
+
+def test_stitchfusion_modality_aux_decodes_each_stream_where_present():
+    cfg = {"name": "stitchfusion", "backbone": "mit_b0", "modalities": MODS, "num_classes": 3,
+           "decoder_dim": 16, "backbone_kwargs": TINY, "modality_aux": 0.5}
+    torch.manual_seed(0)
+    model = create_model(cfg).eval()
+    model.training = True  # the training output; dropout and drop path stay off
+    batch = {m: torch.randn(2, 3, 32, 32) for m in MODS}
+    batch["present"] = torch.tensor([[True, False, True], [True, True, False]])
+    out = model(batch)
+    assert sorted(out.aux) == ["modality_depth", "modality_rgb", "modality_thermal"]
+    assert out.aux["modality_depth"].sample_mask.tolist() == [False, True]
+    assert out.aux["modality_rgb"].weight == 0.5
+    # with one stream, the adapters exchange nothing: its aux output is the model on it alone
+    model.training = False
+    with torch.no_grad():
+        alone = model({"rgb": batch["rgb"]})
+        one = create_model(cfg).eval()
+        one.load_state_dict(model.state_dict())
+        one.training = True
+        head = one({"rgb": batch["rgb"]}).aux["modality_rgb"].logits
+    up = torch.nn.functional.interpolate(head, size=(32, 32), mode="bilinear",
+                                         align_corners=False)
+    torch.testing.assert_close(up, alone, atol=1e-5, rtol=1e-4)

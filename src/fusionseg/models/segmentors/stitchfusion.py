@@ -82,7 +82,7 @@ from ..layers import check_stream_indices
 from ..peft.adapters import ADAPTER_DENSITIES, MultiAdapter
 from ..registry import register_model
 from ..weights import rename_keys
-from .base import Segmentor
+from .base import AuxiliaryLogits, SegmentationOutput, Segmentor
 
 __all__ = [
     "FUSIONS",
@@ -146,6 +146,8 @@ class StitchFusionSegmentor(Segmentor):
         missing: ``"skip"`` (a missing modality's stream, adapters and fusion term are left
             out, per batch or per sample; see the module docstring) or ``"zeros"`` (zero
             images through every stream, the zero-filling protocol of arXiv 2503.18445).
+        modality_aux: weight of the per-modality auxiliary outputs in training (ours; 0:
+            none; see :meth:`forward`).
 
     ``forward(batch) -> logits [B, K, H, W]``; see :meth:`encode` for the stage maps.
 
@@ -168,8 +170,12 @@ class StitchFusionSegmentor(Segmentor):
         adapter_dropout: float = 0.1,
         norm_eps: float = 1e-5,
         missing: str = "skip",
+        modality_aux: float = 0.0,
     ) -> None:
         super().__init__(modalities, num_classes)
+        if modality_aux < 0:
+            raise ConfigError(f"stitchfusion modality_aux must be >= 0, got {modality_aux}")
+        self.modality_aux = float(modality_aux)
         m = len(self.modalities)
         if m > MAX_MODALITIES:
             raise ConfigError(
@@ -283,7 +289,8 @@ class StitchFusionSegmentor(Segmentor):
         return self.backbone.tokens_to_map(tokens.sum(0), h, w)
 
     def encode(
-        self, x: Tensor, streams: Sequence[int] | None = None, present: Tensor | None = None
+        self, x: Tensor, streams: Sequence[int] | None = None, present: Tensor | None = None,
+        stream_maps: list[Tensor] | None = None,
     ) -> list[Tensor]:
         """Encoder + stage fusion.
 
@@ -294,6 +301,8 @@ class StitchFusionSegmentor(Segmentor):
                 ``M``); the adapters of other streams are not applied.
             present: ``bool[B, R]`` or ``None`` (all present): a false entry removes that
                 sample's stream from the adapter messages and the fusion.
+            stream_maps: a list that receives each stage's unfused maps ``[R, B, C_s, h, w]``
+                (for the per-modality auxiliary outputs); ``None``: not kept.
 
         Returns:
             ``[F_1, F_2, F_3, F_4]``, ``F_s: [B, C_s, H / 2^(s+1), W / 2^(s+1)]`` (ceil).
@@ -333,6 +342,8 @@ class StitchFusionSegmentor(Segmentor):
                                                  h, w, r, sel, present,
                                                  modules=(blk, adapters[j]))
             tokens, x = bb.finish_stage(s, tokens, h, w)  # stage norm; x: next stage's input
+            if stream_maps is not None:
+                stream_maps.append(bb.tokens_to_map(tokens, h, w).view(r, b, c, h, w))
             feats.append(self._fuse(s, tokens.view(r, b, n, c), h, w, sel, present))
         return feats
 
@@ -364,14 +375,28 @@ class StitchFusionSegmentor(Segmentor):
         return ad(tokens.view(r, b, n, c), "mlp", blk.norm2, blk.drop_path,
                   streams=streams, present=present).view(rb, n, c)
 
-    def forward(self, batch: Mapping[str, object]) -> Tensor:
+    def forward(self, batch: Mapping[str, object]) -> Tensor | SegmentationOutput:
         """``batch`` (the fusionseg batch convention) -> logits ``[B, K, H, W]``; missing
-        modalities as set by ``missing`` (see :meth:`streams_to_run`)."""
+        modalities as set by ``missing`` (see :meth:`streams_to_run`). In training with
+        ``modality_aux > 0``: a :class:`SegmentationOutput` with ``modality_<name>`` auxiliary
+        logits ``[B, K, H/4, W/4]`` per stream run."""
         x, streams, present = self.streams_to_run(batch)
         size = x.shape[-2:]
         x = self.pad_to_multiple(x)
-        feats = self.encode(x, streams, present)
-        return self.upsample_logits(self.decode_head(feats), size, x.shape[-2:])
+        if not (self.training and self.modality_aux > 0):
+            feats = self.encode(x, streams, present)
+            return self.upsample_logits(self.decode_head(feats), size, x.shape[-2:])
+        maps: list[Tensor] = []
+        feats = self.encode(x, streams, present, stream_maps=maps)
+        logits = self.upsample_logits(self.decode_head(feats), size, x.shape[-2:])
+        aux = {}
+        for j, col in enumerate(range(len(self.modalities)) if streams is None else streams):
+            stream = self.decode_head([f[j] for f in maps])
+            if tuple(x.shape[-2:]) != tuple(size):  # crop the padding before the aux loss
+                stream = self.upsample_logits(stream, size, x.shape[-2:])
+            aux[f"modality_{self.modalities[col]}"] = AuxiliaryLogits(
+                stream, self.modality_aux, sample_mask=None if present is None else present[:, j])
+        return SegmentationOutput(logits, aux=aux)
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
@@ -427,6 +452,7 @@ def build_stitchfusion(
     norm_eps: float = 1e-5,
     backbone_kwargs: Mapping[str, object] | None = None,
     missing: str = "skip",
+    modality_aux: float = 0.0,
 ) -> StitchFusionSegmentor:
     """Build StitchFusion.
 
@@ -455,6 +481,9 @@ def build_stitchfusion(
         missing: ``"skip"`` (default: a missing modality's stream, its adapters and its
             fusion term are left out) or ``"zeros"`` (zero images through every stream, the
             protocol of arXiv 2503.18445 behind the published StitchFusion EMM numbers).
+        modality_aux: weight of the per-modality auxiliary outputs (ours; 0: none): in
+            training the decode head on each stream's unfused stage maps, ``modality_<name>``,
+            its loss counted where that modality is present.
 
     Raises:
         ValueError: see :class:`StitchFusionSegmentor`.
@@ -476,6 +505,7 @@ def build_stitchfusion(
         adapter_dropout=adapter_dropout,
         norm_eps=norm_eps,
         missing=missing,
+        modality_aux=modality_aux,
     )
     if freeze_backbone:
         model.freeze_backbone()
