@@ -106,7 +106,8 @@ def test_predict_dataset_and_folder(trained, tmp_path):
     # a plain folder with RGB only: depth missing is allowed
     folder = tmp_path / "own" / "rgb"
     folder.mkdir(parents=True)
-    Image.fromarray(np.zeros((40, 48, 3), np.uint8)).save(folder / "a.png")
+    image = np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)
+    Image.fromarray(image).save(folder / "a.png")  # an all-black frame reads as a dead sensor
     res = runner.invoke(app, ["predict", "--ckpt", str(ckpt), "--input", str(folder.parent),
                               "--out", str(tmp_path / "pred2")])
     assert res.exit_code == 0, res.output

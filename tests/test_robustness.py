@@ -44,7 +44,7 @@ def test_protocol_scenarios_cover_every_subset():
     assert {s.present for s in emm} == {s.present for s in rmm}
     # the full set of every RMM ratio feeds clean inputs: computed once with the EMM one
     assert sum(s.compute_key == "clean" for s in sc) == 4
-    assert parse_protocols("all") == ["emm", "rmm", "nm"]
+    assert parse_protocols("all") == ["emm", "rmm", "nm", "mam"]
     assert parse_protocols("nm,emm") == ["emm", "nm"]
     with pytest.raises(ValueError, match="unknown --protocol"):
         parse_protocols("emm,foo")

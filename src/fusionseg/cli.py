@@ -154,7 +154,7 @@ def print_results(res: dict) -> None:
 
 
 def print_protocols(protocols: dict) -> None:
-    """Print the EMM / RMM / NM tables of ``evaluate(..., protocol=...)``."""
+    """Print the EMM / RMM / NM / MAM tables of ``evaluate(..., protocol=...)``."""
     from .engine.robustness import FAILURE_PROBABILITIES, subset_name
     ps = [str(p) for p in FAILURE_PROBABILITIES]
     f = _fmt
@@ -197,6 +197,16 @@ def print_protocols(protocols: dict) -> None:
             t.add_row(lv["level"], str(lv["density"]), str(lv["std"]), f(lv["mIoU"]),
                       f(lv["mIoU_salt_pepper_only"]))
         console.print(t)
+    if "mam" in protocols:
+        r = protocols["mam"]
+        t = Table(title=f"MAM: {subset_name(r['moved'])} misaligned against {r['reference']} "
+                        "(mIoU)")
+        for col in ("level", "shift (% of side)", "rotation (deg)", "mIoU"):
+            t.add_column(col, justify="right")
+        for lv in r["levels"]:
+            t.add_row(str(lv["level"]), f"{lv['shift'] * 100:g}", f"{lv['rotation']:g}",
+                      f(lv["mIoU"]))
+        console.print(t)
 
 
 @app.command()
@@ -230,10 +240,12 @@ def eval_cmd(config: Path, ckpt: Annotated[Path, typer.Option(help="checkpoint t
              max_batches: Annotated[int | None, typer.Option(help="stop after N batches")]
              = None,
              protocol: Annotated[str | None, typer.Option(
-                 help="sensor-failure protocols: emm, rmm, nm (comma list) or all")] = None,
+                 help="robustness protocols: emm, rmm, nm, mam (misaligned modalities); "
+                      "a comma list or all")] = None,
              seed: Annotated[int, typer.Option(help="seed of the protocols' corruptions")] = 0):
     """Evaluate a checkpoint: overall, per-class, per-condition tables; with --missing, every
-    modality subset; with --protocol, the sensor-failure benchmark (EMM / RMM / NM)."""
+    modality subset; with --protocol, the sensor-failure benchmark (EMM / RMM / NM) and the
+    misaligned-modalities protocol (MAM)."""
     from .config import load_config
     from .engine.runner import evaluate
     cfg = load_config(config, set)
@@ -281,12 +293,19 @@ def predict(input: Annotated[list[str], typer.Option(
                      "the first one with its error (stop)")] = "skip",
             skip_existing: Annotated[bool, typer.Option(
                 help="skip samples whose outputs (mask, panel, overlay with --overlay) all "
-                     "exist: continue an interrupted run")] = False):
+                     "exist: continue an interrupted run")] = False,
+            health: Annotated[list[str] | None, typer.Option(
+                metavar="off|KEY=VALUE",
+                help="sensor health: a modality whose frame is NaN/inf, saturated, all zero, "
+                     "constant or frozen (= previous frame) is dropped as missing and listed in "
+                     "OUT/sensors.csv; 'off' disables it; KEY=VALUE sets a threshold (or off): "
+                     "nonfinite=0 saturated=0.98 constant=0 frozen=0; repeatable")] = None):
     """Predict masks for a dataset split, a folder or per-modality files; write colorized
     masks and panels with a class legend (docs/predict.md).
 
     Ends with a summary (written, skipped because their outputs existed, failed with the
     reason, one line each); exit status 2 when any sample failed."""
+    from .health import parse_health
     from .predict import PredictionIncomplete, parse_spec_overrides
     from .predict import predict as run_predict
     try:
@@ -294,7 +313,7 @@ def predict(input: Annotated[list[str], typer.Option(
                               max_samples=max_samples, onnx=onnx,
                               spec_overrides=parse_spec_overrides(spec), overlay=overlay,
                               video=video, fps=fps, max_pixels=max_pixels, on_error=on_error,
-                              skip_existing=skip_existing)
+                              skip_existing=skip_existing, health=parse_health(health))
     except PredictionIncomplete as exc:
         for line in exc.summary.lines():
             console.print(line, markup=False, highlight=False, soft_wrap=True)

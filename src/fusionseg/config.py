@@ -69,6 +69,19 @@ class ModelConfig(_Strict):
         return self.model_dump()
 
 
+class MisalignConfig(_Strict):
+    """Training augmentation against imperfect registration (``data.misalign``,
+    :class:`fusionseg.data.transforms.RandomMisalign`): each modality but the first is, with
+    probability ``prob`` (per sample and modality), rotated by up to ``max_rotation`` degrees
+    about the image centre and shifted by up to ``max_shift`` pixels of the training crop per
+    axis (uniform, either sign); the first modality and the label stay. ``data.misalign:
+    true`` turns it on with these defaults."""
+
+    prob: float = Field(0.5, ge=0.0, le=1.0)
+    max_shift: float = Field(4.0, ge=0.0, le=1024.0)  # pixels, per axis
+    max_rotation: float = Field(2.0, ge=0.0, le=180.0)  # degrees
+
+
 class DataConfig(_Strict):
     """Data section: which dataset, where, which modalities, and the transforms."""
 
@@ -103,6 +116,16 @@ class DataConfig(_Strict):
     #: modalities of the model fed as missing (absent) in training and validation, e.g. an
     #: optical-only baseline of a two-stream method: ``missing_modalities: [dsm]``
     missing_modalities: list[str] = Field(default_factory=list)
+    #: misregistration augmentation of every modality but the first (None / false: off)
+    misalign: MisalignConfig | None = None
+
+    @field_validator("misalign", mode="before")
+    @classmethod
+    def _misalign_switch(cls, v: Any) -> Any:
+        """``misalign: true`` -> the defaults, ``false`` -> off."""
+        if isinstance(v, bool):
+            return {} if v else None
+        return v
 
 
 class RobustConfig(_Strict):

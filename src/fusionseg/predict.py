@@ -38,10 +38,17 @@ skipped and listed in ``out/failed.txt`` (``on_error="skip"``; the run raises
 without redoing the samples whose outputs all exist (see :func:`predict`).
 
 Large images run sliding-window inference automatically (:func:`inference_settings`).
+
+Sensor health (``health``, on by default): each frame's modalities are checked as read from
+the file (:mod:`fusionseg.health`: NaN/inf, saturated, all zero, constant, frozen = identical
+to the previous frame in the run's order); a dead modality is dropped from the sample exactly
+as a modality that was not given, ``out/sensors.csv`` says per frame which sensors were used,
+and a frame whose every modality is dead is a failed sample.
 """
 
 from __future__ import annotations
 
+import csv
 import glob as globlib
 import json
 import re
@@ -60,10 +67,12 @@ from pydantic import ValidationError
 from .config import Config, config_from_dict, load_config
 from .data.io import IMAGE_EXTENSIONS, DataError, bit_depth_of, read_image
 from .data.modalities import ModalitySpec, resolve_specs
+from .data.sample import drop_modalities
 from .engine.inference import inference_kwargs, predict_logits
 from .engine.runner import model_spec
 from .errors import CheckpointError, ConfigError
 from .files import atomic_path
+from .health import ABSENT, OK, SensorHealth, check_modality, resolve_health
 from .models import create_model, load_checkpoint
 from .models.weights import read_weights_file
 from .runtime import autocast, resolve_precision
@@ -80,6 +89,7 @@ from .viz import (
 )
 
 __all__ = [
+    "DeadSensors",
     "FailedSample",
     "FileInput",
     "InputSource",
@@ -617,6 +627,8 @@ def _overlay_base(sample: dict, modalities: Sequence[str], specs: Mapping[str, A
 OnError = Literal["skip", "stop"]
 ON_ERROR_CHOICES: tuple[str, ...] = ("skip", "stop")
 FAILURES_FILE = "failed.txt"
+SENSORS_FILE = "sensors.csv"
+DEAD_LINES_SHOWN = 20  # summary lines naming frames with dead sensors, the rest counted
 
 
 @dataclass(frozen=True)
@@ -676,6 +688,26 @@ class FailedSample:
     error: str
 
 
+@dataclass(frozen=True)
+class DeadSensors:
+    """A frame predicted without some of its modalities because their sensors were dead.
+
+    Attributes:
+        id: the sample's output name (:func:`output_name`).
+        dead: modality -> health status (``"zero"``, ``"frozen"``...; :mod:`fusionseg.health`).
+        used: the modalities the model ran on, in the model's order.
+    """
+
+    id: str
+    dead: dict[str, str]
+    used: tuple[str, ...]
+
+    def line(self) -> str:
+        """``"dead sensors {id}: depth frozen, thermal zero; ran on rgb"``."""
+        dead = ", ".join(f"{m} {s}" for m, s in self.dead.items())
+        return f"dead sensors {self.id}: {dead}; ran on {', '.join(self.used)}"
+
+
 @dataclass
 class PredictionSummary:
     """What a :func:`predict` run did with each of its ``total`` samples.
@@ -686,7 +718,10 @@ class PredictionSummary:
         written: output names of the samples predicted and written by this run.
         skipped_existing: output names skipped because all their outputs existed
             (``skip_existing``).
-        failed: the samples skipped because of a data problem (``on_error="skip"``).
+        failed: the samples skipped because of a data problem (``on_error="skip"``), a
+            frame whose every modality is dead among them.
+        dead: the frames predicted without some dead modality (sensor health), in run order.
+        sensors: ``out/sensors.csv`` when sensor health ran, else ``None``.
         video: the video written, or ``None``.
     """
 
@@ -695,6 +730,8 @@ class PredictionSummary:
     written: list[str] = field(default_factory=list)
     skipped_existing: list[str] = field(default_factory=list)
     failed: list[FailedSample] = field(default_factory=list)
+    dead: list[DeadSensors] = field(default_factory=list)
+    sensors: Path | None = None
     video: Path | None = None
 
     @property
@@ -708,13 +745,18 @@ class PredictionSummary:
         return sorted([*self.written, *self.skipped_existing])
 
     def lines(self) -> list[str]:
-        """The summary as text lines: the counts, then one line per failed sample."""
+        """The summary as text lines: the counts, one line per frame run without a dead
+        sensor (the first :data:`DEAD_LINES_SHOWN`, then a count), one per failed sample."""
         head = (f"{self.total} sample(s): {len(self.written)} written, "
                 f"{len(self.skipped_existing)} skipped (outputs existed), "
                 f"{len(self.failed)} failed; outputs in {self.out_dir}")
         if self.video is not None:
             head += f", video {self.video}"
-        return [head] + [f"failed {f.id}: {f.error}" for f in self.failed]
+        dead = [d.line() for d in self.dead[:DEAD_LINES_SHOWN]]
+        if len(self.dead) > DEAD_LINES_SHOWN:
+            dead.append(f"dead sensors in {len(self.dead) - DEAD_LINES_SHOWN} more frame(s); "
+                        f"see {self.sensors}")
+        return [head] + dead + [f"failed {f.id}: {f.error}" for f in self.failed]
 
 
 class PredictionIncomplete(DataError):
@@ -743,6 +785,134 @@ def _record_failure(summary: PredictionSummary, failure: FailedSample) -> None:
     path = summary.out_dir / FAILURES_FILE
     with open(path, "a", encoding="utf-8") as f:
         f.write(f"{failure.id}\t{failure.error}\n")
+
+
+class _DeadSensorsError(DataError):
+    """A frame refused by sensor health (every modality dead, or a dead one the model needs);
+    unlike a file that cannot be read, it leaves the frozen check's previous frame known."""
+
+
+class _SensorMonitor:
+    """Sensor health of one run: checks each frame's modalities on their arrays as read
+    from the files named in ``meta["paths"]`` (read a second time: the samples hold scaled
+    tensors only), remembers the previous frame per modality (``frozen``), writes
+    ``out/sensors.csv`` (one row per checked frame, appended as the run goes) and drops the
+    dead modalities.
+
+    Args:
+        health: the thresholds.
+        modalities: the model's modalities (the CSV columns).
+        specs: modality -> spec the files are read with (``npz_key``, ``file_channels``).
+        out_dir: the output folder.
+        required: modalities the model cannot run without (an ONNX export's inputs), or
+            ``None`` (a torch model runs on any non-empty subset).
+        carry_over: keep the rows of an earlier ``sensors.csv`` for the samples that
+            ``skip_existing`` skips.
+    """
+
+    def __init__(self, health: SensorHealth, modalities: Sequence[str],
+                 specs: Mapping[str, ModalitySpec], out_dir: Path,
+                 required: Sequence[str] | None, carry_over: bool) -> None:
+        self.health = health
+        self.modalities = list(modalities)
+        self.specs = specs
+        self.required = None if required is None else list(required)
+        self.path = out_dir / SENSORS_FILE
+        self.previous: dict[str, np.ndarray] = {}
+        self.previous_paths: Mapping[str, Any] | None = None  # of a skipped previous frame
+        header = ["id", *self.modalities]
+        self.old_rows: dict[str, list[str]] = {}
+        if carry_over and self.path.is_file():
+            with open(self.path, newline="", encoding="utf-8") as f:
+                rows = list(csv.reader(f))
+            if rows and rows[0] == header:
+                self.old_rows = {r[0]: r for r in rows[1:] if len(r) == len(header)}
+        self._append(header, mode="w")
+
+    def _append(self, row: Sequence[str], mode: str = "a") -> None:
+        with open(self.path, mode, newline="", encoding="utf-8") as f:
+            csv.writer(f).writerow(row)
+
+    def forget(self) -> None:
+        """The next frame's predecessor is unknown (a sample that failed to read)."""
+        self.previous.clear()
+        self.previous_paths = None
+
+    def skipped(self, name: str, paths: Mapping[str, Any] | None) -> None:
+        """Sample ``name`` was skipped (outputs existed): keep its earlier row, if any; its
+        files ``paths`` (modality -> file, when known) are read only if the next frame is
+        checked (its ``frozen`` predecessor)."""
+        self.forget()
+        self.previous_paths = paths
+        if name in self.old_rows:
+            self._append(self.old_rows[name])
+
+    def _previous(self, m: str) -> np.ndarray | None:
+        if m in self.previous or not self.previous_paths or m not in self.previous_paths:
+            return self.previous.get(m)
+        try:  # the previous frame was skipped: read its file now
+            return self._raw({"meta": {"paths": self.previous_paths}}, m)
+        except DataError:
+            return None
+
+    def _raw(self, sample: dict, m: str) -> np.ndarray | None:
+        """Modality ``m`` as read from its file (``meta["paths"][m]``), ``file_channels``
+        selected; ``None`` when the sample names no file for it."""
+        spec = self.specs.get(m)
+        path = sample["meta"].get("paths", {}).get(m)
+        if path is None or spec is None:
+            return None
+        array = read_image(path, modality=m, key=spec.npz_key)
+        channels = spec.file_channels
+        if channels is not None and all(i < array.shape[2] for i in channels):
+            array = array[:, :, list(channels)]
+        return array
+
+    def check(self, sample: dict, name: str) -> tuple[dict, DeadSensors | None]:
+        """Check the sample's modalities, write its CSV row; returns the sample without its
+        dead modalities (:func:`~fusionseg.data.sample.drop_modalities`, as if never given)
+        and what was dropped (``None``: all healthy).
+
+        Raises:
+            DataError: every given modality is dead, or a dead one is an input the model
+                cannot run without (an ONNX export); naming the first dead file and modality.
+        """
+        paths = sample["meta"].get("paths", {})
+        statuses: dict[str, str] = {}
+        for m in self.modalities:
+            if m not in sample:
+                statuses[m] = ABSENT
+                self.previous.pop(m, None)
+                continue
+            array = self._raw(sample, m)
+            if array is None:  # nothing to check against: trusted
+                statuses[m] = OK
+                self.previous.pop(m, None)
+                continue
+            statuses[m] = check_modality(array, self._previous(m), self.health,
+                                         path=paths.get(m), modality=m)
+            self.previous[m] = array
+        self.previous_paths = None
+        self._append([name, *(statuses[m] for m in self.modalities)])
+        dead = {m: s for m, s in statuses.items() if s not in (OK, ABSENT)}
+        if not dead:
+            return sample, None
+        used = tuple(m for m in self.modalities if statuses[m] == OK)
+        first = next(iter(dead))
+        desc = ", ".join(f"{m} {s}" for m, s in dead.items())
+        if not used:
+            raise _DeadSensorsError(
+                f"every given modality is dead ({desc}): nothing to predict from (sensor "
+                f"health; see {SENSORS_FILE}, --health off predicts anyway)",
+                path=paths.get(first), modality=first)
+        needed = [m for m in dead if self.required is not None and m in self.required]
+        if needed:
+            raise _DeadSensorsError(
+                f"dead sensor(s) {desc}, and this ONNX model was exported for "
+                f"{', '.join(self.required or [])} and cannot run without '{needed[0]}'; "
+                "predict with --ckpt, export without it (fusionseg export --modalities ...), "
+                "or --health off", path=paths.get(needed[0]), modality=needed[0])
+        return drop_modalities(sample, used), DeadSensors(name, dead, used)
 
 
 def _save_png(path: Path, image: np.ndarray) -> None:
@@ -830,6 +1000,16 @@ def _known_id(ds: Any, index: int) -> str | None:
     return None if records is None else str(records[index].id)
 
 
+def _known_paths(ds: Any, index: int) -> dict[str, str] | None:
+    """Modality -> file of sample ``index`` without reading them, when the input can tell."""
+    if isinstance(ds, FileInput):
+        stem = ds.stems[index]
+        return {m: str(ds.files[m][stem]) for m in ds.modalities}
+    records = getattr(ds, "records", None)
+    paths = None if records is None else getattr(records[index], "paths", None)
+    return None if paths is None else {m: str(p) for m, p in paths.items()}
+
+
 def _read_sample(ds: Any, index: int, predictor: _Predictor) -> dict:
     """Sample ``index`` read and transformed, its label checked.
 
@@ -843,31 +1023,45 @@ def _read_sample(ds: Any, index: int, predictor: _Predictor) -> dict:
 
 
 def _predict_samples(ds: Any, n: int, predictor: _Predictor, out_dir: Path, *,
-                     overlay: bool, on_error: str, skip_existing: bool) -> PredictionSummary:
-    """Predict samples ``0..n-1`` of ``ds`` and write their outputs (see :func:`predict`).
+                     overlay: bool, on_error: str, skip_existing: bool,
+                     monitor: _SensorMonitor | None = None) -> PredictionSummary:
+    """Predict samples ``0..n-1`` of ``ds`` and write their outputs (see :func:`predict`);
+    ``monitor``: sensor health checks.
 
     Raises:
-        DataError: with ``on_error="stop"``, the first sample whose files cannot be used.
+        DataError: with ``on_error="stop"``, the first sample whose files cannot be used (or
+            whose every modality is dead).
     """
-    summary = PredictionSummary(out_dir=out_dir, total=n)
+    summary = PredictionSummary(out_dir=out_dir, total=n,
+                                sensors=None if monitor is None else monitor.path)
     for index in range(n):
         known = _known_id(ds, index)
         if (skip_existing and known is not None
                 and sample_outputs(out_dir, output_name(known), overlay).exist()):
             summary.skipped_existing.append(output_name(known))
+            if monitor is not None:
+                monitor.skipped(output_name(known), _known_paths(ds, index))
             continue
+        name = output_name(known) if known is not None else f"#{index}"
         try:
             sample = _read_sample(ds, index, predictor)
+            name = output_name(sample["meta"]["id"])
+            outputs = sample_outputs(out_dir, name, overlay)
+            if skip_existing and known is None and outputs.exist():
+                summary.skipped_existing.append(name)
+                if monitor is not None:
+                    monitor.skipped(name, sample["meta"].get("paths"))
+                continue
+            if monitor is not None:
+                sample, dead = monitor.check(sample, name)
+                if dead is not None:
+                    summary.dead.append(dead)
         except DataError as err:
             if on_error == "stop":
                 raise
-            failed_id = output_name(known) if known is not None else f"#{index}"
-            _record_failure(summary, FailedSample(failed_id, _one_line(str(err))))
-            continue
-        name = output_name(sample["meta"]["id"])
-        outputs = sample_outputs(out_dir, name, overlay)
-        if skip_existing and known is None and outputs.exist():
-            summary.skipped_existing.append(name)
+            if monitor is not None and not isinstance(err, _DeadSensorsError):
+                monitor.forget()  # a frame not read: the next one's predecessor is unknown
+            _record_failure(summary, FailedSample(name, _one_line(str(err))))
             continue
         predictor.write(sample, predictor.classify(sample), outputs)
         summary.written.append(name)
@@ -880,7 +1074,9 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
             spec_overrides: Mapping[str, Mapping[str, Any]] | None = None,
             overlay: bool = False, video: str | Path | None = None, fps: float = 2.0,
             max_pixels: int | None = None, on_error: OnError = "skip",
-            skip_existing: bool = False) -> PredictionSummary:
+            skip_existing: bool = False,
+            health: SensorHealth | Mapping[str, Any] | bool | None = True
+            ) -> PredictionSummary:
     """Predict every sample of ``inputs`` and write masks, panels (and overlays, a video).
 
     Long runs: a sample whose files cannot be used (a :class:`DataError`: unreadable or
@@ -916,6 +1112,15 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
         on_error: ``"skip"`` or ``"stop"`` (``--on-error``), see above.
         skip_existing: skip a sample whose outputs (mask, panel, and overlay with
             ``overlay``) all exist, e.g. to continue an interrupted run (``--skip-existing``).
+        health: sensor health checks (``--health``): ``True`` (default) with the default
+            thresholds, a :class:`~fusionseg.health.SensorHealth` or a mapping of thresholds,
+            ``None`` / ``False`` off. Each frame's modalities are checked as read from the
+            file (:func:`fusionseg.health.check_modality`; ``frozen`` against the previous
+            frame in the run's order); a dead one is dropped from the sample as if not given,
+            ``out/sensors.csv`` gets a row ``id,<status per model modality>`` (``ok``, the
+            reason, or ``absent``), the summary a ``dead sensors`` line per frame
+            (``summary.dead``), and a frame with every modality dead (or, for an ONNX model,
+            a dead exported input) fails like a bad file. Off: no checks, no sensors.csv.
 
     Returns:
         The :class:`PredictionSummary` (counts, names written / skipped, the video).
@@ -925,8 +1130,9 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
         DataError: ``on_error="stop"`` and a sample's files cannot be used; and, in both
             modes, input forms, stems and specs that do not fit (see :func:`open_inputs`,
             :class:`FileInput`), raised before any prediction.
-        ConfigError: a bad ``on_error``, ``fps``, ``max_pixels`` or video path, a missing MP4
-            writer (all raised before any prediction); no config stored and none given.
+        ConfigError: a bad ``on_error``, ``fps``, ``max_pixels``, ``health`` or video path, a
+            missing MP4 writer (all raised before any prediction); no config stored and none
+            given.
         CheckpointError: the checkpoint is missing, unsafe or does not fit the model.
     """
     from .data.transforms import build_eval_transforms
@@ -939,6 +1145,7 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
         video = check_video_path(video)
         if fps <= 0:
             raise ConfigError(f"video fps must be > 0, got {fps}")
+    thresholds = resolve_health(health)
     model, meta, cfg = load_predictor(ckpt=ckpt, onnx=onnx, config=config)
     modalities = list(cfg.model.modalities)
     specs = training_specs(meta, cfg, spec_overrides)
@@ -968,8 +1175,16 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
     n = len(ds) if max_samples is None else min(len(ds), max_samples)
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / FAILURES_FILE).unlink(missing_ok=True)  # the failures of this run only
+    monitor = None
+    if thresholds is None:
+        (out_dir / SENSORS_FILE).unlink(missing_ok=True)  # no stale sensor rows
+    else:
+        required = None if isinstance(model, torch.nn.Module) else list(
+            getattr(model, "modalities", modalities))
+        monitor = _SensorMonitor(thresholds, modalities, ds.specs, out_dir, required,
+                                 carry_over=skip_existing)
     summary = _predict_samples(ds, n, predictor, out_dir, overlay=overlay, on_error=on_error,
-                               skip_existing=skip_existing)
+                               skip_existing=skip_existing, monitor=monitor)
     if video is not None and summary.done:
         frames = (sample_outputs(out_dir, name, overlay).frame for name in summary.done)
         summary.video = save_video(frames, video, fps=fps)

@@ -462,17 +462,37 @@ def _plot_nm(ax, nm: dict) -> None:
     ax.set_title("NM: degradation with sensor noise", fontsize=10)
 
 
+def _plot_mam(ax, mam: dict) -> None:
+    """mIoU against the misalignment level (level 0 = aligned)."""
+    points = [(i, lv.get("mIoU")) for i, lv in enumerate(mam.get("levels") or [])]
+    points = [(x, y) for x, y in points if y is not None]
+    if not points:
+        _no_data(ax, "MAM: degradation with misalignment")
+        return
+    levels = mam["levels"]
+    xs, ys = zip(*points, strict=True)
+    ax.plot(xs, ys, marker="o", color="tab:green")
+    ax.set_xticks(np.arange(len(levels)),
+                  [f"{lv['level']}\n{lv['shift'] * 100:g}%, {lv['rotation']:g}°" for lv in levels],
+                  fontsize=8)
+    ax.set_xlabel("level (shift per axis, % of the shorter side; rotation)")
+    ax.set_ylabel("mIoU (%)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("MAM: degradation with misalignment", fontsize=10)
+
+
 def plot_robustness(results: dict[str, dict], path: str | Path) -> Path:
     """One PNG of the robustness protocols' results, one panel per protocol given.
 
     Args:
-        results: protocol name (``"emm"``, ``"rmm"``, ``"nm"``; any subset) -> the result
-            JSON dict written by ``fusionseg eval --protocol`` (percent floats or null).
+        results: protocol name (``"emm"``, ``"rmm"``, ``"nm"``, ``"mam"``; any subset) ->
+            the result JSON dict written by ``fusionseg eval --protocol`` (percent floats or null).
             EMM gives two panels: mIoU bars per modality subset (mean as a dashed line, the
             Bernoulli-failure expectations in a box) and the mean mIoU against the number of
             missing modalities; RMM gives grouped bars per subset, one per failure ratio ``r``;
             NM gives mIoU against the noise level (clean, low, mid, high) for the two noise
-            variants. Null values are left out.
+            variants; MAM gives mIoU against the misalignment level. Null values are left
+            out.
         path: the PNG to write; parent dirs are created.
 
     Returns:
@@ -481,7 +501,7 @@ def plot_robustness(results: dict[str, dict], path: str | Path) -> Path:
     Raises:
         ValueError: ``results`` is empty or names an unknown protocol.
     """
-    known = ("emm", "rmm", "nm")
+    known = ("emm", "rmm", "nm", "mam")
     unknown = [k for k in results if k not in known]
     if not results or unknown:
         raise ValueError(f"plot_robustness needs results of protocols {', '.join(known)}; "
@@ -493,6 +513,8 @@ def plot_robustness(results: dict[str, dict], path: str | Path) -> Path:
         panels.append((_plot_rmm, results["rmm"]))
     if "nm" in results:
         panels.append((_plot_nm, results["nm"]))
+    if "mam" in results:
+        panels.append((_plot_mam, results["mam"]))
     ncols = min(len(panels), 2)
     nrows = -(-len(panels) // ncols)
     plt = _pyplot()

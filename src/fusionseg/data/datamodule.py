@@ -71,9 +71,11 @@ def build_dataset(cfg: Config, split: str, train: bool):
     d = cfg.data
     probe = create_dataset(d.dataset, d.root, split, d.modalities, **d.options)
     if train:
+        misalign = d.misalign.model_dump() if d.misalign is not None else None
         tf = build_train_transforms(probe.specs, crop_size=d.crop_size, scale_range=d.scale_range,
                                     flip_prob=d.flip_prob, photometric=d.photometric,
-                                    vflip_prob=d.vflip_prob)
+                                    vflip_prob=d.vflip_prob, misalign=misalign,
+                                    reference=cfg.model.modalities[0])
     else:
         tf = build_eval_transforms(probe.specs, size=d.eval_size,
                                    label_interpolation=d.eval_label_interpolation,

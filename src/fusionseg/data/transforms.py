@@ -53,6 +53,7 @@ __all__ = [
     "Normalize",
     "PadToMultiple",
     "RandomHorizontalFlip",
+    "RandomMisalign",
     "RandomVerticalFlip",
     "RandomScaleCrop",
     "RandomSource",
@@ -62,6 +63,7 @@ __all__ = [
     "build_train_transforms",
     "fill_map",
     "interpolation_map",
+    "misalign",
 ]
 
 RandomSource = torch.Generator | random.Random | None
@@ -362,6 +364,112 @@ class RandomVerticalFlip(RandomHorizontalFlip):
     dim = -2
 
 
+def misalign(x: torch.Tensor, shift: Sequence[float] = (0.0, 0.0), rotation: float = 0.0, *,
+             fill: FillValue = 0.0, mode: str = "bilinear") -> torch.Tensor:
+    """Move the content of an image by a rotation about its centre, then a shift.
+
+    The content at pixel ``p`` (column ``x``, row ``y``; pixel centres at integers) moves to
+    ``c + R(rotation) (p - c) + (dx, dy)`` with ``c = ((W - 1) / 2, (H - 1) / 2)`` and ``R``
+    counter-clockwise as the image is displayed (rows pointing down). Each output pixel
+    samples the input at the inverse map (``grid_sample``, ``align_corners=False``); output
+    pixels whose source lies outside the image get ``fill`` (bilinear: pixels within one
+    pixel of the border blend towards it). An integer shift without rotation is an exact
+    copy of the shifted window (no resampling). Deterministic on CPU.
+
+    Args:
+        x: ``[C, H, W]`` or ``[B, C, H, W]`` float tensor (every image of a batch gets the
+            same motion).
+        shift: ``(dx, dy)`` in pixels: content moves ``dx`` to the right, ``dy`` down.
+        rotation: degrees, counter-clockwise on screen.
+        fill: value of the uncovered pixels: one float or one per channel (0 for a normalised
+            tensor is the normalisation mean; :meth:`ModalitySpec.pad_value` before
+            normalisation).
+        mode: ``"bilinear"`` or ``"nearest"`` resampling.
+
+    Returns:
+        A new tensor of ``x``'s shape and dtype.
+
+    Raises:
+        ConfigError: an unknown ``mode``, or ``fill`` with a wrong number of values.
+    """
+    if mode not in ("bilinear", "nearest"):
+        raise ConfigError(f"unknown interpolation mode {mode!r} (use 'bilinear' or 'nearest')")
+    batched = x.dim() == 4
+    xb = x if batched else x[None]
+    c, h, w = xb.shape[-3:]
+    values = [float(fill)] * c if isinstance(fill, (int, float)) else [float(v) for v in fill]
+    if len(values) == 1:
+        values = values * c
+    if len(values) != c:
+        raise ConfigError(f"fill has {len(values)} values for a {c}-channel tensor")
+    fv = torch.tensor(values, dtype=xb.dtype).view(1, c, 1, 1)
+    dx, dy = float(shift[0]), float(shift[1])
+    if float(rotation) % 360.0 == 0.0 and dx.is_integer() and dy.is_integer():
+        out = fv.expand_as(xb).clone()
+        sx, sy = int(dx), int(dy)
+        if abs(sx) < w and abs(sy) < h:
+            out[..., max(sy, 0):h + min(sy, 0), max(sx, 0):w + min(sx, 0)] = \
+                xb[..., max(-sy, 0):h + min(-sy, 0), max(-sx, 0):w + min(-sx, 0)]
+        return out if batched else out[0]
+    a = math.radians(float(rotation))
+    cos, sin = math.cos(a), math.sin(a)
+    cx, cy = (w - 1) / 2.0, (h - 1) / 2.0
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64),
+                            torch.arange(w, dtype=torch.float64), indexing="ij")
+    u, v = xs - cx - dx, ys - cy - dy  # output pixel relative to the moved centre
+    src_x = cos * u - sin * v + cx  # inverse rotation (screen counter-clockwise forward)
+    src_y = sin * u + cos * v + cy
+    grid = torch.stack(((2 * src_x + 1) / w - 1, (2 * src_y + 1) / h - 1), -1)
+    grid = grid.to(xb.dtype)[None].expand(xb.shape[0], h, w, 2)
+    out = F.grid_sample(xb - fv, grid, mode=mode, padding_mode="zeros",
+                        align_corners=False) + fv
+    return out if batched else out[0]
+
+
+class RandomMisalign(Transform):
+    """Training augmentation against imperfect registration: every modality but
+    ``reference`` is, with probability ``p`` (independently per modality), rotated by an angle
+    uniform in ``[-max_rotation, max_rotation]`` degrees about the image centre and shifted
+    by ``(dx, dy)``, each uniform in ``[-max_shift, max_shift]`` pixels (of the sample as it
+    reaches this transform, i.e. the training crop), with :func:`misalign`. The reference
+    modality and the label do not move; uncovered pixels get ``fill[modality]`` (default 0;
+    the builder passes the value that normalises to 0). Modalities absent from a sample are
+    skipped.
+
+    Draws (from ``generator``): per non-reference modality in the sample's order, one coin,
+    then (when it moves) ``dx``, ``dy`` and the angle.
+
+    Raises:
+        ConfigError: ``p`` outside ``[0, 1]``, a negative ``max_shift`` or ``max_rotation``.
+    """
+
+    def __init__(self, reference: str, p: float = 0.5, max_shift: float = 4.0,
+                 max_rotation: float = 2.0, interpolation: Mapping[str, str] | None = None,
+                 fill: Mapping[str, FillValue] | None = None) -> None:
+        if not 0.0 <= p <= 1.0:
+            raise ConfigError(f"misalign probability must be in [0, 1], got {p}")
+        if max_shift < 0 or max_rotation < 0:
+            raise ConfigError(f"misalign max_shift / max_rotation must be >= 0, got "
+                              f"{max_shift} / {max_rotation}")
+        self.reference, self.p = reference, float(p)
+        self.max_shift, self.max_rotation = float(max_shift), float(max_rotation)
+        self.interpolation = dict(interpolation or {})
+        self.fill = dict(fill or {})
+
+    def __call__(self, sample: Sample, generator: RandomSource = None) -> Sample:
+        out = None
+        for k in modality_keys(sample):
+            if k == self.reference or not _coin(generator, self.p):
+                continue
+            dx = _uniform(generator, -self.max_shift, self.max_shift)
+            dy = _uniform(generator, -self.max_shift, self.max_shift)
+            angle = _uniform(generator, -self.max_rotation, self.max_rotation)
+            out = _copy(sample) if out is None else out
+            out[k] = misalign(sample[k], (dx, dy), angle, fill=self.fill.get(k, 0.0),
+                              mode=self.interpolation.get(k, "bilinear"))
+        return sample if out is None else out
+
+
 class Resize(_Geometric):
     """Deterministic resize to ``size`` (``(h, w)`` or int for square), e.g. for evaluation.
 
@@ -647,14 +755,20 @@ def build_train_transforms(
     blur_kernel: int = 3,
     normalize: bool = True,
     ignore_index: int = IGNORE_INDEX,
+    misalign: Mapping[str, float] | None = None,
+    reference: str | None = None,
 ) -> Compose:
     """Training pipeline: RandomScaleCrop -> RandomHorizontalFlip -> [RandomVerticalFlip]
     -> [ColorJitter ->
-    GaussianBlur on modalities whose spec has ``photometric=True``] -> [Normalize].
+    GaussianBlur on modalities whose spec has ``photometric=True``] -> [RandomMisalign]
+    -> [Normalize].
 
     Interpolation modes and pad values come from ``specs`` (a dict of ModalitySpecs, e.g. the
     dataset's ``specs``, or modality names for the defaults); padded image pixels are 0 after
-    Normalize, padded label pixels ``ignore_index``. Call as ``t(sample)`` or
+    Normalize, padded label pixels ``ignore_index``. ``misalign`` (``{"prob", "max_shift",
+    "max_rotation"}``, pixels and degrees; None: off) adds :class:`RandomMisalign` of every
+    modality but ``reference`` (default: the first of ``specs``), after the other random
+    transforms so their draws are those of the run without it. Call as ``t(sample)`` or
     ``t(sample, generator)``.
     """
     specs = _as_specs(specs)
@@ -676,6 +790,11 @@ def build_train_transforms(
     if photometric and photo:
         ts.append(ColorJitter(jitter_p, photometric=photo))
         ts.append(GaussianBlur(blur_p, blur_kernel, photometric=photo))
+    if misalign is not None:
+        ref = reference if reference is not None else next(iter(specs), None)
+        ts.append(RandomMisalign(ref, misalign.get("prob", 0.5), misalign.get("max_shift", 4.0),
+                                 misalign.get("max_rotation", 2.0),
+                                 interpolation=interpolation_map(specs), fill=fill_map(specs)))
     if normalize:
         ts.append(Normalize(specs))
     return Compose(ts)

@@ -26,6 +26,15 @@ Robustness", arXiv 2503.18445; evaluation scripts ``val_mm_EMM.py``, ``val_mm_RM
   ``mIoU_salt_pepper_only``. Departures from the script: extremes per sample (the script takes
   them over the whole batch tensor) and Gaussian noise on every modality (the script skips
   the event stream).
+* **MAM** (misaligned modalities; ours, not in the benchmark): every modality but the first of
+  the model's is rotated about the image centre and shifted relative to the first, which
+  keeps the label; :data:`MISALIGN_LEVELS` gives the magnitudes (shift per axis as a fraction
+  of the shorter image side, so in pixels at the evaluation resolution ``fraction *
+  min(H, W)``; rotation in degrees). The signs of ``dx``, ``dy`` and the angle are drawn per
+  sample and modality (the same signs at every level, so levels differ in magnitude only);
+  bilinear resampling (:func:`fusionseg.data.transforms.misalign`), uncovered pixels set to
+  0, the normalised mean. Reported: mIoU per level (level 0 = aligned = the plain
+  evaluation).
 
 Every random draw comes from a generator seeded by ``(seed, scenario, modality, sample id)``,
 so the same checkpoint and data give the same numbers (and JSON bytes) in any batch size or
@@ -46,11 +55,13 @@ from typing import Any
 import torch
 
 from ..data.sample import drop_modalities
+from ..data.transforms import misalign
 from ..errors import ConfigError
 from .metrics import confusion_metric, metrics_from_confusion
 
 __all__ = [
     "FAILURE_PROBABILITIES",
+    "MISALIGN_LEVELS",
     "NOISE_LEVELS",
     "PROTOCOLS",
     "RMM_RATIOS",
@@ -60,6 +71,7 @@ __all__ = [
     "bernoulli_expectation",
     "drop_random_pixels",
     "gaussian_noise",
+    "misalign_signs",
     "modality_subsets",
     "protocol_markdown",
     "protocol_results",
@@ -68,13 +80,17 @@ __all__ = [
     "subset_name",
 ]
 
-PROTOCOLS = ("emm", "rmm", "nm")
+PROTOCOLS = ("emm", "rmm", "nm", "mam")
 #: Bernoulli failure probabilities of the expectation metric (the benchmark's p1..p3)
 FAILURE_PROBABILITIES = (0.05, 0.1, 0.2)
 #: fractions of pixels a failed modality loses under RMM
 RMM_RATIOS = (0.25, 0.5, 0.75)
 #: NM levels: (name, salt-and-pepper density, Gaussian std on the normalised input)
 NOISE_LEVELS = (("low", 0.05, 0.1), ("mid", 0.1, 0.2), ("high", 0.2, 0.5))
+#: MAM levels: (level, shift per axis as a fraction of the shorter image side, rotation in
+#: degrees); at 128 px the shifts are 0, 0.64, 1.28, 2.56, 5.12 px, at 1024 px 0 to 41 px
+MISALIGN_LEVELS = ((0, 0.0, 0.0), (1, 0.005, 0.5), (2, 0.01, 1.0), (3, 0.02, 2.0),
+                   (4, 0.04, 4.0))
 
 
 def modality_subsets(modalities: Sequence[str],
@@ -163,6 +179,12 @@ def gaussian_noise(x: torch.Tensor, std: float, generator: torch.Generator) -> t
     return x + torch.randn(x.shape, generator=generator, dtype=x.dtype) * std
 
 
+def misalign_signs(generator: torch.Generator) -> tuple[int, int, int]:
+    """Signs (each -1 or +1) of ``dx``, ``dy`` and the rotation of one MAM draw."""
+    sx, sy, sr = (torch.randint(0, 2, (3,), generator=generator) * 2 - 1).tolist()
+    return sx, sy, sr
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One evaluation condition of a protocol.
@@ -174,6 +196,8 @@ class Scenario:
         ratio: RMM pixel fraction; ``None`` = the missing ones are removed entirely.
         density, std: NM salt-and-pepper density and Gaussian std (0 = none), on every
             present modality.
+        shift, rotation: MAM shift per axis (fraction of the shorter image side) and rotation
+            (degrees) of every modality but the first (0 = aligned).
     """
 
     key: str
@@ -182,11 +206,14 @@ class Scenario:
     ratio: float | None = None
     density: float = 0.0
     std: float = 0.0
+    shift: float = 0.0
+    rotation: float = 0.0
 
     @property
     def compute_key(self) -> str:
         """Scenarios that feed the model identical inputs share this key (computed once)."""
-        if not self.missing and self.density == 0 and self.std == 0:
+        if (not self.missing and self.density == 0 and self.std == 0 and self.shift == 0
+                and self.rotation == 0):
             return "clean"
         return self.key
 
@@ -201,6 +228,8 @@ class Scenario:
         """
         if self.ratio is None and self.missing:
             batch = drop_modalities(batch, self.present, modalities=modalities)
+        if self.shift != 0 or self.rotation != 0:
+            return self._misalign(batch, modalities, sample_ids, seed)
         corrupt = list(self.missing) if self.ratio is not None else []
         noisy = list(self.present) if (self.density > 0 or self.std > 0) else []
         if not corrupt and not noisy:
@@ -223,9 +252,27 @@ class Scenario:
             out[m] = torch.stack(xs)
         return out
 
+    def _misalign(self, batch: dict, modalities: Sequence[str], sample_ids: Sequence[str],
+                  seed: int) -> dict:
+        """MAM: every modality but ``modalities[0]`` rotated by ``+-rotation`` degrees and
+        shifted by ``+-shift * min(H, W)`` pixels per axis, signs from a generator seeded by
+        ``(seed, "mam", modality, sample id)``; uncovered pixels 0."""
+        out = dict(batch)
+        for m in modalities[1:]:
+            if m not in batch:
+                continue
+            xs = []
+            for j, x in enumerate(batch[m]):
+                sx, sy, sr = misalign_signs(_generator(seed, "mam", m, sample_ids[j]))
+                px = self.shift * min(x.shape[-2:])
+                xs.append(misalign(x, (sx * px, sy * px), sr * self.rotation, fill=0.0))
+            out[m] = torch.stack(xs)
+        return out
+
 
 def protocol_scenarios(modalities: Sequence[str], protocols: Iterable[str]) -> list[Scenario]:
-    """The scenarios of ``protocols`` (``"emm"``, ``"rmm"``, ``"nm"``) for a model's modalities.
+    """The scenarios of ``protocols`` (``"emm"``, ``"rmm"``, ``"nm"``, ``"mam"``) for a model's
+    modalities (MAM: one per :data:`MISALIGN_LEVELS` entry, key ``"mam/{level}"``).
 
     Raises:
         ConfigError: an unknown protocol name.
@@ -243,6 +290,9 @@ def protocol_scenarios(modalities: Sequence[str], protocols: Iterable[str]) -> l
                     missing = tuple(m for m in mods if m not in s)
                     key = f"emm/{subset_name(s)}" if r is None else f"rmm/{r}/{subset_name(s)}"
                     out.append(Scenario(key, tuple(s), missing, ratio=r))
+        elif proto == "mam":
+            for level, shift, rotation in MISALIGN_LEVELS:
+                out.append(Scenario(f"mam/{level}", tuple(mods), shift=shift, rotation=rotation))
         else:
             for name, density, std in NOISE_LEVELS:
                 out.append(Scenario(f"nm/{name}", tuple(mods), density=density, std=std))
@@ -401,7 +451,10 @@ def protocol_results(ev: ScenarioEvaluator, protocol: str, header: dict[str, Any
     * RMM: ``{"protocol": "rmm", "ratios": [{"r": 0.25, "subsets", "mean", "expectation"},
       ...]}`` (``missing`` = the modalities that lost pixels);
     * NM: ``{"protocol": "nm", "clean": mIoU, "levels": [{"level", "density", "std", "mIoU",
-      "OA", "mIoU_salt_pepper_only", "OA_salt_pepper_only"}, ...]}``.
+      "OA", "mIoU_salt_pepper_only", "OA_salt_pepper_only"}, ...]}``;
+    * MAM: ``{"protocol": "mam", "reference": first modality, "moved": [the others],
+      "levels": [{"level", "shift", "rotation", "mIoU", "OA", "mF1", "per_condition"}, ...]}``
+      (``shift``: fraction of the shorter image side per axis; ``rotation``: degrees).
 
     Metrics in percent, ``None`` (JSON ``null``) where undefined.
     """
@@ -424,6 +477,17 @@ def protocol_results(ev: ScenarioEvaluator, protocol: str, header: dict[str, Any
                            "mIoU_salt_pepper_only": _num(sp["mIoU"]),
                            "OA_salt_pepper_only": _num(sp["OA"])})
         out["levels"] = levels
+    elif protocol == "mam":
+        out["reference"] = ev.modalities[0]
+        out["moved"] = list(ev.modalities[1:])
+        levels = []
+        for level, shift, rotation in MISALIGN_LEVELS:
+            r = ev.metrics(f"mam/{level}", miou, ignore_classes)
+            levels.append({"level": level, "shift": shift, "rotation": rotation,
+                           "mIoU": _num(r["mIoU"]), "OA": _num(r["OA"]), "mF1": _num(r["mF1"]),
+                           "per_condition": {c: _num(v["mIoU"])
+                                             for c, v in r["per_condition"].items()}})
+        out["levels"] = levels
     else:
         raise ValueError(f"unknown robustness protocol {protocol!r}")
     return out
@@ -437,7 +501,7 @@ def protocol_markdown(res: dict[str, Any]) -> str:
     """A Markdown report of one protocol's JSON (:func:`protocol_results`)."""
     proto = res["protocol"]
     title = {"emm": "Entire-missing modality (EMM)", "rmm": "Random-missing modality (RMM)",
-             "nm": "Noisy modality (NM)"}[proto]
+             "nm": "Noisy modality (NM)", "mam": "Misaligned modalities (MAM)"}[proto]
     lines = [f"# {title}", "",
              f"`{res.get('checkpoint', '')}` on {res.get('dataset', '')} "
              f"{res.get('split', '')}, modalities {subset_name(res.get('modalities', []))}, "
@@ -463,6 +527,14 @@ def protocol_markdown(res: dict[str, Any]) -> str:
         for p in ps:
             lines.append(f"| **E[p={p}]** | | "
                          + " | ".join(_md(b["expectation"][p]) for b in rs) + " |")
+    elif proto == "mam":
+        lines += [f"{subset_name(res.get('moved', []))} moved against {res.get('reference')} "
+                  "(and the label); shift per axis in percent of the shorter image side.", "",
+                  "| level | shift (%) | rotation (deg) | mIoU | OA | mF1 |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for lv in res["levels"]:
+            lines.append(f"| {lv['level']} | {lv['shift'] * 100:g} | {lv['rotation']:g} "
+                         f"| {_md(lv['mIoU'])} | {_md(lv['OA'])} | {_md(lv['mF1'])} |")
     else:
         lines += ["| level | s&p density | Gaussian std | mIoU (s&p + Gaussian) | "
                   "mIoU (s&p only) |", "| --- | --- | --- | --- | --- |",

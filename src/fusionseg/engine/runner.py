@@ -364,7 +364,7 @@ def parse_protocols(protocol: str | list[str] | None) -> list[str]:
         return list(PROTOCOLS)
     bad = [n for n in names if n not in PROTOCOLS]
     if bad:
-        raise ConfigError(f"unknown --protocol {', '.join(bad)}: choose emm, rmm, nm or all")
+        raise ConfigError(f"unknown --protocol {', '.join(bad)}: choose emm, rmm, nm, mam or all")
     return [p for p in PROTOCOLS if p in names]
 
 
@@ -407,8 +407,8 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
 
     Args:
         missing: ``"all"`` or a list of modality subsets to evaluate besides the full set.
-        protocol: sensor-failure protocols (:mod:`fusionseg.engine.robustness`): ``"emm"``,
-            ``"rmm"``, ``"nm"``, a comma list or ``"all"``; each writes
+        protocol: robustness protocols (:mod:`fusionseg.engine.robustness`): ``"emm"``,
+            ``"rmm"``, ``"nm"``, ``"mam"`` (misaligned modalities), a comma list or ``"all"``; each writes
             ``{stem}_{protocol}_{split}.json`` and ``.md`` next to the checkpoint, and a plot
             ``{stem}_robustness_{split}.png``. All run in the same pass over the data.
         seed: seed of the protocols' random corruptions.
