@@ -1,6 +1,7 @@
 # Two entry points for a fresh machine (see README.md):
-#   make demo   set up, render synthcity, train (robust recipe) + evaluate the quickstart model
-#               with every modality and under every missing-modality subset (EMM), write panels
+#   make demo   set up, render synthcity, train the quickstart model (runs/quickstart), then its
+#               robust second stage (runs/quickstart_robust), evaluate both under every
+#               missing-modality subset (EMM), print the two EMM tables side by side, write panels
 #   make test   set up and run the test suite
 PYTHON ?= python3
 VENV   ?= .venv
@@ -27,12 +28,16 @@ $(DATA)/synthcity.json: | $(VENV)/.installed
 	$(FS) data synth city --out $(DATA) --train 400 --val 100 --size 128 --seed 0
 
 demo: $(VENV)/.installed $(DATA)/synthcity.json
-	rm -rf $(RUN)
-	$(FS) train configs/quickstart.yaml --run-dir $(RUN) --set train.robust=true
+	rm -rf $(RUN) $(RUN)_robust
+	$(FS) train configs/quickstart.yaml --run-dir $(RUN)
 	$(FS) eval configs/quickstart.yaml --ckpt $(RUN)/checkpoints/best.ckpt --protocol emm
-	$(FS) predict --ckpt $(RUN)/checkpoints/best.ckpt --input $(DATA) --split val \
-		--max-samples 12 --out $(RUN)/predictions
-	@echo "prediction panels: $(RUN)/predictions/panels"
+	$(FS) train configs/quickstart_robust.yaml --run-dir $(RUN)_robust \
+		--set train.init_from=$(RUN)/checkpoints/best.ckpt
+	$(FS) eval configs/quickstart_robust.yaml --ckpt $(RUN)_robust/checkpoints/best.ckpt --protocol emm
+	$(FS) report $(RUN) $(RUN)_robust --out $(RUN)_robust/report
+	$(FS) predict --ckpt $(RUN)_robust/checkpoints/best.ckpt --input $(DATA) --split val \
+		--max-samples 12 --out $(RUN)_robust/predictions
+	@echo "prediction panels: $(RUN)_robust/predictions/panels"
 
 # the RGB-only baseline of the README's comparison table
 quickstart-rgb: $(VENV)/.installed $(DATA)/synthcity.json
