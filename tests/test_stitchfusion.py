@@ -726,3 +726,22 @@ def test_cli_train_eval_released_and_converted(tmp_path):
         out = json.loads(next((tmp_path).glob(f"{Path(ckpt).stem}_eval_*.json")).read_text())
         miou.append(out["overall"]["mIoU"])
     assert miou[0] == pytest.approx(miou[1], abs=1e-6)
+
+
+def test_released_checkpoint_initialises_a_model_with_other_classes(tmp_path):
+    """train.init_from with the authors' file and a user's own class count: everything but
+    the classifier comes from the release (the logits before it are the release's)."""
+    from fusionseg.models import init_from_checkpoint
+
+    ref = release_model(2, ("pairwise",) * 4, "featurecross")
+    torch.save(ref.state_dict(), tmp_path / "released.pth")
+    model = tiny_model(2, "pairwise", "featurecross", num_classes=K + 2)
+    report = init_from_checkpoint(model, tmp_path / "released.pth")
+    assert report.checkpoint_classes == K
+    assert [k for k, _, _ in report.reinitialised] == ["decode_head.linear_pred.weight",
+                                                       "decode_head.linear_pred.bias"]
+    released = tiny_model(2, "pairwise", "featurecross")
+    load_checkpoint(released, tmp_path / "released.pth")
+    ours, theirs = model.state_dict(), released.state_dict()
+    assert all(torch.equal(ours[k], v) for k, v in theirs.items()
+               if not k.startswith("decode_head.linear_pred"))
