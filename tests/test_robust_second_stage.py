@@ -313,3 +313,19 @@ def test_stitchfusion_modality_aux_decodes_each_stream_where_present():
     up = torch.nn.functional.interpolate(head, size=(32, 32), mode="bilinear",
                                          align_corners=False)
     torch.testing.assert_close(up, alone, atol=1e-5, rtol=1e-4)
+
+
+def test_gate_parameters_get_their_own_learning_rate_group():
+    model = tiny_sum_fusion(reduce="gate", gate_lr_mult=100)
+    groups = model.param_groups(1e-4, 0.01, head_lr_mult=2.0)
+    by_name = {g["name"]: g for g in groups}
+    gate_ids = {id(p) for p in model.fusion_gates.parameters()}
+    assert {id(p) for p in by_name["scaled_100"]["params"]} == gate_ids
+    assert by_name["scaled_100"]["lr"] == pytest.approx(1e-4 * 2.0 * 100)
+    assert by_name["scaled_100"]["weight_decay"] == 0.0
+    others = [id(p) for g in groups if g["name"] != "scaled_100" for p in g["params"]]
+    assert not gate_ids & set(others) and len(others) + len(gate_ids) == len(
+        list(model.parameters()))
+    plain = tiny_sum_fusion().param_groups(1e-4, 0.01)
+    assert [g["name"] for g in plain] == ["backbone", "backbone_no_decay", "rest",
+                                          "rest_no_decay"]

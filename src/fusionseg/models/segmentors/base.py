@@ -236,17 +236,29 @@ class Segmentor(nn.Module):
           (``lr * head_lr_mult``);
         * no weight decay for 1-D parameters (biases, norm scales and shifts) and for the
           names of :meth:`no_weight_decay` (position embeddings, tokens);
-        * frozen parameters are left out; empty groups are dropped.
+        * frozen parameters are left out; empty groups are dropped;
+        * a module with an ``lr_mult`` attribute (e.g. a presence gate, whose zero-initialised
+          scores must move far in a short fine-tune) puts its parameters in a group of their
+          own, ``"scaled_<lr_mult>"``, at ``lr * head_lr_mult * lr_mult`` without weight decay.
 
         Returns:
-            ``[{"name": "backbone" | "backbone_no_decay" | "rest" | "rest_no_decay",
-            "params": [...], "lr": ..., "weight_decay": ...}, ...]``.
+            ``[{"name": "backbone" | "backbone_no_decay" | "rest" | "rest_no_decay" |
+            "scaled_<m>", "params": [...], "lr": ..., "weight_decay": ...}, ...]``.
         """
         bb = {id(p) for p in self.backbone_parameters()}
         nwd = self.no_weight_decay()
+        scaled: dict[int, float] = {}
+        for mod in self.modules():
+            mult = getattr(mod, "lr_mult", None)
+            if isinstance(mult, (int, float)) and not isinstance(mult, bool) and mult != 1:
+                scaled.update({id(p): float(mult) for p in mod.parameters()})
+        extra: dict[float, list[nn.Parameter]] = {}
         groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
         for name, p in self.named_parameters():
             if not p.requires_grad:
+                continue
+            if id(p) in scaled and id(p) not in bb:
+                extra.setdefault(scaled[id(p)], []).append(p)
                 continue
             no_decay = p.ndim <= 1 or name in nwd
             groups.setdefault((id(p) in bb, no_decay), []).append(p)
@@ -261,6 +273,9 @@ class Segmentor(nn.Module):
                 "lr": lr if is_bb else lr * head_lr_mult,
                 "weight_decay": 0.0 if no_decay else weight_decay,
             })
+        for mult, params in sorted(extra.items()):
+            out.append({"name": f"scaled_{mult:g}", "params": params,
+                        "lr": lr * head_lr_mult * mult, "weight_decay": 0.0})
         return out
 
     def freeze_backbone(self, freeze: bool = True) -> Segmentor:

@@ -68,6 +68,8 @@ class SumFusionSegmentor(Segmentor):
         modality_aux: weight of the per-modality auxiliary outputs in training (0: none); each
             is the decode head on one stream's maps, its loss counted only on the samples where
             that modality is present.
+        gate_lr_mult: learning-rate multiplier of the gates (``reduce: gate``; see
+            :class:`~fusionseg.models.fusion.presence_gate.PresenceGate`).
 
     Raises:
         ConfigError: unknown ``reduce``, negative ``modality_aux``.
@@ -84,6 +86,7 @@ class SumFusionSegmentor(Segmentor):
         batch_modalities: bool = True,
         reduce: str = "mean",
         modality_aux: float = 0.0,
+        gate_lr_mult: float = 10.0,
     ) -> None:
         super().__init__(modalities, num_classes)
         self.backbone = backbone
@@ -96,7 +99,7 @@ class SumFusionSegmentor(Segmentor):
         self.reduce = reduce
         self.modality_aux = float(modality_aux)
         self.fusion_gates = nn.ModuleList(
-            PresenceGate(c, len(self.modalities)) for c in backbone.out_channels
+            PresenceGate(c, len(self.modalities), gate_lr_mult) for c in backbone.out_channels
         ) if reduce == "gate" else None
 
     def optional_init_keys(self) -> list[str]:
@@ -235,6 +238,7 @@ def build_sum_fusion(
     batch_modalities: bool = True,
     reduce: str = "mean",
     modality_aux: float = 0.0,
+    gate_lr_mult: float = 10.0,
 ) -> SumFusionSegmentor:
     """Build the sum-fusion baseline.
 
@@ -252,6 +256,7 @@ def build_sum_fusion(
             (learned presence-aware gate, starting as the mean).
         modality_aux: weight of the per-modality auxiliary outputs (unimodal supervision;
             0: none).
+        gate_lr_mult: learning-rate multiplier of the gates (``reduce: gate``).
 
     Returns:
         :class:`SumFusionSegmentor`.
@@ -277,6 +282,7 @@ def build_sum_fusion(
         batch_modalities=batch_modalities,
         reduce=reduce,
         modality_aux=modality_aux,
+        gate_lr_mult=gate_lr_mult,
     )
     if freeze_backbone:
         model.freeze_backbone()

@@ -148,6 +148,7 @@ class StitchFusionSegmentor(Segmentor):
             images through every stream, the zero-filling protocol of arXiv 2503.18445).
         modality_aux: weight of the per-modality auxiliary outputs in training (ours; 0:
             none; see :meth:`forward`).
+        gate_lr_mult: learning-rate multiplier of the gates (``fusion: gate``).
 
     ``forward(batch) -> logits [B, K, H, W]``; see :meth:`encode` for the stage maps.
 
@@ -171,6 +172,7 @@ class StitchFusionSegmentor(Segmentor):
         norm_eps: float = 1e-5,
         missing: str = "skip",
         modality_aux: float = 0.0,
+        gate_lr_mult: float = 10.0,
     ) -> None:
         super().__init__(modalities, num_classes)
         if modality_aux < 0:
@@ -215,7 +217,8 @@ class StitchFusionSegmentor(Segmentor):
             else None
         )
         self.fusion_gates = (
-            nn.ModuleList(PresenceGate(dims[s], m) for s in range(4)) if fusion == "gate" else None
+            nn.ModuleList(PresenceGate(dims[s], m, gate_lr_mult) for s in range(4))
+            if fusion == "gate" else None
         )
         self.decode_head = SegFormerHead(dims, num_classes, embed_dim=decoder_dim)
 
@@ -453,6 +456,7 @@ def build_stitchfusion(
     backbone_kwargs: Mapping[str, object] | None = None,
     missing: str = "skip",
     modality_aux: float = 0.0,
+    gate_lr_mult: float = 10.0,
 ) -> StitchFusionSegmentor:
     """Build StitchFusion.
 
@@ -484,6 +488,7 @@ def build_stitchfusion(
         modality_aux: weight of the per-modality auxiliary outputs (ours; 0: none): in
             training the decode head on each stream's unfused stage maps, ``modality_<name>``,
             its loss counted where that modality is present.
+        gate_lr_mult: learning-rate multiplier of the gates (``fusion: gate``).
 
     Raises:
         ValueError: see :class:`StitchFusionSegmentor`.
@@ -506,6 +511,7 @@ def build_stitchfusion(
         norm_eps=norm_eps,
         missing=missing,
         modality_aux=modality_aux,
+        gate_lr_mult=gate_lr_mult,
     )
     if freeze_backbone:
         model.freeze_backbone()
