@@ -7,12 +7,16 @@ time when a sensor is missing. Each sample keeps at least one modality.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import torch
 
 from ..errors import ConfigError
+from ..models.layers import random_rectangle
+from ..models.segmentors.mobanet import modality_conditional_random_mask
+
+__all__ = ["modality_conditional_random_mask", "random_modality_dropout", "random_rectangle",
+           "sample_modality_keep", "sample_modality_subsets"]
 
 
 def random_modality_dropout(batch: dict, modalities: list[str], p: float,
@@ -42,31 +46,6 @@ def random_modality_dropout(batch: dict, modalities: list[str], p: float,
             out[m] = batch[m] * mask
     out["present"] = keep.to(present.device)
     return out
-
-
-def random_rectangle(h: int, w: int, area: tuple[float, float] = (0.1, 0.3),
-                     aspect: tuple[float, float] = (0.5, 2.0),
-                     generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
-    """A random rectangle ``(top, left, height, width)`` in an ``h x w`` image, drawn as
-    MoBaNet's MCRM draws it (official ``peft_modules.py``, ``apply_mcrc_mask``): area uniform in
-    ``area`` (fraction of ``h * w``), aspect (width / height) uniform in ``aspect``, up to 10
-    draws until it fits (else ``round(sqrt(0.1) * side)``), then a uniform position."""
-
-    def uniform(lo: float, hi: float) -> float:
-        return lo + (hi - lo) * float(torch.rand((), generator=generator))
-
-    for _ in range(10):
-        a = uniform(*area) * h * w
-        r = uniform(*aspect)
-        bh, bw = round(math.sqrt(a / r)), round(math.sqrt(a * r))
-        if 1 <= bh <= h and 1 <= bw <= w:
-            break
-    else:
-        bh = max(1, min(h, round(h * math.sqrt(0.1))))
-        bw = max(1, min(w, round(w * math.sqrt(0.1))))
-    top = int(torch.randint(0, h - bh + 1, (), generator=generator))
-    left = int(torch.randint(0, w - bw + 1, (), generator=generator))
-    return top, left, bh, bw
 
 
 def sample_modality_keep(present: torch.Tensor, p: float | Sequence[float],
@@ -136,44 +115,3 @@ def sample_modality_subsets(present: torch.Tensor, full_share: float | None = No
         chosen = cols[torch.randperm(n, generator=generator)[:k]]
         keep[i, chosen] = True
     return keep.to(present.device)
-
-
-def modality_conditional_random_mask(
-    x_opt: torch.Tensor,
-    x_dsm: torch.Tensor,
-    fraction: float = 0.25,
-    area: tuple[float, float] = (0.1, 0.3),
-    aspect: tuple[float, float] = (0.5, 2.0),
-    generator: torch.Generator | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """MoBaNet's MCRM (the release's "MCRC"): mask a rectangle of one modality per chosen sample.
-
-    Source: MoBaNet (arXiv 2603.17705), official ``peft_modules.py`` (``apply_mcrc_mask``).
-    ``n = int(B * fraction)`` samples are drawn at random; the first ``n // 2`` lose a rectangle
-    of the optical input, the others one of the DSM, never both. Each rectangle has an area
-    uniform in ``area`` (fraction of ``H x W``, the padded size as released) and an aspect
-    (width / height) uniform in ``aspect`` (up to 10 draws until it fits, else
-    ``round(sqrt(0.1) * side)``), a uniform position, and is set to 0 (the normalised mean).
-
-    Args:
-        x_opt, x_dsm: ``[B, C, H, W]`` normalised inputs (not modified).
-
-    Returns:
-        ``(x_opt', x_dsm', which)`` with ``which: int64 [B]`` = 0 unmasked, 1 optical masked,
-        2 DSM masked.
-    """
-    b, _, h, w = x_opt.shape
-    which = torch.zeros(b, dtype=torch.long)
-    n = int(b * fraction)
-    if n == 0:
-        return x_opt, x_dsm, which
-    x_opt, x_dsm = x_opt.clone(), x_dsm.clone()
-    sel = torch.randperm(b, generator=generator)[:n]
-    k = n // 2
-
-    for j, idx in enumerate(sel.tolist()):
-        top, left, bh, bw = random_rectangle(h, w, area, aspect, generator)
-        target = x_opt if j < k else x_dsm
-        target[idx, :, top:top + bh, left:left + bw] = 0
-        which[idx] = 1 if j < k else 2
-    return x_opt, x_dsm, which

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LayerNorm2d", "PatchEmbed", "check_stream_indices"]
+__all__ = ["LayerNorm2d", "PatchEmbed", "check_stream_indices", "random_rectangle"]
 
 
 def check_stream_indices(streams, num_streams: int) -> list[int]:
@@ -56,3 +58,28 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         h, w = x.shape[-2:]
         return x.flatten(2).transpose(1, 2), h, w
+
+
+def random_rectangle(h: int, w: int, area: tuple[float, float] = (0.1, 0.3),
+                     aspect: tuple[float, float] = (0.5, 2.0),
+                     generator: torch.Generator | None = None) -> tuple[int, int, int, int]:
+    """A random rectangle ``(top, left, height, width)`` in an ``h x w`` image, drawn as
+    MoBaNet's MCRM draws it (official ``peft_modules.py``, ``apply_mcrc_mask``): area uniform in
+    ``area`` (fraction of ``h * w``), aspect (width / height) uniform in ``aspect``, up to 10
+    draws until it fits (else ``round(sqrt(0.1) * side)``), then a uniform position."""
+
+    def uniform(lo: float, hi: float) -> float:
+        return lo + (hi - lo) * float(torch.rand((), generator=generator))
+
+    for _ in range(10):
+        a = uniform(*area) * h * w
+        r = uniform(*aspect)
+        bh, bw = round(math.sqrt(a / r)), round(math.sqrt(a * r))
+        if 1 <= bh <= h and 1 <= bw <= w:
+            break
+    else:
+        bh = max(1, min(h, round(h * math.sqrt(0.1))))
+        bw = max(1, min(w, round(w * math.sqrt(0.1))))
+    top = int(torch.randint(0, h - bh + 1, (), generator=generator))
+    left = int(torch.randint(0, w - bw + 1, (), generator=generator))
+    return top, left, bh, bw

@@ -20,7 +20,7 @@ repeated to 3 channels; both zero-padded bottom/right to a multiple of 14)::
     logits = UperNet(fused_0..3) (all at 1/14), bilinear to the padded size, cropped
 
 Training (``model.train()`` with ``batch["label"]``): MCRM masks a rectangle of the optical
-*or* the DSM input of a quarter of the batch (:func:`~fusionseg.engine.masking.
+*or* the DSM input of a quarter of the batch (:func:`~fusionseg.models.segmentors.mobanet.
 modality_conditional_random_mask`); the two auxiliary heads on ``opt_0`` and ``dsm_0`` are
 supervised on the hard pixels (``y`` where the main prediction is wrong, 255 elsewhere) with
 weight 0.01 each, returned as :class:`~fusionseg.models.SegmentationOutput` auxiliary outputs with
@@ -110,7 +110,6 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from ...engine.masking import modality_conditional_random_mask
 from ...errors import ConfigError
 from ..backbones import create_backbone
 from ..backbones.base import TransformerBackbone
@@ -118,6 +117,7 @@ from ..backbones.dinov2 import DINOV2_TINY
 from ..backbones.sam_vit import LayerNorm2d, SamVisionTransformer
 from ..fusion.dgfm import DGFM
 from ..heads.upernet import AuxHead, UperNetHead
+from ..layers import random_rectangle
 from ..peft.base import PeftModule
 from ..peft.cpia import CPIA
 from ..registry import register_model
@@ -125,6 +125,7 @@ from ..weights import rename_keys
 from .base import AuxiliaryLogits, SegmentationOutput, Segmentor
 
 __all__ = ["DESIGNS", "DSM_LIKE", "OPTICAL", "MoBaNetSegmentor", "PromptAdapter",
+           "modality_conditional_random_mask",
            "SEFusion", "SamBlockPrompts", "build_mobanet"]
 
 #: modalities MoBaNet accepts as its optical stream (first) and its height stream (second)
@@ -132,6 +133,48 @@ OPTICAL = ("irrg", "rgb", "nir")
 DSM_LIKE = ("dsm", "ndsm", "depth", "lidar")
 #: encoder designs: "taps" (the release's DINOv2 encoder), "neck" (its SAM encoder)
 DESIGNS = ("taps", "neck")
+
+
+
+def modality_conditional_random_mask(
+    x_opt: torch.Tensor,
+    x_dsm: torch.Tensor,
+    fraction: float = 0.25,
+    area: tuple[float, float] = (0.1, 0.3),
+    aspect: tuple[float, float] = (0.5, 2.0),
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MoBaNet's MCRM (the release's "MCRC"): mask a rectangle of one modality per chosen sample.
+
+    Source: MoBaNet (arXiv 2603.17705), official ``peft_modules.py`` (``apply_mcrc_mask``).
+    ``n = int(B * fraction)`` samples are drawn at random; the first ``n // 2`` lose a rectangle
+    of the optical input, the others one of the DSM, never both. Each rectangle has an area
+    uniform in ``area`` (fraction of ``H x W``, the padded size as released) and an aspect
+    (width / height) uniform in ``aspect`` (up to 10 draws until it fits, else
+    ``round(sqrt(0.1) * side)``), a uniform position, and is set to 0 (the normalised mean).
+
+    Args:
+        x_opt, x_dsm: ``[B, C, H, W]`` normalised inputs (not modified).
+
+    Returns:
+        ``(x_opt', x_dsm', which)`` with ``which: int64 [B]`` = 0 unmasked, 1 optical masked,
+        2 DSM masked.
+    """
+    b, _, h, w = x_opt.shape
+    which = torch.zeros(b, dtype=torch.long)
+    n = int(b * fraction)
+    if n == 0:
+        return x_opt, x_dsm, which
+    x_opt, x_dsm = x_opt.clone(), x_dsm.clone()
+    sel = torch.randperm(b, generator=generator)[:n]
+    k = n // 2
+
+    for j, idx in enumerate(sel.tolist()):
+        top, left, bh, bw = random_rectangle(h, w, area, aspect, generator)
+        target = x_opt if j < k else x_dsm
+        target[idx, :, top:top + bh, left:left + bw] = 0
+        which[idx] = 1 if j < k else 2
+    return x_opt, x_dsm, which
 
 
 class PromptAdapter(PeftModule):
