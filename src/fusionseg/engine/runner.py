@@ -349,9 +349,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     }
 
 
-@torch.no_grad()
 def parse_protocols(protocol: str | list[str] | None) -> list[str]:
-    """``"all"`` -> ``["emm", "rmm", "nm"]``; ``"emm,nm"`` or a list -> those; ``None`` -> [].
+    """``"all"`` -> ``["emm", "rmm", "nm", "mam"]``; ``"emm,nm"`` or a list -> those; ``None`` -> [].
 
     Raises:
         ConfigError: an unknown protocol name.
@@ -396,6 +395,7 @@ def _trained_specs(contents: Any, specs: dict[str, Any]) -> dict[str, dict[str, 
     return out
 
 
+@torch.no_grad()
 def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
              split: str | None = None, write_json: bool = True,
              max_batches: int | None = None, protocol: str | list[str] | None = None,
