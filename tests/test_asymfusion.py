@@ -179,3 +179,21 @@ def test_eval_upsample_bicubic_only_outside_training():
     torch.testing.assert_close(t1, t2)
     with pytest.raises(ValueError, match="eval_upsample"):
         ours(eval_upsample="nearest")
+
+
+def test_output_names_list_every_scored_output():
+    """eval scores what ``output_names`` lists (engine knows no method): AsymFusion's streams
+    and the ensemble; single-output segmentors list none."""
+    model = ours(seed=0).eval()
+    assert model.output_names() == [*model.modalities, "ensemble"]
+    batch = {m: torch.randn(1, 3, 32, 32) for m in model.modalities}
+    with torch.no_grad():
+        out = model.named_outputs(batch)
+        torch.testing.assert_close(out["ensemble"], model(batch))
+    from fusionseg.models import create_model
+    from fusionseg.models.segmentors.baselines import SUM_FUSION_TINY
+
+    plain = create_model({"name": "sum_fusion", **SUM_FUSION_TINY})
+    assert plain.output_names() == []
+    with pytest.raises(NotImplementedError):
+        plain.named_outputs(batch)

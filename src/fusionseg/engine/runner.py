@@ -49,7 +49,7 @@ from .robustness import (
 
 
 class _AllOutputs(torch.nn.Module):
-    """Every named output of a model with ``stream_logits(batch) -> {name: logits}``, stacked
+    """Every named output of a segmentor (``named_outputs(batch) -> {name: logits}``), stacked
     along channels ``[B, n * K, H, W]`` so one forward pass serves them all (the inference modes
     average / resize per channel, so the split afterwards is exact)."""
 
@@ -58,15 +58,14 @@ class _AllOutputs(torch.nn.Module):
         self.model, self.names = model, names
 
     def forward(self, batch: dict) -> torch.Tensor:
-        out = self.model.stream_logits(batch)
+        out = self.model.named_outputs(batch)
         return torch.cat([out[n] for n in self.names], dim=1)
 
 
 def _output_names(model: torch.nn.Module) -> list[str]:
-    """Names of a multi-output model's outputs (its modalities + ``"ensemble"``), or []."""
-    if not hasattr(model, "stream_logits"):
-        return []
-    return [*model.modalities, "ensemble"]
+    """Names of a multi-output segmentor's outputs (``Segmentor.output_names``), or []."""
+    names = getattr(model, "output_names", None)
+    return list(names()) if callable(names) else []
 
 
 def model_spec(cfg: Config, num_classes: int | None = None,
@@ -419,7 +418,7 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         "outputs": {"rgb": {"OA", "mAcc", "mIoU"}, ..., "ensemble": {...}},
         "protocols": {"emm": {...}, ...}, "json": path, "files": [paths]}`` where metrics are
         those of :func:`metrics_from_confusion` (percent); ``outputs`` only for models with
-        several outputs (``stream_logits``, e.g. AsymFusion).
+        several outputs (``Segmentor.output_names``, e.g. AsymFusion).
 
     The data is read with the modality specs the checkpoint was trained with
     (``fusionseg_specs``, stored by every fusionseg training run) where they differ from the

@@ -154,6 +154,14 @@ class AsymFusionSegmentor(Segmentor):
         finally:
             set_active_streams(blk, None)
 
+    def output_names(self) -> list[str]:
+        """Each stream's logits and the ensemble's, all scored by ``eval``."""
+        return [*self.modalities, "ensemble"]
+
+    def named_outputs(self, batch: Mapping[str, object]) -> dict[str, Tensor]:
+        """:meth:`stream_logits`."""
+        return self.stream_logits(batch)
+
     def stream_logits(self, batch: Mapping[str, object]) -> dict[str, Tensor]:
         """``{modality: logits, ..., "ensemble": logits}``, each ``[B, K, H, W]`` at input size.
 

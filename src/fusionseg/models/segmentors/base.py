@@ -371,6 +371,19 @@ class Segmentor(nn.Module):
         """Number of classes of a (converted) state dict of this method, if it tells."""
         return None
 
+    def output_names(self) -> list[str]:
+        """Names of the model's several outputs, each scored by ``eval`` besides the main
+        logits (AsymFusion: its streams and ``"ensemble"``); ``[]`` (default): one output."""
+        return []
+
+    def named_outputs(self, batch: Mapping[str, object]) -> dict[str, Tensor]:
+        """``{name: logits [B, K, H, W]}`` for :meth:`output_names`.
+
+        Raises:
+            NotImplementedError: a model with a single output.
+        """
+        raise NotImplementedError(f"{type(self).__name__} has a single output")
+
     #: name of the submodule whose (first) input is the method's fused features, for the
     #: robust second stage's feature term (``train.robust.feature_weight``); None: none
     fused_feature_module: str | None = None
