@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["LayerNorm2d", "PatchEmbed", "check_stream_indices", "random_rectangle"]
+from ..errors import ConfigError
+
+__all__ = ["DropPath", "LayerNorm2d", "PatchEmbed", "check_stream_indices", "random_rectangle"]
 
 
 def check_stream_indices(streams, num_streams: int) -> list[int]:
@@ -83,3 +85,28 @@ def random_rectangle(h: int, w: int, area: tuple[float, float] = (0.1, 0.3),
     top = int(torch.randint(0, h - bh + 1, (), generator=generator))
     left = int(torch.randint(0, w - bw + 1, (), generator=generator))
     return top, left, bh, bw
+
+
+class DropPath(nn.Module):
+    """Stochastic depth per sample (Huang et al., ECCV 2016).
+
+    In training, each sample's residual branch ``x[b]`` is zeroed with probability ``p`` and the
+    kept ones are scaled by ``1 / (1 - p)``; identity in eval mode or when ``p == 0``.
+    Works on any tensor whose first dimension is the batch.
+    """
+
+    def __init__(self, p: float = 0.0) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ConfigError(f"drop path probability must be in [0, 1), got {p}")
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.p == 0.0 or not self.training:
+            return x
+        keep = 1.0 - self.p
+        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
+        return x * mask.div_(keep)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p:.3f}"

@@ -52,10 +52,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ..layers import PatchEmbed
+from ..layers import DropPath, PatchEmbed
 from ..weights import rename_key
 from .base import TransformerBackbone, register_backbone, strip_prefixes
-from .mit import DropPath
 
 __all__ = [
     "DINOV2_SETTINGS",

@@ -49,9 +49,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from ..layers import DropPath
 from ..weights import rename_key
 from .base import Backbone, register_backbone, strip_prefixes
-from .mit import DropPath
 
 __all__ = [
     "HIERA_TINY",

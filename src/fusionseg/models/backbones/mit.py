@@ -58,6 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from ..layers import DropPath
 from .base import TransformerBackbone, register_backbone, strip_prefixes
 
 __all__ = [
@@ -88,31 +89,6 @@ for _cfg in MIT_SETTINGS.values():
 del _cfg
 
 _LN_EPS = 1e-6  # block norms and stage norms (official ``partial(nn.LayerNorm, eps=1e-6)``)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth per sample (Huang et al., ECCV 2016).
-
-    In training, each sample's residual branch ``x[b]`` is zeroed with probability ``p`` and the
-    kept ones are scaled by ``1 / (1 - p)``; identity in eval mode or when ``p == 0``.
-    Works on any tensor whose first dimension is the batch.
-    """
-
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        if not 0.0 <= p < 1.0:
-            raise ConfigError(f"drop path probability must be in [0, 1), got {p}")
-        self.p = float(p)
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.p == 0.0 or not self.training:
-            return x
-        keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-        return x * mask.div_(keep)
-
-    def extra_repr(self) -> str:
-        return f"p={self.p:.3f}"
 
 
 class OverlapPatchEmbed(nn.Module):

@@ -79,10 +79,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ..layers import LayerNorm2d, PatchEmbed
+from ..layers import DropPath, LayerNorm2d, PatchEmbed
 from ..weights import rename_key
 from .base import TransformerBackbone, register_backbone, strip_prefixes
-from .mit import DropPath
 
 __all__ = [
     "SAM_SETTINGS",

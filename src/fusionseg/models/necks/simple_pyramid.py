@@ -35,7 +35,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from ..heads.sam2_decoder import LayerNorm2d
+from ..layers import LayerNorm2d
 
 __all__ = ["SimpleFeaturePyramid"]
 

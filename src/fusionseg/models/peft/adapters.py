@@ -86,7 +86,7 @@ def drop_path_scale(drop_path: Callable[[Tensor], Tensor], n: int, like: Tensor)
     """The per-sample factor ``mask / keep`` that ``drop_path`` would multiply ``n`` samples by.
 
     Returns a ``[n, 1, 1]`` tensor (dtype and device of ``like``) drawn exactly as
-    :class:`~fusionseg.models.backbones.mit.DropPath` draws its mask (same RNG use), or ``None``
+    :class:`~fusionseg.models.layers.DropPath` draws its mask (same RNG use), or ``None``
     when ``drop_path`` is the identity (``nn.Identity``, ``p == 0`` or eval mode). Any other
     callable is probed by applying it to ones, which gives the same factor.
     """

@@ -114,10 +114,10 @@ from ...errors import ConfigError
 from ..backbones import create_backbone
 from ..backbones.base import TransformerBackbone
 from ..backbones.dinov2 import DINOV2_TINY
-from ..backbones.sam_vit import LayerNorm2d, SamVisionTransformer
+from ..backbones.sam_vit import SamVisionTransformer
 from ..fusion.dgfm import DGFM
 from ..heads.upernet import AuxHead, UperNetHead
-from ..layers import random_rectangle
+from ..layers import LayerNorm2d, random_rectangle
 from ..peft.base import PeftModule
 from ..peft.cpia import CPIA
 from ..registry import register_model
