@@ -23,8 +23,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from fusionseg.bench import make_random_batch, measure
-from fusionseg.config import load_config
-from fusionseg.engine.runner import model_spec
+from fusionseg.config import load_config, model_spec
 from fusionseg.models import SegmentationOutput, Segmentor, create_backbone, create_model
 from fusionseg.models.backbones import BACKBONES, Backbone, TransformerBackbone
 from fusionseg.models.backbones.base import checkpoint_call

@@ -21,12 +21,14 @@ sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TINY_MIT  # noqa: E402
 
 import fusionseg.predict as predict_mod  # noqa: E402
-from fusionseg.config import config_from_dict  # noqa: E402
+from fusionseg.config import (
+    config_from_dict,  # noqa: E402
+    model_spec,  # noqa: E402
+)
 from fusionseg.data.datasets.deliver import DELIVER_SPECS  # noqa: E402
 from fusionseg.data.io import DataError  # noqa: E402
 from fusionseg.data.modalities import get_spec  # noqa: E402
 from fusionseg.engine.inference import predict_logits  # noqa: E402
-from fusionseg.engine.runner import model_spec  # noqa: E402
 from fusionseg.errors import CheckpointError  # noqa: E402
 from fusionseg.models import create_model  # noqa: E402
 from fusionseg.predict import (  # noqa: E402
@@ -478,3 +480,16 @@ def test_predict_with_a_real_fixed_size_onnx_export(tmp_path):
     a = np.asarray(Image.open(tmp_path / "onnx_out" / "masks" / "a.png"))
     b = np.asarray(Image.open(tmp_path / "torch_out" / "masks" / "a.png"))
     assert a.shape == (40, 48, 3) and np.all(a == b, axis=-1).mean() > 0.99
+
+
+def test_predict_does_not_import_the_training_stack():
+    """Inference apart from training: importing fusionseg.predict loads neither Lightning nor
+    the training runner (checked in a fresh interpreter)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, fusionseg.predict; "
+            "print('lightning' in sys.modules, 'fusionseg.engine.runner' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "False"]

@@ -367,8 +367,7 @@ def bench(config: Path, set: SetOpt = None,
               "--json", help="also write the metrics to this JSON file")] = None):
     """Params (total / trainable), GFLOPs, inference latency, train-step time, peak memory."""
     from .bench import make_random_batch, measure
-    from .config import load_config
-    from .engine.runner import model_spec
+    from .config import load_config, model_spec
     from .models import create_model
     cfg = load_config(config, set)
     # random weights: speed and memory do not depend on them, so model.pretrained is not read

@@ -437,3 +437,26 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: a config must be a mapping of sections")
     return config_from_dict(apply_overrides(raw, overrides), source=str(path))
+
+
+def model_spec(cfg: Config, num_classes: int | None = None,
+               for_checkpoint: bool = False) -> dict[str, Any]:
+    """The ``create_model`` mapping of the config's model section.
+
+    Args:
+        num_classes: the dataset's class count; fills ``model.num_classes`` when unset.
+        for_checkpoint: drop ``model.pretrained`` (weights about to be loaded from a checkpoint
+            replace those, so an ImageNet file need not be present).
+
+    Raises:
+        ConfigError: ``model.num_classes`` disagrees with ``num_classes``.
+    """
+    spec = cfg.model.to_dict()
+    if for_checkpoint:
+        spec["pretrained"] = None
+    if spec.get("num_classes") is None:
+        spec["num_classes"] = num_classes
+    elif num_classes is not None and spec["num_classes"] != num_classes:
+        raise ConfigError(f"model.num_classes={spec['num_classes']} but dataset "
+                         f"{cfg.data.dataset!r} has {num_classes} classes")
+    return spec

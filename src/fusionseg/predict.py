@@ -64,12 +64,11 @@ import yaml
 from PIL import Image
 from pydantic import ValidationError
 
-from .config import Config, config_from_dict, load_config
+from .config import Config, config_from_dict, load_config, model_spec
 from .data.io import IMAGE_EXTENSIONS, DataError, bit_depth_of, read_image
 from .data.modalities import ModalitySpec, resolve_specs
 from .data.sample import drop_modalities
 from .engine.inference import inference_kwargs, predict_logits
-from .engine.runner import model_spec
 from .errors import CheckpointError, ConfigError
 from .files import atomic_path
 from .health import ABSENT, OK, SensorHealth, check_modality, resolve_health

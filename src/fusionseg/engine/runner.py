@@ -18,7 +18,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
-from ..config import Config, ModelConfig
+from ..config import Config, ModelConfig, model_spec
 from ..data.datamodule import SegDataModule, build_dataset
 from ..data.sample import Collate
 from ..errors import ConfigError, RunError
@@ -66,29 +66,6 @@ def _output_names(model: torch.nn.Module) -> list[str]:
     """Names of a multi-output segmentor's outputs (``Segmentor.output_names``), or []."""
     names = getattr(model, "output_names", None)
     return list(names()) if callable(names) else []
-
-
-def model_spec(cfg: Config, num_classes: int | None = None,
-               for_checkpoint: bool = False) -> dict[str, Any]:
-    """The ``create_model`` mapping of the config's model section.
-
-    Args:
-        num_classes: the dataset's class count; fills ``model.num_classes`` when unset.
-        for_checkpoint: drop ``model.pretrained`` (weights about to be loaded from a checkpoint
-            replace those, so an ImageNet file need not be present).
-
-    Raises:
-        ConfigError: ``model.num_classes`` disagrees with ``num_classes``.
-    """
-    spec = cfg.model.to_dict()
-    if for_checkpoint:
-        spec["pretrained"] = None
-    if spec.get("num_classes") is None:
-        spec["num_classes"] = num_classes
-    elif num_classes is not None and spec["num_classes"] != num_classes:
-        raise ConfigError(f"model.num_classes={spec['num_classes']} but dataset "
-                         f"{cfg.data.dataset!r} has {num_classes} classes")
-    return spec
 
 
 def build_model(cfg: Config, num_classes: int, for_checkpoint: bool = False) -> torch.nn.Module:
