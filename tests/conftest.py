@@ -24,6 +24,23 @@ def tiny_model_cfg(name: str, **overrides) -> dict:
     return {"name": name, **dict(MODELS.entry(name).tiny or {}), **overrides}
 
 
+def tiny_run_cfg(tmp_path, root, **train_opts):
+    """A 2-step training run of a tiny sum-fusion model (rgb + depth, 32 px crops) on the
+    DELIVER-layout tree at ``root``, run dirs under ``tmp_path/runs``; ``train_opts`` go into
+    the train section."""
+    from fusionseg.config import config_from_dict
+
+    return config_from_dict({
+        "name": "tiny", "seed": 0,
+        "model": {"name": "sum_fusion", "backbone": "mit_b0", "modalities": ["rgb", "depth"],
+                  "decoder_dim": 16, "backbone_kwargs": TINY_MIT},
+        "data": {"dataset": "deliver", "root": str(root), "crop_size": [32, 32],
+                 "batch_size": 2, "val_batch_size": 2, "num_workers": 0},
+        "train": {"max_epochs": 1, "max_steps": 2, "lr": 1e-3, "progress": False,
+                  "out_dir": str(tmp_path / "runs"), **train_opts},
+    })
+
+
 def run_cli_eval(config, sets: list[str], ckpt) -> dict:
     """``fusionseg eval CONFIG --ckpt CKPT --set ...`` through the CLI (exit 0 asserted); the
     result JSON it writes next to the checkpoint, parsed (the end-to-end parity tests)."""

@@ -11,9 +11,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest import TINY_MIT as TINY  # noqa: E402
+from conftest import tiny_run_cfg  # noqa: E402
 from fixtures.deliver_tree import make_deliver_tree  # noqa: E402
 
-from fusionseg.config import config_from_dict  # noqa: E402
 from fusionseg.engine.losses import SegmentationCriterion  # noqa: E402
 from fusionseg.engine.masking import sample_modality_subsets  # noqa: E402
 from fusionseg.engine.robust_training import (  # noqa: E402
@@ -236,16 +236,7 @@ def test_feature_tap_records_the_decode_head_input_of_the_first_call():
 
 
 # ------------------------------------------------------------------ the run, end to end
-def _cfg(tmp_path, root, **train):
-    return config_from_dict({
-        "name": "tiny", "seed": 0,
-        "model": {"name": "sum_fusion", "backbone": "mit_b0", "modalities": ["rgb", "depth"],
-                  "decoder_dim": 16, "backbone_kwargs": TINY},
-        "data": {"dataset": "deliver", "root": str(root), "crop_size": [32, 32],
-                 "batch_size": 2, "val_batch_size": 2, "num_workers": 0},
-        "train": {"max_epochs": 1, "max_steps": 2, "lr": 1e-3, "progress": False,
-                  "out_dir": str(tmp_path / "runs"), **train},
-    })
+_cfg = tiny_run_cfg
 
 
 def test_second_stage_run_distils_from_a_frozen_teacher(tmp_path):

@@ -6,23 +6,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from conftest import TINY_MIT as TINY  # noqa: E402
+from conftest import tiny_run_cfg  # noqa: E402
 from fixtures.deliver_tree import make_deliver_tree  # noqa: E402
 
-from fusionseg.config import config_from_dict  # noqa: E402
 from fusionseg.engine.runner import build_model, prepare_for_training, train  # noqa: E402
 
-
-def _cfg(tmp_path: Path, root: Path, **train_opts):
-    return config_from_dict({
-        "name": "tiny", "seed": 0,
-        "model": {"name": "sum_fusion", "backbone": "mit_b0", "modalities": ["rgb", "depth"],
-                  "decoder_dim": 16, "backbone_kwargs": TINY},
-        "data": {"dataset": "deliver", "root": str(root), "crop_size": [32, 32],
-                 "batch_size": 2, "val_batch_size": 2, "num_workers": 0},
-        "train": {"max_epochs": 1, "max_steps": 2, "lr": 1e-3, "progress": False,
-                  "out_dir": str(tmp_path / "runs"), **train_opts},
-    })
+_cfg = tiny_run_cfg
 
 
 def test_prepare_for_training_keeps_keys_and_outputs(tmp_path):
