@@ -11,7 +11,7 @@ from rich.console import Console
 from fusionseg.config import Config
 from fusionseg.errors import DataError
 from fusionseg.models import count_parameters, create_model
-from fusionseg.models.segmentors.baselines import SUM_FUSION_TINY
+from fusionseg.models.methods.baselines.model import SUM_FUSION_TINY
 from fusionseg.report import collect_run, report_command, report_table, write_report
 from fusionseg.viz import plot_report, plot_robustness
 

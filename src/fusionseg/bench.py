@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from .errors import ConfigError
-from .models.segmentors.base import count_parameters, logits_of
+from .models.segmentor import count_parameters, logits_of
 from .runtime import autocast, configure_cpu_allocator, resolve_precision
 
 __all__ = [

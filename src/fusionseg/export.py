@@ -229,7 +229,7 @@ class _PositionalSegmentor(nn.Module):
                              persistent=False)
 
     def forward(self, *images: Tensor) -> Tensor:
-        from .models.segmentors.base import logits_of
+        from .models.segmentor import logits_of
 
         batch: dict[str, Any] = dict(zip(self.names, images, strict=True))
         batch["present"] = self.present_row.expand(images[0].shape[0], -1)

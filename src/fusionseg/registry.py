@@ -13,7 +13,7 @@ file that defines them, with a decorator::
     BACKBONES.entry("mit_b0").tiny # the tiny test settings declared at registration
 
 ``tiny`` is a mapping of keyword arguments that build a very small instance of the entry (a
-few thousand parameters); ``tests/test_contract.py`` builds every registered model and
+few thousand parameters); ``tests/models/test_contract.py`` builds every registered model and
 backbone with it, so a new entry is covered by the contract tests as soon as it registers.
 Other keyword arguments of :meth:`Registry.register` are kept as ``entry.info``.
 """

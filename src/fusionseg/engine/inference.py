@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.segmentors.base import logits_of
+from ..models.segmentor import logits_of
 
 _NON_IMAGE_KEYS = ("label", "meta", "present")
 

@@ -5,7 +5,7 @@
   0.7, min_kept_frac: 0.0625}`` (or just the name), built by :func:`build_loss`.
 * :class:`SegmentationCriterion`: the training loss of any segmentor output - the main loss,
   each auxiliary output's weighted loss and the method's extra terms (see
-  :mod:`fusionseg.models.segmentors.base` for the route), with every term returned by name.
+  :mod:`fusionseg.models.segmentor` for the route), with every term returned by name.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import ConfigError
-from ..models.segmentors.base import SegmentationOutput
+from ..models.segmentor import SegmentationOutput
 from ..registry import Registry
 
 __all__ = [
@@ -131,7 +131,7 @@ class SegmentationCriterion(nn.Module):
     """The training loss of a segmentor output.
 
     ``forward(output, label) -> (total, terms)``: ``output`` is logits ``[B, K, H, W]`` or a
-    :class:`~fusionseg.models.segmentors.base.SegmentationOutput`; ``terms`` maps ``"main"``,
+    :class:`~fusionseg.models.segmentor.SegmentationOutput`; ``terms`` maps ``"main"``,
     each auxiliary output's name and each extra term's name to its (unweighted for auxiliary
     logits, as given for extra terms) value, detached; ``total = main + sum_a w_a * aux_a +
     sum_t extra_t``.

@@ -13,7 +13,7 @@ import torch
 
 from ..errors import ConfigError
 from ..models.layers import random_rectangle
-from ..models.segmentors.mobanet import modality_conditional_random_mask
+from ..models.methods.mobanet.model import modality_conditional_random_mask
 
 __all__ = ["modality_conditional_random_mask", "random_modality_dropout", "random_rectangle",
            "sample_modality_keep", "sample_modality_subsets"]

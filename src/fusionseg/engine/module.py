@@ -27,7 +27,7 @@ from torch import nn
 
 from ..config import Config
 from ..data.sample import drop_modalities
-from ..models.segmentors.base import logits_of
+from ..models.segmentor import logits_of
 from .inference import inference_kwargs, predict_logits
 from .losses import SegmentationCriterion
 from .masking import random_modality_dropout

@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
-from ..models.segmentors.base import SegmentationOutput
+from ..models.segmentor import SegmentationOutput
 from .masking import random_rectangle, sample_modality_keep, sample_modality_subsets
 
 __all__ = ["FeatureTap", "RobustTraining", "consistency_kl", "feature_distillation"]

@@ -12,10 +12,10 @@ The contracts (backbone interface, segmentor output and parameter groups, checkp
 conversion) are described in ``docs/design.md``.
 """
 
-from . import segmentors  # noqa: F401  (registers the built-in builders)
+from . import methods  # noqa: F401  (registers the built-in models)
 from .backbones import create_backbone, list_backbones
 from .registry import MODELS, create_model, list_models, register_model
-from .segmentors.base import (
+from .segmentor import (
     AuxiliaryLogits,
     SegmentationOutput,
     Segmentor,

@@ -42,11 +42,11 @@ def register_model(
 
     Args:
         name: the ``model.name`` of configs.
-        segmentor: the :class:`~fusionseg.models.segmentors.base.Segmentor` subclass the builder
+        segmentor: the :class:`~fusionseg.models.segmentor.Segmentor` subclass the builder
             returns; :func:`fusionseg.models.weights.convert_checkpoint` asks it whether a file
             is in its method's released format.
         tiny: builder keyword arguments (``num_classes`` and ``modalities`` included) giving a
-            tiny model, built by ``tests/test_contract.py``.
+            tiny model, built by ``tests/models/test_contract.py``.
 
     Raises:
         ValueError: ``name`` is already registered to a different builder.
@@ -74,10 +74,10 @@ def create_model(cfg: Mapping[str, Any]) -> nn.Module:
     Args:
         cfg: ``{"name": <registered name>, **builder_kwargs}``, optionally with
             ``"grad_checkpointing": True`` (activation checkpointing per backbone block, see
-            :meth:`~fusionseg.models.segmentors.base.Segmentor.set_grad_checkpointing`).
+            :meth:`~fusionseg.models.segmentor.Segmentor.set_grad_checkpointing`).
 
     Returns:
-        The built ``nn.Module`` (a :class:`~fusionseg.models.segmentors.base.Segmentor` for the
+        The built ``nn.Module`` (a :class:`~fusionseg.models.segmentor.Segmentor` for the
         built-in segmentors).
 
     Raises:

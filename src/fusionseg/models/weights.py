@@ -14,7 +14,7 @@ is converted by the module it belongs to.
   the LightningModule outside ``model.`` are ignored), a DDP-wrapped (``module.``) or plain
   state dict of the model, or a released format of the model's method, converted by the
   segmentor class's ``checkpoint_filter_fn`` (see
-  :meth:`fusionseg.models.segmentors.base.Segmentor.checkpoint_filter_fn`) - for that model
+  :meth:`fusionseg.models.segmentor.Segmentor.checkpoint_filter_fn`) - for that model
   only.
 * :func:`convert_checkpoint` writes a file in our key names (``fusionseg weights convert``).
 * :func:`detect_backbone` recognises a pretrained-encoder file or Hugging Face model folder by
@@ -355,7 +355,7 @@ def load_checkpoint(model: nn.Module, path: str | Path, contents: object = None)
         allowed;
       * the released format of the model's own method, converted by
         ``type(model).checkpoint_filter_fn`` (e.g. the StitchFusion authors' files for a
-        :class:`~fusionseg.models.segmentors.stitchfusion.StitchFusionSegmentor`).
+        :class:`~fusionseg.models.methods.stitchfusion.model.StitchFusionSegmentor`).
 
     ``contents``: what :func:`read_weights_file` returned for ``path``, when the caller has
     read it already (``predict`` reads the metadata first); ``path`` then only names it.

@@ -148,7 +148,7 @@ def register_backbone(
 
     Args:
         name: the name :func:`~fusionseg.models.backbones.create_backbone` takes.
-        tiny: constructor overrides giving a tiny instance (for ``tests/test_contract.py``).
+        tiny: constructor overrides giving a tiny instance (for ``tests/models/test_contract.py``).
         **info: kept as the registry entry's ``info`` (e.g. ``decoder_dim=256``).
     """
     return BACKBONES.register(name, tiny=tiny, **info)

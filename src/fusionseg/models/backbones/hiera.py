@@ -294,7 +294,7 @@ class Hiera(Backbone):
     ``forward(x [B, 3, H, W]) -> [f1, f2, f3, f4]``, ``f_i [B, C * 2^(i-1), H / s_i, W / s_i]``
     at :attr:`strides` ``(4, 8, 16, 32)`` (NCHW views of the channels-last tokens, as the
     official trunk returns them). :attr:`channel_list` is the official reversed order (lowest
-    resolution first), what :class:`~fusionseg.models.necks.Sam2FpnNeck` takes.
+    resolution first), what :class:`~fusionseg.models.methods.mle_sam.fpn_neck.Sam2FpnNeck` takes.
 
     Stage access (for methods that run several streams or insert modules): :meth:`embed`
     (patch embedding + position embedding, ``[B, H/4, W/4, C]``), :attr:`blocks`,

@@ -10,7 +10,7 @@ streams. Per stream ``m`` and pixel::
     F   = sum_m a_m F_m
 
 The form is MLE-SAM's routing ("weighted features across modalities", a 1x1 gate per
-modality and a softmax over the present ones; :class:`~fusionseg.models.fusion.moe_routing.
+modality and a softmax over the present ones; :class:`~fusionseg.models.methods.mle_sam.routing.
 ModalityRouter`, arXiv 2412.04220) without its integrated path, here as the fusion of a
 late-fusion baseline. Ours: ``w`` and ``b`` start at zero, so an untrained gate is exactly the
 mean over the present streams (up to rounding) and a model trained with the mean initialises

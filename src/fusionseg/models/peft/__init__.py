@@ -1,18 +1,17 @@
-"""Parameter-efficient modules (adapters, LoRA); all subclass :class:`~.base.PeftModule`."""
+"""Shared parameter-efficient modules (LoRA); all subclass :class:`~.base.PeftModule`.
 
-from .adapters import ADAPTER_DENSITIES, BottleneckAdapter, MultiAdapter, adapter_param_count
+Method-specific ones live with their method: StitchFusion's MultiAdapter in
+``methods/stitchfusion/adapters.py``, MoBaNet's CPIA in ``methods/mobanet/cpia.py``.
+"""
+
 from .base import PeftModule
 from .lora import LoRA, LoRAQKV, MixtureOfLoRA, inject_lora_experts, set_active_experts
 
 __all__ = [
-    "ADAPTER_DENSITIES",
-    "BottleneckAdapter",
     "LoRA",
     "LoRAQKV",
     "MixtureOfLoRA",
-    "MultiAdapter",
     "PeftModule",
-    "adapter_param_count",
     "inject_lora_experts",
     "set_active_experts",
 ]

@@ -4,8 +4,8 @@ A :class:`PeftModule` holds parameters that a *method* adds, possibly inside a p
 backbone (a LoRA wrapped around a frozen ``qkv`` projection, an adapter between two blocks).
 The segmentor base treats them as the method's own parameters wherever they sit:
 
-* :meth:`~fusionseg.models.segmentors.base.Segmentor.freeze_backbone` leaves them trainable;
-* :meth:`~fusionseg.models.segmentors.base.Segmentor.param_groups` puts them in the "rest"
+* :meth:`~fusionseg.models.segmentor.Segmentor.freeze_backbone` leaves them trainable;
+* :meth:`~fusionseg.models.segmentor.Segmentor.param_groups` puts them in the "rest"
   groups (``lr * head_lr_mult``), not in the backbone's.
 """
 

@@ -1,0 +1,5 @@
+"""asymfusion: see model.py."""
+
+from . import model
+
+__all__ = ["model"]

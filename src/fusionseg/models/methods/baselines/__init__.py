@@ -1,0 +1,5 @@
+"""baselines: see model.py."""
+
+from . import model
+
+__all__ = ["model"]

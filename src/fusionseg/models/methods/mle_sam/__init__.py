@@ -1,0 +1,5 @@
+"""mle_sam: see model.py."""
+
+from . import model
+
+__all__ = ["model"]

@@ -1,0 +1,5 @@
+"""mobanet: see model.py."""
+
+from . import model
+
+__all__ = ["model"]

@@ -1,0 +1,663 @@
+"""MoBaNet: a frozen DINOv2 (or SAM) ViT shared by an optical and a DSM stream, CPIA, DGFM, MCRM.
+
+Source: Haocheng Li et al., "Parameter-Efficient Modality-Balanced Symmetric Fusion for
+Multimodal Remote Sensing Semantic Segmentation", arXiv 2603.17705. Official code: GitHub
+``sauryeo/MoBaNet`` - ``Net.py`` (model, UperNet, auxiliary heads, MCRC call),
+``Model/models/dinov2/build_dinov2.py`` (dual encoder), ``Model/models/ImageEncoder/vit/
+peft_modules.py`` (CPIA, DGFM/"BAGF", MCRC), ``train.py`` (hard-pixel loss, sliding window).
+
+Model (``x_opt [B, 3, H, W]`` normalised IRRG/RGB, ``x_dsm [B, 1, H, W]`` DSM min-max to [0, 1],
+repeated to 3 channels; both zero-padded bottom/right to a multiple of 14)::
+
+    t_opt = prepare_tokens(x_opt)                  # frozen patch embedding + pos. embedding
+    t_dsm = prepare_tokens(x_dsm, dsm_patch_embed)  # trainable copy of the pretrained one
+    for group j = 0..3 (blocks after tap j-1 up to tap j):
+        patch tokens of both streams <- CPIA_j(...)          (cpia: true)
+        t_opt, t_dsm <- the frozen blocks of group j          (both streams, one batch)
+        F_opt, F_dsm = backbone.norm(t) patch tokens as maps   (the frozen final norm)
+        F_j = DGFM_j(F_opt, F_dsm)  |  0.5 (F_opt + F_dsm)     (dgfm: true | false)
+        fused_j, opt_j, dsm_j = proj_j(F_j), proj_j(F_opt), proj_j(F_dsm)   # 1x1 C->256, shared
+    logits = UperNet(fused_0..3) (all at 1/14), bilinear to the padded size, cropped
+
+Training (``model.train()`` with ``batch["label"]``): MCRM masks a rectangle of the optical
+*or* the DSM input of a quarter of the batch (:func:`~fusionseg.models.methods.mobanet.model.
+modality_conditional_random_mask`); the two auxiliary heads on ``opt_0`` and ``dsm_0`` are
+supervised on the hard pixels (``y`` where the main prediction is wrong, 255 elsewhere) with
+weight 0.01 each, returned as :class:`~fusionseg.models.SegmentationOutput` auxiliary outputs with
+their own targets. As released, the auxiliary losses run only when MCRM is on
+(``hard_pixel_loss: null`` follows ``mcrm``).
+
+Missing modality (absent key or ``present`` false): the input is zero after normalisation and
+both streams still run - the release's modality-robustness evaluation
+(``run_ablation_modality``, shipped compiled only) does exactly this.
+
+Checkpoint keys (ours <- release, see :meth:`MoBaNetSegmentor.checkpoint_filter_fn`)::
+
+    backbone.*                 <- image_encoder.backbone.*             (official DINOv2 names)
+    dsm_patch_embed.proj.*     <- image_encoder.extra_patch_embed.proj.*
+    cpia.{j}.{down_opt, down_dsm, joint, up, gamma_*, beta_*}
+                               <- image_encoder.peft_cpia_blocks.{j}.{D_fc1, D_fc2, P_fc2, U_fc1,
+                                  tfts_gamma_rgb, ...}
+    dgfm.{j}.{reduce_opt, reduce_dsm, gate.*}
+                               <- image_encoder.peft_dgfm_blocks.{j}.{rgb_reduce, dsm_reduce,
+                                  gate_net.*}  (or peft_bagf_blocks, the paper-time name)
+    dgfm.{j}.norm.*            <- image_encoder.peft_fuse_norms.{j}.*
+    proj.{j}.weight            <- image_encoder.dual_proj_layers.{j}.weight
+    decode_head.*              <- decoder.*  (classifier.1.0.weight -> conv_seg.weight)
+    aux_heads.{opt,dsm}.*      <- aux_head_{rgb,dsm}.*  (conv_out.0.weight -> conv_seg.weight)
+
+SAM encoders (``backbone: sam_vit_b | sam_vit_l | sam_vit_h``,
+:class:`~fusionseg.models.backbones.sam_vit.SamVisionTransformer`) get the release's *other*
+encoder, ``design="neck"`` (``Net.py`` SAM branch, ``Model/models/sam/modeling/image_encoder.py``,
+``Model/models/ImageEncoder/vit/peft_block.py`` ``PeftFusionBlock``, ``-mod sam_peft``)::
+
+    t_opt = patch_embed(x_opt) + pos;   t_dsm = dsm_patch_embed(x_dsm) + pos
+        (pos resized bicubically to the grid; dsm_patch_embed freshly initialised, not copied)
+    for every block i (window / global attention, frozen, shared by the two streams):
+        t_opt, t_dsm <- block_i(t_opt), block_i(t_dsm)
+        a = up(joint([down_opt(t_opt); down_dsm(t_dsm)]))                  (CPIA_i, no residual)
+        t_m <- t_m + A_m,i(t_m, a + a * gamma_m + beta_m)  for m = opt, dsm
+              A(x, p) = up(Dropout(ReLU(down(x) + prompt(p))))         (bottleneck C/16, up = 0)
+    N_opt, N_dsm = neck(t_opt), neck(t_dsm)              (frozen SAM neck, 256 ch at 1/16)
+    pyramid per stream: [deconv-LN-GELU-deconv (1/4), deconv (1/8), id (1/16), maxpool (1/32)]
+        (the DSM pyramid uses BatchNorm where the optical one has LayerNorm, as released)
+    fused_s = SE_opt,s(P_opt,s) + SE_dsm,s(P_dsm,s)              (squeeze-excitation sum)
+    logits = UperNet(fused_1..4); auxiliary heads on P_opt,1 and P_dsm,1
+
+No DGFM (``dgfm=True`` is an error), no per-tap norm (SAM taps none). ``design="taps"`` runs
+the DINOv2 encoder above on a SAM ViT instead (taps = its global-attention blocks, identity
+norm; our generalisation, not in the release). Release keys of the SAM variant (``sam.*``, the
+unused prompt encoder / mask decoder and a second copy of the encoder, dropped)::
+
+    backbone.*                        <- image_encoder.* (official SAM names; the release's
+                                         ``attn.rel_h`` / ``attn.rel_w`` -> ``attn.rel_pos_h/w``)
+    dsm_patch_embed.proj.*            <- image_encoder.extra_patch_embed.proj.*
+    block_adapters.{i}.cpia.*         <- image_encoder.blocks.{i}.peft_cpia.* (names as above)
+    block_adapters.{i}.adapter_{opt,dsm}.{down, up, prompt}
+                                      <- image_encoder.blocks.{i}.peft_adapter_{x,y}.{D_fc1,
+                                         D_fc2, D_fc_prompt}
+    fpn_{opt,dsm}.0.{0,1,3}, .1.0     <- fpn1{x,y}.{0, 1 (.ln), 3}, fpn2{x,y}.0
+    fuse.{s}.se_{opt,dsm}.fc.*        <- fusion{s+1}.se_{rgb,dsm}.fc.*
+    decode_head.*, aux_heads.*        <- decoder.*, aux_head_{rgb,dsm}.* (as above)
+
+Where ours departs from the release (none changes the function of released weights):
+
+* the model pads to a multiple of 14 and crops its logits back itself (the release pads in its
+  data loader and crops in its test loop); the loss is therefore taken on the unpadded crop,
+  where the release's padded pixels are ignored (255) anyway;
+* the two streams run as one ``[2B, ...]`` batch through the frozen blocks; SDPA attention;
+* MCRM draws from torch's RNG (the release mixes torch and Python ``random``);
+* non-finite DSM values are replaced by 0 before the network and counted in
+  :attr:`MoBaNetSegmentor.nonfinite_inputs` (the release has no such guard);
+* the learning-rate schedule of our configs is per iteration (the release steps a per-epoch
+  LambdaLR; with 1000-iteration epochs the difference is within one epoch's step);
+* SAM variant: the model pads to a multiple of 16 (the release pads to 14, so its stride-16
+  patch embedding drops up to 15 px at the bottom/right and its logits, resized to the padded
+  size, are shifted against the labels by up to that much - ours are aligned; identical for
+  sides that are multiples of 14 and 16, e.g. 224); the official SAM position embedding and
+  relative-position tables are loaded (the release builds its encoder for its 266 px crops,
+  whose 16 x 16 table does not match the 64 x 64 one of the SAM file, and names the tables
+  ``rel_h`` / ``rel_w``, so its shape-filtered, non-strict load leaves both at zero; a released
+  file carries those zeros and loads here, resized to this model's shapes if need be).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ....errors import ConfigError
+from ...backbones import create_backbone
+from ...backbones.base import TransformerBackbone
+from ...backbones.dinov2 import DINOV2_TINY
+from ...backbones.sam_vit import SamVisionTransformer
+from ...heads.upernet import AuxHead, UperNetHead
+from ...layers import LayerNorm2d, random_rectangle
+from ...peft.base import PeftModule
+from ...registry import register_model
+from ...segmentor import AuxiliaryLogits, SegmentationOutput, Segmentor
+from ...weights import rename_keys
+from .cpia import CPIA
+from .dgfm import DGFM
+
+__all__ = ["DESIGNS", "DSM_LIKE", "OPTICAL", "MoBaNetSegmentor", "PromptAdapter",
+           "modality_conditional_random_mask",
+           "SEFusion", "SamBlockPrompts", "build_mobanet"]
+
+#: modalities MoBaNet accepts as its optical stream (first) and its height stream (second)
+OPTICAL = ("irrg", "rgb", "nir")
+DSM_LIKE = ("dsm", "ndsm", "depth", "lidar")
+#: encoder designs: "taps" (the release's DINOv2 encoder), "neck" (its SAM encoder)
+DESIGNS = ("taps", "neck")
+
+
+
+def modality_conditional_random_mask(
+    x_opt: torch.Tensor,
+    x_dsm: torch.Tensor,
+    fraction: float = 0.25,
+    area: tuple[float, float] = (0.1, 0.3),
+    aspect: tuple[float, float] = (0.5, 2.0),
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """MoBaNet's MCRM (the release's "MCRC"): mask a rectangle of one modality per chosen sample.
+
+    Source: MoBaNet (arXiv 2603.17705), official ``peft_modules.py`` (``apply_mcrc_mask``).
+    ``n = int(B * fraction)`` samples are drawn at random; the first ``n // 2`` lose a rectangle
+    of the optical input, the others one of the DSM, never both. Each rectangle has an area
+    uniform in ``area`` (fraction of ``H x W``, the padded size as released) and an aspect
+    (width / height) uniform in ``aspect`` (up to 10 draws until it fits, else
+    ``round(sqrt(0.1) * side)``), a uniform position, and is set to 0 (the normalised mean).
+
+    Args:
+        x_opt, x_dsm: ``[B, C, H, W]`` normalised inputs (not modified).
+
+    Returns:
+        ``(x_opt', x_dsm', which)`` with ``which: int64 [B]`` = 0 unmasked, 1 optical masked,
+        2 DSM masked.
+    """
+    b, _, h, w = x_opt.shape
+    which = torch.zeros(b, dtype=torch.long)
+    n = int(b * fraction)
+    if n == 0:
+        return x_opt, x_dsm, which
+    x_opt, x_dsm = x_opt.clone(), x_dsm.clone()
+    sel = torch.randperm(b, generator=generator)[:n]
+    k = n // 2
+
+    for j, idx in enumerate(sel.tolist()):
+        top, left, bh, bw = random_rectangle(h, w, area, aspect, generator)
+        target = x_opt if j < k else x_dsm
+        target[idx, :, top:top + bh, left:left + bw] = 0
+        which[idx] = 1 if j < k else 2
+    return x_opt, x_dsm, which
+
+
+class PromptAdapter(PeftModule):
+    """Bottleneck adapter with an added prompt (release ``peft_modules.Adapter(prompt_add=True)``
+    of MoBaNet's SAM encoder).
+
+    ``forward(x [..., C], prompt [..., C]) -> x + up(Dropout(ReLU(down(x) + prompt(p))))``, hidden
+    ``int(C * ratio)`` (ratio 0.0625). Initialisation as released: ``down`` PyTorch default
+    weight and zero bias, ``prompt`` PyTorch default, ``up`` all zeros (the adapter starts as
+    the identity). Keys (release names in brackets): ``down`` (``D_fc1``), ``prompt``
+    (``D_fc_prompt``), ``up`` (``D_fc2``).
+
+    Raises:
+        ConfigError: ``int(C * ratio) < 1``.
+    """
+
+    def __init__(self, dim: int, ratio: float = 0.0625, dropout: float = 0.1) -> None:
+        super().__init__()
+        hidden = int(dim * ratio)
+        if hidden < 1:
+            raise ConfigError(f"adapter bottleneck int({dim} * {ratio}) must be >= 1")
+        self.down = nn.Linear(dim, hidden)
+        self.up = nn.Linear(hidden, dim)
+        self.prompt = nn.Linear(dim, hidden)
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        nn.init.zeros_(self.down.bias)
+        nn.init.zeros_(self.up.weight)
+        nn.init.zeros_(self.up.bias)
+
+    def forward(self, x: Tensor, prompt: Tensor) -> Tensor:
+        return x + self.up(self.dropout(torch.relu(self.down(x) + self.prompt(prompt))))
+
+
+class SamBlockPrompts(PeftModule):
+    """The PEFT part of one block of MoBaNet's SAM encoder (release ``PeftFusionBlock``): after
+    the frozen block, a CPIA forms the shared projection ``a`` of both streams and the prompts
+    ``a + (a * gamma_m + beta_m)``, each fed to its stream's :class:`PromptAdapter`.
+
+    ``forward(x_opt [B, N, C], x_dsm [B, N, C]) -> (x_opt', x_dsm')``. Keys ``cpia.*`` (a
+    :class:`~fusionseg.models.methods.mobanet.cpia.CPIA`, whose parameters are used here without its
+    residual), ``adapter_opt.*``, ``adapter_dsm.*``.
+    """
+
+    def __init__(self, dim: int, cpia_ratio: float = 0.25, adapter_ratio: float = 0.0625
+                 ) -> None:
+        super().__init__()
+        self.cpia = CPIA(dim, cpia_ratio)
+        self.adapter_opt = PromptAdapter(dim, adapter_ratio)
+        self.adapter_dsm = PromptAdapter(dim, adapter_ratio)
+
+    def forward(self, x_opt: Tensor, x_dsm: Tensor) -> tuple[Tensor, Tensor]:
+        c = self.cpia
+        a = c.up(c.joint(torch.cat([c.down_opt(x_opt), c.down_dsm(x_dsm)], dim=-1)))
+        return (self.adapter_opt(x_opt, a + (a * c.gamma_opt + c.beta_opt)),
+                self.adapter_dsm(x_dsm, a + (a * c.gamma_dsm + c.beta_dsm)))
+
+
+class _SqueezeExcite(nn.Module):
+    """``x * sigmoid(fc(avgpool(x)))``, ``fc`` = 1x1 conv C -> C/16, ReLU, 1x1 conv -> C (biases).
+    Key ``fc.0``, ``fc.2`` (release ``SqueezeAndExcitation``)."""
+
+    def __init__(self, channels: int, reduction: int = 16) -> None:
+        super().__init__()
+        mid = max(channels // reduction, 1)
+        self.fc = nn.Sequential(nn.Conv2d(channels, mid, 1), nn.ReLU(inplace=True),
+                                nn.Conv2d(mid, channels, 1), nn.Sigmoid())
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 1))
+
+
+class SEFusion(nn.Module):
+    """``SE_opt(f_opt) + SE_dsm(f_dsm)`` on ``[B, C, h, w]`` maps (release ``SEFusion`` of the SAM
+    branch of ``Net.py``). Keys ``se_opt.fc.*`` / ``se_dsm.fc.*`` (release ``se_rgb`` /
+    ``se_dsm``)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.se_opt = _SqueezeExcite(channels)
+        self.se_dsm = _SqueezeExcite(channels)
+
+    def forward(self, f_opt: Tensor, f_dsm: Tensor) -> Tensor:
+        return self.se_opt(f_opt) + self.se_dsm(f_dsm)
+
+
+def _simple_pyramid(ch: int, norm: nn.Module) -> nn.ModuleList:
+    """The release's ``fpn1..4``: 1/16 -> 1/4 (deconv, ``norm``, GELU, deconv), 1/8 (deconv),
+    1/16 (identity), 1/32 (2x2 max pool)."""
+    return nn.ModuleList([
+        nn.Sequential(nn.ConvTranspose2d(ch, ch, 2, stride=2), norm, nn.GELU(),
+                      nn.ConvTranspose2d(ch, ch, 2, stride=2)),
+        nn.Sequential(nn.ConvTranspose2d(ch, ch, 2, stride=2)),
+        nn.Identity(),
+        nn.MaxPool2d(2, stride=2),
+    ])
+
+
+class MoBaNetSegmentor(Segmentor):
+    """MoBaNet (see the module docstring).
+
+    Args:
+        backbone: a plain-ViT :class:`~fusionseg.models.backbones.base.TransformerBackbone`
+            with ``prepare_tokens``, ``patch_embed`` and ``embed_dim`` (frozen here; its
+            pretrained weights loaded before): a
+            :class:`~fusionseg.models.backbones.dinov2.DinoVisionTransformer` (4 taps) or a
+            :class:`~fusionseg.models.backbones.sam_vit.SamVisionTransformer`.
+        modalities: ``[optical, dsm]``, e.g. ``["irrg", "dsm"]``.
+        num_classes: ``K`` (6 for ISPRS).
+        cpia, dgfm, mcrm: the method's three parts, switchable for ablations. ``dgfm=None``:
+            as released (on for ``design="taps"``; the ``"neck"`` design has no DGFM and fuses
+            by squeeze-excitation, ``dgfm=True`` is an error there). In the ``"neck"`` design
+            ``cpia`` switches the per-block CPIA + prompt adapters (always on in the release).
+        design: ``"taps"`` (the release's DINOv2 encoder: CPIA at each block group's entry,
+            DGFM on the 4 normalised taps, 1x1 projections, everything at the patch stride) or
+            ``"neck"`` (the release's SAM encoder: CPIA + prompt adapters after every block,
+            SAM neck, simple 4-level pyramid, SE fusion; SAM backbones only). ``None``:
+            ``"neck"`` for a SAM backbone, ``"taps"`` otherwise.
+        adapter_ratio: bottleneck ratio of the ``"neck"`` design's prompt adapters (0.0625).
+        hard_pixel_loss: auxiliary hard-pixel supervision; ``None`` = as released, on exactly
+            when ``mcrm`` is on.
+        aux_weight: weight of each auxiliary term (0.01).
+        proj_dim: width of the per-tap projections (256).
+        decoder_channels: UperNet width (64).
+        cpia_ratio: CPIA bottleneck ratio (0.25).
+        mcrm_fraction, mcrm_area, mcrm_aspect: MCRM settings (0.25, (0.1, 0.3), (0.5, 2.0)).
+
+    ``forward(batch) -> logits [B, K, H, W]``; in training with a label, a
+    :class:`SegmentationOutput` with ``aux["aux_opt"]``, ``aux["aux_dsm"]`` (hard-pixel
+    targets).
+
+    Raises:
+        ConfigError: not two modalities, or not an optical one followed by a DSM-like one; a
+            backbone that is not a plain-ViT transformer backbone; ``design="taps"`` without 4
+            taps; ``design="neck"`` without a SAM backbone built with its neck, or with
+            ``dgfm=True``; an unknown design.
+    """
+
+    fused_feature_module = "decode_head"  # its input: the fused maps
+
+    def __init__(
+        self,
+        backbone: TransformerBackbone,
+        modalities: Sequence[str],
+        num_classes: int,
+        cpia: bool = True,
+        dgfm: bool | None = None,
+        mcrm: bool = True,
+        hard_pixel_loss: bool | None = None,
+        aux_weight: float = 0.01,
+        proj_dim: int = 256,
+        decoder_channels: int = 64,
+        cpia_ratio: float = 0.25,
+        mcrm_fraction: float = 0.25,
+        mcrm_area: Sequence[float] = (0.1, 0.3),
+        mcrm_aspect: Sequence[float] = (0.5, 2.0),
+        design: str | None = None,
+        adapter_ratio: float = 0.0625,
+    ) -> None:
+        mods = [modalities] if isinstance(modalities, str) else list(modalities)
+        if len(mods) != 2 or mods[0] not in OPTICAL or mods[1] not in DSM_LIKE:
+            raise ConfigError(
+                f"MoBaNet is a two-stream model: one optical modality ({', '.join(OPTICAL)}) "
+                f"followed by one DSM-like modality ({', '.join(DSM_LIKE)}); got {mods}"
+            )
+        super().__init__(mods, num_classes)
+        if not (isinstance(backbone, TransformerBackbone)
+                and callable(getattr(backbone, "prepare_tokens", None))
+                and hasattr(backbone, "patch_embed") and hasattr(backbone, "embed_dim")):
+            raise ConfigError("MoBaNet needs a plain-ViT transformer backbone (dinov2_vit*14, "
+                             f"sam_vit_*), got {type(backbone).__name__}")
+        is_sam = isinstance(backbone, SamVisionTransformer)
+        design = ("neck" if is_sam else "taps") if design is None else str(design)
+        if design not in DESIGNS:
+            raise ConfigError(f"unknown MoBaNet design {design!r}; use one of {DESIGNS}")
+        if design == "taps" and backbone.num_stages != 4:
+            raise ConfigError("MoBaNet's taps design needs a ViT backbone with 4 taps "
+                             f"(out_indices), got {backbone.num_stages}")
+        if design == "neck":
+            if not is_sam or backbone.neck is None:
+                raise ConfigError("MoBaNet's neck design (the release's SAM encoder) needs a "
+                                 "sam_vit_* backbone built with its neck")
+            if dgfm:
+                raise ConfigError("MoBaNet's neck design (SAM encoder) has no DGFM: it fuses by "
+                                 "squeeze-excitation as released; leave dgfm unset")
+        self.design = design
+        c = backbone.embed_dim
+        self.backbone = backbone
+        # the DSM patch embedding starts from the (pretrained) optical one and trains; the
+        # release's SAM encoder builds it fresh instead
+        self.dsm_patch_embed = copy.deepcopy(backbone.patch_embed)
+        if design == "taps":
+            dgfm = True if dgfm is None else bool(dgfm)
+            self.cpia = nn.ModuleList(CPIA(c, cpia_ratio) for _ in range(4)) if cpia else None
+            self.dgfm = nn.ModuleList(DGFM(c) for _ in range(4)) if dgfm else None
+            self.proj = nn.ModuleList(nn.Conv2d(c, proj_dim, 1, bias=False) for _ in range(4))
+            width = proj_dim
+        else:
+            self.dsm_patch_embed.proj.reset_parameters()
+            self.cpia = self.dgfm = self.proj = None
+            self.block_adapters = nn.ModuleList(
+                SamBlockPrompts(c, cpia_ratio, adapter_ratio) for _ in backbone.blocks
+            ) if cpia else None
+            width = backbone.out_chans
+            self.fpn_opt = _simple_pyramid(width, LayerNorm2d(width))
+            self.fpn_dsm = _simple_pyramid(width, nn.BatchNorm2d(width))
+            self.fuse = nn.ModuleList(SEFusion(width) for _ in range(4))
+        self.decode_head = UperNetHead([width] * 4, num_classes, decoder_channels)
+        self.aux_heads = nn.ModuleDict({"opt": AuxHead(width, num_classes),
+                                        "dsm": AuxHead(width, num_classes)})
+        self.use_mcrm = bool(mcrm)
+        self.hard_pixel_loss = self.use_mcrm if hard_pixel_loss is None else bool(hard_pixel_loss)
+        self.aux_weight = float(aux_weight)
+        self.mcrm_fraction = float(mcrm_fraction)
+        self.mcrm_area = tuple(float(a) for a in mcrm_area)
+        self.mcrm_aspect = tuple(float(a) for a in mcrm_aspect)
+        #: non-finite input values replaced by 0 so far (DSM nodata / NaN)
+        self.nonfinite_inputs = 0
+        self.freeze_backbone()
+
+    def extra_repr(self) -> str:
+        cpia = self.cpia if self.design == "taps" else self.block_adapters
+        return (f"modalities={self.modalities}, design={self.design}, cpia={cpia is not None}, "
+                f"dgfm={self.dgfm is not None}, mcrm={self.use_mcrm}, "
+                f"hard_pixel_loss={self.hard_pixel_loss}")
+
+    # ------------------------------------------------------------------ forward
+    def _finite(self, batch: Mapping[str, object]) -> Mapping[str, object]:
+        """``batch`` with non-finite input values (DSM NaN / nodata) set to 0, counted in
+        :attr:`nonfinite_inputs`."""
+        out = None
+        for name in self.modalities:
+            x = batch.get(name) if isinstance(batch, Mapping) else None
+            if not isinstance(x, Tensor) or not x.is_floating_point():
+                continue
+            bad = ~torch.isfinite(x)
+            if bool(bad.any()):
+                self.nonfinite_inputs += int(bad.sum())
+                out = dict(batch) if out is None else out
+                out[name] = torch.where(bad, torch.zeros((), dtype=x.dtype, device=x.device), x)
+        return batch if out is None else out
+
+    def encode(self, x_opt: Tensor, x_dsm: Tensor) -> tuple[list[Tensor], list[Tensor],
+                                                             list[Tensor]]:
+        """The dual encoder: ``(fused, opt, dsm)``, three lists of 4 maps. Inputs ``[B, 3, H,
+        W]`` with sides multiples of the patch size ``p`` (14 / 16).
+
+        ``design="taps"``: every map ``[B, proj_dim, H/p, W/p]``; ``"neck"``: ``[B, 256,
+        H/s, W/s]`` for ``s = 4, 8, 16, 32`` (the 1/32 sides floored)."""
+        if self.design == "neck":
+            return self._encode_neck(x_opt, x_dsm)
+        bb = self.backbone
+        b = x_opt.shape[0]
+        t_opt, h, w = bb.prepare_tokens(x_opt)
+        t_dsm, _, _ = bb.prepare_tokens(x_dsm, self.dsm_patch_embed)
+        prefix = bb.num_prefix_tokens
+        tokens = torch.cat([t_opt, t_dsm], dim=0)  # [2B, P + N, C]
+        fused, opt, dsm = [], [], []
+        for j in range(4):
+            if self.cpia is not None:
+                po, pd = self.cpia[j](tokens[:b, prefix:], tokens[b:, prefix:])
+                tokens = torch.cat([tokens[:, :prefix], torch.cat([po, pd], dim=0)], dim=1)
+            for blk in bb.blocks_of(j):
+                tokens = bb.run_block(blk, tokens, h, w)
+            feat, (tokens, h, w) = bb.finish_stage(j, tokens, h, w)
+            maps = bb.tokens_to_map(feat, h, w)  # [2B, C, h, w]
+            f_opt, f_dsm = maps[:b], maps[b:]
+            f = self.dgfm[j](f_opt, f_dsm) if self.dgfm is not None else 0.5 * (f_opt + f_dsm)
+            proj = self.proj[j]
+            both = proj(maps)
+            fused.append(proj(f))
+            opt.append(both[:b])
+            dsm.append(both[b:])
+        return fused, opt, dsm
+
+    def _encode_neck(self, x_opt: Tensor, x_dsm: Tensor) -> tuple[list[Tensor], list[Tensor],
+                                                                  list[Tensor]]:
+        """The release's SAM encoder (module docstring): both streams as one ``[2B, N, C]``
+        batch through every frozen block, the block prompts after each, the frozen neck, one
+        pyramid per stream and SE fusion per level."""
+        bb = self.backbone
+        b = x_opt.shape[0]
+        t_opt, h, w = bb.prepare_tokens(x_opt)
+        t_dsm, _, _ = bb.prepare_tokens(x_dsm, self.dsm_patch_embed)
+        tokens = torch.cat([t_opt, t_dsm], dim=0)
+        for i, blk in enumerate(bb.blocks):
+            if self.block_adapters is None:
+                tokens = bb.run_block(blk, tokens, h, w)
+            else:  # block + its prompts, one checkpointed unit
+                ad = self.block_adapters[i]
+                tokens = bb.maybe_checkpoint(self.prompted_block, blk, ad, tokens, h, w,
+                                             modules=(blk, ad))
+        maps = bb.apply_neck(bb.tokens_to_map(tokens, h, w))  # [2B, 256, h, w]
+        opt = [f(maps[:b]) for f in self.fpn_opt]
+        dsm = [f(maps[b:]) for f in self.fpn_dsm]  # its BatchNorm sees the DSM stream only
+        fused = [fuse(o, d) for fuse, o, d in zip(self.fuse, opt, dsm, strict=True)]
+        return fused, opt, dsm
+
+    @staticmethod
+    def prompted_block(blk: nn.Module, prompts: SamBlockPrompts, tokens: Tensor, h: int,
+                       w: int) -> Tensor:
+        """One frozen SAM block on both streams, then its CPIA + prompt adapters (release
+        ``PeftFusionBlock.forward``): ``tokens [2B, N, C]`` (optical first) -> ``[2B, N, C]``.
+        The unit :meth:`_encode_neck` checkpoints when the backbone's activation
+        checkpointing is on."""
+        tokens = blk(tokens, h, w)
+        b = tokens.shape[0] // 2
+        return torch.cat(prompts(tokens[:b], tokens[b:]), dim=0)
+
+    def forward(self, batch: Mapping[str, object]) -> Tensor | SegmentationOutput:
+        """``batch`` with ``batch[optical] [B, 3, H, W]`` and ``batch[dsm] [B, 1, H, W]`` (either
+        may be absent or flagged missing in ``present``) -> logits ``[B, K, H, W]``."""
+        streams = self.stream_inputs(self._finite(batch))
+        size = streams.size
+        x_opt = self.pad_to_multiple(streams.images[0])
+        x_dsm = self.pad_to_multiple(streams.images[1])
+        padded = x_opt.shape[-2:]
+        label = batch.get("label") if isinstance(batch, Mapping) else None
+        train_out = self.training and isinstance(label, Tensor)
+        if self.training and self.use_mcrm:
+            x_opt, x_dsm, _ = modality_conditional_random_mask(
+                x_opt, x_dsm, self.mcrm_fraction, self.mcrm_area, self.mcrm_aspect)
+        fused, opt, dsm = self.encode(x_opt, x_dsm)
+        logits = self.upsample_logits(self.decode_head(fused), size, padded)
+        if not train_out or not self.hard_pixel_loss:
+            return SegmentationOutput(logits) if train_out else logits
+        label = label.to(logits.device)
+        hard = label.clone()
+        hard[logits.detach().argmax(1) == label] = 255  # keep only the pixels the head got wrong
+        aux = {
+            f"aux_{k}": AuxiliaryLogits(
+                self.upsample_logits(self.aux_heads[k](m[0]), size, padded), self.aux_weight,
+                loss={"name": "ce"}, target=hard)
+            for k, m in (("opt", opt), ("dsm", dsm))
+        }
+        return SegmentationOutput(logits, aux=aux)
+
+    # ------------------------------------------------------------------ checkpoints
+    _RELEASE = (
+        (r"^image_encoder\.backbone\.", "backbone."),
+        (r"^image_encoder\.extra_patch_embed\.", "dsm_patch_embed."),
+        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.D_fc1\.", r"cpia.\1.down_opt."),
+        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.D_fc2\.", r"cpia.\1.down_dsm."),
+        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.P_fc2\.", r"cpia.\1.joint."),
+        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.U_fc1\.", r"cpia.\1.up."),
+        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.tfts_(gamma|beta)_rgb$", r"cpia.\1.\2_opt"),
+        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.tfts_(gamma|beta)_dsm$", r"cpia.\1.\2_dsm"),
+        (r"^image_encoder\.peft_(?:dgfm|bagf)_blocks\.(\d)\.rgb_reduce\.", r"dgfm.\1.reduce_opt."),
+        (r"^image_encoder\.peft_(?:dgfm|bagf)_blocks\.(\d)\.dsm_reduce\.", r"dgfm.\1.reduce_dsm."),
+        (r"^image_encoder\.peft_(?:dgfm|bagf)_blocks\.(\d)\.gate_net\.", r"dgfm.\1.gate."),
+        (r"^image_encoder\.peft_fuse_norms\.(\d)\.", r"dgfm.\1.norm."),
+        (r"^image_encoder\.dual_proj_layers\.(\d)\.", r"proj.\1."),
+        (r"^decoder\.classifier\.1\.0\.", "decode_head.conv_seg."),
+        (r"^decoder\.", "decode_head."),
+        (r"^aux_head_rgb\.conv_out\.0\.", "aux_heads.opt.conv_seg."),
+        (r"^aux_head_dsm\.conv_out\.0\.", "aux_heads.dsm.conv_seg."),
+        (r"^aux_head_rgb\.", "aux_heads.opt."),
+        (r"^aux_head_dsm\.", "aux_heads.dsm."),
+    )
+
+    _RELEASE_SAM = (
+        (r"^image_encoder\.extra_patch_embed\.", "dsm_patch_embed."),
+        (r"^image_encoder\.blocks\.(\d+)\.attn\.rel_([hw])$", r"backbone.blocks.\1.attn.rel_pos_\2"),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.D_fc1\.", r"block_adapters.\1.cpia.down_opt."),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.D_fc2\.", r"block_adapters.\1.cpia.down_dsm."),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.P_fc2\.", r"block_adapters.\1.cpia.joint."),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.U_fc1\.", r"block_adapters.\1.cpia.up."),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.tfts_(gamma|beta)_rgb$",
+         r"block_adapters.\1.cpia.\2_opt"),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.tfts_(gamma|beta)_dsm$",
+         r"block_adapters.\1.cpia.\2_dsm"),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_x\.D_fc1\.",
+         r"block_adapters.\1.adapter_opt.down."),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_x\.D_fc2\.", r"block_adapters.\1.adapter_opt.up."),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_x\.D_fc_prompt\.",
+         r"block_adapters.\1.adapter_opt.prompt."),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_y\.D_fc1\.",
+         r"block_adapters.\1.adapter_dsm.down."),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_y\.D_fc2\.", r"block_adapters.\1.adapter_dsm.up."),
+        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_y\.D_fc_prompt\.",
+         r"block_adapters.\1.adapter_dsm.prompt."),
+        (r"^image_encoder\.", "backbone."),
+        (r"^fpn1x\.1\.ln\.", "fpn_opt.0.1."),
+        (r"^fpn1x\.", "fpn_opt.0."),
+        (r"^fpn2x\.", "fpn_opt.1."),
+        (r"^fpn1y\.", "fpn_dsm.0."),
+        (r"^fpn2y\.", "fpn_dsm.1."),
+        *((rf"^fusion{s + 1}\.se_rgb\.", f"fuse.{s}.se_opt.") for s in range(4)),
+        *((rf"^fusion{s + 1}\.se_dsm\.", f"fuse.{s}.se_dsm.") for s in range(4)),
+        *_RELEASE[-6:],  # decoder and auxiliary heads: as in the DINOv2 release
+    )
+
+    @classmethod
+    def is_released_format(cls, state_dict: Mapping[str, Tensor]) -> bool:
+        """True for the official ``Net`` layout (``image_encoder.*``, ``decoder.*``)."""
+        return any(k.startswith("image_encoder.") for k in state_dict)
+
+    @staticmethod
+    def _is_released_sam(state_dict: Mapping[str, Tensor]) -> bool:
+        """The release's SAM variant (``image_encoder.blocks.*`` / ``neck.*`` directly, the
+        ``sam.*`` copy, the ``fpn1x`` pyramid) rather than its DINOv2 one."""
+        return any(k.startswith(("image_encoder.blocks.", "image_encoder.neck.", "sam.",
+                                 "fpn1x.")) for k in state_dict)
+
+    @classmethod
+    def checkpoint_filter_fn(cls, state_dict: Mapping[str, Tensor],
+                             model: Segmentor | None = None) -> dict[str, Tensor]:
+        """Release keys -> ours (tables in the module docstring); ours are kept. The release's
+        ``DataParallel`` ``module.`` prefix is stripped before (generic).
+
+        For the SAM variant the ``sam.*`` keys (the unused prompt encoder and mask decoder, and
+        a second copy of the encoder) are dropped, and with ``model`` given, a position
+        embedding or relative-position table of another size than the model's backbone is
+        resized by the backbone's ``checkpoint_filter_fn``."""
+        if not cls.is_released_format(state_dict):
+            return dict(state_dict)
+        if not cls._is_released_sam(state_dict):
+            return rename_keys(state_dict, cls._RELEASE)
+        out = rename_keys({k: v for k, v in state_dict.items() if not k.startswith("sam.")},
+                          cls._RELEASE_SAM)
+        bb = getattr(model, "backbone", None)
+        if isinstance(bb, SamVisionTransformer):
+            sub = bb.checkpoint_filter_fn({k[9:]: v for k, v in out.items()
+                                           if k.startswith("backbone.")})
+            out = {k: v for k, v in out.items() if not k.startswith("backbone.")}
+            out.update({f"backbone.{k}": v for k, v in sub.items()})
+        return out
+
+    @classmethod
+    def infer_num_classes(cls, state_dict: Mapping[str, Tensor]) -> int | None:
+        """``K`` from ``decode_head.conv_seg.weight``."""
+        w = cls.checkpoint_filter_fn(state_dict).get("decode_head.conv_seg.weight")
+        return None if w is None else int(w.shape[0])
+
+
+# --------------------------------------------------------------------------- builder
+@register_model(
+    "mobanet",
+    segmentor=MoBaNetSegmentor,
+    tiny={"num_classes": 3, "modalities": ["irrg", "dsm"], "backbone": "dinov2_vits14",
+          "backbone_kwargs": DINOV2_TINY, "proj_dim": 16, "decoder_channels": 8},
+)
+def build_mobanet(
+    num_classes: int,
+    modalities: Sequence[str] = ("irrg", "dsm"),
+    backbone: str = "dinov2_vitl14",
+    pretrained: str | Path | None = None,
+    cpia: bool = True,
+    dgfm: bool | None = None,
+    mcrm: bool = True,
+    hard_pixel_loss: bool | None = None,
+    aux_weight: float = 0.01,
+    proj_dim: int = 256,
+    decoder_channels: int = 64,
+    cpia_ratio: float = 0.25,
+    mcrm_fraction: float = 0.25,
+    mcrm_area: Sequence[float] = (0.1, 0.3),
+    mcrm_aspect: Sequence[float] = (0.5, 2.0),
+    backbone_kwargs: Mapping[str, object] | None = None,
+    design: str | None = None,
+    adapter_ratio: float = 0.0625,
+) -> MoBaNetSegmentor:
+    """Build MoBaNet.
+
+    Example::
+
+        create_model({"name": "mobanet", "backbone": "dinov2_vits14",
+                      "modalities": ["irrg", "dsm"], "num_classes": 6,
+                      "pretrained": "dinov2_vits14_pretrain.pth"})
+
+    Args:
+        backbone: ``dinov2_vit{s,b,l,g}14[_reg4]`` (ViT-L as published) or ``sam_vit_{b,l,h}``
+            (the release's SAM encoder option, ``design="neck"`` by default).
+        pretrained: the official ``dinov2_vit*14_pretrain.pth`` (or a Hugging Face
+            ``facebook/dinov2-*`` file), or an official ``sam_vit_*.pth`` (or a Hugging Face
+            ``facebook/sam-vit-*`` file); loaded before the DSM patch embedding is copied from
+            it (``design="taps"``; the ``"neck"`` design initialises it afresh). Use :func:`fusionseg.models.load_checkpoint` for whole released MoBaNet files.
+        backbone_kwargs: constructor overrides (e.g. tiny test widths, other ``out_indices``).
+        other keys: see :class:`MoBaNetSegmentor`.
+    """
+    enc = create_backbone(backbone, pretrained=pretrained, **dict(backbone_kwargs or {}))
+    return MoBaNetSegmentor(
+        enc, modalities, num_classes, cpia=cpia, dgfm=dgfm, mcrm=mcrm,
+        hard_pixel_loss=hard_pixel_loss, aux_weight=aux_weight, proj_dim=proj_dim,
+        decoder_channels=decoder_channels, cpia_ratio=cpia_ratio, mcrm_fraction=mcrm_fraction,
+        mcrm_area=mcrm_area, mcrm_aspect=mcrm_aspect, design=design, adapter_ratio=adapter_ratio,
+    )

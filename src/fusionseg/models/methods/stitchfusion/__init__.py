@@ -1,0 +1,5 @@
+"""stitchfusion: see model.py."""
+
+from . import model
+
+__all__ = ["model"]
