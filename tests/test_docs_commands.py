@@ -353,9 +353,14 @@ def check_model(cfg) -> None:
     from fusionseg.models.backbones import list_backbones
     from fusionseg.models.catalogue import find_pretrained
 
+    from fusionseg.models.registry import validate_model_options
+
     spec = cfg.model.to_dict()
-    builder = MODELS.get(spec.pop("name"))
+    name = spec.pop("name")
+    builder = MODELS.get(name)
     spec.pop("grad_checkpointing", None)
+    if validate_model_options(name, {**spec, "num_classes": spec["num_classes"] or 1}):
+        return  # typed options: validated like create_model (backbone name included)
     params = inspect.signature(builder).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         unknown = sorted(set(spec) - set(params))

@@ -156,8 +156,8 @@ def test_fixed_examples_give_the_expected_result():
         ("model.x=&a [*a]", "anchors / aliases"),
         ("model.x=!!binary /w==", "binary values are not supported"),
         ("model.x=" + "[" * 40 + "]" * 40, "nested deeper than 32 levels"),
-        ("model.modalities=[]", "model.modalities: Value error, name at least one modality"),
-        ("model.modalities=[rgb, rgb]", "model.modalities: Value error, duplicate modalities ['rgb']"),
+        ("model.modalities=[]", "model.modalities: name at least one modality"),
+        ("model.modalities=[rgb, rgb]", "model.modalities: duplicate modalities ['rgb']"),
         ("train.a\nb=1", "unknown config key 'train.a\\nb'"),
         ("seed=!!int x", "seed: Input should be a valid integer"),
     ]:

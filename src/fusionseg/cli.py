@@ -588,8 +588,12 @@ def weights_fetch(name: Annotated[str, typer.Argument(help="catalogue name (weig
 
 
 @app.command()
-def info():
-    """List models, backbones, datasets and modalities."""
+@cli_errors
+def info(
+    method: Annotated[str | None, typer.Argument(
+        help="a model name: print its options (type, default, one line each)")] = None,
+):
+    """List models, backbones, datasets and modalities; with METHOD, that model's options."""
     import torch
 
     from . import __version__
@@ -598,6 +602,22 @@ def info():
     from .engine.losses import LOSSES
     from .models import list_models
     from .models.backbones import list_backbones
+    if method is not None:
+        from .models.options import describe_options
+        from .models.registry import get_builder, options_of
+        options = options_of(method)
+        if options is None:
+            doc = (get_builder(method).__doc__ or "").strip().splitlines()
+            console.print(f"{method}: a builder function without typed options"
+                          + (f" ({doc[0]})" if doc else ""), highlight=False)
+            return
+        t = Table(title=f"{method} options (model.<option> in a config)")
+        for col in ("option", "type", "default", "description"):
+            t.add_column(col, overflow="fold")
+        for o in describe_options(options):
+            t.add_row(escape(o.name), escape(o.type), escape(o.default), escape(o.doc))
+        console.print(t)
+        return
     console.print(f"fusionseg {__version__}  torch {torch.__version__}  "
                   f"cuda {'yes' if torch.cuda.is_available() else 'no'}  "
                   f"python {sys.version.split()[0]}")

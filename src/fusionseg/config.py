@@ -41,7 +41,9 @@ class ModelConfig(_Strict):
 
     ``name`` picks a registered model (``fusionseg info`` lists them); method-specific keys
     (``adapter``, ``fusion``, ``backbone_kwargs``, ...) are further keys of this section,
-    checked against the builder's signature by :func:`fusionseg.models.create_model`.
+    validated here by method name against the method's typed options
+    (:class:`~fusionseg.models.options.MethodOptions`; ``fusionseg info METHOD`` lists them):
+    a wrong type, value or unknown key fails when the config is read.
     """
 
     model_config = ConfigDict(extra="allow", protected_namespaces=())
@@ -63,6 +65,20 @@ class ModelConfig(_Strict):
         if twice:
             raise ValueError(f"duplicate modalities {twice}")
         return v
+
+    @model_validator(mode="after")
+    def _check_method_options(self) -> ModelConfig:
+        from .models.registry import MODELS, validate_model_options  # imports torch
+
+        if self.name not in MODELS:  # a model registered later: create_model checks it
+            return self
+        values = self.model_dump()
+        values.pop("name")
+        values.pop("grad_checkpointing", None)
+        if values["num_classes"] is None:  # taken from the dataset later
+            values["num_classes"] = 1
+        validate_model_options(self.name, values)
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Return the dict for ``create_model`` (extra builder keys included)."""
@@ -405,7 +421,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         if e["type"] == "extra_forbidden":
             lines.append(f"{source}: unknown config key '{loc}'")
         else:
-            lines.append(f"{source}: {loc or 'config'}: {e['msg']}")
+            msg = e["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {loc or 'config'}: {msg}")
     return _printable("; ".join(lines))
 
 

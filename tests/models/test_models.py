@@ -138,8 +138,13 @@ def test_size_mismatch_across_modalities_raises():
 
 
 def test_config_errors():
-    with pytest.raises(ValueError, match=r"unknown key 'foo'.*allowed keys:.*modalities"):
+    with pytest.raises(ValueError, match=r"unknown option 'foo'.*Valid options:.*modalities: "
+                       r"tuple\[str, \.\.\.\]"):
         create_model({"name": "sum_fusion", "num_classes": 3, "foo": 1})
+    with pytest.raises(ValueError, match=r"decoder_dim: .*valid integer.*'wide'"):
+        create_model({"name": "sum_fusion", "num_classes": 3, "decoder_dim": "wide"})
+    with pytest.raises(ValueError, match=r"reduce: .*'mean', 'sum' or 'gate'.*'max'"):
+        create_model({"name": "sum_fusion", "num_classes": 3, "reduce": "max"})
     with pytest.raises(ValueError, match="unknown model 'nope'.*sum_fusion"):
         create_model({"name": "nope"})
     with pytest.raises(ValueError, match="num_classes"):

@@ -1,14 +1,15 @@
-"""Model registry: ``name -> builder`` (a :class:`fusionseg.registry.Registry`).
+"""Model registry: ``name -> segmentor class`` (or builder) (a :class:`fusionseg.registry.Registry`).
 
-    @register_model("sum_fusion")
-    def build_sum_fusion(backbone="mit_b0", modalities=("rgb",), num_classes=19, ...): ...
+    register_model("sum_fusion", tiny=SUM_FUSION_TINY)(SumFusionSegmentor)
 
     model = create_model({"name": "sum_fusion", "modalities": ["rgb", "depth"], "num_classes": 25})
 
-``cfg["name"]`` picks the builder; every other key is passed to it as a keyword argument.
-Keys the builder does not accept (checked with :func:`inspect.signature`) raise a ValueError
-naming the key and the allowed keys. Generic keys handled here for every model, not passed to
-the builder:
+``cfg["name"]`` picks the entry; every other key is an option. A registered segmentor class
+declares its options once, as a typed :class:`~fusionseg.models.options.MethodOptions` subclass
+(``cls.Options``): the keys are validated into it (a wrong type, value or unknown key is a
+one-line ConfigError naming the valid options and their types) and the class is built from it.
+A plain builder function (user code) is still accepted; its keys are checked against its
+signature. Generic keys handled here for every model, not passed to the builder:
 
 * ``grad_checkpointing: true`` - activation checkpointing per backbone block
   (``model.set_grad_checkpointing(True)`` on the built model).
@@ -24,8 +25,10 @@ from torch import nn
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .options import MethodOptions, validate_options
 
-__all__ = ["MODELS", "register_model", "create_model", "list_models", "get_builder"]
+__all__ = ["MODELS", "register_model", "create_model", "list_models", "get_builder",
+           "options_of", "validate_model_options"]
 
 #: registered builders, ``name -> builder(**kwargs) -> nn.Module``; each entry's ``info``
 #: holds ``segmentor`` (the class the builder returns) and its ``tiny`` the test settings.
@@ -51,7 +54,33 @@ def register_model(
     Raises:
         ValueError: ``name`` is already registered to a different builder.
     """
-    return MODELS.register(name, tiny=tiny, segmentor=segmentor)
+    def deco(obj: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        cls = segmentor if segmentor is not None else (obj if isinstance(obj, type) else None)
+        return MODELS.register(name, tiny=tiny, segmentor=cls)(obj)
+
+    return deco
+
+
+def options_of(name: str) -> type[MethodOptions] | None:
+    """The typed options class of model ``name`` (``None`` for a plain builder function).
+
+    Raises:
+        ConfigError: unknown name.
+    """
+    obj = get_builder(name)
+    opts = getattr(obj, "Options", None)
+    return opts if isinstance(opts, type) and issubclass(opts, MethodOptions) else None
+
+
+def validate_model_options(name: str, values: Mapping[str, Any]) -> MethodOptions | None:
+    """``values`` (a model section without ``name`` and ``grad_checkpointing``) validated into
+    model ``name``'s options; ``None`` for a plain builder function (checked at build time).
+
+    Raises:
+        ConfigError: unknown name; see :func:`~fusionseg.models.options.validate_options`.
+    """
+    opts = options_of(name)
+    return None if opts is None else validate_options(name, opts, values)
 
 
 def list_models() -> list[str]:
@@ -100,6 +129,22 @@ def create_model(cfg: Mapping[str, Any]) -> nn.Module:
             f"model.grad_checkpointing must be true or false, got {grad_checkpointing!r}"
         )
     builder = get_builder(name)
+    options = validate_model_options(name, kwargs)
+    model = builder(options) if options is not None else _call_builder(name, builder, kwargs)
+    if grad_checkpointing:
+        setter = getattr(model, "set_grad_checkpointing", None)
+        if not callable(setter):
+            raise ConfigError(
+                f"model {name!r} ({type(model).__name__}) has no set_grad_checkpointing; "
+                "grad_checkpointing needs a fusionseg Segmentor"
+            )
+        setter(True)
+    return model
+
+
+def _call_builder(name: str, builder: Callable[..., nn.Module], kwargs: dict[str, Any]
+                  ) -> nn.Module:
+    """A plain builder function called with ``kwargs`` checked against its signature."""
     params = inspect.signature(builder).parameters
     accepts_var_kw = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
     allowed = [
@@ -121,13 +166,4 @@ def create_model(cfg: Mapping[str, Any]) -> nn.Module:
         raise ConfigError(
             f"model config for {name!r} is missing required key(s): {', '.join(missing)}"
         )
-    model = builder(**kwargs)
-    if grad_checkpointing:
-        setter = getattr(model, "set_grad_checkpointing", None)
-        if not callable(setter):
-            raise ConfigError(
-                f"model {name!r} ({type(model).__name__}) has no set_grad_checkpointing; "
-                "grad_checkpointing needs a fusionseg Segmentor"
-            )
-        setter(True)
-    return model
+    return builder(**kwargs)

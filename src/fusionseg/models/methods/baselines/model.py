@@ -22,10 +22,12 @@ the any-modality papers' unimodal terms do), so each stream stays decodable on i
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from ....errors import ConfigError
@@ -33,10 +35,35 @@ from ...backbones import create_backbone, default_decoder_dim
 from ...backbones.mit import MIT_TINY
 from ...fusion.presence_gate import PresenceGate
 from ...heads.segformer import SegFormerHead
+from ...options import MethodOptions, resolve_options
 from ...registry import register_model
 from ...segmentor import AuxiliaryLogits, ModalityInput, SegmentationOutput, Segmentor
 
-__all__ = ["SumFusionSegmentor", "build_sum_fusion"]
+__all__ = ["SumFusionOptions", "SumFusionSegmentor"]
+
+
+class SumFusionOptions(MethodOptions):
+    """Options of ``sum_fusion`` / ``segformer`` (the ``model`` section of a config)."""
+
+    method_name: ClassVar[str] = "sum_fusion"
+
+    backbone: str = Field("mit_b0", description="encoder name (mit_b0 .. mit_b5)")
+    pretrained: str | Path | None = Field(
+        None, description="backbone weights: a local file or a catalogue name (None: random)")
+    drop_path_rate: float = Field(0.1, ge=0, lt=1, description="encoder stochastic depth")
+    decoder_dim: int | None = Field(
+        None, gt=0, description="SegFormer head width E (None: 256 for mit_b0/b1, else 512)")
+    freeze_backbone: bool = Field(False, description="freeze the encoder (the head trains)")
+    backbone_kwargs: dict[str, Any] | None = Field(
+        None, description="extra backbone constructor overrides (e.g. tiny test widths)")
+    batch_modalities: bool = Field(
+        True, description="run the modalities as one concatenated encoder batch (faster)")
+    reduce: Literal["mean", "sum", "gate"] = Field(
+        "mean", description="fusion over the present modalities: mean, sum, or a learned gate")
+    modality_aux: float = Field(
+        0.0, ge=0, description="weight of the per-modality auxiliary outputs (0: none)")
+    gate_lr_mult: float = Field(
+        10.0, gt=0, description="learning-rate multiplier of the gates (reduce: gate)")
 
 
 def _like(count: Tensor | float, f: Tensor) -> Tensor | float:
@@ -53,12 +80,9 @@ class SumFusionSegmentor(Segmentor):
     where "present" means the key is in the batch and, with ``batch["present"]``, its entry for
     the sample is true; a missing modality's image is never read.
 
-    Args:
-        backbone: an encoder module with ``forward(x [B, 3, H, W]) -> 4 maps`` and
-            ``out_channels``.
-        modalities: ordered modality names.
-        num_classes: ``K``.
-        decoder_dim: SegFormer head width ``E``.
+    Built from :class:`SumFusionOptions` (an instance, or its fields as keyword arguments:
+    ``SumFusionSegmentor(num_classes=3, modalities=["rgb", "depth"])``). In more detail:
+
         reduce: ``"mean"`` (default: the present modalities' maps averaged per sample),
             ``"sum"`` (summed, no rescaling: the fused maps grow with the number present) or
             ``"gate"`` (a learned per-pixel softmax over the present modalities at every stage,
@@ -72,35 +96,39 @@ class SumFusionSegmentor(Segmentor):
             :class:`~fusionseg.models.fusion.presence_gate.PresenceGate`).
 
     Raises:
-        ConfigError: unknown ``reduce``, negative ``modality_aux``.
+        ConfigError: options that do not validate (unknown ``reduce``, negative
+            ``modality_aux``, ...), ``backbone_kwargs`` repeating ``pretrained`` or
+            ``drop_path_rate``.
+        FileNotFoundError, CheckpointMismatchError: from loading ``pretrained``.
     """
+
+    Options = SumFusionOptions
 
     fused_feature_module = "decode_head"  # its input: the fused maps
 
-    def __init__(
-        self,
-        backbone: torch.nn.Module,
-        modalities: Sequence[str],
-        num_classes: int,
-        decoder_dim: int = 256,
-        batch_modalities: bool = True,
-        reduce: str = "mean",
-        modality_aux: float = 0.0,
-        gate_lr_mult: float = 10.0,
-    ) -> None:
-        super().__init__(modalities, num_classes)
-        self.backbone = backbone
-        self.decode_head = SegFormerHead(backbone.out_channels, num_classes, embed_dim=decoder_dim)
-        self.batch_modalities = batch_modalities
-        if reduce not in ("mean", "sum", "gate"):
-            raise ConfigError(f"sum_fusion reduce must be 'mean', 'sum' or 'gate', got {reduce!r}")
-        if modality_aux < 0:
-            raise ConfigError(f"sum_fusion modality_aux must be >= 0, got {modality_aux}")
-        self.reduce = reduce
-        self.modality_aux = float(modality_aux)
+    def __init__(self, options: SumFusionOptions | None = None, /, **kwargs: Any) -> None:
+        o = resolve_options(SumFusionOptions, options, kwargs)
+        super().__init__(o.modalities, o.num_classes)
+        self.options = o
+        extra = dict(o.backbone_kwargs or {})
+        clash = sorted({"pretrained", "drop_path_rate"} & set(extra))
+        if clash:
+            raise ConfigError(
+                f"backbone_kwargs must not repeat {clash}: set them as top-level model keys"
+            )
+        self.backbone = create_backbone(o.backbone, pretrained=o.pretrained,
+                                        drop_path_rate=o.drop_path_rate, **extra)
+        out_channels = self.backbone.out_channels
+        self.decode_head = SegFormerHead(out_channels, o.num_classes, embed_dim=o.decoder_dim
+                                         or default_decoder_dim(o.backbone))
+        self.batch_modalities = o.batch_modalities
+        self.reduce = o.reduce
+        self.modality_aux = float(o.modality_aux)
         self.fusion_gates = nn.ModuleList(
-            PresenceGate(c, len(self.modalities), gate_lr_mult) for c in backbone.out_channels
-        ) if reduce == "gate" else None
+            PresenceGate(c, len(self.modalities), o.gate_lr_mult) for c in out_channels
+        ) if o.reduce == "gate" else None
+        if o.freeze_backbone:
+            self.freeze_backbone()
 
     def optional_init_keys(self) -> list[str]:
         """The zero-initialised gates (``reduce: gate``) may be absent from an init model."""
@@ -225,69 +253,5 @@ SUM_FUSION_TINY = {
 }
 
 
-@register_model("sum_fusion", segmentor=SumFusionSegmentor, tiny=SUM_FUSION_TINY)
-def build_sum_fusion(
-    num_classes: int,
-    modalities: Sequence[str] = ("rgb",),
-    backbone: str = "mit_b0",
-    pretrained: str | Path | None = None,
-    drop_path_rate: float = 0.1,
-    decoder_dim: int | None = None,
-    freeze_backbone: bool = False,
-    backbone_kwargs: Mapping[str, object] | None = None,
-    batch_modalities: bool = True,
-    reduce: str = "mean",
-    modality_aux: float = 0.0,
-    gate_lr_mult: float = 10.0,
-) -> SumFusionSegmentor:
-    """Build the sum-fusion baseline.
-
-    Args:
-        num_classes: ``K``.
-        modalities: ordered modality names, e.g. ``["rgb", "depth"]``.
-        backbone: backbone name (``mit_b0 .. mit_b5``).
-        pretrained: local path of the official backbone checkpoint (e.g. ``mit_b2.pth``).
-        drop_path_rate: encoder stochastic depth (0.1).
-        decoder_dim: head width ``E``; ``None`` = 256 for mit_b0/b1, 512 otherwise.
-        freeze_backbone: freeze the encoder (head trains).
-        backbone_kwargs: extra constructor overrides for the backbone (e.g. tiny test widths).
-        batch_modalities: run the modalities as one concatenated encoder batch.
-        reduce: ``"mean"`` over the present modalities (default), ``"sum"`` or ``"gate"``
-            (learned presence-aware gate, starting as the mean).
-        modality_aux: weight of the per-modality auxiliary outputs (unimodal supervision;
-            0: none).
-        gate_lr_mult: learning-rate multiplier of the gates (``reduce: gate``).
-
-    Returns:
-        :class:`SumFusionSegmentor`.
-
-    Raises:
-        ValueError: unknown backbone, ``backbone_kwargs`` repeating ``pretrained`` or
-            ``drop_path_rate``, bad modalities / num_classes.
-        TypeError: a ``backbone_kwargs`` key the backbone constructor does not accept.
-        FileNotFoundError, CheckpointMismatchError: from loading ``pretrained``.
-    """
-    extra = dict(backbone_kwargs or {})
-    clash = sorted({"pretrained", "drop_path_rate"} & set(extra))
-    if clash:
-        raise ConfigError(
-            f"backbone_kwargs must not repeat {clash}: set them as top-level model keys"
-        )
-    enc = create_backbone(backbone, pretrained=pretrained, drop_path_rate=drop_path_rate, **extra)
-    model = SumFusionSegmentor(
-        enc,
-        modalities,
-        num_classes,
-        decoder_dim=decoder_dim or default_decoder_dim(backbone),
-        batch_modalities=batch_modalities,
-        reduce=reduce,
-        modality_aux=modality_aux,
-        gate_lr_mult=gate_lr_mult,
-    )
-    if freeze_backbone:
-        model.freeze_backbone()
-    return model
-
-
-register_model("segformer", segmentor=SumFusionSegmentor,
-               tiny={**SUM_FUSION_TINY, "modalities": ["rgb"]})(build_sum_fusion)
+register_model("sum_fusion", tiny=SUM_FUSION_TINY)(SumFusionSegmentor)
+register_model("segformer", tiny={**SUM_FUSION_TINY, "modalities": ["rgb"]})(SumFusionSegmentor)
