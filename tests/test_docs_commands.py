@@ -352,7 +352,6 @@ def check_model(cfg) -> None:
     from fusionseg.models import MODELS
     from fusionseg.models.backbones import list_backbones
     from fusionseg.models.catalogue import find_pretrained
-
     from fusionseg.models.registry import validate_model_options
 
     spec = cfg.model.to_dict()
