@@ -166,3 +166,16 @@ def test_weights_convert_cli_writes_official_keys_from_a_hf_file(tmp_path):
                                    str(tmp_path / "vits14.pth"), "--backbone", "dinov2_vits14"])
     assert res.exit_code == 0, res.output
     create_backbone("dinov2_vits14", pretrained=tmp_path / "vits14.pth")
+
+
+def test_filter_without_a_model_resizes_nothing():
+    """``checkpoint_filter_fn(sd)`` (no instance): prefixes stripped, the classifier dropped,
+    the position embedding kept at its grid; with the model it is resized to the model's."""
+    from fusionseg.models.backbones.dinov2 import checkpoint_filter_fn
+
+    sd = tiny(img_size=28).state_dict()
+    file = {**{f"module.{k}": v for k, v in sd.items()}, "module.head.weight": torch.zeros(5, 32)}
+    got = checkpoint_filter_fn(file)
+    assert list(got) == list(sd) and got["pos_embed"] is sd["pos_embed"]
+    dst = tiny()  # a 4 x 4 grid (img_size 56)
+    assert type(dst).checkpoint_filter_fn(file, dst)["pos_embed"].shape == (1, 17, 32)

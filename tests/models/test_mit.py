@@ -240,3 +240,16 @@ def test_filter_strips_ddp_and_segmentation_checkpoint_prefixes(tmp_path, wrap):
     x = torch.randn(1, 3, 32, 32)
     for a, b in zip(dst(x), src(x), strict=True):
         torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+def test_filter_without_a_model_renames_only():
+    """``checkpoint_filter_fn(sd)`` (no instance): wrappers stripped, classifier dropped."""
+    from fusionseg.models.backbones.mit import checkpoint_filter_fn
+
+    own = tiny_mit().state_dict()
+    sd = _official_state(tiny_mit())
+    for wrapped in ({f"module.{k}": v for k, v in sd.items()},
+                    {**{f"backbone.{k}": v for k, v in sd.items()},
+                     "decode_head.linear_pred.weight": torch.zeros(19, 8, 1, 1)}):
+        got = checkpoint_filter_fn(wrapped)
+        assert list(got) == list(own) and all(got[k] is sd[k] for k in own)

@@ -1,10 +1,11 @@
 """The catalogue of pretrained encoder weights the methods start from, and fetching them.
 
 Every method of fusionseg adapts an encoder pretrained elsewhere. :data:`CATALOGUE` lists those
-files: the NVlabs SegFormer ImageNet-1k MiT-B0..B5 (StitchFusion, the SegFormer / sum-fusion
-baselines), DINOv2 ViT-S/B/L/g with and without registers (MoBaNet), SAM 2.1 Hiera T/S/B+/L
-(MLE-SAM), SAM ViT-B/L/H (MLE-SAM's SAM v1 option, MoBaNet's SAM option) and torchvision's
-ImageNet ResNet-50/101/152 (AsymFusion). ``fusionseg weights list`` prints it.
+files. Each backbone file declares its own (:class:`PretrainedWeights`: official file name, URL,
+published checksums, Hugging Face hub file, the methods that use it) and registers them when
+it is imported, with :func:`register_pretrained`; this module only holds the generic machinery:
+lookup, the weights directory, downloads and checksums. ``fusionseg weights list`` prints the
+catalogue, in registration order.
 
 ``model.pretrained`` (and ``create_backbone(..., pretrained=)``) takes a local path or a
 catalogue name; :func:`resolve_pretrained` turns a name into the file in the weights directory
@@ -12,19 +13,19 @@ catalogue name; :func:`resolve_pretrained` turns a name into the file in the wei
 (``fusionseg weights fetch NAME``) stores it:
 
 * from the Hugging Face hub (``huggingface_hub.hf_hub_download``, its cache and offline mode)
-  when the entry is hosted there: the official file itself (SAM 2.1), or a ``transformers``
-  conversion (``nvidia/mit-b*``, ``facebook/dinov2-*``) renamed back to the official key names
-  by the backbone's ``checkpoint_filter_fn`` and checked against the full-size backbone;
+  when the entry is hosted there: the official file itself (``hf_format="official"``), or a
+  ``transformers`` conversion (``hf_format="transformers"``) renamed back to the official key
+  names by the backbone's ``checkpoint_filter_fn`` and checked against the full-size backbone;
 * else, or when the hub cannot be reached, from the official URL (``urllib``, to a temporary
   file in the weights directory, checksum verified where one is known, then renamed into
   place);
 * with no network it raises :class:`WeightsNotAvailableError`, one line naming the URL to
   download and the exact path to put the file at (the CLI prints it and exits with status 2).
 
-Checksums are only those published with the files: the torchvision file names carry the first
-8 hex digits of the file's SHA-256 (the ``torch.hub`` ``check_hash`` convention); the SAM v1
-file names carry the first 6 hex digits of the file's MD5, whose full value is recorded here.
-Sizes are approximate (MB = 10^6 bytes, from the parameter counts at fp32) and only shown.
+Checksums are only those published with the files (e.g. the torchvision file names carry the
+first 8 hex digits of the file's SHA-256, the ``torch.hub`` ``check_hash`` convention); a
+published prefix is checked as a prefix. Sizes are approximate (MB = 10^6 bytes, from the
+parameter counts at fp32) and only shown.
 """
 
 from __future__ import annotations
@@ -49,6 +50,7 @@ __all__ = [
     "get_pretrained",
     "list_pretrained",
     "local_path",
+    "register_pretrained",
     "resolve_pretrained",
     "verify_checksum",
     "weights_dir",
@@ -133,58 +135,27 @@ class PretrainedWeights:
         return ", ".join(parts) or "-"
 
 
-_MIT = ("segformer", "sum_fusion", "stitchfusion")
-_NVLABS = "NVlabs/SegFormer, ImageNet-1k (README: Google Drive / OneDrive)"
-_DINO = "facebookresearch/dinov2 (LVD-142M, distilled S/B/L)"
-_SAM2 = "facebookresearch/sam2, SAM 2.1 checkpoints (092824)"
-_SAM = "facebookresearch/segment-anything"
-_TV = "torchvision IMAGENET1K_V1 (pytorch/vision)"
+#: ``name -> PretrainedWeights``, in registration order (filled by the backbone files when they
+#: are imported, through :func:`register_pretrained`)
+CATALOGUE: dict[str, PretrainedWeights] = {}
 
 
-def _entries() -> list[PretrainedWeights]:
-    out: list[PretrainedWeights] = []
-    mit_mb = (14.3, 54.7, 98.8, 178.3, 245.4, 327.8)  # encoder + 1000-way classifier, fp32
-    for i, mb in enumerate(mit_mb):
-        out.append(PretrainedWeights(
-            f"mit_b{i}", f"mit_b{i}", _MIT, _NVLABS, f"mit_b{i}.pth", None, mb,
-            hf_repo=f"nvidia/mit-b{i}", hf_filename="pytorch_model.bin",
-            hf_format="transformers"))
-    dino = (("s", "small", 88), ("b", "base", 346), ("l", "large", 1218), ("g", "giant", 4546))
-    for reg in ("", "_reg4"):
-        for v, hub, mb in dino:
-            stem = f"dinov2_vit{v}14{reg}"
-            repo = f"facebook/dinov2-{'with-registers-' if reg else ''}{hub}"
-            out.append(PretrainedWeights(
-                stem, stem, ("mobanet",), _DINO + (", registers" if reg else ""),
-                f"{stem}_pretrain.pth",
-                f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{v}14/{stem}_pretrain.pth", mb,
-                hf_repo=repo, hf_filename="model.safetensors", hf_format="transformers"))
-    for short, long_, hub, mb in (("t", "tiny", "tiny", 156), ("s", "small", "small", 184),
-                                  ("b+", "base_plus", "base-plus", 323),
-                                  ("l", "large", "large", 898)):
-        fname = f"sam2.1_hiera_{long_}.pt"
-        out.append(PretrainedWeights(
-            f"sam2.1_hiera_{long_}", f"sam2.1_hiera_{short}", ("mle_sam",), _SAM2, fname,
-            f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/{fname}", mb,
-            hf_repo=f"facebook/sam2.1-hiera-{hub}", hf_filename=fname, hf_format="official"))
-    for v, h, md5, mb in (("b", "01ec64", "01ec64d29a2fca3f0661936605ae66f8", 375),
-                          ("l", "0b3195", "0b3195507c641ddb6910d2bb5adee89c", 1249),
-                          ("h", "4b8939", "4b8939a88964f0f4ff5f5b2642c598a6", 2564)):
-        fname = f"sam_vit_{v}_{h}.pth"
-        out.append(PretrainedWeights(
-            f"sam_vit_{v}", f"sam_vit_{v}", ("mle_sam", "mobanet"), _SAM, fname,
-            f"https://dl.fbaipublicfiles.com/segment_anything/{fname}", mb, md5=md5))
-    for depth, h, mb in (("50", "0676ba61", 102.5), ("101", "63fe2227", 178.8),
-                         ("152", "394f9c45", 241.5)):
-        fname = f"resnet{depth}-{h}.pth"
-        out.append(PretrainedWeights(
-            f"resnet{depth}", f"resnet{depth}", ("asymfusion",), _TV, fname,
-            f"https://download.pytorch.org/models/{fname}", mb, sha256=h))
-    return out
+def register_pretrained(*entries: PretrainedWeights) -> tuple[PretrainedWeights, ...]:
+    """Add ``entries`` to :data:`CATALOGUE` (called by each backbone file for its own
+    pretrained files); returns them.
 
+    Registering an equal entry again (a re-imported module) changes nothing.
 
-#: ``name -> PretrainedWeights``, in listing order
-CATALOGUE: dict[str, PretrainedWeights] = {e.name: e for e in _entries()}
+    Raises:
+        ValueError: a name already registered with other contents.
+    """
+    for e in entries:
+        old = CATALOGUE.get(e.name)
+        if old is not None and old != e:
+            raise ValueError(f"pretrained weights {e.name!r} are already in the catalogue "
+                             f"(backbone {old.backbone}, file {old.filename})")
+        CATALOGUE[e.name] = e
+    return entries
 
 
 def list_pretrained() -> list[PretrainedWeights]:
@@ -362,8 +333,8 @@ def _place(src: Path, dst: Path) -> None:
 
 def _store_converted(entry: PretrainedWeights, raw: Path, dst: Path) -> None:
     """A ``transformers``-format hub file -> the official key names (the backbone's
-    ``checkpoint_filter_fn``), checked key by key and shape by shape against the full-size
-    backbone (built on the meta device), written atomically to ``dst``."""
+    ``checkpoint_filter_fn(state_dict, backbone)``), checked key by key and shape by shape
+    against the full-size backbone (built on the meta device), written atomically to ``dst``."""
     import torch
 
     from .backbones import create_backbone
@@ -371,7 +342,7 @@ def _store_converted(entry: PretrainedWeights, raw: Path, dst: Path) -> None:
 
     with torch.device("meta"):
         backbone = create_backbone(entry.backbone)
-    sd = backbone.checkpoint_filter_fn(load_state_dict_file(raw))
+    sd = type(backbone).checkpoint_filter_fn(load_state_dict_file(raw), backbone)
     own = backbone.state_dict()
     missing = [k for k in own if k not in sd]
     unexpected = [k for k in sd if k not in own]

@@ -10,7 +10,15 @@ from torch import Tensor, nn
 
 from ..errors import ConfigError
 
-__all__ = ["DropPath", "LayerNorm2d", "PatchEmbed", "check_stream_indices", "random_rectangle"]
+__all__ = [
+    "DropPath",
+    "LayerNorm2d",
+    "PatchEmbed",
+    "check_stream_indices",
+    "random_rectangle",
+    "window_partition",
+    "window_unpartition",
+]
 
 
 def check_stream_indices(streams, num_streams: int) -> list[int]:
@@ -60,6 +68,40 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         h, w = x.shape[-2:]
         return x.flatten(2).transpose(1, 2), h, w
+
+
+def window_partition(x: Tensor, window: int) -> tuple[Tensor, tuple[int, int]]:
+    """Cut a channels-last map into ``window`` squares, zero-padding bottom / right first.
+
+    ``[B, H, W, C] -> ([B * nh * nw, window, window, C], (Hp, Wp))`` with ``Hp, Wp`` the sides
+    padded to multiples of ``window``; the windows are ordered batch first, then window row,
+    then window column, so the batch stays the outermost dimension (official
+    ``window_partition`` of ViTDet / SAM, ``segment_anything/modeling/image_encoder.py``, and
+    of SAM 2, ``sam2/modeling/backbones/utils.py``; used by the SAM ViT and Hiera blocks).
+    """
+    b, h, w, c = x.shape
+    ph, pw = (-h) % window, (-w) % window
+    if ph or pw:
+        x = F.pad(x, (0, 0, 0, pw, 0, ph))
+    hp, wp = h + ph, w + pw
+    x = x.reshape(b, hp // window, window, wp // window, window, c).permute(0, 1, 3, 2, 4, 5)
+    return x.reshape(-1, window, window, c), (hp, wp)
+
+
+def window_unpartition(windows: Tensor, window: int, padded: tuple[int, int],
+                       size: tuple[int, int]) -> Tensor:
+    """Inverse of :func:`window_partition`: ``[B * nh * nw, window, window, C] -> [B, H, W, C]``
+    with ``padded = (Hp, Wp)`` the padded sides and ``size = (H, W)`` the sides kept (the
+    padding is cropped)."""
+    hp, wp = padded
+    h, w = size
+    nh, nw = hp // window, wp // window
+    b = windows.shape[0] // (nh * nw)
+    x = windows.reshape(b, nh, nw, window, window, -1).permute(0, 1, 3, 2, 4, 5)
+    x = x.reshape(b, hp, wp, -1)
+    if hp != h or wp != w:
+        x = x[:, :h, :w]
+    return x
 
 
 def random_rectangle(h: int, w: int, area: tuple[float, float] = (0.1, 0.3),

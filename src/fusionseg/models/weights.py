@@ -18,10 +18,12 @@ is converted by the module it belongs to.
   only.
 * :func:`convert_checkpoint` writes a file in our key names (``fusionseg weights convert``).
 * :func:`detect_backbone` recognises a pretrained-encoder file or Hugging Face model folder by
-  itself (SegFormer / MiT, DINOv2, SAM 2.1 Hiera, SAM ViT, torchvision ResNet) and returns our
-  backbone name and constructor overrides (:class:`DetectedBackbone`):
+  itself and returns our backbone name and constructor overrides
+  (:class:`~fusionseg.models.backbones.formats.DetectedBackbone`):
   :func:`backbone_from_hf_config` reads a folder's ``config.json``,
-  :func:`backbone_from_state_dict` infers depths and widths from key names and shapes.
+  :func:`backbone_from_state_dict` infers depths and widths from key names and shapes. Both
+  only ask the backbone families in turn: each backbone file registers what it recognises
+  (:mod:`fusionseg.models.backbones.formats`).
 
 ``path`` arguments also accept a Hugging Face model folder (``model.safetensors``,
 ``pytorch_model.bin`` or their sharded ``*.index.json``), and a bare name of the
@@ -35,14 +37,12 @@ listing the missing, unexpected and shape-mismatched keys.
 
 from __future__ import annotations
 
-import inspect
 import json
-import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -51,9 +51,11 @@ from ..errors import CheckpointError
 from ..files import atomic_path
 from ..serialization import read_checkpoint
 
+if TYPE_CHECKING:
+    from .backbones.formats import DetectedBackbone
+
 __all__ = [
     "CheckpointMismatchError",
-    "DetectedBackbone",
     "backbone_from_hf_config",
     "backbone_from_state_dict",
     "convert_backbone_checkpoint",
@@ -275,19 +277,20 @@ def load_state_dict_strict(
 def load_backbone_weights(backbone: nn.Module, path: str | Path) -> nn.Module:
     """Load an official backbone checkpoint into ``backbone`` (in place) and return it.
 
-    The file's state dict goes through ``backbone.checkpoint_filter_fn`` first (for
-    :class:`~fusionseg.models.backbones.mit.MixVisionTransformer`: drop the ImageNet classifier
-    ``head.weight`` / ``head.bias`` of the NVlabs ``mit_b*.pth`` files, strip ``module.`` /
-    ``backbone.`` prefixes); then every key must match in name and shape.
+    The file's state dict goes through the backbone class's
+    ``checkpoint_filter_fn(state_dict, backbone)`` first (defined in the backbone's own file;
+    for MiT: drop the ImageNet classifier ``head.weight`` / ``head.bias`` of the NVlabs
+    ``mit_b*.pth`` files, strip ``module.`` / ``backbone.`` prefixes); then every key must
+    match in name and shape.
 
     Raises:
         CheckpointError: see :func:`load_state_dict_file`.
         CheckpointMismatchError: missing / unexpected keys or shape mismatches.
     """
     sd = load_state_dict_file(path)
-    filter_fn = getattr(backbone, "checkpoint_filter_fn", None)
+    filter_fn = getattr(type(backbone), "checkpoint_filter_fn", None)
     if filter_fn is not None:
-        sd = filter_fn(sd)
+        sd = filter_fn(sd, backbone)
     load_state_dict_strict(backbone, sd, path)
     return backbone
 
@@ -560,434 +563,77 @@ def convert_checkpoint(
 
 
 # --------------------------------------------------------------------------- format detection
-@dataclass(frozen=True)
-class DetectedBackbone:
-    """What :func:`detect_backbone` found: build it with :meth:`build`.
-
-    Attributes:
-        name: our registered backbone name (``fusionseg info``), e.g. ``mit_b2``,
-            ``dinov2_vitb14``, ``sam2.1_hiera_b+``, ``sam_vit_l``, ``resnet101``.
-        overrides: constructor overrides of ``create_backbone(name, **overrides)``; empty for
-            the published settings of ``name``. A non-standard architecture gets the closest
-            standard name plus every setting that differs.
-        family: ``"mit"``, ``"dinov2"``, ``"sam2_hiera"``, ``"sam_vit"`` or ``"resnet"``.
-        origin: ``"config.json"`` (a Hugging Face folder's config) or ``"state dict"`` (key names
-            and shapes).
-        key_format: ``"hugging face"`` or ``"official"`` key names in the source.
-    """
-
-    name: str
-    overrides: dict[str, Any] = field(default_factory=dict)
-    family: str = ""
-    origin: str = "state dict"
-    key_format: str = "official"
-
-    def build(self, **extra: Any) -> nn.Module:
-        """``create_backbone(name, **overrides, **extra)`` (random weights)."""
-        from .backbones import create_backbone
-
-        return create_backbone(self.name, **{**self.overrides, **extra})
-
-    def describe(self) -> str:
-        """One line: name, overrides, and what it was read from."""
-        over = "" if not self.overrides else " with " + ", ".join(
-            f"{k}={_plain(v)}" for k, v in self.overrides.items())
-        return f"{self.name}{over} ({self.key_format} keys, from the {self.origin})"
-
-    def metadata(self) -> dict[str, str]:
-        """``fusionseg_backbone`` and ``fusionseg_backbone_overrides`` (JSON) for the converted
-        file's metadata."""
-        return {"fusionseg_backbone": self.name,
-                "fusionseg_backbone_overrides": json.dumps(
-                    {k: _plain(v) for k, v in self.overrides.items()})}
-
-
-def _plain(v: Any) -> Any:
-    """Tuples -> lists (JSON and YAML friendly), recursively."""
-    if isinstance(v, (tuple, list)):
-        return [_plain(x) for x in v]
-    return v
-
-
-def _norm(v: Any) -> Any:
-    """Comparable form of a setting: sequences -> tuples, whole floats kept as floats."""
-    if isinstance(v, (tuple, list)):
-        return tuple(_norm(x) for x in v)
-    return v
-
-
-def _family_settings(family: str) -> tuple[type, dict[str, dict]]:
-    """The backbone class of ``family`` and its published settings ``{name: full kwargs}``
-    (the registered builders' settings over the constructor defaults)."""
-    from .backbones import dinov2, hiera, mit, resnet, sam_vit
-
-    if family == "mit":
-        cls, table = mit.MixVisionTransformer, dict(mit.MIT_SETTINGS)
-    elif family == "dinov2":
-        cls, table = dinov2.DinoVisionTransformer, dict(dinov2.DINOV2_SETTINGS)
-    elif family == "sam2_hiera":
-        cls, table = hiera.Hiera, dict(hiera.SAM21_HIERA_SETTINGS)
-    elif family == "sam_vit":
-        cls, table = sam_vit.SamVisionTransformer, dict(sam_vit.SAM_SETTINGS)
-    elif family == "resnet":
-        cls, table = resnet.ResNet, {n: {"layers": v} for n, v in resnet.RESNET_LAYERS.items()}
-    else:  # pragma: no cover - internal
-        raise KeyError(family)
-    defaults = {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items()
-                if p.default is not inspect.Parameter.empty}
-    return cls, {n: {**defaults, **kw} for n, kw in table.items()}
-
-
-def _match(family: str, found: Mapping[str, Any], key_format: str, origin: str,
-           candidates: Sequence[str] | None = None) -> DetectedBackbone:
-    """The published setting of ``family`` closest to ``found`` (fewest differing settings,
-    first in registry order on ties) and the overrides that turn it into ``found``."""
-    _, table = _family_settings(family)
-    names = [n for n in table if candidates is None or n in candidates]
-    found = {k: _norm(v) for k, v in found.items()}
-
-    def diff(n: str) -> dict[str, Any]:
-        return {k: v for k, v in found.items() if _norm(table[n].get(k)) != v}
-
-    best = min(names, key=lambda n: len(diff(n)))
-    overrides = diff(best)
-    if family == "dinov2" and "depth" in overrides:
-        taps = _norm(table[best]["out_indices"])
-        if max(taps) >= overrides["depth"]:
-            overrides["out_indices"] = _even_taps(overrides["depth"])
-    return DetectedBackbone(best, overrides, family, origin, key_format)
-
-
-def _even_taps(depth: int, n: int = 4) -> tuple[int, ...]:
-    """``n`` block indices spread evenly over ``depth`` blocks, the last one last (``depth=12``:
-    ``(2, 5, 8, 11)``, the spec's ViT-S/B taps)."""
-    if depth <= n:
-        return tuple(range(depth))
-    return tuple(round((k + 1) * depth / n) - 1 for k in range(n))
-
-
-# Defaults of the transformers 5 configuration classes (``SegformerConfig``, ``Dinov2Config``,
-# ``Dinov2WithRegistersConfig``, ``SamVisionConfig``, ``Sam2HieraDetConfig``), used for keys a
-# ``config.json`` leaves out (older hub files store only the values that differ from them).
-_HF_DEFAULTS: dict[str, dict[str, Any]] = {
-    "segformer": dict(num_channels=3, num_encoder_blocks=4, depths=[2, 2, 2, 2],
-                      sr_ratios=[8, 4, 2, 1], hidden_sizes=[32, 64, 160, 256],
-                      patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2],
-                      num_attention_heads=[1, 2, 5, 8], mlp_ratios=[4, 4, 4, 4]),
-    "dinov2": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4,
-                   image_size=224, patch_size=14, num_channels=3, qkv_bias=True,
-                   use_swiglu_ffn=False),
-    "dinov2_with_registers": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                                  mlp_ratio=4, image_size=224, patch_size=16, num_channels=3,
-                                  qkv_bias=True, use_swiglu_ffn=False, num_register_tokens=4),
-    "sam_vision_model": dict(hidden_size=768, output_channels=256, num_hidden_layers=12,
-                             num_attention_heads=12, num_channels=3, image_size=1024,
-                             patch_size=16, qkv_bias=True, mlp_ratio=4.0, use_abs_pos=True,
-                             use_rel_pos=True, window_size=14, global_attn_indexes=[2, 5, 8, 11],
-                             mlp_dim=None),
-    "sam2_hiera_det_model": dict(hidden_size=96, num_attention_heads=1, num_channels=3,
-                                 patch_kernel_size=[7, 7], patch_stride=[4, 4],
-                                 patch_padding=[3, 3], query_stride=[2, 2],
-                                 window_positional_embedding_background_size=[7, 7],
-                                 num_query_pool_stages=3, blocks_per_stage=[1, 2, 7, 2],
-                                 embed_dim_per_stage=[96, 192, 384, 768],
-                                 num_attention_heads_per_stage=[1, 2, 4, 8],
-                                 window_size_per_stage=[8, 4, 14, 7],
-                                 global_attention_blocks=[5, 7, 9], mlp_ratio=4.0),
-}
-#: model types whose encoder sits in a sub-config: ``model_type -> (sub-config key, its type)``
-_HF_NESTED = {"sam": ("vision_config", "sam_vision_model"),
-              "sam2": ("vision_config", "sam2_vision_model"),
-              "sam2_video": ("vision_config", "sam2_vision_model"),
-              "sam2_vision_model": ("backbone_config", "sam2_hiera_det_model")}
-
-
-def _as_pair(v: Any) -> tuple[int, int]:
-    return (int(v), int(v)) if isinstance(v, (int, float)) else tuple(int(x) for x in v)
-
-
+# Each backbone file registers its family (``backbones/formats.py``: published settings, the
+# state-dict layouts and Hugging Face ``model_type``s it recognises); these functions only ask
+# every registered family in turn, at call time.
 def backbone_from_hf_config(config: Mapping[str, Any]) -> DetectedBackbone:
     """Our backbone for a Hugging Face ``config.json`` (as a dict).
 
-    ``model_type`` picks the family: ``segformer`` (MiT: ``hidden_sizes``, ``depths``,
-    ``num_attention_heads``, ``sr_ratios``, ``mlp_ratios``), ``dinov2`` /
-    ``dinov2_with_registers`` (``hidden_size``, ``num_hidden_layers``,
-    ``num_attention_heads``, ``image_size``, ``patch_size``, ``use_swiglu_ffn``,
-    ``num_register_tokens``), ``sam2`` / ``sam2_video`` / ``sam2_vision_model`` /
-    ``sam2_hiera_det_model`` (the Hiera trunk of ``vision_config.backbone_config``:
-    ``hidden_size``, ``num_attention_heads``, ``blocks_per_stage``, ``window_size_per_stage``,
-    ``global_attention_blocks``, ``window_positional_embedding_background_size``, ...), ``sam``
-    / ``sam_vision_model`` (``vision_config``: ``hidden_size``, ``num_hidden_layers``,
-    ``num_attention_heads``, ``global_attn_indexes``, ``window_size``, ``image_size``,
-    ``mlp_dim``, ``output_channels``). Keys the file leaves out take the defaults of the
-    ``transformers`` 5 configuration classes. The hub configs of ``nvidia/mit-b0..b5``,
-    ``facebook/dinov2-{small,base,large,giant}``, ``facebook/dinov2-with-registers-*``,
-    ``facebook/sam2.1-hiera-{tiny,small,base-plus,large}`` and ``facebook/sam-vit-{base,large,
-    huge}`` give the standard names (``mit_b0``, ``dinov2_vits14``, ``sam2.1_hiera_b+``,
-    ``sam_vit_h``, ...) without overrides.
+    ``model_type`` picks the family that declares it (e.g. ``segformer``: MiT, ``dinov2`` /
+    ``dinov2_with_registers``: DINOv2, ``sam2`` / ``sam2_video`` / ``sam2_vision_model`` /
+    ``sam2_hiera_det_model``: the Hiera trunk, ``sam`` / ``sam_vision_model``: SAM ViT); a
+    model whose encoder sits in a sub-config (``vision_config``, ``backbone_config``) is
+    followed there. Keys the file leaves out take the defaults of the ``transformers`` 5
+    configuration class the family declares, and the family's ``recognise_hf_config`` maps the
+    config to the closest published backbone plus overrides (the hub configs of the real
+    models give the standard names without overrides).
 
     Raises:
-        CheckpointError: an unsupported ``model_type``, or settings our backbone cannot express
-            (other patch sizes or strides of SegFormer, per-stage MLP ratios that differ, Hiera
-            widths or heads that do not double per stage, no qkv bias, ...).
+        CheckpointError: a ``model_type`` no family declares (the message lists the supported
+            ones), or settings the family's backbone cannot express.
     """
+    from .backbones.formats import backbone_families
+
+    families = backbone_families()
+    nested = {k: v for f in families for k, v in f.hf_nested.items()}
+    declared = {k: f for f in families for k in f.hf_configs}
     mtype = str(config.get("model_type", ""))
-    while mtype in _HF_NESTED:
-        key, sub_type = _HF_NESTED[mtype]
+    while mtype in nested:
+        key, sub_type = nested[mtype]
         config = dict(config.get(key) or {})
         mtype = str(config.get("model_type") or sub_type)
-    if mtype not in _HF_DEFAULTS:
-        known = sorted(set(_HF_DEFAULTS) | set(_HF_NESTED))
+    family = declared.get(mtype)
+    if family is None or family.recognise_hf_config is None:
+        known = sorted(set(declared) | set(nested))
         raise CheckpointError(f"Hugging Face model_type {mtype!r} is not an encoder fusionseg has "
-                         f"(supported: {', '.join(known)})")
-    c = {**_HF_DEFAULTS[mtype], **{k: v for k, v in config.items() if v is not None}}
-    if mtype == "segformer":
-        if list(c["patch_sizes"]) != [7, 3, 3, 3] or list(c["strides"]) != [4, 2, 2, 2] or (
-                int(c["num_encoder_blocks"]) != 4):
-            raise CheckpointError("SegFormer config: MiT has 4 stages with patch sizes [7, 3, 3, 3] and "
-                             f"strides [4, 2, 2, 2], got {c['patch_sizes']} / {c['strides']}")
-        ratios = {float(r) for r in c["mlp_ratios"]}
-        if len(ratios) != 1:
-            raise CheckpointError(f"SegFormer config: one MLP ratio for all stages, got {c['mlp_ratios']}")
-        found = dict(embed_dims=c["hidden_sizes"], depths=c["depths"],
-                     num_heads=c["num_attention_heads"], sr_ratios=c["sr_ratios"],
-                     mlp_ratio=ratios.pop(), in_chans=c["num_channels"])
-        return _match("mit", found, "hugging face", "config.json")
-    if mtype.startswith("dinov2"):
-        if not c["qkv_bias"]:
-            raise CheckpointError("DINOv2 config: qkv_bias false is not supported")
-        img = _as_pair(c["image_size"])
-        regs = int(c.get("num_register_tokens", 0)) if mtype == "dinov2_with_registers" else 0
-        found = dict(embed_dim=c["hidden_size"], depth=c["num_hidden_layers"],
-                     num_heads=c["num_attention_heads"], patch_size=c["patch_size"],
-                     img_size=img[0], mlp_ratio=float(c["mlp_ratio"]),
-                     ffn="swiglu" if c["use_swiglu_ffn"] else "mlp",
-                     num_register_tokens=regs, in_chans=c["num_channels"])
-        if img[0] != img[1]:
-            raise CheckpointError(f"DINOv2 config: square image_size expected, got {c['image_size']}")
-        _, table = _family_settings("dinov2")
-        cands = [n for n in table if ("_reg4" in n) == bool(regs)]
-        return _match("dinov2", found, "hugging face", "config.json", cands)
-    if mtype == "sam2_hiera_det_model":
-        dim, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
-        stages = [int(n) for n in c["blocks_per_stage"]]
-        q_pool = int(c["num_query_pool_stages"])
-        dims = [dim * 2**i for i in range(len(stages))]
-        hds = [heads * 2**i for i in range(len(stages))]
-        if [int(d) for d in c["embed_dim_per_stage"]] != dims or [
-                int(h) for h in c["num_attention_heads_per_stage"]] != hds:
-            raise CheckpointError("SAM 2 Hiera config: widths and heads must double per stage from "
-                             f"hidden_size / num_attention_heads ({dims} / {hds}), got "
-                             f"{c['embed_dim_per_stage']} / {c['num_attention_heads_per_stage']}")
-        if (_as_pair(c["patch_kernel_size"]), _as_pair(c["patch_stride"]),
-                _as_pair(c["patch_padding"])) != ((7, 7), (4, 4), (3, 3)):
-            raise CheckpointError("SAM 2 Hiera config: the patch embedding must be 7x7, stride 4, "
-                             "padding 3")
-        found = dict(embed_dim=dim, num_heads=heads, stages=stages, q_pool=q_pool,
-                     q_stride=_as_pair(c["query_stride"]), dim_mul=2.0, head_mul=2.0,
-                     window_pos_embed_bkg_spatial_size=_as_pair(
-                         c["window_positional_embedding_background_size"]),
-                     window_spec=[int(w) for w in c["window_size_per_stage"]],
-                     global_att_blocks=[int(b) for b in c["global_attention_blocks"]],
-                     mlp_ratio=float(c["mlp_ratio"]), in_chans=c["num_channels"])
-        return _match("sam2_hiera", found, "hugging face", "config.json")
-    # sam_vision_model
-    if not c["use_abs_pos"] or not c["qkv_bias"]:
-        raise CheckpointError("SAM vision config: use_abs_pos and qkv_bias must be true")
-    dim = int(c["hidden_size"])
-    mlp_ratio = float(c["mlp_dim"]) / dim if c.get("mlp_dim") else float(c["mlp_ratio"])
-    found = dict(embed_dim=dim, depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
-                 global_attn_indexes=[int(i) for i in c["global_attn_indexes"]],
-                 window_size=c["window_size"], img_size=_as_pair(c["image_size"])[0],
-                 patch_size=c["patch_size"], mlp_ratio=mlp_ratio,
-                 out_chans=c["output_channels"], use_rel_pos=bool(c["use_rel_pos"]),
-                 in_chans=c["num_channels"])
-    return _match("sam_vit", found, "hugging face", "config.json")
-
-
-# ------------------------------------------------------------- state-dict inference
-def _under(sd: Mapping[str, Tensor], prefix: str) -> StateDict:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def _top(sd: Mapping[str, Tensor]) -> set[str]:
-    return {k.split(".", 1)[0] for k in sd}
-
-
-def _count(sd: Mapping[str, Tensor], pattern: str) -> int:
-    """Number of distinct first groups of ``pattern`` among the keys (e.g. block indices)."""
-    rx = re.compile(pattern)
-    return len({m.group(1) for k in sd if (m := rx.match(k))})
-
-
-def _official_encoder(sd: Mapping[str, Tensor]) -> tuple[str, str, StateDict] | None:
-    """``(family, key format, encoder state dict in official names)`` for a pretrained-encoder
-    file, or ``None``. Conservative: whole segmentation models (``backbone.*`` with a head) are
-    not taken for encoders."""
-    from .backbones.dinov2 import convert_hf_dinov2
-    from .backbones.hiera import convert_hf_sam2_trunk
-    from .backbones.mit import convert_hf_segformer, is_hf_segformer
-    from .backbones.sam_vit import convert_hf_sam_vision
-
-    top = _top(sd)
-    # SegFormer / MiT
-    if is_hf_segformer(sd) and top <= {"segformer", "encoder", "stages", "classifier",
-                                       "decode_head"}:
-        return "mit", "hugging face", convert_hf_segformer(sd)
-    if "patch_embed1.proj.weight" in sd and "block1.0.attn.q.weight" in sd:
-        return "mit", "official", {k: v for k, v in sd.items() if not k.startswith("head.")}
-    # DINOv2
-    # (Dinov2ForImageClassification: dinov2.* and a classifier.*)
-    d = _under(sd, "dinov2.") if "dinov2" in top and top <= {"dinov2", "classifier"} else dict(sd)
-    if "embeddings.cls_token" in d and any(k.startswith("encoder.layer.") for k in d):
-        out = convert_hf_dinov2(d)
-        return "dinov2", "hugging face", out
-    if "cls_token" in sd and "blocks.0.attn.qkv.weight" in sd and "blocks.0.ls1.gamma" in sd:
-        return "dinov2", "official", {k: v for k, v in sd.items() if not k.startswith("head.")}
-    # SAM 2 Hiera trunk: official whole model, HF Sam2Model / Sam2VisionModel, bare trunks
-    for prefix, others in (("image_encoder.trunk.", None), ("vision_encoder.backbone.", None),
-                           ("backbone.", {"neck"}), ("trunk.", {"neck"}), ("", set())):
-        if f"{prefix}pos_embed_window" not in sd:
-            continue
-        if prefix and others is not None and not (top - {prefix.split(".")[0]}) <= others:
-            continue  # e.g. a segmentor's backbone.* next to its head: not an encoder file
-        t = _under(sd, prefix)
-        hf = any(".layer_norm1." in k or k.startswith("patch_embed.projection.") for k in t)
-        return "sam2_hiera", "hugging face" if hf else "official", (
-            convert_hf_sam2_trunk(t) if hf else t)
-    # SAM ViT: official whole SAM, HF SamModel, bare encoders
-    if "image_encoder.blocks.0.mlp.lin1.weight" in sd and top <= {
-            "image_encoder", "prompt_encoder", "mask_decoder"}:
-        return "sam_vit", "official", _under(sd, "image_encoder.")
-    if "vision_encoder.layers.0.mlp.lin1.weight" in sd and top <= {
-            "vision_encoder", "prompt_encoder", "mask_decoder", "shared_image_embedding"}:
-        return "sam_vit", "hugging face", convert_hf_sam_vision(_under(sd, "vision_encoder."))
-    if "layers.0.mlp.lin1.weight" in sd and "patch_embed.projection.weight" in sd:
-        return "sam_vit", "hugging face", convert_hf_sam_vision(sd)
-    if "blocks.0.mlp.lin1.weight" in sd and "patch_embed.proj.weight" in sd:
-        return "sam_vit", "official", dict(sd)
-    # torchvision ResNet
-    if "conv1.weight" in sd and "layer1.0.conv1.weight" in sd and "bn1.running_mean" in sd:
-        return "resnet", "official", {k: v for k, v in sd.items() if not k.startswith("fc.")}
-    return None
-
-
-def _divisor_heads(dim: int, want: int) -> int:
-    """The largest head count ``<= want`` (at least 1) that divides ``dim``."""
-    h = max(1, want)
-    while dim % h:
-        h -= 1
-    return h
+                              f"(supported: {', '.join(known)})")
+    c = {**family.hf_configs[mtype], **{k: v for k, v in config.items() if v is not None}}
+    return family.recognise_hf_config(mtype, c)
 
 
 def backbone_from_state_dict(state_dict: Mapping[str, Tensor]) -> DetectedBackbone | None:
     """Our backbone for a pretrained-encoder state dict, from its key names and shapes.
 
-    Recognised (a DDP ``module.`` prefix allowed): NVlabs ``mit_b*.pth`` and Hugging Face
-    SegFormer files; official ``dinov2_vit*14[_reg4]_pretrain.pth`` and Hugging Face Dinov2;
-    the trunk of an official ``sam2.1_hiera_*.pt`` (``image_encoder.trunk.*``), of Hugging Face
-    ``Sam2Model`` / ``Sam2VisionModel`` files or a bare trunk; official ``sam_vit_*.pth``,
-    Hugging Face ``SamModel`` / ``SamVisionModel`` files or a bare encoder; torchvision
-    ResNets. Read from the weights: depths, widths, spatial-reduction ratios and MLP ratios
-    (MiT); depth, width, patch size, pretraining grid, FFN type, registers (DINOv2); depth,
-    width, heads (from the relative-position tables), window size, global blocks, grid, neck
-    width (SAM); stages, width, background grid (Hiera); blocks per stage and width (ResNet).
-
-    What the weights do not store is taken from the published setting they match: MiT heads
-    (for other widths, ``C // 32`` as MiT-B0), DINOv2 heads (``C // 64``, as all four models),
-    and everything of a Hiera trunk beyond its stages and widths (window sizes, global
-    blocks, heads) - a Hiera trunk that matches no published setting raises.
+    A DDP ``module.`` prefix carried by every key is stripped; then each registered family's
+    ``recognise_state_dict`` is asked in turn (registration order). The built-in families
+    recognise NVlabs ``mit_b*.pth`` and Hugging Face SegFormer files; official
+    ``dinov2_vit*14[_reg4]_pretrain.pth`` and Hugging Face Dinov2; the trunk of an official
+    ``sam2.1_hiera_*.pt``, of Hugging Face ``Sam2Model`` / ``Sam2VisionModel`` files or a bare
+    trunk; official ``sam_vit_*.pth``, Hugging Face ``SamModel`` / ``SamVisionModel`` files or
+    a bare encoder; torchvision ResNets. What the weights do not store (MiT and DINOv2 heads,
+    a Hiera trunk's windows and global blocks) is taken from the published setting they match
+    (see each backbone file's ``recognise_state_dict``).
 
     Returns:
-        A :class:`DetectedBackbone`, or ``None`` when the keys are none of these formats.
+        A :class:`~fusionseg.models.backbones.formats.DetectedBackbone`, or ``None`` when no
+        family recognises the keys (e.g. a whole segmentation model).
 
     Raises:
-        CheckpointError: a Hiera trunk that is not one of ``sam2.1_hiera_{t,s,b+,l}``, or an
-            inconsistent file (e.g. a SwiGLU width our ViT-g does not build).
+        CheckpointError: a file of a family that our backbone cannot express (e.g. a Hiera trunk
+            that is not one of ``sam2.1_hiera_{t,s,b+,l}``, a SwiGLU width our ViT-g does not
+            build).
     """
+    from .backbones.formats import backbone_families
+
     sd = dict(state_dict)
     if sd and all(k.startswith("module.") for k in sd):
-        sd = _under(sd, "module.")
-    got = _official_encoder(sd)
-    if got is None:
-        return None
-    family, fmt, enc = got
-    if family == "mit":
-        dims = [int(enc[f"patch_embed{i}.proj.weight"].shape[0]) for i in range(1, 5)]
-        depths = [_count(enc, rf"^block{i}\.(\d+)\.norm1\.weight$") for i in range(1, 5)]
-        srs = [int(enc[f"block{i}.0.attn.sr.weight"].shape[-1])
-               if f"block{i}.0.attn.sr.weight" in enc else 1 for i in range(1, 5)]
-        mlp = enc["block1.0.mlp.fc1.weight"].shape[0] / dims[0]
-        _, table = _family_settings("mit")
-        std = next((kw["num_heads"] for kw in table.values() if list(kw["embed_dims"]) == dims),
-                   None)
-        heads = list(std) if std is not None else [_divisor_heads(c, c // 32) for c in dims]
-        found = dict(embed_dims=dims, depths=depths, num_heads=heads, sr_ratios=srs,
-                     mlp_ratio=float(mlp), in_chans=int(enc["patch_embed1.proj.weight"].shape[1]))
-        return _match("mit", found, fmt, "state dict")
-    if family == "dinov2":
-        w = enc["patch_embed.proj.weight"]
-        dim, patch = int(w.shape[0]), int(w.shape[-1])
-        grid = math.isqrt(int(enc["pos_embed"].shape[1]) - 1)
-        regs = int(enc["register_tokens"].shape[1]) if "register_tokens" in enc else 0
-        swiglu = "blocks.0.mlp.w12.weight" in enc
-        mlp = 4.0 if swiglu else enc["blocks.0.mlp.fc1.weight"].shape[0] / dim
-        if swiglu:
-            hidden = (int(int(dim * 4.0) * 2 / 3) + 7) // 8 * 8
-            if int(enc["blocks.0.mlp.w3.weight"].shape[1]) != hidden:
-                raise CheckpointError(f"DINOv2 SwiGLU width {enc['blocks.0.mlp.w3.weight'].shape[1]} "
-                                 f"is not the ViT-g rule's {hidden} for width {dim}")
-        found = dict(embed_dim=dim, depth=_count(enc, r"^blocks\.(\d+)\.norm1\.weight$"),
-                     num_heads=_divisor_heads(dim, dim // 64), patch_size=patch,
-                     img_size=grid * patch, mlp_ratio=float(mlp),
-                     ffn="swiglu" if swiglu else "mlp", num_register_tokens=regs,
-                     in_chans=int(w.shape[1]))
-        _, table = _family_settings("dinov2")
-        cands = [n for n in table if ("_reg4" in n) == bool(regs)]
-        return _match("dinov2", found, fmt, "state dict", cands)
-    if family == "sam_vit":
-        w = enc["patch_embed.proj.weight"]
-        dim, patch = int(w.shape[0]), int(w.shape[-1])
-        grid = int(enc["pos_embed"].shape[1])
-        depth = _count(enc, r"^blocks\.(\d+)\.norm1\.weight$")
-        rel = [enc.get(f"blocks.{i}.attn.rel_pos_h") for i in range(depth)]
-        use_rel = rel[0] is not None
-        glob = [i for i, r in enumerate(rel) if r is not None and r.shape[0] == 2 * grid - 1]
-        local = [r for r in rel if r is not None and r.shape[0] != 2 * grid - 1]
-        window = (int(local[0].shape[0]) + 1) // 2 if local else 14
-        heads = dim // int(rel[0].shape[1]) if use_rel else _divisor_heads(dim, dim // 64)
-        found = dict(embed_dim=dim, depth=depth, num_heads=heads, global_attn_indexes=glob,
-                     window_size=window, img_size=grid * patch, patch_size=patch,
-                     mlp_ratio=enc["blocks.0.mlp.lin1.weight"].shape[0] / dim,
-                     use_rel_pos=use_rel, in_chans=int(w.shape[1]))
-        if "neck.0.weight" in enc:
-            found["out_chans"] = int(enc["neck.0.weight"].shape[0])
-        else:
-            found["neck"] = False
-        return _match("sam_vit", found, fmt, "state dict")
-    if family == "sam2_hiera":
-        dim = int(enc["patch_embed.proj.weight"].shape[0])
-        depth = _count(enc, r"^blocks\.(\d+)\.norm1\.weight$")
-        starts = [0] + [i for i in range(depth) if f"blocks.{i}.proj.weight" in enc]
-        stages = [b - a for a, b in zip(starts, starts[1:] + [depth], strict=True)]
-        bkg = tuple(int(s) for s in enc["pos_embed"].shape[-2:])
-        win0 = int(enc["pos_embed_window"].shape[-1])
-        mlp = enc["blocks.0.mlp.layers.0.weight"].shape[0] / dim
-        _, table = _family_settings("sam2_hiera")
-        for name, kw in table.items():
-            if (kw["embed_dim"], list(kw["stages"]), tuple(kw["window_pos_embed_bkg_spatial_size"]),
-                    int(kw["window_spec"][0]), float(kw["mlp_ratio"])) == (
-                    dim, stages, bkg, win0, float(mlp)):
-                return DetectedBackbone(name, {}, family, "state dict", fmt)
-        raise CheckpointError(f"a SAM 2 Hiera trunk of width {dim}, stages {stages}, background grid "
-                         f"{list(bkg)} is none of {', '.join(table)}; its window sizes, global-"
-                         "attention blocks and heads are not stored in the weights: convert its "
-                         "Hugging Face folder (config.json) or pass --backbone")
-    # resnet
-    layers = [_count(enc, rf"^layer{i}\.(\d+)\.conv1\.weight$") for i in range(1, 5)]
-    w = enc["conv1.weight"]
-    found = dict(layers=layers, width=int(w.shape[0]), in_chans=int(w.shape[1]))
-    return _match("resnet", found, fmt, "state dict")
+        sd = _strip_prefix(sd, "module.")
+    for family in backbone_families():
+        if family.recognise_state_dict is not None:
+            found = family.recognise_state_dict(sd)
+            if found is not None:
+                return found
+    return None
 
 
 def detect_backbone(src: str | Path) -> DetectedBackbone | None:
@@ -1000,8 +646,8 @@ def detect_backbone(src: str | Path) -> DetectedBackbone | None:
       :func:`backbone_from_state_dict`.
 
     Returns:
-        A :class:`DetectedBackbone`, or ``None`` for a state dict that is no encoder format we
-        know (e.g. a whole-model checkpoint).
+        A :class:`~fusionseg.models.backbones.formats.DetectedBackbone`, or ``None`` for a state
+        dict that is no encoder format we know (e.g. a whole-model checkpoint).
 
     Raises:
         CheckpointError: unreadable source, unsupported ``model_type``, or

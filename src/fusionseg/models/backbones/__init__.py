@@ -1,19 +1,29 @@
 """Backbones: ``create_backbone(name, pretrained=None, **overrides)``.
 
 Every backbone meets the contract of :mod:`.base` (:class:`~.base.Backbone`) and registers
-itself in :data:`~.base.BACKBONES` in its own file. Known names: ``mit_b0 .. mit_b5``
+itself in its own file, when the file is imported: its builders in :data:`~.base.BACKBONES`,
+its family's file formats (:func:`~.formats.register_family`) and its pretrained files
+(:func:`~fusionseg.models.catalogue.register_pretrained`). Known names: ``mit_b0 .. mit_b5``
 (SegFormer Mix Transformer, :mod:`.mit`), ``dinov2_vit{s,b,l,g}14[_reg4]`` (DINOv2 ViT,
-:mod:`.dinov2`), ``resnet50 / 101 / 152`` (torchvision layout, :mod:`.resnet`),
-``sam2.1_hiera_{t,s,b+,l}`` (SAM 2.1 Hiera trunk :class:`Hiera`, :mod:`.hiera`).
+:mod:`.dinov2`), ``sam2.1_hiera_{t,s,b+,l}`` (SAM 2.1 Hiera trunk :class:`Hiera`,
+:mod:`.hiera`), ``sam_vit_{b,l,h}`` (SAM v1 image encoder, :mod:`.sam_vit`), ``resnet50 / 101 /
+152`` (torchvision layout, :mod:`.resnet`).
 """
 
-from __future__ import annotations
+# (not sorted: the backbone files register in this order, the catalogue's listing order)
+from __future__ import annotations  # noqa: I001
 
 from pathlib import Path
 
 from torch import nn
 
-from . import dinov2, hiera, mit, resnet, sam_vit  # noqa: F401  (register their builders)
+# The built-in backbone files, imported for their registrations; this order is the listing
+# order of the pretrained-weight catalogue (``fusionseg weights list``).
+from . import mit  # noqa: F401
+from . import dinov2  # noqa: F401
+from . import hiera  # noqa: F401
+from . import sam_vit  # noqa: F401
+from . import resnet  # noqa: F401
 from .base import BACKBONES, Backbone, TransformerBackbone, register_backbone
 from .dinov2 import DinoVisionTransformer
 from .hiera import Hiera

@@ -7,7 +7,7 @@ A backbone maps one 3-channel image to a list of feature maps::
     backbone.strides               # (s_1, ..., s_S): H_i = ceil(H / s_i) for H a multiple of
                                    #  input_multiple
     backbone.input_multiple        # segmentors zero-pad H and W up to a multiple of this
-    backbone.checkpoint_filter_fn(state_dict) -> state_dict   # official formats -> our keys
+    type(backbone).checkpoint_filter_fn(state_dict, backbone) # official formats -> our keys
     backbone.no_weight_decay()     # parameter names (relative to the backbone) without decay
     backbone.set_grad_checkpointing(True)                     # recompute activations in backward
 
@@ -46,11 +46,21 @@ Each block exposes ``norm1, attn, drop_path, norm2, mlp`` and the two residual b
 ``attn_residual(x, H, W)`` / ``mlp_residual(x, H, W)`` (LayerScale included where the
 architecture has it), so ``x + attn_residual(x)`` then ``x + mlp_residual(x)`` is the block.
 
-Registration: each backbone file registers its builders in :data:`BACKBONES` with the tiny
-settings the contract tests use::
+Registration: each backbone file registers, at its bottom, everything about its backbones:
+
+* its builders in :data:`BACKBONES`, with the tiny settings the contract tests use::
 
     @register_backbone("mit_b0", tiny=dict(embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), ...))
     def mit_b0(**overrides) -> MixVisionTransformer: ...
+
+* its family (:func:`~fusionseg.models.backbones.formats.register_family`): the published
+  settings and how its official and Hugging Face files and configs are recognised;
+* its pretrained files (:func:`~fusionseg.models.catalogue.register_pretrained`: catalogue
+  entries with URLs and checksums).
+
+The conversion of a file to our keys is the module-level ``checkpoint_filter_fn(state_dict,
+model)`` of the backbone's file, bound on the class (``checkpoint_filter_fn =
+staticmethod(checkpoint_filter_fn)``), so callers write ``type(bb).checkpoint_filter_fn(sd, bb)``.
 """
 
 from __future__ import annotations
@@ -71,6 +81,7 @@ __all__ = [
     "Backbone",
     "TransformerBackbone",
     "checkpoint_call",
+    "checkpoint_filter_fn",
     "register_backbone",
     "strip_prefixes",
 ]
@@ -154,12 +165,27 @@ def register_backbone(
     return BACKBONES.register(name, tiny=tiny, **info)
 
 
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor],
+                         model: nn.Module | None = None) -> dict[str, Tensor]:
+    """The default conversion of a backbone checkpoint: the keys as they are (a copy).
+
+    A backbone file whose official format differs from its keys defines its own module-level
+    ``checkpoint_filter_fn(state_dict, model)`` and binds it on its class. It strips wrapper
+    prefixes, renames official keys, drops heads the backbone does not have and resizes
+    position embeddings to ``model`` (the backbone instance the result is loaded into;
+    ``None``: no instance, nothing resized). It must be idempotent: ``model``'s own
+    ``state_dict()`` comes back unchanged.
+    """
+    return dict(state_dict)
+
+
 class Backbone(nn.Module):
     """Base class of fusionseg backbones (see the module docstring for the contract).
 
     Subclasses set :attr:`strides`, :attr:`input_multiple` and :attr:`in_chans`, implement
-    :attr:`out_channels` and :meth:`forward`, and override :meth:`checkpoint_filter_fn` and
-    :meth:`no_weight_decay` where their official formats or parameters need it.
+    :attr:`out_channels` and :meth:`forward`, bind their file's ``checkpoint_filter_fn`` where
+    their official formats need one, and override :meth:`no_weight_decay` where their
+    parameters need it.
     """
 
     #: stride of each output map relative to the input
@@ -182,14 +208,9 @@ class Backbone(nn.Module):
         """``[B, in_chans, H, W] -> list`` of NCHW maps at :attr:`strides`."""
         raise NotImplementedError
 
-    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Map a checkpoint in an official format to this module's keys.
-
-        The default keeps the keys as they are. Overrides strip wrapper prefixes, rename
-        official keys, drop heads the backbone does not have and resize position embeddings to
-        this instance. Must be idempotent: our own ``state_dict()`` comes back unchanged.
-        """
-        return dict(state_dict)
+    #: ``(state_dict, model) -> state_dict``: a checkpoint in an official format -> this
+    #: class's keys (:func:`checkpoint_filter_fn`; subclasses bind their file's own)
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     def no_weight_decay(self) -> set[str]:
         """Names of parameters (relative to the backbone) that get no weight decay beyond the

@@ -20,7 +20,7 @@ Module and parameter names follow the official code (``facebookresearch/dinov2``
 
 Hugging Face ``facebook/dinov2-*`` and ``facebook/dinov2-with-registers-*`` files (``embeddings.*``,
 ``encoder.layer.{i}.*``, ``layernorm.*``; the hub names and those current ``transformers``
-holds in memory) convert through :meth:`DinoVisionTransformer.checkpoint_filter_fn`, so
+holds in memory) convert through :func:`checkpoint_filter_fn`, so
 ``create_backbone("dinov2_vits14", pretrained=".../model.safetensors")`` and
 ``fusionseg weights convert`` accept them.
 
@@ -39,6 +39,11 @@ of the spec: S/B ``[2, 5, 8, 11]``, L ``[5, 11, 17, 23]``, g ``[9, 19, 29, 39]``
 H/14, W/14]`` map (the official ``get_intermediate_layers(..., norm=True, reshape=True)``).
 Blocks after the last tap are not run. Attention runs through
 :func:`torch.nn.functional.scaled_dot_product_attention`.
+
+The file registers the builders ``dinov2_vit{s,b,l,g}14[_reg4]``, the family ``dinov2`` (its
+files and ``dinov2`` / ``dinov2_with_registers`` configs recognised by
+:func:`recognise_state_dict` / :func:`recognise_hf_config`) and the official pretrained files
+of the catalogue (:data:`PRETRAINED`).
 """
 
 from __future__ import annotations
@@ -46,24 +51,42 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...errors import ConfigError
+from ...errors import CheckpointError, ConfigError
+from ..catalogue import PretrainedWeights, register_pretrained
+from ..export_ops import onnx_tracing
 from ..layers import DropPath, PatchEmbed
 from ..weights import rename_key
 from .base import TransformerBackbone, register_backbone, strip_prefixes
+from .formats import (
+    BackboneFamily,
+    DetectedBackbone,
+    as_pair,
+    count_indices,
+    divisor_heads,
+    register_family,
+    top_level_names,
+    under_prefix,
+)
 
 __all__ = [
+    "DINOV2_CONFIG_DEFAULTS",
     "DINOV2_SETTINGS",
     "DINOV2_TINY",
+    "PRETRAINED",
     "DinoVisionTransformer",
     "LayerScale",
     "SwiGLUFFN",
     "ViTBlock",
+    "checkpoint_filter_fn",
     "convert_hf_dinov2",
+    "recognise_hf_config",
+    "recognise_state_dict",
 ]
 
 _LN_EPS = 1e-6
@@ -185,6 +208,37 @@ class ViTBlock(nn.Module):
         return x + self.mlp_residual(x)
 
 
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor],
+                         model: nn.Module | None = None) -> dict[str, Tensor]:
+    """Official or Hugging Face DINOv2 files -> our keys (= the official names).
+
+    * ``module.`` / ``backbone.`` / ``dinov2.`` prefixes (DDP, whole-model files) carried by
+      every key are stripped;
+    * Hugging Face files (``embeddings.*``, ``encoder.layer.*``) are renamed by
+      :func:`convert_hf_dinov2` (separate q/k/v joined);
+    * a ``pos_embed`` of another grid than ``model``'s is resized bicubically to it;
+    * a ``head.*`` classifier is dropped.
+
+    Args:
+        state_dict: the file's tensors.
+        model: the :class:`DinoVisionTransformer` they are for; ``None``: no instance (every
+            prefix above stripped, nothing resized).
+
+    Returns:
+        The tensors under our keys. ``model``'s own state dict comes back unchanged.
+    """
+    own = model.state_dict() if model is not None else {}
+    sd = strip_prefixes(state_dict, ("module.", "backbone.", "dinov2."), list(own))
+    if any(k.startswith(("embeddings.", "encoder.layer.")) for k in sd):
+        sd = convert_hf_dinov2(sd)
+    sd = {k: v for k, v in sd.items() if not k.startswith("head.") or k in own}
+    pe = sd.get("pos_embed")
+    if "pos_embed" in own and pe is not None and pe.shape != own["pos_embed"].shape and (
+            pe.ndim == 3):
+        sd["pos_embed"] = resize_pos_embed(pe, own["pos_embed"].shape[1] - 1)
+    return sd
+
+
 class DinoVisionTransformer(TransformerBackbone):
     """DINOv2 ViT (see the module docstring).
 
@@ -211,6 +265,7 @@ class DinoVisionTransformer(TransformerBackbone):
     """
 
     input_multiple = 14
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     def __init__(
         self,
@@ -287,27 +342,6 @@ class DinoVisionTransformer(TransformerBackbone):
             names.add("register_tokens")
         return names
 
-    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Official or Hugging Face DINOv2 files -> our keys (= the official names).
-
-        * ``module.`` / ``backbone.`` prefixes (DDP, whole-model files) are stripped;
-        * Hugging Face files (``embeddings.*``, ``encoder.layer.*``, optionally under
-          ``dinov2.``) are renamed by :func:`convert_hf_dinov2` (separate q/k/v joined);
-        * a ``pos_embed`` of another grid is resized bicubically to this model's;
-        * a ``head.*`` classifier is dropped.
-
-        Our own state dict comes back unchanged.
-        """
-        own = self.state_dict()
-        sd = strip_prefixes(state_dict, ("module.", "backbone.", "dinov2."), list(own))
-        if any(k.startswith(("embeddings.", "encoder.layer.")) for k in sd):
-            sd = convert_hf_dinov2(sd)
-        sd = {k: v for k, v in sd.items() if not k.startswith("head.") or k in own}
-        pe = sd.get("pos_embed")
-        if pe is not None and pe.shape != own["pos_embed"].shape and pe.ndim == 3:
-            sd["pos_embed"] = resize_pos_embed(pe, own["pos_embed"].shape[1] - 1)
-        return sd
-
     # ------------------------------------------------------------------ stages
     def interpolate_pos_encoding(self, gh: int, gw: int) -> Tensor:
         """Position embeddings ``[1, 1 + gh*gw, C]`` for a ``gh x gw`` patch grid (official
@@ -319,8 +353,10 @@ class DinoVisionTransformer(TransformerBackbone):
         pos = self.pos_embed.float()
         patch = pos[:, 1:].reshape(1, m, m, -1).permute(0, 3, 1, 2)
         if self.interpolate_offset:
-            kwargs = {"scale_factor": ((gh + self.interpolate_offset) / m,
-                                       (gw + self.interpolate_offset) / m)}
+            scale = ((gh + self.interpolate_offset) / m, (gw + self.interpolate_offset) / m)
+            if onnx_tracing():  # traced sizes are tensors; F.interpolate takes Python floats
+                scale = (float(scale[0]), float(scale[1]))
+            kwargs = {"scale_factor": scale}
         else:
             kwargs = {"size": (gh, gw)}
         patch = F.interpolate(patch, mode="bicubic", antialias=self.interpolate_antialias,
@@ -446,7 +482,119 @@ def convert_hf_dinov2(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+# --------------------------------------------------------------------------- recognition
+#: defaults of ``transformers`` 5 ``Dinov2Config`` / ``Dinov2WithRegistersConfig``, for keys a
+#: ``config.json`` leaves out
+DINOV2_CONFIG_DEFAULTS: dict[str, dict[str, object]] = {
+    "dinov2": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, mlp_ratio=4,
+                   image_size=224, patch_size=14, num_channels=3, qkv_bias=True,
+                   use_swiglu_ffn=False),
+    "dinov2_with_registers": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
+                                  mlp_ratio=4, image_size=224, patch_size=16, num_channels=3,
+                                  qkv_bias=True, use_swiglu_ffn=False, num_register_tokens=4),
+}
+
+
+def even_taps(depth: int, n: int = 4) -> tuple[int, ...]:
+    """``n`` block indices spread evenly over ``depth`` blocks, the last one last (``depth=12``:
+    ``(2, 5, 8, 11)``, the spec's ViT-S/B taps)."""
+    if depth <= n:
+        return tuple(range(depth))
+    return tuple(round((k + 1) * depth / n) - 1 for k in range(n))
+
+
+def _match(found: Mapping[str, object], key_format: str, origin: str,
+           registers: int) -> DetectedBackbone:
+    """The closest published model with (``_reg4``) or without registers; a depth that the
+    model's taps do not fit gets :func:`even_taps`."""
+    table = FAMILY.published()
+    cands = [n for n in table if ("_reg4" in n) == bool(registers)]
+    got = FAMILY.match(found, key_format, origin, cands)
+    depth = got.overrides.get("depth")
+    if depth is not None and max(table[got.name]["out_indices"]) >= depth:
+        got = replace(got, overrides={**got.overrides, "out_indices": even_taps(depth)})
+    return got
+
+
+def recognise_hf_config(model_type: str, c: Mapping[str, object]) -> DetectedBackbone:
+    """Our DINOv2 for a Hugging Face ``dinov2`` / ``dinov2_with_registers`` config
+    (``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``, ``image_size``,
+    ``patch_size``, ``use_swiglu_ffn``, ``num_register_tokens``; completed with
+    :data:`DINOV2_CONFIG_DEFAULTS`).
+
+    Raises:
+        CheckpointError: ``qkv_bias`` false, or a non-square ``image_size``.
+    """
+    if not c["qkv_bias"]:
+        raise CheckpointError("DINOv2 config: qkv_bias false is not supported")
+    img = as_pair(c["image_size"])
+    regs = int(c.get("num_register_tokens", 0)) if model_type == "dinov2_with_registers" else 0
+    found = dict(embed_dim=c["hidden_size"], depth=c["num_hidden_layers"],
+                 num_heads=c["num_attention_heads"], patch_size=c["patch_size"],
+                 img_size=img[0], mlp_ratio=float(c["mlp_ratio"]),
+                 ffn="swiglu" if c["use_swiglu_ffn"] else "mlp",
+                 num_register_tokens=regs, in_chans=c["num_channels"])
+    if img[0] != img[1]:
+        raise CheckpointError(f"DINOv2 config: square image_size expected, got {c['image_size']}")
+    return _match(found, "hugging face", "config.json", regs)
+
+
+def recognise_state_dict(sd: Mapping[str, Tensor]) -> DetectedBackbone | None:
+    """Our DINOv2 for an official ``dinov2_vit*14[_reg4]_pretrain.pth`` or a Hugging Face
+    Dinov2 state dict (``Dinov2ForImageClassification``: under ``dinov2.``, with a
+    ``classifier``), or ``None``.
+
+    Read from the weights: depth, width, patch size, pretraining grid, FFN type, registers,
+    input channels. The heads are not stored: ``C // 64`` (as all four models).
+
+    Raises:
+        CheckpointError: a SwiGLU width our ViT-g rule does not build.
+    """
+    top = top_level_names(sd)
+    d = under_prefix(sd, "dinov2.") if "dinov2" in top and top <= {"dinov2", "classifier"} else (
+        dict(sd))
+    if "embeddings.cls_token" in d and any(k.startswith("encoder.layer.") for k in d):
+        fmt, enc = "hugging face", convert_hf_dinov2(d)
+    elif "cls_token" in sd and "blocks.0.attn.qkv.weight" in sd and "blocks.0.ls1.gamma" in sd:
+        fmt, enc = "official", {k: v for k, v in sd.items() if not k.startswith("head.")}
+    else:
+        return None
+    w = enc["patch_embed.proj.weight"]
+    dim, patch = int(w.shape[0]), int(w.shape[-1])
+    grid = math.isqrt(int(enc["pos_embed"].shape[1]) - 1)
+    regs = int(enc["register_tokens"].shape[1]) if "register_tokens" in enc else 0
+    swiglu = "blocks.0.mlp.w12.weight" in enc
+    mlp = 4.0 if swiglu else enc["blocks.0.mlp.fc1.weight"].shape[0] / dim
+    if swiglu:
+        hidden = (int(int(dim * 4.0) * 2 / 3) + 7) // 8 * 8
+        if int(enc["blocks.0.mlp.w3.weight"].shape[1]) != hidden:
+            raise CheckpointError(f"DINOv2 SwiGLU width {enc['blocks.0.mlp.w3.weight'].shape[1]} "
+                                  f"is not the ViT-g rule's {hidden} for width {dim}")
+    found = dict(embed_dim=dim, depth=count_indices(enc, r"^blocks\.(\d+)\.norm1\.weight$"),
+                 num_heads=divisor_heads(dim, dim // 64), patch_size=patch,
+                 img_size=grid * patch, mlp_ratio=float(mlp),
+                 ffn="swiglu" if swiglu else "mlp", num_register_tokens=regs,
+                 in_chans=int(w.shape[1]))
+    return _match(found, fmt, "state dict", regs)
+
+
 # --------------------------------------------------------------------------- registration
+_DINO = "facebookresearch/dinov2 (LVD-142M, distilled S/B/L)"
+
+#: the official pretrained files (``dl.fbaipublicfiles.com``), also on the hub as
+#: ``transformers`` conversions (renamed back by :func:`checkpoint_filter_fn` when fetched)
+PRETRAINED: tuple[PretrainedWeights, ...] = tuple(
+    PretrainedWeights(
+        f"dinov2_vit{v}14{reg}", f"dinov2_vit{v}14{reg}", ("mobanet",),
+        _DINO + (", registers" if reg else ""), f"dinov2_vit{v}14{reg}_pretrain.pth",
+        f"https://dl.fbaipublicfiles.com/dinov2/dinov2_vit{v}14/dinov2_vit{v}14{reg}_pretrain.pth",
+        mb, hf_repo=f"facebook/dinov2-{'with-registers-' if reg else ''}{hub}",
+        hf_filename="model.safetensors", hf_format="transformers")
+    for reg in ("", "_reg4")
+    for v, hub, mb in (("s", "small", 88), ("b", "base", 346), ("l", "large", 1218),
+                       ("g", "giant", 4546)))
+
+
 def _register(name: str) -> None:
     def build(**overrides) -> DinoVisionTransformer:
         return DinoVisionTransformer(**{**DINOV2_SETTINGS[name], **overrides})
@@ -464,3 +612,8 @@ def _register(name: str) -> None:
 for _name in DINOV2_SETTINGS:
     _register(_name)
 del _name
+
+FAMILY = register_family(BackboneFamily(
+    "dinov2", DinoVisionTransformer, DINOV2_SETTINGS, recognise_state_dict=recognise_state_dict,
+    hf_configs=DINOV2_CONFIG_DEFAULTS, recognise_hf_config=recognise_hf_config))
+register_pretrained(*PRETRAINED)

@@ -28,7 +28,7 @@ Hugging Face ``facebook/sam2.1-hiera-*`` weights (``Sam2Model``: ``vision_encode
 ``Sam2VisionModel``: ``backbone.*``; ``Sam2HieraDetModel``: no prefix; module names
 ``patch_embed.projection``, ``layer_norm1/2``, ``mlp.proj_in/proj_out``; the hub files and
 ``transformers`` 5 in memory use the same names) convert through
-:meth:`Hiera.checkpoint_filter_fn`.
+:func:`checkpoint_filter_fn`.
 
 Layout: tokens stay channels-last ``[B, H, W, C]`` inside the trunk (as official). Windowed
 blocks partition the map into ``window_size`` squares (zero padding at the bottom / right when
@@ -36,6 +36,10 @@ the map is not a multiple), ordered batch first (``[B * nW, ws, ws, C]``: the wi
 first), so every op keeps the batch dimension outermost and a module that wraps ``attn.qkv`` may
 split dim 0 into equal per-stream chunks. The first block of stages 2..4 pools the queries (and
 the projected shortcut) with a 2 x 2 max-pool (``q_stride``), halving the resolution.
+
+The file registers the builders ``sam2.1_hiera_{t,s,b+,l}``, the family ``sam2_hiera`` (its
+files and ``sam2*`` configs recognised by :func:`recognise_state_dict` /
+:func:`recognise_hf_config`) and the SAM 2.1 checkpoints of the catalogue (:data:`PRETRAINED`).
 """
 
 from __future__ import annotations
@@ -48,21 +52,35 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...errors import ConfigError
-from ..layers import DropPath
+from ...errors import CheckpointError, ConfigError
+from ..catalogue import PretrainedWeights, register_pretrained
+from ..layers import DropPath, window_partition, window_unpartition
 from ..weights import rename_key
 from .base import Backbone, register_backbone, strip_prefixes
+from .formats import (
+    BackboneFamily,
+    DetectedBackbone,
+    as_pair,
+    count_indices,
+    register_family,
+    top_level_names,
+    under_prefix,
+)
 
 __all__ = [
+    "HIERA_CONFIG_DEFAULTS",
     "HIERA_TINY",
+    "PRETRAINED",
     "SAM21_HIERA_SETTINGS",
     "Hiera",
     "HieraMLP",
+    "HieraPatchEmbed",
     "MultiScaleAttention",
     "MultiScaleBlock",
+    "checkpoint_filter_fn",
     "convert_hf_sam2_trunk",
-    "window_partition",
-    "window_unpartition",
+    "recognise_hf_config",
+    "recognise_state_dict",
 ]
 
 _LN_EPS = 1e-6
@@ -98,37 +116,7 @@ HIERA_TINY: dict = dict(embed_dim=8, num_heads=1, stages=(1, 1, 3, 1), global_at
                         window_spec=(4, 4, 4, 2), window_pos_embed_bkg_spatial_size=(3, 5))
 
 
-# --------------------------------------------------------------------------- windows
-def window_partition(x: Tensor, window_size: int) -> tuple[Tensor, tuple[int, int]]:
-    """Cut ``[B, H, W, C]`` into ``window_size`` squares, zero-padding bottom / right first.
-
-    Returns ``(windows [B * nH * nW, ws, ws, C], (Hp, Wp))`` with the windows ordered batch
-    first, then row-major (official ``window_partition``, ``sam2/modeling/backbones/utils.py``).
-    """
-    b, h, w, c = x.shape
-    ph, pw = (-h) % window_size, (-w) % window_size
-    if ph or pw:
-        x = F.pad(x, (0, 0, 0, pw, 0, ph))
-    hp, wp = h + ph, w + pw
-    x = x.reshape(b, hp // window_size, window_size, wp // window_size, window_size, c)
-    return x.permute(0, 1, 3, 2, 4, 5).reshape(-1, window_size, window_size, c), (hp, wp)
-
-
-def window_unpartition(windows: Tensor, window_size: int, pad_hw: tuple[int, int],
-                       hw: tuple[int, int]) -> Tensor:
-    """Inverse of :func:`window_partition`: ``[B * nW, ws, ws, C] -> [B, H, W, C]`` (padding
-    cropped)."""
-    hp, wp = pad_hw
-    h, w = hw
-    nh, nw = hp // window_size, wp // window_size
-    b = windows.shape[0] // (nh * nw)
-    x = windows.reshape(b, nh, nw, window_size, window_size, -1)
-    x = x.permute(0, 1, 3, 2, 4, 5).reshape(b, hp, wp, -1)
-    if hp > h or wp > w:
-        x = x[:, :h, :w]
-    return x
-
-
+# --------------------------------------------------------------------------- blocks
 def _pool(x: Tensor, stride: tuple[int, int] | None) -> Tensor:
     """2-D max-pool (kernel = stride, floor) of a channels-last ``[N, H, W, C]`` map (official
     ``do_pool`` with its ``nn.MaxPool2d(q_stride, q_stride, ceil_mode=False)``)."""
@@ -138,7 +126,6 @@ def _pool(x: Tensor, stride: tuple[int, int] | None) -> Tensor:
         0, 2, 3, 1)
 
 
-# --------------------------------------------------------------------------- blocks
 class MultiScaleAttention(nn.Module):
     """Multi-head self-attention with optional query pooling (official ``MultiScaleAttention``).
 
@@ -191,7 +178,8 @@ class MultiScaleBlock(nn.Module):
 
         y = norm1(x)
         shortcut = pool(proj(y)) if dim != dim_out else x
-        a = attn(window_partition(y))  -> window_unpartition   (ws = 0: global attention)
+        a = attn(window_partition(y))  -> window_unpartition   (ws = 0: global attention;
+                                          fusionseg.models.layers)
         x = shortcut + drop_path(a)
         x = x + drop_path(mlp(norm2(x)))
 
@@ -252,9 +240,13 @@ class MultiScaleBlock(nn.Module):
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
 
-class PatchEmbed(nn.Module):
+class HieraPatchEmbed(nn.Module):
     """``Conv2d(in_chans, C, 7, stride 4, padding 3)``, ``[B, 3, H, W] -> [B, H/4, W/4, C]``
-    (channels-last; official ``utils.PatchEmbed``). Key ``proj``."""
+    (channels-last; official ``utils.PatchEmbed``). Key ``proj``.
+
+    Not the plain ViT's :class:`~fusionseg.models.layers.PatchEmbed`: overlapping 7 x 7 patches
+    (padding 3) at stride 4, and a channels-last map instead of ``(tokens, h, w)``.
+    """
 
     def __init__(self, in_chans: int, dim: int) -> None:
         super().__init__()
@@ -265,6 +257,38 @@ class PatchEmbed(nn.Module):
 
 
 # --------------------------------------------------------------------------- trunk
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor],
+                         model: nn.Module | None = None) -> dict[str, Tensor]:
+    """Official or Hugging Face SAM 2 / 2.1 files -> our keys (= the official trunk names).
+
+    * a DDP ``module.`` prefix on every key is stripped;
+    * the trunk is taken from a whole-model file: the keys under the first of
+      ``image_encoder.trunk.`` (official ``sam2.1_hiera_*.pt``), ``vision_encoder.backbone.``
+      (HF ``Sam2Model``), ``trunk.`` (an official ``ImageEncoder``), ``backbone.`` (HF
+      ``Sam2VisionModel``, or a segmentor) that any key carries, prefix stripped; every
+      other key (neck, prompt encoder, mask decoder, memory modules) is dropped;
+    * Hugging Face module names are renamed by :func:`convert_hf_sam2_trunk`.
+
+    Args:
+        state_dict: the file's tensors.
+        model: the :class:`Hiera` they are for (only its own keys are consulted); ``None``: no
+            instance.
+
+    Returns:
+        The trunk's tensors under our keys. ``model``'s own state dict comes back unchanged
+        (same keys, order and tensors).
+    """
+    own = list(model.state_dict()) if model is not None else []
+    sd = strip_prefixes(state_dict, ("module.",), own)
+    for prefix in ("image_encoder.trunk.", "vision_encoder.backbone.", "trunk.", "backbone."):
+        if any(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            break
+    if any(_HF_MARK.search(k) for k in sd):
+        sd = convert_hf_sam2_trunk(sd)
+    return sd
+
+
 class Hiera(Backbone):
     """SAM 2 / 2.1 Hiera trunk (see the module docstring).
 
@@ -310,6 +334,8 @@ class Hiera(Backbone):
         ValueError: inconsistent settings; at forward, an input that is not ``[B, in_chans, H,
             W]`` or whose sides are not multiples of :attr:`input_multiple` (32).
     """
+
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     def __init__(
         self,
@@ -362,7 +388,7 @@ class Hiera(Backbone):
         self.strides = tuple(4 * q_stride[0] ** min(i, self.q_pool) for i in range(len(stages)))
         self.input_multiple = 4 * math.lcm(window_spec[0], q_stride[0] ** self.q_pool)
 
-        self.patch_embed = PatchEmbed(self.in_chans, self.embed_dim)
+        self.patch_embed = HieraPatchEmbed(self.in_chans, self.embed_dim)
         self.pos_embed = nn.Parameter(
             torch.zeros(1, self.embed_dim, *self.window_pos_embed_bkg_spatial_size))
         self.pos_embed_window = nn.Parameter(
@@ -395,30 +421,6 @@ class Hiera(Backbone):
     def no_weight_decay(self) -> set[str]:
         """The two position embeddings."""
         return {"pos_embed", "pos_embed_window"}
-
-    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Official or Hugging Face SAM 2 / 2.1 files -> our keys (= the official trunk names).
-
-        * a DDP ``module.`` prefix on every key is stripped;
-        * the trunk is taken from a whole-model file: the keys under the first of
-          ``image_encoder.trunk.`` (official ``sam2.1_hiera_*.pt``), ``vision_encoder.backbone.``
-          (HF ``Sam2Model``), ``trunk.`` (an official ``ImageEncoder``), ``backbone.`` (HF
-          ``Sam2VisionModel``, or a segmentor) that any key carries, prefix stripped; every
-          other key (neck, prompt encoder, mask decoder, memory modules) is dropped;
-        * Hugging Face module names are renamed by :func:`convert_hf_sam2_trunk`.
-
-        Our own state dict comes back unchanged (same keys, order and tensors).
-        """
-        own = list(self.state_dict().keys())
-        sd = strip_prefixes(state_dict, ("module.",), own)
-        for prefix in ("image_encoder.trunk.", "vision_encoder.backbone.", "trunk.",
-                       "backbone."):
-            if any(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-                break
-        if any(_HF_MARK.search(k) for k in sd):
-            sd = convert_hf_sam2_trunk(sd)
-        return sd
 
     # ------------------------------------------------------------------ forward
     def get_pos_embed(self, h: int, w: int) -> Tensor:
@@ -486,7 +488,119 @@ def convert_hf_sam2_trunk(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {rename_key(k, _HF_RULES): v for k, v in sd.items()}
 
 
+# --------------------------------------------------------------------------- recognition
+#: defaults of ``transformers`` 5 ``Sam2HieraDetConfig``, for keys a ``config.json`` leaves out
+HIERA_CONFIG_DEFAULTS: dict[str, object] = dict(
+    hidden_size=96, num_attention_heads=1, num_channels=3, patch_kernel_size=[7, 7],
+    patch_stride=[4, 4], patch_padding=[3, 3], query_stride=[2, 2],
+    window_positional_embedding_background_size=[7, 7], num_query_pool_stages=3,
+    blocks_per_stage=[1, 2, 7, 2], embed_dim_per_stage=[96, 192, 384, 768],
+    num_attention_heads_per_stage=[1, 2, 4, 8], window_size_per_stage=[8, 4, 14, 7],
+    global_attention_blocks=[5, 7, 9], mlp_ratio=4.0)
+#: the ``transformers`` models whose Hiera trunk config sits in a sub-config
+HF_NESTED: dict[str, tuple[str, str]] = {
+    "sam2": ("vision_config", "sam2_vision_model"),
+    "sam2_video": ("vision_config", "sam2_vision_model"),
+    "sam2_vision_model": ("backbone_config", "sam2_hiera_det_model"),
+}
+
+
+def recognise_hf_config(model_type: str, c: Mapping[str, object]) -> DetectedBackbone:
+    """Our Hiera for a Hugging Face ``sam2_hiera_det_model`` config (the trunk of ``sam2`` /
+    ``sam2_video`` / ``sam2_vision_model`` configs: ``hidden_size``, ``num_attention_heads``,
+    ``blocks_per_stage``, ``window_size_per_stage``, ``global_attention_blocks``,
+    ``window_positional_embedding_background_size``, ...; completed with
+    :data:`HIERA_CONFIG_DEFAULTS`).
+
+    Raises:
+        CheckpointError: widths or heads that do not double per stage, or another patch
+            embedding than 7 x 7, stride 4, padding 3.
+    """
+    dim, heads = int(c["hidden_size"]), int(c["num_attention_heads"])
+    stages = [int(n) for n in c["blocks_per_stage"]]
+    q_pool = int(c["num_query_pool_stages"])
+    dims = [dim * 2**i for i in range(len(stages))]
+    hds = [heads * 2**i for i in range(len(stages))]
+    if [int(d) for d in c["embed_dim_per_stage"]] != dims or [
+            int(h) for h in c["num_attention_heads_per_stage"]] != hds:
+        raise CheckpointError("SAM 2 Hiera config: widths and heads must double per stage from "
+                              f"hidden_size / num_attention_heads ({dims} / {hds}), got "
+                              f"{c['embed_dim_per_stage']} / {c['num_attention_heads_per_stage']}")
+    if (as_pair(c["patch_kernel_size"]), as_pair(c["patch_stride"]),
+            as_pair(c["patch_padding"])) != ((7, 7), (4, 4), (3, 3)):
+        raise CheckpointError("SAM 2 Hiera config: the patch embedding must be 7x7, stride 4, "
+                              "padding 3")
+    found = dict(embed_dim=dim, num_heads=heads, stages=stages, q_pool=q_pool,
+                 q_stride=as_pair(c["query_stride"]), dim_mul=2.0, head_mul=2.0,
+                 window_pos_embed_bkg_spatial_size=as_pair(
+                     c["window_positional_embedding_background_size"]),
+                 window_spec=[int(w) for w in c["window_size_per_stage"]],
+                 global_att_blocks=[int(b) for b in c["global_attention_blocks"]],
+                 mlp_ratio=float(c["mlp_ratio"]), in_chans=c["num_channels"])
+    return FAMILY.match(found, "hugging face", "config.json")
+
+
+def recognise_state_dict(sd: Mapping[str, Tensor]) -> DetectedBackbone | None:
+    """Our Hiera for the trunk of an official ``sam2.1_hiera_*.pt`` (``image_encoder.trunk.*``),
+    of Hugging Face ``Sam2Model`` / ``Sam2VisionModel`` files, or a bare trunk; ``None`` for
+    other state dicts (a segmentor's ``backbone.*`` next to its head is no encoder file).
+
+    Read from the weights: stages, width, background grid, first window, MLP ratio. The other
+    window sizes, the global blocks and the heads are not stored, so the trunk must be one of
+    the published SAM 2.1 settings.
+
+    Raises:
+        CheckpointError: a trunk that is none of ``sam2.1_hiera_{t,s,b+,l}``.
+    """
+    top = top_level_names(sd)
+    for prefix, others in (("image_encoder.trunk.", None), ("vision_encoder.backbone.", None),
+                           ("backbone.", {"neck"}), ("trunk.", {"neck"}), ("", set())):
+        if f"{prefix}pos_embed_window" not in sd:
+            continue
+        if prefix and others is not None and not (top - {prefix.split(".")[0]}) <= others:
+            continue  # e.g. a segmentor's backbone.* next to its head: not an encoder file
+        t = under_prefix(sd, prefix)
+        hf = any(".layer_norm1." in k or k.startswith("patch_embed.projection.") for k in t)
+        fmt, enc = ("hugging face", convert_hf_sam2_trunk(t)) if hf else ("official", t)
+        break
+    else:
+        return None
+    dim = int(enc["patch_embed.proj.weight"].shape[0])
+    depth = count_indices(enc, r"^blocks\.(\d+)\.norm1\.weight$")
+    starts = [0] + [i for i in range(depth) if f"blocks.{i}.proj.weight" in enc]
+    stages = [b - a for a, b in zip(starts, starts[1:] + [depth], strict=True)]
+    bkg = tuple(int(s) for s in enc["pos_embed"].shape[-2:])
+    win0 = int(enc["pos_embed_window"].shape[-1])
+    mlp = enc["blocks.0.mlp.layers.0.weight"].shape[0] / dim
+    table = FAMILY.published()
+    for name, kw in table.items():
+        if (kw["embed_dim"], list(kw["stages"]), tuple(kw["window_pos_embed_bkg_spatial_size"]),
+                int(kw["window_spec"][0]), float(kw["mlp_ratio"])) == (
+                dim, stages, bkg, win0, float(mlp)):
+            return DetectedBackbone(name, {}, FAMILY.name, "state dict", fmt)
+    raise CheckpointError(f"a SAM 2 Hiera trunk of width {dim}, stages {stages}, background grid "
+                          f"{list(bkg)} is none of {', '.join(table)}; its window sizes, global-"
+                          "attention blocks and heads are not stored in the weights: convert its "
+                          "Hugging Face folder (config.json) or pass --backbone")
+
+
 # --------------------------------------------------------------------------- registration
+_SAM2 = "facebookresearch/sam2, SAM 2.1 checkpoints (092824)"
+
+#: the official SAM 2.1 checkpoints (whole models: MLE-SAM loads the trunk, neck and decoder
+#: from the same file), also on the hub as the official files
+PRETRAINED: tuple[PretrainedWeights, ...] = tuple(
+    PretrainedWeights(
+        f"sam2.1_hiera_{long_}", f"sam2.1_hiera_{short}", ("mle_sam",), _SAM2,
+        f"sam2.1_hiera_{long_}.pt",
+        f"https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_{long_}.pt", mb,
+        hf_repo=f"facebook/sam2.1-hiera-{hub}", hf_filename=f"sam2.1_hiera_{long_}.pt",
+        hf_format="official")
+    for short, long_, hub, mb in (("t", "tiny", "tiny", 156), ("s", "small", "small", 184),
+                                  ("b+", "base_plus", "base-plus", 323),
+                                  ("l", "large", "large", 898)))
+
+
 def _register(name: str) -> None:
     def build(**overrides) -> Hiera:
         return Hiera(**{**SAM21_HIERA_SETTINGS[name], **overrides})
@@ -499,3 +613,9 @@ def _register(name: str) -> None:
 for _name in SAM21_HIERA_SETTINGS:
     _register(_name)
 del _name
+
+FAMILY = register_family(BackboneFamily(
+    "sam2_hiera", Hiera, SAM21_HIERA_SETTINGS, recognise_state_dict=recognise_state_dict,
+    hf_configs={"sam2_hiera_det_model": HIERA_CONFIG_DEFAULTS}, hf_nested=HF_NESTED,
+    recognise_hf_config=recognise_hf_config))
+register_pretrained(*PRETRAINED)

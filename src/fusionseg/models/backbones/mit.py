@@ -8,8 +8,7 @@ Our own compact implementation of the hierarchical encoder from
 The module and parameter names follow the official NVlabs code
 (``NVlabs/SegFormer``, ``mmseg/models/backbones/mix_transformer.py``) exactly, so the
 official ImageNet-1k files ``mit_b0.pth .. mit_b5.pth`` load strictly (after
-:meth:`MixVisionTransformer.checkpoint_filter_fn` drops their classifier ``head.weight`` /
-``head.bias``)::
+:func:`checkpoint_filter_fn` drops their classifier ``head.weight`` / ``head.bias``)::
 
     patch_embed{1..4}.proj            Conv2d (k7 s4 p3 for stage 1, k3 s2 p1 after)
     patch_embed{1..4}.norm            LayerNorm (eps 1e-5, as in the official code)
@@ -25,7 +24,12 @@ Hugging Face ``nvidia/mit-b*`` files (``SegformerForImageClassification``: ``seg
 and a ``classifier``; ``SegformerModel``: ``encoder.*``; ``SegformerForSemanticSegmentation``:
 ``segformer.*`` and a ``decode_head``) and the module names ``transformers`` 5 holds in memory
 (``stages.{i}.*``) convert through :func:`convert_hf_segformer`, called by
-:meth:`MixVisionTransformer.checkpoint_filter_fn`.
+:func:`checkpoint_filter_fn`.
+
+The file registers the builders ``mit_b0 .. mit_b5``, the family ``mit`` (its files and
+``segformer`` configs recognised by :func:`recognise_state_dict` / :func:`recognise_hf_config`
+for ``fusionseg weights convert``) and the NVlabs ImageNet files of the catalogue
+(:data:`PRETRAINED`).
 
 Differences from the official code (none change the weights or, for inputs whose sides are
 multiples of 32, the outputs beyond float rounding):
@@ -57,9 +61,18 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...errors import ConfigError
+from ...errors import CheckpointError, ConfigError
+from ..catalogue import PretrainedWeights, register_pretrained
 from ..layers import DropPath
 from .base import TransformerBackbone, register_backbone, strip_prefixes
+from .formats import (
+    BackboneFamily,
+    DetectedBackbone,
+    count_indices,
+    divisor_heads,
+    register_family,
+    top_level_names,
+)
 
 __all__ = [
     "DropPath",
@@ -71,8 +84,13 @@ __all__ = [
     "MixVisionTransformer",
     "MIT_SETTINGS",
     "MIT_TINY",
+    "PRETRAINED",
+    "SEGFORMER_CONFIG_DEFAULTS",
+    "checkpoint_filter_fn",
     "convert_hf_segformer",
     "is_hf_segformer",
+    "recognise_hf_config",
+    "recognise_state_dict",
 ]
 
 # Official settings of the SegFormer paper (Table 6) / NVlabs ``mit_b0 .. mit_b5`` classes.
@@ -239,6 +257,49 @@ class Block(nn.Module):
         return x + self.mlp_residual(x, H, W)
 
 
+#: the ImageNet classifier of the official ``mit_b*.pth`` files (not part of the encoder)
+CLASSIFIER_KEYS: tuple[str, ...] = ("head.weight", "head.bias")
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor],
+                         model: nn.Module | None = None) -> dict[str, Tensor]:
+    """Official MiT files -> our keys (which are the official names).
+
+    * ``module.`` (DDP) prefixes are stripped;
+    * a whole mmseg / SegFormer segmentation checkpoint (``backbone.*`` and
+      ``decode_head.*`` keys) gives its ``backbone.*`` keys, prefix stripped;
+    * the ImageNet classifier ``head.weight`` / ``head.bias`` of ``mit_b*.pth`` is dropped;
+    * Hugging Face SegFormer files (``nvidia/mit-b*``, any ``Segformer*`` model, hub or
+      in-memory names) are renamed by :func:`convert_hf_segformer` (their classifier or
+      decode head dropped).
+
+    Args:
+        state_dict: the file's tensors.
+        model: the :class:`MixVisionTransformer` they are for (its own keys keep their
+            prefixes); ``None``: every prefix above is stripped.
+
+    Returns:
+        The tensors under our keys (not copied). ``model``'s own state dict comes back
+        unchanged.
+
+    Raises:
+        ValueError: a Hugging Face key projection without its value projection (or the
+            reverse).
+    """
+    own = list(model.state_dict()) if model is not None else []
+    sd = strip_prefixes(state_dict, ("module.",), own)
+    if is_hf_segformer(sd):
+        return convert_hf_segformer(sd)
+    if any(k.startswith("backbone.") for k in sd) and not any(
+        k.startswith("backbone.") for k in own
+    ):
+        sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
+    for key in CLASSIFIER_KEYS:
+        if key not in own:
+            sd.pop(key, None)
+    return sd
+
+
 class MixVisionTransformer(TransformerBackbone):
     """Hierarchical MiT encoder (SegFormer, Xie et al. NeurIPS 2021).
 
@@ -256,12 +317,13 @@ class MixVisionTransformer(TransformerBackbone):
     at strides ``s = 4, 8, 16, 32``.
 
     Checkpoints: the official ``mit_b*.pth`` ImageNet files hold an extra classifier
-    ``head.weight`` / ``head.bias``, which :meth:`checkpoint_filter_fn` drops; everything else
+    ``head.weight`` / ``head.bias``, which :func:`checkpoint_filter_fn` drops; everything else
     loads strictly.
     """
 
     #: the ImageNet classifier of the official ``mit_b*.pth`` files (not part of the encoder)
-    CLASSIFIER_KEYS: tuple[str, ...] = ("head.weight", "head.bias")
+    CLASSIFIER_KEYS = CLASSIFIER_KEYS
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
     num_stages = 4
     strides = (4, 8, 16, 32)
     input_multiple = 1
@@ -341,32 +403,6 @@ class MixVisionTransformer(TransformerBackbone):
     def out_channels(self) -> list[int]:
         """Channels of the 4 output maps (``embed_dims``)."""
         return list(self.embed_dims)
-
-    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Official MiT files -> our keys (which are the official names).
-
-        * ``module.`` (DDP) prefixes are stripped;
-        * a whole mmseg / SegFormer segmentation checkpoint (``backbone.*`` and
-          ``decode_head.*`` keys) gives its ``backbone.*`` keys, prefix stripped;
-        * the ImageNet classifier ``head.weight`` / ``head.bias`` of ``mit_b*.pth`` is dropped;
-        * Hugging Face SegFormer files (``nvidia/mit-b*``, any ``Segformer*`` model, hub or
-          in-memory names) are renamed by :func:`convert_hf_segformer` (their classifier or
-          decode head dropped).
-
-        Our own state dict comes back unchanged.
-        """
-        own = list(self.state_dict().keys())
-        sd = strip_prefixes(state_dict, ("module.",), own)
-        if is_hf_segformer(sd):
-            return convert_hf_segformer(sd)
-        if any(k.startswith("backbone.") for k in sd) and not any(
-            k.startswith("backbone.") for k in own
-        ):
-            sd = {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
-        for key in self.CLASSIFIER_KEYS:
-            if key not in own:
-                sd.pop(key, None)
-        return sd
 
     def patch_embed_of(self, stage_idx: int) -> OverlapPatchEmbed:
         """The patch embedding of stage ``stage_idx`` (0-based), i.e. ``patch_embed{i+1}``."""
@@ -509,9 +545,83 @@ def convert_hf_segformer(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
+# --------------------------------------------------------------------------- recognition
+#: defaults of ``transformers`` 5 ``SegformerConfig``, for keys a ``config.json`` leaves out
+#: (older hub files store only the values that differ from them)
+SEGFORMER_CONFIG_DEFAULTS: dict[str, object] = dict(
+    num_channels=3, num_encoder_blocks=4, depths=[2, 2, 2, 2], sr_ratios=[8, 4, 2, 1],
+    hidden_sizes=[32, 64, 160, 256], patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2],
+    num_attention_heads=[1, 2, 5, 8], mlp_ratios=[4, 4, 4, 4])
+
+
+def recognise_hf_config(model_type: str, c: Mapping[str, object]) -> DetectedBackbone:
+    """Our MiT for a Hugging Face ``segformer`` config (``hidden_sizes``, ``depths``,
+    ``num_attention_heads``, ``sr_ratios``, ``mlp_ratios``; completed with
+    :data:`SEGFORMER_CONFIG_DEFAULTS`).
+
+    Raises:
+        CheckpointError: other patch sizes, strides or stage counts than MiT's, or MLP ratios
+            that differ between stages.
+    """
+    if list(c["patch_sizes"]) != [7, 3, 3, 3] or list(c["strides"]) != [4, 2, 2, 2] or (
+            int(c["num_encoder_blocks"]) != 4):
+        raise CheckpointError("SegFormer config: MiT has 4 stages with patch sizes [7, 3, 3, 3] "
+                              f"and strides [4, 2, 2, 2], got {c['patch_sizes']} / "
+                              f"{c['strides']}")
+    ratios = {float(r) for r in c["mlp_ratios"]}
+    if len(ratios) != 1:
+        raise CheckpointError("SegFormer config: one MLP ratio for all stages, got "
+                              f"{c['mlp_ratios']}")
+    found = dict(embed_dims=c["hidden_sizes"], depths=c["depths"],
+                 num_heads=c["num_attention_heads"], sr_ratios=c["sr_ratios"],
+                 mlp_ratio=ratios.pop(), in_chans=c["num_channels"])
+    return FAMILY.match(found, "hugging face", "config.json")
+
+
+def recognise_state_dict(sd: Mapping[str, Tensor]) -> DetectedBackbone | None:
+    """Our MiT for an NVlabs ``mit_b*.pth`` or Hugging Face SegFormer state dict (not a whole
+    segmentation model of ours), or ``None``.
+
+    Read from the weights: widths, depths, spatial-reduction ratios, MLP ratio, input
+    channels. The heads are not stored: those of the published model with these widths, else
+    ``C // 32`` per stage (as MiT-B0).
+    """
+    top = top_level_names(sd)
+    if is_hf_segformer(sd) and top <= {"segformer", "encoder", "stages", "classifier",
+                                       "decode_head"}:
+        fmt, enc = "hugging face", convert_hf_segformer(sd)
+    elif "patch_embed1.proj.weight" in sd and "block1.0.attn.q.weight" in sd:
+        fmt, enc = "official", {k: v for k, v in sd.items() if not k.startswith("head.")}
+    else:
+        return None
+    dims = [int(enc[f"patch_embed{i}.proj.weight"].shape[0]) for i in range(1, 5)]
+    depths = [count_indices(enc, rf"^block{i}\.(\d+)\.norm1\.weight$") for i in range(1, 5)]
+    srs = [int(enc[f"block{i}.0.attn.sr.weight"].shape[-1])
+           if f"block{i}.0.attn.sr.weight" in enc else 1 for i in range(1, 5)]
+    mlp = enc["block1.0.mlp.fc1.weight"].shape[0] / dims[0]
+    std = next((kw["num_heads"] for kw in FAMILY.published().values()
+                if list(kw["embed_dims"]) == dims), None)
+    heads = list(std) if std is not None else [divisor_heads(c, c // 32) for c in dims]
+    found = dict(embed_dims=dims, depths=depths, num_heads=heads, sr_ratios=srs,
+                 mlp_ratio=float(mlp), in_chans=int(enc["patch_embed1.proj.weight"].shape[1]))
+    return FAMILY.match(found, fmt, "state dict")
+
+
 # --------------------------------------------------------------------------- registration
 #: tiny constructor overrides used by the contract tests (a few thousand parameters)
 MIT_TINY = dict(embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))
+
+_NVLABS = "NVlabs/SegFormer, ImageNet-1k (README: Google Drive / OneDrive)"
+_MIT_MB = (14.3, 54.7, 98.8, 178.3, 245.4, 327.8)  # encoder + 1000-way classifier, fp32
+
+#: the NVlabs ImageNet-1k files (no direct link: Google Drive / OneDrive), fetched from the
+#: ``transformers`` conversions on the hub and renamed back by :func:`checkpoint_filter_fn`
+PRETRAINED: tuple[PretrainedWeights, ...] = tuple(
+    PretrainedWeights(
+        f"mit_b{i}", f"mit_b{i}", ("segformer", "sum_fusion", "stitchfusion"), _NVLABS,
+        f"mit_b{i}.pth", None, mb, hf_repo=f"nvidia/mit-b{i}", hf_filename="pytorch_model.bin",
+        hf_format="transformers")
+    for i, mb in enumerate(_MIT_MB))
 
 
 def _register_mit(name: str) -> None:
@@ -531,3 +641,8 @@ def _register_mit(name: str) -> None:
 for _name in MIT_SETTINGS:
     _register_mit(_name)
 del _name
+
+FAMILY = register_family(BackboneFamily(
+    "mit", MixVisionTransformer, MIT_SETTINGS, recognise_state_dict=recognise_state_dict,
+    hf_configs={"segformer": SEGFORMER_CONFIG_DEFAULTS}, recognise_hf_config=recognise_hf_config))
+register_pretrained(*PRETRAINED)

@@ -4,7 +4,7 @@ Kaiming He et al., "Deep Residual Learning for Image Recognition", CVPR 2016; th
 stage's first block sits on its 3x3 convolution ("v1.5", as in torchvision's
 ``torchvision/models/resnet.py``). Module and parameter names are torchvision's, so its ImageNet
 files (``resnet50-0676ba61.pth``, ``resnet50-11ad3fa6.pth``, ``resnet101-63fe2227.pth``,
-``resnet152-394f9c45.pth``, ...) load strictly after :meth:`ResNet.checkpoint_filter_fn` drops
+``resnet152-394f9c45.pth``, ...) load strictly after :func:`checkpoint_filter_fn` drops
 their classifier ``fc.weight`` / ``fc.bias``::
 
     conv1 (7x7 s2) bn1 -> maxpool (3x3 s2)
@@ -15,6 +15,10 @@ their classifier ``fc.weight`` / ``fc.bias``::
 lateral ones (RefineNet, FPN) need the exact factor-2 relations, so segmentors pad to it.
 Parameters without the classifier: ResNet-50 23,508,032, ResNet-101 42,500,160, ResNet-152
 58,143,808 (torchvision's totals minus the 2,049,000 of ``fc``).
+
+The file registers the builders ``resnet50 / 101 / 152``, the family ``resnet`` (torchvision
+files recognised by :func:`recognise_state_dict`) and torchvision's ImageNet files of the
+catalogue (:data:`PRETRAINED`).
 """
 
 from __future__ import annotations
@@ -24,9 +28,19 @@ from collections.abc import Mapping, Sequence
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from ..catalogue import PretrainedWeights, register_pretrained
 from .base import Backbone, register_backbone, strip_prefixes
+from .formats import BackboneFamily, DetectedBackbone, count_indices, register_family
 
-__all__ = ["RESNET_LAYERS", "RESNET_TINY", "Bottleneck", "ResNet"]
+__all__ = [
+    "PRETRAINED",
+    "RESNET_LAYERS",
+    "RESNET_TINY",
+    "Bottleneck",
+    "ResNet",
+    "checkpoint_filter_fn",
+    "recognise_state_dict",
+]
 
 #: blocks per stage (torchvision ``resnet50 / 101 / 152``)
 RESNET_LAYERS: dict[str, tuple[int, int, int, int]] = {
@@ -68,6 +82,16 @@ class Bottleneck(nn.Module):
         return self.relu(self.bn3(self.conv3(y)) + idt)
 
 
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor],
+                         model: nn.Module | None = None) -> dict[str, Tensor]:
+    """torchvision files -> our keys (the same names): ``module.`` / ``backbone.`` prefixes
+    carried by every key stripped (unless ``model``'s own keys carry them), the ImageNet
+    classifier ``fc.*`` dropped. Idempotent on ``model``'s own state dict."""
+    own = model.state_dict() if model is not None else {}
+    sd = strip_prefixes(state_dict, ("module.", "backbone."), list(own))
+    return {k: v for k, v in sd.items() if not (k.startswith("fc.") and k not in own)}
+
+
 class ResNet(Backbone):
     """Bottleneck ResNet encoder (see the module docstring).
 
@@ -91,6 +115,7 @@ class ResNet(Backbone):
 
     strides = (4, 8, 16, 32)
     input_multiple = 32
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     def __init__(self, layers: Sequence[int] = (3, 4, 6, 3), width: int = 64, in_chans: int = 3,
                  zero_init_residual: bool = False) -> None:
@@ -136,13 +161,6 @@ class ResNet(Backbone):
         """``maxpool(relu(bn1(conv1(x))))``, ``[B, w, H/4, W/4]``."""
         return self.maxpool(self.relu(self.bn1(self.conv1(x))))
 
-    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """torchvision files -> our keys (the same names): ``module.`` / ``backbone.`` prefixes
-        stripped, the ImageNet classifier ``fc.*`` dropped. Idempotent."""
-        own = self.state_dict()
-        sd = strip_prefixes(state_dict, ("module.", "backbone."), list(own))
-        return {k: v for k, v in sd.items() if not (k.startswith("fc.") and k not in own)}
-
     def forward(self, x: Tensor) -> list[Tensor]:
         """``[B, in_chans, H, W] -> [c2, c3, c4, c5]``."""
         self.check_input(x)
@@ -153,6 +171,32 @@ class ResNet(Backbone):
                 x = self.maybe_checkpoint(blk, x)
             outs.append(x)
         return outs
+
+
+# --------------------------------------------------------------------------- recognition
+def recognise_state_dict(sd: Mapping[str, Tensor]) -> DetectedBackbone | None:
+    """Our ResNet for a torchvision file (its classifier ``fc.*`` allowed), or ``None``. Read
+    from the weights: blocks per stage, width, input channels."""
+    if not ("conv1.weight" in sd and "layer1.0.conv1.weight" in sd and "bn1.running_mean" in sd):
+        return None
+    enc = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    layers = [count_indices(enc, rf"^layer{i}\.(\d+)\.conv1\.weight$") for i in range(1, 5)]
+    w = enc["conv1.weight"]
+    found = dict(layers=layers, width=int(w.shape[0]), in_chans=int(w.shape[1]))
+    return FAMILY.match(found, "official", "state dict")
+
+
+# --------------------------------------------------------------------------- registration
+_TV = "torchvision IMAGENET1K_V1 (pytorch/vision)"
+
+#: torchvision's ImageNet files; the file names end with the first 8 hex digits of the file's
+#: SHA-256 (the ``torch.hub`` ``check_hash`` convention), checked as a prefix
+PRETRAINED: tuple[PretrainedWeights, ...] = tuple(
+    PretrainedWeights(
+        f"resnet{depth}", f"resnet{depth}", ("asymfusion",), _TV, f"resnet{depth}-{h}.pth",
+        f"https://download.pytorch.org/models/resnet{depth}-{h}.pth", mb, sha256=h)
+    for depth, h, mb in (("50", "0676ba61", 102.5), ("101", "63fe2227", 178.8),
+                         ("152", "394f9c45", 241.5)))
 
 
 def _register(name: str) -> None:
@@ -167,3 +211,8 @@ def _register(name: str) -> None:
 for _name in RESNET_LAYERS:
     _register(_name)
 del _name
+
+FAMILY = register_family(BackboneFamily(
+    "resnet", ResNet, {n: {"layers": v} for n, v in RESNET_LAYERS.items()},
+    recognise_state_dict=recognise_state_dict))
+register_pretrained(*PRETRAINED)

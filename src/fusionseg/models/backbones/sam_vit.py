@@ -32,10 +32,11 @@ sam_vit_h  1280    32     16    blocks 7, 15, 23, 31
 
 Every other block attends inside 14 x 14 windows (the grid zero-padded bottom/right to a
 multiple of 14 first, as official ``window_partition``; windows ordered batch-major,
-``[B * nh * nw, 14, 14, C]``). Relative position tables of another length than the grid needs
-are linearly interpolated in every forward, as official ``get_rel_pos`` does, so any grid works.
+``[B * nh * nw, 14, 14, C]``; :func:`~fusionseg.models.layers.window_partition`). Relative
+position tables of another length than the grid needs are linearly interpolated in every
+forward, as official ``get_rel_pos`` does, so any grid works.
 
-Files accepted by :meth:`SamVisionTransformer.checkpoint_filter_fn` (so
+Files accepted by :func:`checkpoint_filter_fn` (so
 ``create_backbone("sam_vit_b", pretrained=path)`` loads strictly):
 
 * an official whole-SAM file (``image_encoder.*`` kept, ``prompt_encoder.*`` / ``mask_decoder.*``
@@ -67,6 +68,11 @@ Departures from the official code (none changes the function at the native 1024 
   decomposed relative positions as an additive mask (the official code forms the attention
   matrix explicitly);
 * optional stochastic depth (``drop_path_rate``, 0 by default; the official encoder has none).
+
+The file registers the builders ``sam_vit_{b,l,h}``, the family ``sam_vit`` (its files and
+``sam`` / ``sam_vision_model`` configs recognised by :func:`recognise_state_dict` /
+:func:`recognise_hf_config`) and the official SAM checkpoints of the catalogue
+(:data:`PRETRAINED`).
 """
 
 from __future__ import annotations
@@ -78,23 +84,37 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...errors import ConfigError
-from ..layers import DropPath, LayerNorm2d, PatchEmbed
+from ...errors import CheckpointError, ConfigError
+from ..catalogue import PretrainedWeights, register_pretrained
+from ..layers import DropPath, LayerNorm2d, PatchEmbed, window_partition, window_unpartition
 from ..weights import rename_key
 from .base import TransformerBackbone, register_backbone, strip_prefixes
+from .formats import (
+    BackboneFamily,
+    DetectedBackbone,
+    as_pair,
+    count_indices,
+    divisor_heads,
+    register_family,
+    top_level_names,
+    under_prefix,
+)
 
 __all__ = [
+    "PRETRAINED",
     "SAM_SETTINGS",
     "SAM_TINY",
+    "SAM_VISION_CONFIG_DEFAULTS",
     "LayerNorm2d",
     "SamBlock",
     "SamVisionTransformer",
+    "checkpoint_filter_fn",
     "convert_hf_sam_vision",
     "get_rel_pos",
+    "recognise_hf_config",
+    "recognise_state_dict",
     "resize_rel_pos",
     "resize_sam_pos_embed",
-    "window_partition",
-    "window_unpartition",
 ]
 
 _LN_EPS = 1e-6
@@ -114,37 +134,6 @@ SAM_TINY = dict(embed_dim=32, depth=4, num_heads=2, window_size=2, global_attn_i
 
 
 # --------------------------------------------------------------------------- helpers
-def window_partition(x: Tensor, window: int) -> tuple[Tensor, tuple[int, int]]:
-    """``[B, H, W, C] -> ([B * nh * nw, window, window, C], (Hp, Wp))``.
-
-    The grid is zero-padded at the bottom/right to multiples of ``window`` (``Hp, Wp``); windows
-    are ordered batch first, then window row, then window column (official
-    ``window_partition``).
-    """
-    b, h, w, c = x.shape
-    ph, pw = (-h) % window, (-w) % window
-    if ph or pw:
-        x = F.pad(x, (0, 0, 0, pw, 0, ph))
-    hp, wp = h + ph, w + pw
-    x = x.view(b, hp // window, window, wp // window, window, c).permute(0, 1, 3, 2, 4, 5)
-    return x.reshape(-1, window, window, c), (hp, wp)
-
-
-def window_unpartition(windows: Tensor, window: int, padded: tuple[int, int],
-                       size: tuple[int, int]) -> Tensor:
-    """Inverse of :func:`window_partition`: ``[B * nh * nw, window, window, C] -> [B, H, W, C]``
-    (the padding cropped)."""
-    hp, wp = padded
-    h, w = size
-    nh, nw = hp // window, wp // window
-    b = windows.shape[0] // (nh * nw)
-    x = windows.view(b, nh, nw, window, window, -1).permute(0, 1, 3, 2, 4, 5)
-    x = x.reshape(b, hp, wp, -1)
-    if hp != h or wp != w:
-        x = x[:, :h, :w]
-    return x
-
-
 def resize_rel_pos(rel_pos: Tensor, length: int) -> Tensor:
     """``[L, D]`` relative-position table -> ``[length, D]`` by linear interpolation
     (``align_corners=False``), the resampling of official ``get_rel_pos``."""
@@ -275,6 +264,50 @@ class SamBlock(nn.Module):
 
 
 # --------------------------------------------------------------------------- the encoder
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor],
+                         model: nn.Module | None = None) -> dict[str, Tensor]:
+    """Official SAM or Hugging Face files -> our keys (= the official encoder names).
+
+    * ``module.`` prefixes are stripped; of a whole-SAM file only ``image_encoder.*`` is kept
+      (prompt encoder and mask decoder dropped), of a Hugging Face ``SamModel`` /
+      ``SamVisionModel`` file only ``vision_encoder.*``, renamed by
+      :func:`convert_hf_sam_vision`;
+    * ``neck.*`` is dropped when ``model`` has no neck;
+    * ``pos_embed`` of another grid is resized bicubically to ``model``'s
+      (:func:`resize_sam_pos_embed`), relative-position tables of another length linearly to
+      ``model``'s (:func:`resize_rel_pos`).
+
+    Args:
+        state_dict: the file's tensors.
+        model: the :class:`SamVisionTransformer` they are for; ``None``: no instance (the neck
+            kept, nothing resized).
+
+    Returns:
+        The encoder's tensors under our keys; keys it does not know are kept (the strict load
+        reports them). ``model``'s own state dict comes back unchanged.
+    """
+    own = model.state_dict() if model is not None else {}
+    sd = strip_prefixes(state_dict, ("module.",), list(own))
+    for prefix in ("image_encoder.", "vision_encoder."):
+        if any(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            break
+    if any(k.startswith(("layers.", "patch_embed.projection.", "neck.conv1.")) for k in sd):
+        sd = convert_hf_sam_vision(sd)
+    if model is None:
+        return sd
+    if model.neck is None:
+        sd = {k: v for k, v in sd.items() if not k.startswith("neck.")}
+    pe = sd.get("pos_embed")
+    if pe is not None and pe.ndim == 4 and pe.shape != own["pos_embed"].shape:
+        sd["pos_embed"] = resize_sam_pos_embed(pe, model.grid)
+    for k, v in sd.items():
+        if k.endswith((".rel_pos_h", ".rel_pos_w")) and k in own and v.ndim == 2 and (
+                v.shape != own[k].shape and v.shape[1] == own[k].shape[1]):
+            sd[k] = resize_rel_pos(v.float(), own[k].shape[0]).to(v.dtype)
+    return sd
+
+
 class SamVisionTransformer(TransformerBackbone):
     """SAM v1 image encoder (see the module docstring).
 
@@ -290,7 +323,7 @@ class SamVisionTransformer(TransformerBackbone):
         mlp_ratio: 4.
         out_chans: neck width (256).
         neck: build the neck (``neck.0..3``). Without it :meth:`forward_neck` is unavailable and
-            ``neck.*`` keys of a checkpoint are dropped by :meth:`checkpoint_filter_fn`.
+            ``neck.*`` keys of a checkpoint are dropped by :func:`checkpoint_filter_fn`.
         use_rel_pos: decomposed relative positions (True for every SAM v1 model).
         drop_path_rate: stochastic depth, linear over the blocks (0; not in the official code).
         in_chans: 3.
@@ -307,6 +340,7 @@ class SamVisionTransformer(TransformerBackbone):
 
     input_multiple = 16
     num_prefix_tokens = 0
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     def __init__(
         self,
@@ -382,40 +416,6 @@ class SamVisionTransformer(TransformerBackbone):
             if blk.attn.use_rel_pos:
                 names |= {f"blocks.{i}.attn.rel_pos_h", f"blocks.{i}.attn.rel_pos_w"}
         return names
-
-    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """Official SAM or Hugging Face files -> our keys (= the official encoder names).
-
-        * ``module.`` prefixes are stripped; of a whole-SAM file only ``image_encoder.*`` is kept
-          (prompt encoder and mask decoder dropped), of a Hugging Face ``SamModel`` /
-          ``SamVisionModel`` file only ``vision_encoder.*``, renamed by
-          :func:`convert_hf_sam_vision`;
-        * ``neck.*`` is dropped when this instance has no neck;
-        * ``pos_embed`` of another grid is resized bicubically to :attr:`grid`
-          (:func:`resize_sam_pos_embed`), relative-position tables of another length linearly to
-          this instance's (:func:`resize_rel_pos`).
-
-        Keys it does not know are kept (the strict load reports them). Our own state dict comes
-        back unchanged.
-        """
-        own = self.state_dict()
-        sd = strip_prefixes(state_dict, ("module.",), list(own))
-        for prefix in ("image_encoder.", "vision_encoder."):
-            if any(k.startswith(prefix) for k in sd):
-                sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-                break
-        if any(k.startswith(("layers.", "patch_embed.projection.", "neck.conv1.")) for k in sd):
-            sd = convert_hf_sam_vision(sd)
-        if self.neck is None:
-            sd = {k: v for k, v in sd.items() if not k.startswith("neck.")}
-        pe = sd.get("pos_embed")
-        if pe is not None and pe.ndim == 4 and pe.shape != own["pos_embed"].shape:
-            sd["pos_embed"] = resize_sam_pos_embed(pe, self.grid)
-        for k, v in sd.items():
-            if k.endswith((".rel_pos_h", ".rel_pos_w")) and k in own and v.ndim == 2 and (
-                    v.shape != own[k].shape and v.shape[1] == own[k].shape[1]):
-                sd[k] = resize_rel_pos(v.float(), own[k].shape[0]).to(v.dtype)
-        return sd
 
     # ------------------------------------------------------------------ stages
     def prepare_tokens(self, x: Tensor, patch_embed: nn.Module | None = None
@@ -519,7 +519,93 @@ def convert_hf_sam_vision(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
     return {rename_key(_HF_KEY.sub("", k, count=1), _HF_RULES): v for k, v in sd.items()}
 
 
+# --------------------------------------------------------------------------- recognition
+#: defaults of ``transformers`` 5 ``SamVisionConfig``, for keys a ``config.json`` leaves out
+SAM_VISION_CONFIG_DEFAULTS: dict[str, object] = dict(
+    hidden_size=768, output_channels=256, num_hidden_layers=12, num_attention_heads=12,
+    num_channels=3, image_size=1024, patch_size=16, qkv_bias=True, mlp_ratio=4.0,
+    use_abs_pos=True, use_rel_pos=True, window_size=14, global_attn_indexes=[2, 5, 8, 11],
+    mlp_dim=None)
+
+
+def recognise_hf_config(model_type: str, c: Mapping[str, object]) -> DetectedBackbone:
+    """Our SAM ViT for a Hugging Face ``sam_vision_model`` config (the ``vision_config`` of a
+    ``sam`` config: ``hidden_size``, ``num_hidden_layers``, ``num_attention_heads``,
+    ``global_attn_indexes``, ``window_size``, ``image_size``, ``mlp_dim``, ``output_channels``;
+    completed with :data:`SAM_VISION_CONFIG_DEFAULTS`).
+
+    Raises:
+        CheckpointError: ``use_abs_pos`` or ``qkv_bias`` false.
+    """
+    if not c["use_abs_pos"] or not c["qkv_bias"]:
+        raise CheckpointError("SAM vision config: use_abs_pos and qkv_bias must be true")
+    dim = int(c["hidden_size"])
+    mlp_ratio = float(c["mlp_dim"]) / dim if c.get("mlp_dim") else float(c["mlp_ratio"])
+    found = dict(embed_dim=dim, depth=c["num_hidden_layers"], num_heads=c["num_attention_heads"],
+                 global_attn_indexes=[int(i) for i in c["global_attn_indexes"]],
+                 window_size=c["window_size"], img_size=as_pair(c["image_size"])[0],
+                 patch_size=c["patch_size"], mlp_ratio=mlp_ratio,
+                 out_chans=c["output_channels"], use_rel_pos=bool(c["use_rel_pos"]),
+                 in_chans=c["num_channels"])
+    return FAMILY.match(found, "hugging face", "config.json")
+
+
+def recognise_state_dict(sd: Mapping[str, Tensor]) -> DetectedBackbone | None:
+    """Our SAM ViT for an official ``sam_vit_*.pth``, a Hugging Face ``SamModel`` /
+    ``SamVisionModel`` state dict or a bare encoder (official or Hugging Face names), or
+    ``None``.
+
+    Read from the weights: depth, width, heads (from the relative-position tables), window
+    size, global blocks, grid, patch size, MLP ratio, neck width (or no neck).
+    """
+    top = top_level_names(sd)
+    if "image_encoder.blocks.0.mlp.lin1.weight" in sd and top <= {
+            "image_encoder", "prompt_encoder", "mask_decoder"}:
+        fmt, enc = "official", under_prefix(sd, "image_encoder.")
+    elif "vision_encoder.layers.0.mlp.lin1.weight" in sd and top <= {
+            "vision_encoder", "prompt_encoder", "mask_decoder", "shared_image_embedding"}:
+        fmt, enc = "hugging face", convert_hf_sam_vision(under_prefix(sd, "vision_encoder."))
+    elif "layers.0.mlp.lin1.weight" in sd and "patch_embed.projection.weight" in sd:
+        fmt, enc = "hugging face", convert_hf_sam_vision(sd)
+    elif "blocks.0.mlp.lin1.weight" in sd and "patch_embed.proj.weight" in sd:
+        fmt, enc = "official", dict(sd)
+    else:
+        return None
+    w = enc["patch_embed.proj.weight"]
+    dim, patch = int(w.shape[0]), int(w.shape[-1])
+    grid = int(enc["pos_embed"].shape[1])
+    depth = count_indices(enc, r"^blocks\.(\d+)\.norm1\.weight$")
+    rel = [enc.get(f"blocks.{i}.attn.rel_pos_h") for i in range(depth)]
+    use_rel = rel[0] is not None
+    glob = [i for i, r in enumerate(rel) if r is not None and r.shape[0] == 2 * grid - 1]
+    local = [r for r in rel if r is not None and r.shape[0] != 2 * grid - 1]
+    window = (int(local[0].shape[0]) + 1) // 2 if local else 14
+    heads = dim // int(rel[0].shape[1]) if use_rel else divisor_heads(dim, dim // 64)
+    found = dict(embed_dim=dim, depth=depth, num_heads=heads, global_attn_indexes=glob,
+                 window_size=window, img_size=grid * patch, patch_size=patch,
+                 mlp_ratio=enc["blocks.0.mlp.lin1.weight"].shape[0] / dim,
+                 use_rel_pos=use_rel, in_chans=int(w.shape[1]))
+    if "neck.0.weight" in enc:
+        found["out_chans"] = int(enc["neck.0.weight"].shape[0])
+    else:
+        found["neck"] = False
+    return FAMILY.match(found, fmt, "state dict")
+
+
 # --------------------------------------------------------------------------- registration
+_SAM = "facebookresearch/segment-anything"
+
+#: the official SAM v1 checkpoints (whole models); the file names end with the first 6 hex
+#: digits of the file's MD5, whose full value is recorded
+PRETRAINED: tuple[PretrainedWeights, ...] = tuple(
+    PretrainedWeights(
+        f"sam_vit_{v}", f"sam_vit_{v}", ("mle_sam", "mobanet"), _SAM, f"sam_vit_{v}_{md5[:6]}.pth",
+        f"https://dl.fbaipublicfiles.com/segment_anything/sam_vit_{v}_{md5[:6]}.pth", mb, md5=md5)
+    for v, md5, mb in (("b", "01ec64d29a2fca3f0661936605ae66f8", 375),
+                       ("l", "0b3195507c641ddb6910d2bb5adee89c", 1249),
+                       ("h", "4b8939a88964f0f4ff5f5b2642c598a6", 2564)))
+
+
 def _register(name: str) -> None:
     def build(**overrides) -> SamVisionTransformer:
         return SamVisionTransformer(**{**SAM_SETTINGS[name], **overrides})
@@ -533,3 +619,10 @@ def _register(name: str) -> None:
 for _name in SAM_SETTINGS:
     _register(_name)
 del _name
+
+FAMILY = register_family(BackboneFamily(
+    "sam_vit", SamVisionTransformer, SAM_SETTINGS, recognise_state_dict=recognise_state_dict,
+    hf_configs={"sam_vision_model": SAM_VISION_CONFIG_DEFAULTS},
+    hf_nested={"sam": ("vision_config", "sam_vision_model")},
+    recognise_hf_config=recognise_hf_config))
+register_pretrained(*PRETRAINED)
