@@ -1,5 +1,7 @@
-"""AsymFusion segmentor: release equivalence (tests/reference/asymfusion_release.py), single-
-stream path, loss route, frozen BN statistics, bad input."""
+"""AsymFusion, the model (``methods/asymfusion/model.py``, ``release.py``): release equivalence
+(tests/reference/asymfusion_release.py), single-stream path, loss route, frozen BN statistics,
+options and bad input. The fusion operators alone (shift-shuffle, per-modality BatchNorm, the
+fused bottleneck) are tested in test_asymfusion_fusion.py."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import torch.nn.functional as F
 from reference.asymfusion_release import AsymFusionRelease, randomize_
 
 from fusionseg.engine.losses import SegmentationCriterion
+from fusionseg.errors import ConfigError
 from fusionseg.models import SegmentationOutput, create_model, load_checkpoint
 from fusionseg.models.methods.asymfusion.model import AsymFusionSegmentor
 
@@ -112,6 +115,35 @@ def test_shift_shuffle_switch_and_bad_input():
         assert not torch.allclose(a(x), b(x))
     with pytest.raises(ValueError, match="one or two modalities"):
         ours(modalities=["rgb", "depth", "thermal"])
+
+
+def test_wrong_typed_option_fails_in_one_line_naming_it():
+    with pytest.raises(ConfigError) as err:
+        create_model({"name": "asymfusion", "num_classes": K, "decoder_channels": "wide"})
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert msg.startswith("model 'asymfusion': decoder_channels: ") and "'wide'" in msg
+    with pytest.raises(ConfigError, match=r"^model 'asymfusion': shift_shuffle: .*'maybe'"):
+        AsymFusionSegmentor(num_classes=K, shift_shuffle="maybe")
+
+
+def test_released_key_conversion_keeps_our_keys():
+    """``checkpoint_filter_fn`` renames the release's keys (``.module`` dropped, encoder under
+    ``backbone.``, decoder under ``decode_head.``) and gives our own state dict back as is."""
+    t = torch.zeros(1)
+    got = AsymFusionSegmentor.checkpoint_filter_fn({
+        "conv1.module.weight": t, "bn1.bn_1.weight": t, "layer2.0.conv1.module.weight": t,
+        "layer2.0.downsample.0.module.weight": t,
+        "mflow_conv_g3_pool.0.1_outvar_dimred.module.weight": t,
+        "clf_conv.module.bias": t, "alpha": t})
+    assert list(got) == ["backbone.conv1.weight", "backbone.bn1.bn_1.weight",
+                         "backbone.layer2.0.conv1.weight", "backbone.layer2.0.downsample.0.weight",
+                         "decode_head.mflow_conv_g3_pool.0.1_outvar_dimred.weight",
+                         "decode_head.clf_conv.bias",
+                         "alpha"]
+    sd = ours(decoder_channels=16).state_dict()
+    assert not AsymFusionSegmentor.is_released_format(sd)
+    assert list(AsymFusionSegmentor.checkpoint_filter_fn(sd)) == list(sd)
 
 
 def test_eval_reports_every_stream_and_the_ensemble(released, tmp_path):

@@ -32,7 +32,7 @@ from reference import asymfusion_pipeline as release
 from reference.asymfusion_release import AsymFusionRelease, randomize_
 
 from fusionseg.config import load_config
-from fusionseg.data.datamodule import build_dataset
+from fusionseg.engine.datamodule import build_dataset
 from fusionseg.engine.runner import build_model
 from fusionseg.models import load_checkpoint
 

@@ -1,4 +1,7 @@
-"""AsymFusion's shift-shuffle: parameter-free and exact on a hand-built tensor."""
+"""AsymFusion's fusion operators (``methods/asymfusion/fusion.py``): shift-shuffle exact on a
+hand-built tensor and parameter-free, per-modality BatchNorm, the fused bottleneck in the
+release's order. The model (release equivalence, options, outputs) is tested in
+test_asymfusion.py."""
 
 from __future__ import annotations
 

@@ -1,5 +1,5 @@
-"""MLE-SAM: modality subsets, frozen encoder, the loss route, loading an official SAM 2.1 file,
-and the parameter budget of the published setting (meta device)."""
+"""MLE-SAM: modality subsets, frozen encoder, the loss route, typed options, loading an official
+SAM 2.1 file, and the parameter budget of the published setting (meta device)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,14 @@ import torch
 from conftest import tiny_model_cfg
 
 from fusionseg.engine.losses import SegmentationCriterion
+from fusionseg.errors import ConfigError
 from fusionseg.models import CheckpointMismatchError, SegmentationOutput, create_model
 from fusionseg.models.backbones import create_backbone
 from fusionseg.models.backbones.hiera import HIERA_TINY
+from fusionseg.models.methods.mle_sam import fpn_neck
 from fusionseg.models.methods.mle_sam.decoder import Sam2SemanticDecoder
 from fusionseg.models.methods.mle_sam.fpn_neck import Sam2FpnNeck
+from fusionseg.models.methods.mle_sam.model import MLESAMOptions, MLESAMSegmentor
 from fusionseg.models.peft.lora import lora_modules
 
 MODS = ["rgb", "depth", "lidar"]
@@ -133,6 +136,33 @@ def test_inference_mean_averages_the_two_heads():
         tiny(inference="max")
 
 
+@pytest.mark.parametrize(("option", "value", "expected"), [
+    ("gate", "nope", r"gate: Input should be 'pixel' or 'image' \(got 'nope'\)"),
+    ("integrate", "sum", r"integrate: Input should be 'conv' or 'mean' \(got 'sum'\)"),
+    ("top_k", 0, r"top_k: Input should be greater than or equal to 1 \(got 0\)"),
+    ("rank", "wide", r"rank: Input should be a valid integer.*\(got 'wide'\)"),
+])
+def test_a_wrong_option_fails_in_one_line_naming_it(option, value, expected):
+    for build in (lambda: create_model(tiny_model_cfg("mle_sam", **{option: value})),
+                  lambda: MLESAMSegmentor(num_classes=3, **{option: value})):
+        with pytest.raises(ConfigError, match=expected) as err:
+            build()
+        msg = str(err.value)
+        assert "\n" not in msg and msg.startswith("model 'mle_sam': ")
+        assert "gate: 'pixel' | 'image'" in msg  # the valid options with their types
+
+
+def test_options_keep_the_published_defaults():
+    o = MLESAMOptions(num_classes=25)
+    assert o.modalities == ("rgb", "depth", "event", "lidar")
+    assert (o.backbone, o.rank, o.gate, o.integrate, o.aux_weight, o.neck_dim) == (
+        "sam2.1_hiera_b+", 32, "pixel", "conv", 0.4, 256)
+    assert (o.inference, o.freeze_encoder, o.train_neck, o.top_k) == ("main", True, False, None)
+    model = tiny()
+    assert isinstance(model, MLESAMSegmentor) and model.options.rank == 2
+    assert model.options.modalities == tuple(MODS)
+
+
 def test_routing_options_and_shared_expert_build_and_run():
     for kw in ({"gate": "image", "top_k": 1}, {"integrate": "mean"}, {"weighted": False},
                {"shared_expert": True}, {"freeze_encoder": False, "train_neck": True}):
@@ -195,6 +225,21 @@ def test_official_sam2_file_loads_trunk_neck_and_decoder(tmp_path):
     with pytest.raises(CheckpointMismatchError, match="blocks.1.attn.qkv.weight"):
         create_model(tiny_model_cfg("mle_sam", modalities=MODS,
                                     pretrained=str(tmp_path / "broken.pt")))
+
+
+def test_neck_and_decoder_take_the_same_load_pretrained_path(tmp_path):
+    """A file path, its ``{"model": ...}`` dict in memory, or our own state dict: the same
+    tensors in the neck and the decoder."""
+    path, trunk, neck, dec = _official_file(tmp_path)
+    raw = torch.load(path, weights_only=True)
+    assert Sam2FpnNeck.checkpoint_filter_fn is fpn_neck.checkpoint_filter_fn
+    for source in (path, str(path), raw, neck.state_dict()):
+        got = Sam2FpnNeck.from_trunk(trunk, d_model=16).load_pretrained(source)
+        assert all(torch.equal(got.state_dict()[k], v) for k, v in neck.state_dict().items())
+    for source in (path, raw, dec.state_dict()):
+        got = Sam2SemanticDecoder(4, transformer_dim=16, num_heads=2, mlp_dim=16)
+        got.load_pretrained(source)
+        assert all(torch.equal(got.state_dict()[k], v) for k, v in dec.state_dict().items())
 
 
 def test_published_setting_parameter_budget_on_meta_device():

@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from fusionseg.models.methods.mle_sam.decoder import (
     Sam2SemanticDecoder,
+    checkpoint_filter_fn,
     convert_hf_sam2_decoder,
     random_fourier_image_pe,
 )
@@ -219,7 +220,7 @@ def test_matches_hf_mask_decoder(hf_model, tmp_path, source):
         hf_model.save_pretrained(tmp_path / "hf")
         src = tmp_path / "hf" / "model.safetensors"
     ours = Sam2SemanticDecoder(4, **TINY).eval()
-    report = ours.load_sam2_pretrained(src)
+    report = ours.load_pretrained(src)
     assert report.source_format == "hf" and report.cycled == []
     assert set(report.loaded) == set(ours.state_dict())
     assert "sam_mask_decoder.iou_prediction_head.layers.2.weight" in report.skipped
@@ -240,10 +241,10 @@ def test_hf_comparison_is_sensitive(hf_model):
     with torch.no_grad():
         ref, _ = _hf_all_masks(hf_model, img, s0, s1)
         no_tok = Sam2SemanticDecoder(4, keep_sam_tokens=False, **TINY)
-        no_tok.load_sam2_pretrained(hf_model.state_dict())
+        no_tok.load_pretrained(hf_model.state_dict())
         assert not torch.allclose(no_tok(img, (s0, s1)), ref, atol=1e-3)
         ours = Sam2SemanticDecoder(4, **TINY)
-        ours.load_sam2_pretrained(hf_model.state_dict())
+        ours.load_pretrained(hf_model.state_dict())
         torch.testing.assert_close(ours(img, (s0, s1)), ref, rtol=1e-5, atol=1e-5)
         ours.no_mem_embed.zero_()
         assert not torch.allclose(ours(img, (s0, s1)), ref, atol=1e-3)
@@ -255,7 +256,7 @@ def test_load_official_file_with_six_classes(tmp_path):
     path = tmp_path / "sam2.1_tiny.pt"
     torch.save({"model": off}, path)
     m = Sam2SemanticDecoder(6, **TINY)
-    report = m.load_sam2_pretrained(path)
+    report = m.load_pretrained(path)
     sd = m.state_dict()
     hyper_cycled = {k for k in sd if re.match(r"output_hypernetworks_mlps\.[45]\.", k)}
     assert set(report.cycled) == {"mask_tokens.weight"} | hyper_cycled
@@ -285,7 +286,7 @@ def test_load_official_file_with_six_classes(tmp_path):
 def test_load_mapping_variants():
     off = official_file_dict(seed=3)
     m = Sam2SemanticDecoder(3, keep_sam_tokens=False, shared_hypernetwork=True, **TINY)
-    report = m.load_sam2_pretrained({"model": off})  # a raw torch.load of the official file
+    report = m.load_pretrained({"model": off})  # a raw torch.load of the official file
     sd = m.state_dict()
     assert torch.equal(sd["mask_tokens.weight"], off["sam_mask_decoder.mask_tokens.weight"][:3])
     assert torch.equal(sd["output_hypernetworks_mlps.0.layers.2.weight"],
@@ -309,7 +310,7 @@ def test_missing_required_key_raises_and_changes_nothing(tmp_path, key):
     m = Sam2SemanticDecoder(6, **TINY)
     before = {k: v.clone() for k, v in m.state_dict().items()}
     with pytest.raises(CheckpointMismatchError, match=re.escape(key)) as e:
-        m.load_sam2_pretrained(path)
+        m.load_pretrained(path)
     assert e.value.missing == [key] and str(path) in str(e.value)
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
@@ -318,8 +319,38 @@ def test_missing_required_key_raises_and_changes_nothing(tmp_path, key):
 def test_shape_mismatch_raises():
     m = Sam2SemanticDecoder(4, **{**TINY, "transformer_dim": 64})
     with pytest.raises(CheckpointMismatchError, match="shape mismatch") as e:
-        m.load_sam2_pretrained(official_file_dict())
+        m.load_pretrained(official_file_dict())
     assert any(k == "sam_mask_decoder.conv_s0.weight" for k, _, _ in e.value.mismatched)
+
+
+def test_checkpoint_filter_fn_maps_the_official_names_with_and_without_a_model():
+    off = official_file_dict(seed=4)
+    assert Sam2SemanticDecoder.checkpoint_filter_fn is checkpoint_filter_fn
+    # without a model: the file's own 4 tokens, loading strictly into a 4-class decoder
+    plain = checkpoint_filter_fn(off)
+    m4 = Sam2SemanticDecoder(4, **TINY)
+    m4.load_state_dict(plain, strict=True)
+    assert torch.equal(plain["no_mem_embed"], off["no_mem_embed"])
+    assert torch.equal(plain["no_mask_embed"], off["sam_prompt_encoder.no_mask_embed.weight"])
+    assert torch.equal(plain["transformer.layers.1.norm4.bias"],
+                       off["sam_mask_decoder.transformer.layers.1.norm4.bias"])
+    # with a 6-class model: class tokens / hypernetworks 4, 5 from official 0, 1
+    m6 = Sam2SemanticDecoder(6, **TINY)
+    mapped = Sam2SemanticDecoder.checkpoint_filter_fn(off, m6)
+    assert set(mapped) == set(m6.state_dict())
+    tok = off["sam_mask_decoder.mask_tokens.weight"]
+    assert torch.equal(mapped["mask_tokens.weight"], tok[[0, 1, 2, 3, 0, 1]])
+    assert torch.equal(mapped["output_hypernetworks_mlps.5.layers.2.bias"],
+                       off["sam_mask_decoder.output_hypernetworks_mlps.1.layers.2.bias"])
+    m6.load_pretrained(off)
+    assert all(torch.equal(v, mapped[k]) for k, v in m6.state_dict().items())
+    # idempotent: our own state dict comes back unchanged, and load_pretrained takes it
+    own = m6.state_dict()
+    assert list(checkpoint_filter_fn(own, m6)) == list(own)
+    fresh = Sam2SemanticDecoder(6, **TINY)
+    report = fresh.load_pretrained(own)
+    assert report.source_format == "fusionseg" and set(report.loaded) == set(own)
+    assert all(torch.equal(v, own[k]) for k, v in fresh.state_dict().items())
 
 
 # --------------------------------------------------------------------------- (d) training
@@ -538,9 +569,9 @@ def test_sam1_load_official_file_with_six_classes(tmp_path):
             "prompt_encoder.mask_downscaling.0.weight"} <= set(report.skipped)
     assert report.ignored == 2
     assert m(torch.randn(1, C, 2, 3)).shape == (1, 6, 8, 12)
-    # also as a mapping, and through the old method name
+    # also as a mapping
     m2 = Sam2SemanticDecoder(6, **SAM1)
-    m2.load_sam2_pretrained(off)
+    m2.load_pretrained(off)
     for k, v in m2.state_dict().items():
         assert torch.equal(v, sd[k]), k
 
@@ -564,6 +595,21 @@ def test_sam1_missing_required_key_raises_and_changes_nothing(tmp_path, key):
     assert e.value.missing == [key] and str(path) in str(e.value)
     for k, v in m.state_dict().items():
         assert torch.equal(v, before[k]), k
+
+
+def test_checkpoint_filter_fn_tells_sam_v1_files_by_their_names(hf_sam1, hf_model):
+    plain = checkpoint_filter_fn(official_sam1_file_dict(seed=2))  # no model: read the names
+    m = Sam2SemanticDecoder(4, **SAM1)
+    m.load_state_dict(plain, strict=True)
+    assert torch.equal(plain["transformer.layers.0.mlp.lin1.weight"],
+                       official_sam1_file_dict(seed=2)[
+                           "mask_decoder.transformer.layers.0.mlp.lin1.weight"])
+    for hf, kw in ((hf_sam1, SAM1), (hf_model, TINY)):  # HF SamModel / Sam2Model names
+        ref = Sam2SemanticDecoder(4, **kw)
+        ref.load_pretrained(hf.state_dict())
+        got = checkpoint_filter_fn(hf.state_dict())
+        assert got.keys() == ref.state_dict().keys()
+        assert all(torch.equal(got[k], v) for k, v in ref.state_dict().items())
 
 
 def test_sam1_and_sam2_files_do_not_cross_load():

@@ -15,14 +15,18 @@ from reference.mobanet_release import MoBaNetRelease, _AuxHead, _UperNet, random
 from torch import nn
 
 from fusionseg.engine.losses import SegmentationCriterion
-from fusionseg.engine.masking import modality_conditional_random_mask
+from fusionseg.errors import ConfigError
 from fusionseg.models import (
     CheckpointMismatchError,
     SegmentationOutput,
     create_model,
     load_checkpoint,
 )
-from fusionseg.models.methods.mobanet.model import MoBaNetSegmentor
+from fusionseg.models.methods.mobanet.model import (
+    MoBaNetSegmentor,
+    modality_conditional_random_mask,
+)
+from fusionseg.models.methods.mobanet.release import is_released_sam
 
 K = 6
 BB = {"embed_dim": 32, "depth": 4, "num_heads": 2, "out_indices": [0, 1, 2, 3], "img_size": 56}
@@ -188,6 +192,20 @@ def test_bad_modalities_name_the_two_stream_design():
     for mods in (["irrg", "dsm", "rgb"], ["dsm", "irrg"], ["rgb", "thermal"], ["irrg"]):
         with pytest.raises(ValueError, match="two-stream"):
             ours(modalities=mods)
+
+
+@pytest.mark.parametrize(("key", "value", "expected"), [
+    ("proj_dim", "wide", r"proj_dim: .*valid integer.*'wide'"),
+    ("cpia", "maybe", r"cpia: .*valid boolean.*'maybe'"),
+    ("mcrm_area", [0.1, 1.5], r"mcrm_area: .*0 < low <= high <= 1 \(got \[0\.1, 1\.5\]\)"),
+])
+def test_wrong_typed_option_is_one_line_naming_it(key, value, expected):
+    with pytest.raises(ConfigError, match=expected) as err:
+        ours(**{key: value})
+    msg = str(err.value)
+    assert "\n" not in msg and msg.startswith("model 'mobanet': ")
+    assert "Valid options: num_classes: int, modalities: tuple[str, ...], backbone: str" in msg
+    assert "design: 'taps' | 'neck' | None" in msg
 
 
 def test_mcrm_masks_one_modality_of_a_quarter_of_the_batch():
@@ -481,7 +499,7 @@ def test_sam_variant_released_weights_give_released_logits(tmp_path, size):
     assert {"sam.image_encoder.pos_embed", "image_encoder.blocks.0.attn.rel_h",
             "image_encoder.blocks.3.peft_adapter_y.D_fc_prompt.weight", "fpn1x.1.ln.weight",
             "fpn1y.1.running_var", "fusion4.se_dsm.fc.2.bias"} <= set(sd)
-    assert MoBaNetSegmentor._is_released_sam(sd)
+    assert is_released_sam(sd)
     torch.save(sd, tmp_path / "Net_sam.pth")
     model = load_checkpoint(ours_sam(seed=4), tmp_path / "Net_sam.pth").eval()
     assert model.design == "neck"

@@ -36,17 +36,17 @@ from reference import mobanet_pipeline as release
 from reference.mobanet_release import MoBaNetRelease, randomize_
 
 from fusionseg.config import load_config
-from fusionseg.data.datamodule import build_dataset
 from fusionseg.data.datasets.isprs import Vaihingen, decode_isprs_colours
-from fusionseg.engine.inference import (
+from fusionseg.engine.datamodule import build_dataset
+from fusionseg.engine.runner import build_model
+from fusionseg.errors import ConfigError, DataError
+from fusionseg.models import load_checkpoint
+from fusionseg.models.inference_modes import (
     inference_kwargs,
     predict_logits,
     slide_inference,
     window_starts,
 )
-from fusionseg.engine.runner import build_model
-from fusionseg.errors import ConfigError, DataError
-from fusionseg.models import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[3]
 CONFIG = ROOT / "configs" / "mobanet" / "vaihingen.yaml"

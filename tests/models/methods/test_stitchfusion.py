@@ -6,22 +6,30 @@ import json
 import re
 import warnings
 from pathlib import Path
+from typing import get_args
 
 import pytest
 import torch
 import yaml
 from reference.stitchfusion_release import StitchFusionRelease, randomize_
 
-from fusionseg.config import load_config
+from fusionseg.config import config_from_dict, load_config
 from fusionseg.data import list_datasets
 from fusionseg.engine.runner import convert_weights
+from fusionseg.errors import ConfigError
 from fusionseg.models import CheckpointMismatchError, create_model, load_checkpoint
 from fusionseg.models.methods.stitchfusion.adapters import (
+    ADAPTER_DENSITIES,
     BottleneckAdapter,
     MultiAdapter,
     adapter_param_count,
 )
-from fusionseg.models.methods.stitchfusion.model import StitchFusionSegmentor, release_to_fusionseg
+from fusionseg.models.methods.stitchfusion.model import (
+    Density,
+    StitchFusionOptions,
+    StitchFusionSegmentor,
+)
+from fusionseg.models.methods.stitchfusion.release import release_to_fusionseg
 from fusionseg.models.weights import convert_checkpoint
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -605,8 +613,24 @@ def test_bad_options():
         tiny_model(2, fusion="concat")
     with pytest.raises(ValueError, match="unknown missing mode 'drop'"):
         tiny_model(2, missing="drop")
-    with pytest.raises(ValueError, match="unknown key"):
+    with pytest.raises(ValueError, match="unknown option 'adaptor'"):
         create_model({"name": "stitchfusion", "num_classes": 3, "adaptor": "pairwise"})
+
+
+def test_wrong_typed_option_in_a_config_is_one_line_naming_it():
+    with pytest.raises(ConfigError, match=r"model 'stitchfusion': adapter_hidden: .*valid "
+                       r"integer.*'wide'.*Valid options: .*adapter_hidden: int") as err:
+        config_from_dict({"model": {"name": "stitchfusion", "adapter_hidden": "wide"}})
+    assert "\n" not in str(err.value)
+
+
+def test_options_declare_the_adapter_densities_and_keep_the_old_spellings():
+    assert get_args(Density) == ADAPTER_DENSITIES
+    o = StitchFusionOptions(num_classes=3, adapter=["none", "", None, "shared"])
+    assert o.adapter == (None, None, None, "shared")
+    assert o.stage_densities() == [None, None, None, "shared"]
+    assert StitchFusionOptions(num_classes=3, adapter="none").stage_densities() == [None] * 4
+    assert StitchFusionOptions(num_classes=3).stage_densities() == ["pairwise"] * 4
 
 
 # --------------------------------------------------------------------------- configs

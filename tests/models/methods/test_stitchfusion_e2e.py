@@ -43,7 +43,7 @@ from reference import stitchfusion_pipeline as release
 from reference.stitchfusion_release import StitchFusionRelease, randomize_
 
 from fusionseg.config import load_config
-from fusionseg.data.datamodule import build_dataset
+from fusionseg.engine.datamodule import build_dataset
 from fusionseg.engine.runner import build_model
 from fusionseg.models import load_checkpoint
 

@@ -1,7 +1,7 @@
 """Shared parameter-efficient modules (LoRA); all subclass :class:`~.base.PeftModule`.
 
 Method-specific ones live with their method: StitchFusion's MultiAdapter in
-``methods/stitchfusion/adapters.py``, MoBaNet's CPIA in ``methods/mobanet/cpia.py``.
+``methods/stitchfusion/adapters.py``, MoBaNet's CPIA in ``methods/mobanet/modules.py``.
 """
 
 from .base import PeftModule

@@ -34,11 +34,9 @@ path: its forward fails with one input). A batch mixing samples with and without
 one sub-batch per presence pattern, so each sample gets what it would get alone; in training
 a stream's auxiliary loss leaves out the samples that lack its modality.
 
-Checkpoint keys (ours <- release): the release wraps each conv in ``ModuleParallel`` (``.module``)
-- ``conv1.module.weight`` -> ``backbone.conv1.weight``, ``bn1.bn_0.*`` -> ``backbone.bn1.bn_0.*``,
-``layer{1..4}.*`` -> ``backbone.layer{1..4}.*`` (``.module`` dropped), decoder keys
-(``p_ims1d2_outl*``, ``adapt_stage*``, ``mflow_conv_g*``, ``clf_conv``) -> ``decode_head.*``,
-``alpha`` -> ``alpha``. torchvision ImageNet files go to ``pretrained`` (every BN copied to both
+Checkpoint keys: the release's (``conv1.module.weight``, ``bn1.bn_0.*``, decoder
+``p_ims1d2_outl*`` ...) are renamed to ours by :mod:`.release` (``checkpoint_filter_fn``,
+``is_released_format``). torchvision ImageNet files go to ``pretrained`` (every BN copied to both
 streams). The files the release's ``Saver`` writes (``utils/meter.py:53-89``, called at
 ``main.py:430``: ``{'segmenter': state_dict, 'epoch_start': int, 'best_val': float}``, keys
 under DataParallel's ``module.``) load as they are: :func:`~fusionseg.models.weights.load_checkpoint`
@@ -47,34 +45,68 @@ unwraps ``'segmenter'`` and strips the ``module.`` every key carries before this
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 from torch import Tensor, nn
 
 from ....errors import ConfigError
 from ...backbones import create_backbone
 from ...backbones.resnet import RESNET_TINY, ResNet
+from ...options import MethodOptions, resolve_options
 from ...registry import register_model
 from ...segmentor import AuxiliaryLogits, SegmentationOutput, Segmentor
-from ...weights import rename_keys
 from .fusion import fused_bottleneck, parallelize_batchnorms, set_active_streams
 from .refinenet import RefineNetLW
+from .release import checkpoint_filter_fn, is_released_format
 
-__all__ = ["AsymFusionSegmentor", "build_asymfusion"]
+__all__ = ["ASYMFUSION_TINY", "AsymFusionOptions", "AsymFusionSegmentor"]
+
+
+class AsymFusionOptions(MethodOptions):
+    """Options of ``asymfusion`` (the ``model`` section of a config)."""
+
+    method_name: ClassVar[str] = "asymfusion"
+
+    modalities: tuple[str, ...] = Field(
+        ("rgb", "depth"), min_length=1,
+        description="one or two modality names; the first is stream 1, e.g. [rgb, depth]")
+    backbone: str = Field("resnet101", description="ResNet encoder (resnet50 / 101 / 152)")
+    pretrained: str | Path | None = Field(
+        None, description="encoder weights: a torchvision ImageNet file or catalogue name")
+    shift_shuffle: bool = Field(
+        True, description="shift-shuffle fusion in each stage's last bottleneck (off: ablation)")
+    dropout: float = Field(0.5, ge=0, le=1, description="RefineNet dropout probability")
+    freeze_bn_stats: bool = Field(
+        True, description="keep the encoder BatchNorm running statistics fixed in training")
+    decoder_channels: int = Field(
+        256, gt=0, description="Light-Weight RefineNet width (256 as released)")
+    eval_upsample: Literal["bilinear", "bicubic"] = Field(
+        "bilinear", description="1/4-scale logits to input size outside training")
+    backbone_kwargs: dict[str, Any] | None = Field(
+        None, description="extra backbone constructor overrides (e.g. tiny test widths)")
+
+    @field_validator("modalities")
+    @classmethod
+    def _one_or_two(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) > 2:
+            raise ValueError(f"AsymFusion fuses one or two modalities, got {list(v)}")
+        return v
 
 
 class AsymFusionSegmentor(Segmentor):
     """AsymFusion (see the module docstring).
 
-    Args:
-        backbone: a :class:`~fusionseg.models.backbones.resnet.ResNet` (pretrained weights loaded
-            before; its BatchNorms become per-modality copies here).
+    Built from :class:`AsymFusionOptions` (an instance, or its fields as keyword arguments:
+    ``AsymFusionSegmentor(num_classes=40, backbone="resnet50")``). In more detail:
+
+        backbone: a registered ResNet (``resnet50 / 101 / 152``), loaded from ``pretrained``
+            first; its BatchNorms then become per-modality copies.
         modalities: one or two modality names (first = stream 1, e.g. ``["rgb", "depth"]``).
-        num_classes: ``K``.
         shift_shuffle: the fusion in the last bottleneck of each stage (off: the ablation).
         dropout: decoder dropout (0.5).
         freeze_bn_stats: keep the encoder BatchNorms' running statistics fixed in training (as
@@ -86,28 +118,35 @@ class AsymFusionSegmentor(Segmentor):
             release's loss does (``main.py:273-274``).
 
     Raises:
-        ValueError: more than two modalities; a backbone that is not a ResNet.
+        ConfigError: options that do not validate (more than two modalities, an unknown
+            ``eval_upsample``, ...), ``backbone_kwargs`` repeating ``pretrained``, a backbone
+            that is not a ResNet.
+        FileNotFoundError, CheckpointMismatchError: from loading ``pretrained``.
     """
 
-    def __init__(self, backbone: ResNet, modalities: Sequence[str], num_classes: int,
-                 shift_shuffle: bool = True, dropout: float = 0.5,
-                 freeze_bn_stats: bool = True, decoder_channels: int = 256,
-                 eval_upsample: str = "bilinear") -> None:
-        super().__init__(modalities, num_classes)
-        if eval_upsample not in ("bilinear", "bicubic"):
-            raise ConfigError(f"AsymFusion eval_upsample must be 'bilinear' or 'bicubic', got "
-                              f"{eval_upsample!r}")
-        self.eval_upsample = eval_upsample
-        if len(self.modalities) > 2:
-            raise ConfigError(f"AsymFusion fuses one or two modalities, got {self.modalities}")
+    Options = AsymFusionOptions
+
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
+    is_released_format = staticmethod(is_released_format)
+
+    def __init__(self, options: AsymFusionOptions | None = None, /, **kwargs: Any) -> None:
+        o = resolve_options(AsymFusionOptions, options, kwargs)
+        super().__init__(o.modalities, o.num_classes)
+        self.options = o
+        extra = dict(o.backbone_kwargs or {})
+        if "pretrained" in extra:
+            raise ConfigError("backbone_kwargs must not repeat ['pretrained']: set it as a "
+                              "top-level model key")
+        backbone = create_backbone(o.backbone, pretrained=o.pretrained, **extra)
         if not isinstance(backbone, ResNet):
             raise ConfigError("AsymFusion needs a ResNet backbone (resnet50 / 101 / 152)")
+        self.eval_upsample = o.eval_upsample
         self.backbone = parallelize_batchnorms(backbone, len(self.modalities))
-        self.decode_head = RefineNetLW(backbone.out_channels, num_classes, dropout,
-                                       decoder_channels)
+        self.decode_head = RefineNetLW(backbone.out_channels, o.num_classes, o.dropout,
+                                       o.decoder_channels)
         self.alpha = nn.Parameter(torch.ones(len(self.modalities)))
-        self.shift_shuffle = bool(shift_shuffle) and len(self.modalities) == 2
-        self.freeze_bn_stats = bool(freeze_bn_stats)
+        self.shift_shuffle = o.shift_shuffle and len(self.modalities) == 2
+        self.freeze_bn_stats = o.freeze_bn_stats
 
     def train(self, mode: bool = True) -> AsymFusionSegmentor:
         """``nn.Module.train`` keeping the encoder BatchNorms in eval mode when
@@ -234,52 +273,21 @@ class AsymFusionSegmentor(Segmentor):
         return SegmentationOutput(ens, aux=aux)
 
     # ------------------------------------------------------------------ checkpoints
-    _RELEASE = (
-        (r"^(conv1|bn1|layer\d)\.", r"backbone.\1."),
-        (r"^(p_ims1d2_outl|adapt_stage|mflow_conv_g|clf_conv)", r"decode_head.\1"),
-    )
-
-    @classmethod
-    def is_released_format(cls, state_dict: Mapping[str, Tensor]) -> bool:
-        """True for the official layout (``conv1.module.weight``, ``bn1.bn_0.*``)."""
-        return "conv1.module.weight" in state_dict
-
-    @classmethod
-    def checkpoint_filter_fn(cls, state_dict: Mapping[str, Tensor],
-                             model: Segmentor | None = None) -> dict[str, Tensor]:
-        """Release keys -> ours: ``.module`` segments dropped, encoder under ``backbone.``,
-        decoder under ``decode_head.``; ours are kept."""
-        if not cls.is_released_format(state_dict):
-            return dict(state_dict)
-        sd = {re.sub(r"\.module(?=\.|$)", "", k): v for k, v in state_dict.items()}
-        return rename_keys(sd, cls._RELEASE)
-
     @classmethod
     def infer_num_classes(cls, state_dict: Mapping[str, Tensor]) -> int | None:
-        w = cls.checkpoint_filter_fn(state_dict).get("decode_head.clf_conv.bias")
+        """``K`` from the RefineNet classifier ``decode_head.clf_conv.bias`` (either format)."""
+        w = checkpoint_filter_fn(state_dict).get("decode_head.clf_conv.bias")
         return None if w is None else int(w.shape[0])
 
 
-@register_model("asymfusion", segmentor=AsymFusionSegmentor,
-                tiny={"num_classes": 3, "modalities": ["rgb", "depth"], "backbone": "resnet50",
-                      # two blocks per stage, so that the fused last block exists
-                      "backbone_kwargs": {**RESNET_TINY, "layers": (2, 2, 2, 2)}})
-def build_asymfusion(num_classes: int, modalities: Sequence[str] = ("rgb", "depth"),
-                     backbone: str = "resnet101", pretrained: str | Path | None = None,
-                     shift_shuffle: bool = True, dropout: float = 0.5,
-                     freeze_bn_stats: bool = True, decoder_channels: int = 256,
-                     eval_upsample: str = "bilinear",
-                     backbone_kwargs: Mapping[str, object] | None = None) -> AsymFusionSegmentor:
-    """Build AsymFusion (``resnet50 / 101 / 152``; ``pretrained`` = a torchvision ImageNet file).
+#: tiny settings of the contract tests: two blocks per stage, so that the fused last block
+#: exists
+ASYMFUSION_TINY = {
+    "num_classes": 3,
+    "modalities": ["rgb", "depth"],
+    "backbone": "resnet50",
+    "backbone_kwargs": {**RESNET_TINY, "layers": (2, 2, 2, 2)},
+}
 
-    Example::
 
-        create_model({"name": "asymfusion", "backbone": "resnet50",
-                      "modalities": ["rgb", "depth"], "num_classes": 40})
-    """
-    enc = create_backbone(backbone, pretrained=pretrained, **dict(backbone_kwargs or {}))
-    return AsymFusionSegmentor(enc, modalities, num_classes, shift_shuffle=shift_shuffle,
-                               dropout=dropout, freeze_bn_stats=freeze_bn_stats,
-                               decoder_channels=decoder_channels,
-                               eval_upsample=eval_upsample)
-
+register_model("asymfusion", tiny=ASYMFUSION_TINY)(AsymFusionSegmentor)

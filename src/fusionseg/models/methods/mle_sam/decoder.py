@@ -49,13 +49,16 @@ Departures from the official code (our reconstruction choices, none of them in S
   256-channel FPN maps (official ``forward_image`` applies them when extracting features).
 * the image position encoding is computed for the actual ``(h, w)`` grid of each input (as
   ``PositionEmbeddingRandom.forward`` does for the fixed 64 x 64 grid of 1024-px inputs).
-* :meth:`Sam2SemanticDecoder.load_sam2_pretrained` initialises class token / hypernetwork
+* :meth:`Sam2SemanticDecoder.load_pretrained` initialises class token / hypernetwork
   ``i`` from official mask token / MLP ``i % 4`` when the class count differs from 4.
 
 Hugging Face ``transformers`` ``Sam2Model`` state dicts (``facebook/sam2.1-hiera-*``:
 ``mask_decoder.*``, ``prompt_encoder.no_mask_embed.weight``,
 ``shared_image_embedding.positional_embedding``, ``no_memory_embedding``) are converted to the
 official names by :func:`convert_hf_sam2_decoder` (the loader does it automatically).
+:func:`checkpoint_filter_fn` (also ``Sam2SemanticDecoder.checkpoint_filter_fn``) maps these
+files, official or HF, and the SAM v1 ones below, to this module's keys;
+:meth:`Sam2SemanticDecoder.load_pretrained` loads one.
 
 SAM v1 mode (``variant="sam"``): the mask decoder of the original SAM (Kirillov et al. 2023;
 official ``facebookresearch/segment-anything``: ``segment_anything/modeling/mask_decoder.py``,
@@ -82,7 +85,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -90,7 +92,8 @@ from torch import Tensor, nn
 
 from ....errors import ConfigError
 from ...layers import LayerNorm2d
-from ...weights import CheckpointMismatchError, load_state_dict_file, rename_key
+from ...weights import CheckpointMismatchError, load_state_dict_strict, rename_key
+from .pretrained import PretrainedSource, read_pretrained
 
 __all__ = [
     "Attention",
@@ -101,6 +104,7 @@ __all__ = [
     "Sam2SemanticDecoder",
     "TwoWayAttentionBlock",
     "TwoWayTransformer",
+    "checkpoint_filter_fn",
     "convert_hf_sam2_decoder",
     "convert_hf_sam_decoder",
     "random_fourier_image_pe",
@@ -290,7 +294,8 @@ class Sam2LoadReport:
             or as stored when unknown) that were not used (e.g. ``iou_prediction_head.*``,
             ``pred_obj_score_head.*``, point embeddings, ``mask_downscaling.*``).
         ignored: number of other keys in the file (image encoder, memory modules, ...).
-        source_format: ``"official"`` or ``"hf"``.
+        source_format: ``"official"``, ``"hf"`` or ``"fusionseg"`` (this module's own keys,
+            loaded strictly: every key in ``loaded``).
     """
 
     loaded: list[str] = field(default_factory=list)
@@ -298,6 +303,105 @@ class Sam2LoadReport:
     skipped: list[str] = field(default_factory=list)
     ignored: int = 0
     source_format: str = "official"
+
+
+# --------------------------------------------------------------------------- conversion
+#: official decoder heads a semantic head does not build (their keys are skipped)
+_UNUSED_HEADS = ("iou_prediction_head.", "pred_obj_score_head.")
+
+
+def _prefixes(variant: str) -> tuple[str, str, dict[str, str]]:
+    """``(decoder prefix, prompt-encoder prefix, {official key: our key})`` for ``variant``;
+    the mapping covers the tensors the official model keeps outside its decoder."""
+    if variant == "sam2":
+        return DECODER_PREFIX, PROMPT_PREFIX, {
+            NO_MASK_KEY: "no_mask_embed", PE_KEY: "positional_encoding_gaussian_matrix",
+            NO_MEM_KEY: "no_mem_embed"}
+    return SAM1_DECODER_PREFIX, SAM1_PROMPT_PREFIX, {
+        SAM1_NO_MASK_KEY: "no_mask_embed", SAM1_PE_KEY: "positional_encoding_gaussian_matrix"}
+
+
+def _released_variant(sd: Mapping[str, Tensor]) -> str | None:
+    """The SAM generation that a state dict's names show: ``"sam2"`` (official
+    ``sam_mask_decoder.*``, or Hugging Face ``Sam2Model``: ``no_memory_embedding``,
+    ``mask_decoder.obj_score_token``, ``o_proj``), ``"sam"`` (other ``mask_decoder.*`` keys:
+    an official ``sam_vit_*.pth`` or a Hugging Face ``SamModel``), ``None`` (no SAM decoder
+    keys, e.g. this module's own state dict)."""
+    if any(k.startswith(DECODER_PREFIX) or k == "no_memory_embedding"
+           or (k.startswith("mask_decoder.") and (".o_proj." in k or "obj_score_token" in k))
+           for k in sd):
+        return "sam2"
+    return "sam" if any(k.startswith(SAM1_DECODER_PREFIX) for k in sd) else None
+
+
+def _to_official(sd: Mapping[str, Tensor], variant: str) -> tuple[dict[str, Tensor], str]:
+    """``sd`` in the official names of ``variant``, and ``"official"`` / ``"hf"``."""
+    if variant == "sam2":
+        if not any(k.startswith(DECODER_PREFIX) for k in sd) and any(
+            k.startswith("mask_decoder.") for k in sd
+        ):
+            return convert_hf_sam2_decoder(sd), "hf"
+        return dict(sd), "official"
+    if _looks_like_hf_sam(sd):
+        return convert_hf_sam_decoder(sd), "hf"
+    return dict(sd), "official"
+
+
+def _mask_token_count(official: Mapping[str, Tensor], variant: str) -> int:
+    """``n``, the mask-token count of an official-named state dict (4 if it does not tell)."""
+    tok = official.get(_prefixes(variant)[0] + "mask_tokens.weight")
+    return tok.shape[0] if isinstance(tok, Tensor) and tok.ndim == 2 else 4
+
+
+def _take(value: Tensor, key: str, how: str, n_official: int, num_classes: int) -> Tensor:
+    """The tensor our ``key`` gets from its official source ``value``: rows ``i % n_official``
+    for a cycled ``mask_tokens.weight``, else ``value`` itself (a cycled hypernetwork's source
+    key already names official MLP ``i % n_official``)."""
+    if key == "mask_tokens.weight" and how == "cycle":
+        return value[torch.arange(num_classes) % n_official]
+    return value
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor],
+                         model: Sam2SemanticDecoder | None = None) -> dict[str, Tensor]:
+    """Official or Hugging Face SAM 2 / 2.1 or SAM v1 files -> :class:`Sam2SemanticDecoder`
+    keys (the names and rules: :meth:`Sam2SemanticDecoder.load_pretrained`).
+
+    Args:
+        state_dict: the file's tensors (a ``{"model": ...}`` nesting already unwrapped):
+            official ``sam_mask_decoder.*`` / ``sam_prompt_encoder.*`` / ``no_mem_embed``
+            (SAM 2), official ``mask_decoder.*`` / ``prompt_encoder.*`` (SAM v1), or the
+            Hugging Face ``Sam2Model`` / ``SamModel`` names; other keys (image encoder, memory
+            modules, the unused IoU / object-score heads, point embeddings) are dropped.
+        model: the decoder the result is for. Given, its ``variant`` decides the SAM
+            generation and its class count the cycling (class token / hypernetwork ``i`` from
+            official ``i % n``); the result holds those of its keys whose source is in the file
+            (shapes not checked). ``None``: the generation is read off the key names and the
+            file's own ``n`` mask tokens are kept, so the result loads strictly into
+            ``Sam2SemanticDecoder(n, variant=...)`` with the default ``keep_sam_tokens=True``
+            and ``shared_hypernetwork=False``.
+
+    Returns:
+        A new dict. A state dict without SAM decoder keys (this module's own) comes back
+        unchanged.
+    """
+    found = _released_variant(state_dict)
+    if found is None:
+        return dict(state_dict)
+    variant = found if model is None else model.variant
+    official, _ = _to_official(state_dict, variant)
+    if model is not None:
+        n = _mask_token_count(official, variant)
+        return {k: _take(official[src], k, how, n, model.num_classes)
+                for k, (src, how) in model._sources(n).items() if src in official}
+    dec, _, extras = _prefixes(variant)
+    out = {}
+    for k, v in official.items():
+        if k in extras:
+            out[extras[k]] = v
+        elif k.startswith(dec) and not k[len(dec):].startswith(_UNUSED_HEADS):
+            out[k[len(dec):]] = v
+    return out
 
 
 class Sam2SemanticDecoder(nn.Module):
@@ -343,6 +447,8 @@ class Sam2SemanticDecoder(nn.Module):
         ValueError (forward): inputs not shaped as above, or ``high_res`` missing ("sam2") /
             given ("sam") (messages start "Sam2SemanticDecoder expects ...").
     """
+
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     def __init__(
         self,
@@ -486,18 +592,12 @@ class Sam2SemanticDecoder(nn.Module):
     def _sources(self, n_official: int) -> dict[str, tuple[str, str]]:
         """``our key -> (official key, how)``; ``how`` in ``{"copy", "cycle"}`` (``"cycle"``:
         rows / modules ``i`` from ``i % n_official``)."""
-        if self.variant == "sam2":
-            dec, no_mask, pe_key = DECODER_PREFIX, NO_MASK_KEY, PE_KEY
-        else:
-            dec, no_mask, pe_key = SAM1_DECODER_PREFIX, SAM1_NO_MASK_KEY, SAM1_PE_KEY
+        dec, _, extras = _prefixes(self.variant)
+        official_of = {ours: off for off, ours in extras.items()}
         out: dict[str, tuple[str, str]] = {}
         for k in self.state_dict():
-            if k == "no_mask_embed":
-                out[k] = (no_mask, "copy")
-            elif k == "positional_encoding_gaussian_matrix":
-                out[k] = (pe_key, "copy")
-            elif k == "no_mem_embed":
-                out[k] = (NO_MEM_KEY, "copy")
+            if k in official_of:
+                out[k] = (official_of[k], "copy")
             elif k == "mask_tokens.weight":
                 how = "copy" if self.num_classes == n_official else "cycle"
                 out[k] = (dec + k, how)
@@ -510,34 +610,24 @@ class Sam2SemanticDecoder(nn.Module):
                 out[k] = (dec + k, "copy")
         return out
 
-    def _to_official(self, sd: dict[str, Tensor]) -> tuple[dict[str, Tensor], str]:
-        """``sd`` in this variant's official names, and ``"official"`` / ``"hf"``."""
-        if self.variant == "sam2":
-            if not any(k.startswith(DECODER_PREFIX) for k in sd) and any(
-                k.startswith("mask_decoder.") for k in sd
-            ):
-                return convert_hf_sam2_decoder(sd), "hf"
-            return sd, "official"
-        if _looks_like_hf_sam(sd):
-            return convert_hf_sam_decoder(sd), "hf"
-        return sd, "official"
-
-    def load_pretrained(self, state_dict_or_path: Mapping[str, Tensor] | str | Path
-                        ) -> Sam2LoadReport:
+    def load_pretrained(self, path: PretrainedSource) -> Sam2LoadReport:
         """Load the decoder (and ``no_mask_embed``, the PE matrix and, for SAM 2,
-        ``no_mem_embed``) from an official checkpoint or a Hugging Face state dict of this
-        module's ``variant``, in place.
+        ``no_mem_embed``) from an official or Hugging Face file of this module's ``variant``,
+        in place.
 
         Args:
-            state_dict_or_path: a file path (read by
-                :func:`~fusionseg.models.weights.load_state_dict_file`, which unwraps the
-                official SAM 2 ``{"model": {...}}``), or a mapping (possibly still under
-                ``"model"``). ``"sam2"``: an official SAM 2 / 2.1 dict or a Hugging Face
-                ``Sam2Model`` state dict (``mask_decoder.*`` keys). ``"sam"``: an official
+            path: a file, Hugging Face folder or catalogue name, or a state dict in memory
+                (see :func:`~fusionseg.models.methods.mle_sam.pretrained.read_pretrained`: the
+                same rule as :meth:`Sam2FpnNeck.load_pretrained
+                <fusionseg.models.methods.mle_sam.fpn_neck.Sam2FpnNeck.load_pretrained>`).
+                ``"sam2"``: an official SAM 2 / 2.1 file (``{"model": {...}}``) or a Hugging
+                Face ``Sam2Model`` state dict (``mask_decoder.*`` keys). ``"sam"``: an official
                 SAM v1 file (``sam_vit_{b,l,h}_*.pth``, flat ``image_encoder.*`` /
                 ``prompt_encoder.*`` / ``mask_decoder.*``) or a Hugging Face ``SamModel``
                 state dict (``facebook/sam-vit-*``; recognised by its ``upscale_conv1`` /
-                ``layer_norm*`` / ``proj_in`` / ``shared_image_embedding`` names).
+                ``layer_norm*`` / ``proj_in`` / ``shared_image_embedding`` names). A state
+                dict with no SAM decoder key at all is taken as this module's own keys and
+                loaded strictly.
 
         Every tensor of this module comes from the official key of the same name
         (SAM 2: ``sam_mask_decoder.<key>``, ``sam_prompt_encoder.no_mask_embed.weight``,
@@ -547,36 +637,27 @@ class Sam2SemanticDecoder(nn.Module):
         shape exactly. [Our choice] When ``num_classes`` differs from the file's mask-token
         count ``n`` (4): class token ``i`` is official mask token ``i % n`` and hypernetwork
         ``i`` is official ``output_hypernetworks_mlps.{i % n}`` (a shared hypernetwork is
-        official MLP 0). Nothing is changed when an error is raised. (For a fusionseg
-        checkpoint of this module itself use ``load_state_dict``.)
+        official MLP 0). The renaming is :func:`checkpoint_filter_fn`'s. Nothing is changed
+        when an error is raised.
 
         Returns:
             :class:`Sam2LoadReport`.
 
         Raises:
-            FileNotFoundError, ValueError: unreadable file (see ``load_state_dict_file``).
+            CheckpointError: unreadable file (see
+                :func:`~fusionseg.models.weights.load_state_dict_file`).
             CheckpointMismatchError: a required official key (transformer, upscaling,
                 ``conv_s*``, tokens, hypernetworks, the prompt / model tensors) is missing -
                 the error's ``missing`` lists the official names - or a tensor's shape
                 differs (``mismatched``). A file of the other SAM generation fails this way.
         """
-        if isinstance(state_dict_or_path, (str, Path)):
-            where: str | Path = state_dict_or_path
-            sd = load_state_dict_file(state_dict_or_path)
-        else:
-            where = "<state dict>"
-            sd = dict(state_dict_or_path)
-            inner = sd.get("model")
-            if isinstance(inner, Mapping) and not isinstance(inner, Tensor):
-                sd = dict(inner)
-        sd, fmt = self._to_official(sd)
-        if self.variant == "sam2":
-            dec, prompt = DECODER_PREFIX, PROMPT_PREFIX
-        else:
-            dec, prompt = SAM1_DECODER_PREFIX, SAM1_PROMPT_PREFIX
-
-        tok = sd.get(dec + "mask_tokens.weight")
-        n_official = tok.shape[0] if isinstance(tok, Tensor) and tok.ndim == 2 else 4
+        sd, where = read_pretrained(path)
+        if _released_variant(sd) is None:  # our own keys
+            load_state_dict_strict(self, sd, where)
+            return Sam2LoadReport(loaded=list(self.state_dict()), source_format="fusionseg")
+        sd, fmt = _to_official(sd, self.variant)
+        dec, prompt, _ = _prefixes(self.variant)
+        n_official = _mask_token_count(sd, self.variant)
         sources = self._sources(n_official)
         own = self.state_dict()
         missing, mismatched = [], []
@@ -596,11 +677,7 @@ class Sam2SemanticDecoder(nn.Module):
         report = Sam2LoadReport(source_format=fmt)
         with torch.no_grad():
             for k, (src, how) in sources.items():
-                v = sd[src]
-                if k == "mask_tokens.weight" and how == "cycle":
-                    idx = torch.arange(self.num_classes) % n_official
-                    v = v[idx]
-                own[k].copy_(v)
+                own[k].copy_(_take(sd[src], k, how, n_official, self.num_classes))
                 (report.cycled if how == "cycle" else report.loaded).append(k)
         used = {src for src, _ in sources.values()}
         for k in sd:
@@ -611,11 +688,6 @@ class Sam2SemanticDecoder(nn.Module):
             else:
                 report.ignored += 1
         return report
-
-    def load_sam2_pretrained(self, state_dict_or_path: Mapping[str, Tensor] | str | Path
-                             ) -> Sam2LoadReport:
-        """The former name of :meth:`load_pretrained` (same behaviour, both variants)."""
-        return self.load_pretrained(state_dict_or_path)
 
 
 # --------------------------------------------------------------------------- Hugging Face

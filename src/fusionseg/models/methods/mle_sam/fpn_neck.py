@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +28,8 @@ from torch import Tensor, nn
 
 from ....errors import ConfigError
 from ...backbones.base import strip_prefixes
-from ...weights import load_state_dict_file, load_state_dict_strict, rename_key
+from ...weights import load_state_dict_strict, rename_key
+from .pretrained import PretrainedSource, read_pretrained
 
 __all__ = ["Sam2FpnNeck", "checkpoint_filter_fn", "sine_position_encoding"]
 
@@ -91,6 +91,32 @@ class _Lateral(nn.Module):
         return self.conv(x)
 
 
+_HF_RULES = ((r"^convs\.(\d+)\.(weight|bias)$", r"convs.\1.conv.\2"),)
+
+
+def checkpoint_filter_fn(state_dict: Mapping[str, Tensor],
+                         model: nn.Module | None = None) -> dict[str, Tensor]:
+    """Official or Hugging Face SAM 2 / 2.1 files -> :class:`Sam2FpnNeck` keys.
+
+    A DDP ``module.`` prefix on every key is stripped; the keys under the first of
+    ``image_encoder.neck.`` (official ``sam2.1_hiera_*.pt``), ``vision_encoder.neck.`` (HF
+    ``Sam2Model``), ``neck.`` (official ``ImageEncoder`` / HF ``Sam2VisionModel``) that any key
+    carries are taken (prefix stripped; everything else dropped); HF's ``convs.{i}.weight``
+    become ``convs.{i}.conv.weight``. Our own state dict comes back unchanged.
+
+    Args:
+        state_dict: the file's tensors (a ``{"model": ...}`` nesting already unwrapped).
+        model: unused (the renaming does not depend on the neck's settings); accepted for the
+            package-wide ``checkpoint_filter_fn(state_dict, model)`` signature.
+    """
+    sd = strip_prefixes(state_dict, ("module.",), ("convs.",))
+    for prefix in ("image_encoder.neck.", "vision_encoder.neck.", "neck."):
+        if any(k.startswith(prefix) for k in sd):
+            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
+            break
+    return {rename_key(k, _HF_RULES): v for k, v in sd.items()}
+
+
 class Sam2FpnNeck(nn.Module):
     """SAM 2 FPN neck (official ``FpnNeck``, see the module docstring).
 
@@ -122,6 +148,8 @@ class Sam2FpnNeck(nn.Module):
     Raises:
         ValueError: bad settings; at forward, a wrong number of maps or channels.
     """
+
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
 
     def __init__(
         self,
@@ -193,50 +221,25 @@ class Sam2FpnNeck(nn.Module):
         dtype: ``[B, d_model, H_i, W_i]`` (the official neck's second output)."""
         return [sine_position_encoding(o, self.d_model).to(o.dtype) for o in outs]
 
-    def checkpoint_filter_fn(self, state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-        """:func:`checkpoint_filter_fn` (module method form; idempotent on our state dict)."""
-        return checkpoint_filter_fn(state_dict)
-
-    def load_pretrained(self, path_or_state_dict: str | Path | Mapping[str, Tensor]
-                        ) -> Sam2FpnNeck:
+    def load_pretrained(self, path: PretrainedSource) -> Sam2FpnNeck:
         """Load the neck of an official or HF SAM 2 / 2.1 file (or a state dict) strictly.
 
         Args:
-            path_or_state_dict: a local ``.pt`` / ``.pth`` / ``.safetensors`` file (read with
-                :func:`~fusionseg.models.weights.load_state_dict_file`, which unwraps
-                ``{"model": ...}``) or a mapping of tensors.
+            path: a file, Hugging Face folder or catalogue name, or a state dict in memory
+                (see :func:`~fusionseg.models.methods.mle_sam.pretrained.read_pretrained`: the
+                same rule as :meth:`Sam2SemanticDecoder.load_pretrained
+                <fusionseg.models.methods.mle_sam.decoder.Sam2SemanticDecoder.load_pretrained>`);
+                its keys go through :func:`checkpoint_filter_fn`, so our own state dict loads
+                too.
 
         Returns:
             ``self``.
 
         Raises:
-            FileNotFoundError, ValueError: unreadable file.
+            CheckpointError: unreadable file.
             CheckpointMismatchError: missing / unexpected keys or shape mismatches (names
-                listed), after :func:`checkpoint_filter_fn`.
+                listed), after :func:`checkpoint_filter_fn`; nothing is loaded then.
         """
-        if isinstance(path_or_state_dict, Mapping):
-            sd, where = dict(path_or_state_dict), "<state dict>"
-        else:
-            sd, where = load_state_dict_file(path_or_state_dict), path_or_state_dict
-        load_state_dict_strict(self, checkpoint_filter_fn(sd), where)
+        sd, where = read_pretrained(path)
+        load_state_dict_strict(self, checkpoint_filter_fn(sd, self), where)
         return self
-
-
-_HF_RULES = ((r"^convs\.(\d+)\.(weight|bias)$", r"convs.\1.conv.\2"),)
-
-
-def checkpoint_filter_fn(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Official or Hugging Face SAM 2 / 2.1 files -> :class:`Sam2FpnNeck` keys.
-
-    A DDP ``module.`` prefix on every key is stripped; the keys under the first of
-    ``image_encoder.neck.`` (official ``sam2.1_hiera_*.pt``), ``vision_encoder.neck.`` (HF
-    ``Sam2Model``), ``neck.`` (official ``ImageEncoder`` / HF ``Sam2VisionModel``) that any key
-    carries are taken (prefix stripped; everything else dropped); HF's ``convs.{i}.weight``
-    become ``convs.{i}.conv.weight``. Our own state dict comes back unchanged.
-    """
-    sd = strip_prefixes(state_dict, ("module.",), ("convs.",))
-    for prefix in ("image_encoder.neck.", "vision_encoder.neck.", "neck."):
-        if any(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-            break
-    return {rename_key(k, _HF_RULES): v for k, v in sd.items()}

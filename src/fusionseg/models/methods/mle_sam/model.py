@@ -39,7 +39,12 @@ trunk loads strictly from ``image_encoder.trunk.*``, the neck from ``image_encod
 decoder from ``sam_mask_decoder.*`` (+ ``sam_prompt_encoder`` no-mask embedding and position
 matrix, ``no_mem_embed``) where shapes allow (class tokens from the 4 mask tokens, cycled).
 Our whole-model checkpoints keep our keys (``encoder.*``, ``neck.*``, ``routers.*``,
-``decode_head.*``, ``aux_head.*``; LoRA under ``encoder.blocks.{i}.attn.qkv.lora.*``).
+``decode_head.*``, ``aux_head.*``; LoRA under ``encoder.blocks.{i}.attn.qkv.lora.*``). The
+authors released no weights (nor code), so there is no released whole-model format: the
+segmentor keeps :meth:`~fusionseg.models.segmentor.Segmentor.checkpoint_filter_fn`'s identity.
+The SAM parts convert official files with their own ``checkpoint_filter_fn`` (module
+functions of ``fpn_neck`` and ``decoder``, bound on :class:`Sam2FpnNeck` and
+:class:`Sam2SemanticDecoder`) and load them with ``load_pretrained(path)``.
 """
 
 from __future__ import annotations
@@ -47,8 +52,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from ....errors import ConfigError
@@ -56,6 +63,7 @@ from ...backbones import create_backbone
 from ...backbones.hiera import HIERA_TINY
 from ...backbones.sam_vit import SamVisionTransformer
 from ...heads.segformer import SegFormerHead
+from ...options import MethodOptions, resolve_options
 from ...peft.lora import inject_lora_experts, lora_modules, set_active_experts
 from ...registry import register_model
 from ...segmentor import AuxiliaryLogits, SegmentationOutput, Segmentor
@@ -64,24 +72,104 @@ from .fpn_neck import Sam2FpnNeck
 from .routing import ModalityRouter
 from .simple_pyramid import SimpleFeaturePyramid
 
-__all__ = ["MLESAMSegmentor", "build_mle_sam"]
+__all__ = ["MLESAMOptions", "MLESAMSegmentor"]
+
+
+class MLESAMOptions(MethodOptions):
+    """Options of ``mle_sam`` (the ``model`` section of a config); see :class:`MLESAMSegmentor`
+    for what each one does in detail."""
+
+    method_name: ClassVar[str] = "mle_sam"
+
+    modalities: tuple[str, ...] = Field(
+        ("rgb", "depth", "event", "lidar"), min_length=1,
+        description="ordered modality names, one LoRA expert each")
+    backbone: str = Field(
+        "sam2.1_hiera_b+",
+        description="encoder: sam2.1_hiera_t | _s | _b+ | _l, or SAM v1 sam_vit_b | _l | _h")
+    pretrained: str | Path | None = Field(
+        None, description="official SAM 2.1 / SAM v1 file or catalogue name for encoder, neck "
+                          "and decoder (None: random)")
+    rank: int = Field(32, gt=0, description="LoRA rank r of every expert")
+    lora_alpha: float | None = Field(
+        None, gt=0, description="LoRA scale numerator, scale = alpha / r (None: r, scale 1)")
+    shared_expert: bool = Field(False, description="add one LoRA expert shared by every stream")
+    gate: Literal["pixel", "image"] = Field(
+        "pixel", description="routing score per pixel or per image (from the spatial mean)")
+    top_k: int | None = Field(
+        None, ge=1, description="route over the k best-scoring present modalities (None: all)")
+    weighted: bool = Field(True, description="routing's weighted path (softmax-weighted sum)")
+    integrate: Literal["conv", "mean"] | None = Field(
+        "conv", description="routing's integrated path: 1x1 conv, mean, or None (off)")
+    aux_head: bool = Field(True, description="train the auxiliary multi-scale MLP head")
+    aux_weight: float = Field(0.4, ge=0, description="loss weight of the auxiliary head")
+    aux_channels: int = Field(256, gt=0, description="width of the auxiliary head")
+    inference: Literal["main", "mean"] = Field(
+        "main", description="eval logits: the main head's, or the mean of main and auxiliary")
+    freeze_encoder: bool = Field(True, description="keep the encoder frozen (False: train it)")
+    train_neck: bool = Field(False, description="train the SAM 2 FPN neck (default frozen)")
+    neck_dim: int = Field(256, gt=0, description="FPN and decoder width d (256 in SAM 2)")
+    backbone_kwargs: dict[str, Any] | None = Field(
+        None, description="encoder constructor overrides (e.g. tiny test widths)")
+    decoder_kwargs: dict[str, Any] | None = Field(
+        None, description="Sam2SemanticDecoder constructor overrides (e.g. num_heads, mlp_dim)")
+
+
+def _neck_and_decoder(encoder: nn.Module, o: MLESAMOptions
+                      ) -> tuple[nn.Module, Sam2SemanticDecoder]:
+    """The neck and decoder for ``encoder`` (pretrained parts loaded from ``o.pretrained``):
+    SAM 2 FPN neck + SAM 2 decoder for a Hiera trunk, a new simple feature pyramid + SAM v1
+    decoder for a SAM ViT.
+
+    Raises:
+        ConfigError: a SAM ViT whose last tap is not its last block, or whose neck width is
+            not ``neck_dim``.
+    """
+    extra = dict(o.decoder_kwargs or {})
+    if isinstance(encoder, SamVisionTransformer):
+        if encoder.out_indices[-1] != encoder.depth - 1:
+            raise ConfigError("MLE-SAM with a SAM ViT needs its last tap at the last block (the "
+                              "image embedding is SAM's neck on it)")
+        if encoder.out_chans != o.neck_dim:
+            raise ConfigError(f"{o.backbone}'s neck gives {encoder.out_chans} channels but "
+                              f"neck_dim is {o.neck_dim}")
+        neck: nn.Module = SimpleFeaturePyramid(encoder.embed_dim, d_model=o.neck_dim)
+        head = Sam2SemanticDecoder(o.num_classes, transformer_dim=o.neck_dim, variant="sam",
+                                   **extra)
+    else:
+        neck = Sam2FpnNeck.from_trunk(encoder, d_model=o.neck_dim)
+        head = Sam2SemanticDecoder(o.num_classes, transformer_dim=o.neck_dim, **extra)
+        if o.pretrained is not None:
+            neck.load_pretrained(o.pretrained)
+    if o.pretrained is not None:
+        head.load_pretrained(o.pretrained)
+    return neck, head
 
 
 class MLESAMSegmentor(Segmentor):
     """MLE-SAM (see the module docstring).
 
-    Args:
-        encoder: a SAM2 Hiera trunk (``sam2.1_hiera_*``) or a SAM v1 ViT with 4 taps and its
-            neck (``sam_vit_*``); pretrained weights loaded before; LoRA experts are injected
-            into it here.
-        neck: the SAM2 FPN neck over the trunk's 4 maps (Hiera), or a
-            :class:`~fusionseg.models.methods.mle_sam.simple_pyramid.SimpleFeaturePyramid` over the ViT's
-            taps whose stride-16 level is SAM's own (frozen) neck output (SAM v1); ``d``
-            channels out.
-        decode_head: the prompt-free SAM2 (Hiera) or SAM (ViT) mask decoder with one token per
-            class.
-        modalities: the modality names (one LoRA expert each).
-        num_classes: ``K``.
+    Built from :class:`MLESAMOptions` (an instance, or its fields as keyword arguments)::
+
+        create_model({"name": "mle_sam", "backbone": "sam2.1_hiera_b+",
+                      "modalities": ["rgb", "depth", "event", "lidar"], "num_classes": 25,
+                      "pretrained": "checkpoints/sam2.1_hiera_base_plus.pt"})
+        MLESAMSegmentor(num_classes=25, modalities=["rgb", "depth"])  # the same class
+
+    In more detail:
+
+        backbone: ``sam2.1_hiera_t | _s | _b+ | _l`` (B+ as published, secondhand): a SAM 2.1
+            Hiera trunk with the SAM 2 FPN neck over its 4 maps and the prompt-free SAM 2 mask
+            decoder; or the SAM v1 ``sam_vit_b | _l | _h`` (the spec's second option): the
+            ViT's taps at its global-attention blocks (4 taps, the last at the last block)
+            feed a new :class:`~fusionseg.models.methods.mle_sam.simple_pyramid.
+            SimpleFeaturePyramid` whose stride-16 level is SAM's own (frozen) neck output, and
+            SAM v1's mask decoder. LoRA experts are injected into the encoder here.
+        pretrained: an official ``sam2.1_hiera_*.pt`` (trunk strict, neck strict, mask decoder
+            where shapes allow: class tokens / hypernetworks ``i`` from the official ``i % 4``)
+            or ``sam_vit_*.pth`` (encoder with its neck strict, mask decoder where shapes
+            allow), Hugging Face files of either, or a catalogue name; ``None`` = random
+            weights. LoRA starts at zero, so the encoder starts as the pretrained one.
         rank, lora_alpha, shared_expert: LoRA rank (32), scale numerator (``None`` = rank:
             scale 1) and an extra expert shared by every stream (off).
         gate, top_k, weighted, integrate: the routing of every level (see
@@ -91,65 +179,55 @@ class MLESAMSegmentor(Segmentor):
         inference: ``"main"`` (default) or ``"mean"`` (average of the main and aux logits).
         freeze_encoder: keep the trunk frozen (the method; ``False`` trains it fully, for
             experiments without pretrained weights).
-        train_neck: train the FPN neck (default frozen, part of SAM2's image encoder).
+        train_neck: train the SAM 2 FPN neck (default frozen, part of SAM2's image encoder);
+            the SAM v1 pyramid is new and always trains.
+        neck_dim: FPN width ``d`` (256 in SAM2; the decoder's width; a SAM ViT's own neck must
+            give as many channels).
+        backbone_kwargs, decoder_kwargs: constructor overrides (tiny test widths).
 
     ``forward(batch) -> logits [B, K, H, W]``; a :class:`SegmentationOutput` in training with a
     label.
 
     Raises:
-        ConfigError: an encoder without 4 output maps, a SAM ViT whose last tap is not its last
-            block, an unknown ``inference``.
+        ConfigError: options that do not validate (``gate: nope``, ``top_k: 0``, ...; one line
+            naming the option), an encoder without 4 output maps, a SAM ViT whose last tap is
+            not its last block or whose neck width is not ``neck_dim``, ``inference: mean``
+            without the auxiliary head, a routing with neither path.
+        CheckpointError, CheckpointMismatchError: from loading ``pretrained``.
     """
 
-    def __init__(
-        self,
-        encoder: nn.Module,
-        neck: nn.Module,
-        decode_head: Sam2SemanticDecoder,
-        modalities: Sequence[str],
-        num_classes: int,
-        rank: int = 32,
-        lora_alpha: float | None = None,
-        shared_expert: bool = False,
-        gate: str = "pixel",
-        top_k: int | None = None,
-        weighted: bool = True,
-        integrate: str | None = "conv",
-        aux_head: bool = True,
-        aux_weight: float = 0.4,
-        aux_channels: int = 256,
-        inference: str = "main",
-        freeze_encoder: bool = True,
-        train_neck: bool = False,
-    ) -> None:
-        super().__init__(modalities, num_classes)
+    Options = MLESAMOptions
+
+    def __init__(self, options: MLESAMOptions | None = None, /, **kwargs: Any) -> None:
+        o = resolve_options(MLESAMOptions, options, kwargs)
+        super().__init__(o.modalities, o.num_classes)
+        self.options = o
+        if o.inference == "mean" and not o.aux_head:
+            raise ConfigError("inference='mean' needs the auxiliary head (aux_head=True)")
+        encoder = create_backbone(o.backbone, pretrained=o.pretrained,
+                                  **dict(o.backbone_kwargs or {}))
         if len(getattr(encoder, "out_channels", ())) != 4:
             raise ConfigError("MLE-SAM needs an encoder with 4 output maps (sam2.1_hiera_*)")
-        if inference not in ("main", "mean"):
-            raise ConfigError(f"inference must be 'main' or 'mean', got {inference!r}")
-        if inference == "mean" and not aux_head:
-            raise ConfigError("inference='mean' needs the auxiliary head (aux_head=True)")
+        neck, decode_head = _neck_and_decoder(encoder, o)
         #: "sam2" (Hiera + FPN neck + SAM 2 decoder) or "sam" (SAM v1 ViT + pyramid + SAM decoder)
         self.encoder_kind = "sam" if isinstance(encoder, SamVisionTransformer) else "sam2"
-        if self.encoder_kind == "sam" and encoder.out_indices[-1] != encoder.depth - 1:
-            raise ConfigError("MLE-SAM with a SAM ViT needs its last tap at the last block (the "
-                             "image embedding is SAM's neck on it)")
         self.encoder = encoder
         self.neck = neck
         d = neck.d_model
-        self.lora_rank = int(rank)
-        inject_lora_experts(encoder, self.modalities, rank=rank, alpha=lora_alpha,
-                            shared=shared_expert)
+        self.lora_rank = o.rank
+        inject_lora_experts(encoder, self.modalities, rank=o.rank, alpha=o.lora_alpha,
+                            shared=o.shared_expert)
         self.routers = nn.ModuleList(
-            ModalityRouter(d, len(self.modalities), gate=gate, top_k=top_k, weighted=weighted,
-                           integrate=integrate)
+            ModalityRouter(d, len(self.modalities), gate=o.gate, top_k=o.top_k,
+                           weighted=o.weighted, integrate=o.integrate)
             for _ in range(4)
         )
         self.decode_head = decode_head
-        self.aux_head = SegFormerHead([d] * 4, num_classes, aux_channels) if aux_head else None
-        self.aux_weight = float(aux_weight)
-        self.inference = inference
-        self.freeze_encoder, self.train_neck = bool(freeze_encoder), bool(train_neck)
+        self.aux_head = (SegFormerHead([d] * 4, o.num_classes, o.aux_channels) if o.aux_head
+                         else None)
+        self.aux_weight = o.aux_weight
+        self.inference = o.inference
+        self.freeze_encoder, self.train_neck = o.freeze_encoder, o.train_neck
         if self.backbone_modules():
             self.freeze_backbone()
 
@@ -232,7 +310,6 @@ class MLESAMSegmentor(Segmentor):
         return main
 
 
-# --------------------------------------------------------------------------- builder
 #: tiny settings of the contract tests
 MLE_SAM_TINY = {
     "num_classes": 3, "modalities": ["rgb", "depth"], "backbone": "sam2.1_hiera_t",
@@ -241,69 +318,4 @@ MLE_SAM_TINY = {
 }
 
 
-@register_model("mle_sam", segmentor=MLESAMSegmentor, tiny=MLE_SAM_TINY)
-def build_mle_sam(
-    num_classes: int,
-    modalities: Sequence[str] = ("rgb", "depth", "event", "lidar"),
-    backbone: str = "sam2.1_hiera_b+",
-    pretrained: str | Path | None = None,
-    rank: int = 32,
-    lora_alpha: float | None = None,
-    shared_expert: bool = False,
-    gate: str = "pixel",
-    top_k: int | None = None,
-    weighted: bool = True,
-    integrate: str | None = "conv",
-    aux_head: bool = True,
-    aux_weight: float = 0.4,
-    aux_channels: int = 256,
-    inference: str = "main",
-    freeze_encoder: bool = True,
-    train_neck: bool = False,
-    neck_dim: int = 256,
-    backbone_kwargs: Mapping[str, object] | None = None,
-    decoder_kwargs: Mapping[str, object] | None = None,
-) -> MLESAMSegmentor:
-    """Build MLE-SAM.
-
-    Example::
-
-        create_model({"name": "mle_sam", "backbone": "sam2.1_hiera_b+",
-                      "modalities": ["rgb", "depth", "event", "lidar"], "num_classes": 25,
-                      "pretrained": "checkpoints/sam2.1_hiera_base_plus.pt"})
-
-    Args:
-        backbone: ``sam2.1_hiera_t | _s | _b+ | _l`` (B+ as published, secondhand), or the SAM
-            v1 ``sam_vit_b | _l | _h`` (the spec's second option: taps at the global-attention
-            blocks, a new simple feature pyramid, SAM v1's decoder).
-        pretrained: an official ``sam2.1_hiera_*.pt`` (trunk strict, neck strict, mask decoder
-            where shapes allow) or ``sam_vit_*.pth`` (encoder with its neck strict, mask
-            decoder where shapes allow); ``None`` = random weights.
-        neck_dim: FPN width ``d`` (256 in SAM2; the decoder's width).
-        backbone_kwargs, decoder_kwargs: constructor overrides (tiny test widths).
-        other keys: see :class:`MLESAMSegmentor`.
-    """
-    enc = create_backbone(backbone, pretrained=pretrained, **dict(backbone_kwargs or {}))
-    if isinstance(enc, SamVisionTransformer):
-        if enc.out_chans != neck_dim:
-            raise ConfigError(f"{backbone}'s neck gives {enc.out_chans} channels but neck_dim is "
-                             f"{neck_dim}")
-        neck: nn.Module = SimpleFeaturePyramid(enc.embed_dim, d_model=neck_dim)
-        head = Sam2SemanticDecoder(num_classes, transformer_dim=neck_dim, variant="sam",
-                                   **dict(decoder_kwargs or {}))
-        if pretrained is not None:
-            head.load_pretrained(pretrained)
-    else:
-        neck = Sam2FpnNeck.from_trunk(enc, d_model=neck_dim)
-        head = Sam2SemanticDecoder(num_classes, transformer_dim=neck_dim,
-                                   **dict(decoder_kwargs or {}))
-        if pretrained is not None:
-            neck.load_pretrained(pretrained)
-            head.load_pretrained(pretrained)
-    return MLESAMSegmentor(
-        enc, neck, head, modalities, num_classes, rank=rank, lora_alpha=lora_alpha,
-        shared_expert=shared_expert, gate=gate, top_k=top_k, weighted=weighted,
-        integrate=integrate, aux_head=aux_head, aux_weight=aux_weight,
-        aux_channels=aux_channels, inference=inference, freeze_encoder=freeze_encoder,
-        train_neck=train_neck,
-    )
+register_model("mle_sam", tiny=MLE_SAM_TINY)(MLESAMSegmentor)

@@ -6,6 +6,10 @@ Multimodal Remote Sensing Semantic Segmentation", arXiv 2603.17705. Official cod
 ``Model/models/dinov2/build_dinov2.py`` (dual encoder), ``Model/models/ImageEncoder/vit/
 peft_modules.py`` (CPIA, DGFM/"BAGF", MCRC), ``train.py`` (hard-pixel loss, sliding window).
 
+The package: this file (the segmentor, :class:`MoBaNetOptions`, MCRM, the registration),
+``modules.py`` (CPIA, DGFM, the SAM encoder's prompt adapters, SE fusion), ``release.py``
+(the released checkpoint keys).
+
 Model (``x_opt [B, 3, H, W]`` normalised IRRG/RGB, ``x_dsm [B, 1, H, W]`` DSM min-max to [0, 1],
 repeated to 3 channels; both zero-padded bottom/right to a multiple of 14)::
 
@@ -20,31 +24,20 @@ repeated to 3 channels; both zero-padded bottom/right to a multiple of 14)::
     logits = UperNet(fused_0..3) (all at 1/14), bilinear to the padded size, cropped
 
 Training (``model.train()`` with ``batch["label"]``): MCRM masks a rectangle of the optical
-*or* the DSM input of a quarter of the batch (:func:`~fusionseg.models.methods.mobanet.model.
-modality_conditional_random_mask`); the two auxiliary heads on ``opt_0`` and ``dsm_0`` are
-supervised on the hard pixels (``y`` where the main prediction is wrong, 255 elsewhere) with
-weight 0.01 each, returned as :class:`~fusionseg.models.SegmentationOutput` auxiliary outputs with
-their own targets. As released, the auxiliary losses run only when MCRM is on
-(``hard_pixel_loss: null`` follows ``mcrm``).
+*or* the DSM input of a quarter of the batch (:func:`modality_conditional_random_mask`); the two
+auxiliary heads on ``opt_0`` and ``dsm_0`` are supervised on the hard pixels (``y`` where the
+main prediction is wrong, 255 elsewhere) with weight 0.01 each, returned as
+:class:`~fusionseg.models.SegmentationOutput` auxiliary outputs with their own targets. As
+released, the auxiliary losses run only when MCRM is on (``hard_pixel_loss: null`` follows
+``mcrm``).
 
 Missing modality (absent key or ``present`` false): the input is zero after normalisation and
 both streams still run - the release's modality-robustness evaluation
 (``run_ablation_modality``, shipped compiled only) does exactly this.
 
-Checkpoint keys (ours <- release, see :meth:`MoBaNetSegmentor.checkpoint_filter_fn`)::
-
-    backbone.*                 <- image_encoder.backbone.*             (official DINOv2 names)
-    dsm_patch_embed.proj.*     <- image_encoder.extra_patch_embed.proj.*
-    cpia.{j}.{down_opt, down_dsm, joint, up, gamma_*, beta_*}
-                               <- image_encoder.peft_cpia_blocks.{j}.{D_fc1, D_fc2, P_fc2, U_fc1,
-                                  tfts_gamma_rgb, ...}
-    dgfm.{j}.{reduce_opt, reduce_dsm, gate.*}
-                               <- image_encoder.peft_dgfm_blocks.{j}.{rgb_reduce, dsm_reduce,
-                                  gate_net.*}  (or peft_bagf_blocks, the paper-time name)
-    dgfm.{j}.norm.*            <- image_encoder.peft_fuse_norms.{j}.*
-    proj.{j}.weight            <- image_encoder.dual_proj_layers.{j}.weight
-    decode_head.*              <- decoder.*  (classifier.1.0.weight -> conv_seg.weight)
-    aux_heads.{opt,dsm}.*      <- aux_head_{rgb,dsm}.*  (conv_out.0.weight -> conv_seg.weight)
+Checkpoint keys: the release's names are converted by
+:func:`~fusionseg.models.methods.mobanet.release.checkpoint_filter_fn` (tables there), bound
+here as :meth:`MoBaNetSegmentor.checkpoint_filter_fn`.
 
 SAM encoders (``backbone: sam_vit_b | sam_vit_l | sam_vit_h``,
 :class:`~fusionseg.models.backbones.sam_vit.SamVisionTransformer`) get the release's *other*
@@ -66,19 +59,7 @@ encoder, ``design="neck"`` (``Net.py`` SAM branch, ``Model/models/sam/modeling/i
 
 No DGFM (``dgfm=True`` is an error), no per-tap norm (SAM taps none). ``design="taps"`` runs
 the DINOv2 encoder above on a SAM ViT instead (taps = its global-attention blocks, identity
-norm; our generalisation, not in the release). Release keys of the SAM variant (``sam.*``, the
-unused prompt encoder / mask decoder and a second copy of the encoder, dropped)::
-
-    backbone.*                        <- image_encoder.* (official SAM names; the release's
-                                         ``attn.rel_h`` / ``attn.rel_w`` -> ``attn.rel_pos_h/w``)
-    dsm_patch_embed.proj.*            <- image_encoder.extra_patch_embed.proj.*
-    block_adapters.{i}.cpia.*         <- image_encoder.blocks.{i}.peft_cpia.* (names as above)
-    block_adapters.{i}.adapter_{opt,dsm}.{down, up, prompt}
-                                      <- image_encoder.blocks.{i}.peft_adapter_{x,y}.{D_fc1,
-                                         D_fc2, D_fc_prompt}
-    fpn_{opt,dsm}.0.{0,1,3}, .1.0     <- fpn1{x,y}.{0, 1 (.ln), 3}, fpn2{x,y}.0
-    fuse.{s}.se_{opt,dsm}.fc.*        <- fusion{s+1}.se_{rgb,dsm}.fc.*
-    decode_head.*, aux_heads.*        <- decoder.*, aux_head_{rgb,dsm}.* (as above)
+norm; our generalisation, not in the release).
 
 Where ours departs from the release (none changes the function of released weights):
 
@@ -104,10 +85,12 @@ Where ours departs from the release (none changes the function of released weigh
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, ClassVar, Literal
 
 import torch
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
 from ....errors import ConfigError
@@ -117,16 +100,14 @@ from ...backbones.dinov2 import DINOV2_TINY
 from ...backbones.sam_vit import SamVisionTransformer
 from ...heads.upernet import AuxHead, UperNetHead
 from ...layers import LayerNorm2d, random_rectangle
-from ...peft.base import PeftModule
+from ...options import MethodOptions, resolve_options
 from ...registry import register_model
 from ...segmentor import AuxiliaryLogits, SegmentationOutput, Segmentor
-from ...weights import rename_keys
-from .cpia import CPIA
-from .dgfm import DGFM
+from .modules import CPIA, DGFM, SamBlockPrompts, SEFusion, simple_pyramid
+from .release import checkpoint_filter_fn, is_released_format
 
-__all__ = ["DESIGNS", "DSM_LIKE", "OPTICAL", "MoBaNetSegmentor", "PromptAdapter",
-           "modality_conditional_random_mask",
-           "SEFusion", "SamBlockPrompts", "build_mobanet"]
+__all__ = ["DESIGNS", "DSM_LIKE", "OPTICAL", "MoBaNetOptions", "MoBaNetSegmentor",
+           "modality_conditional_random_mask"]
 
 #: modalities MoBaNet accepts as its optical stream (first) and its height stream (second)
 OPTICAL = ("irrg", "rgb", "nir")
@@ -134,6 +115,66 @@ DSM_LIKE = ("dsm", "ndsm", "depth", "lidar")
 #: encoder designs: "taps" (the release's DINOv2 encoder), "neck" (its SAM encoder)
 DESIGNS = ("taps", "neck")
 
+
+class MoBaNetOptions(MethodOptions):
+    """Options of ``mobanet`` (the ``model`` section of a config); see
+    :class:`MoBaNetSegmentor` for their effect."""
+
+    method_name: ClassVar[str] = "mobanet"
+
+    modalities: tuple[str, ...] = Field(
+        ("irrg", "dsm"), description="[optical (irrg, rgb, nir), DSM-like (dsm, ndsm, depth, "
+        "lidar)]")
+    backbone: str = Field(
+        "dinov2_vitl14", description="frozen ViT: dinov2_vit{s,b,l,g}14[_reg4] or sam_vit_{b,l,h}")
+    pretrained: str | Path | None = Field(
+        None, description="backbone weights: a local file or a catalogue name (None: random)")
+    cpia: bool = Field(True, description="CPIA adapters (neck design: per-block CPIA + adapters)")
+    dgfm: bool | None = Field(
+        None, description="DGFM gated fusion (None: as released, on for taps, none for neck)")
+    mcrm: bool = Field(True, description="modality-conditional random masking in training")
+    hard_pixel_loss: bool | None = Field(
+        None, description="hard-pixel auxiliary losses (None: as released, follows mcrm)")
+    aux_weight: float = Field(0.01, ge=0, description="weight of each auxiliary loss term")
+    proj_dim: int = Field(256, gt=0, description="width of the per-tap 1x1 projections (taps)")
+    decoder_channels: int = Field(64, gt=0, description="UperNet decoder width")
+    cpia_ratio: float = Field(0.25, gt=0, description="CPIA bottleneck ratio r / C")
+    mcrm_fraction: float = Field(
+        0.25, ge=0, le=1, description="fraction of each batch whose one modality MCRM masks")
+    mcrm_area: tuple[float, float] = Field(
+        (0.1, 0.3), description="MCRM rectangle area range, fraction of the padded image")
+    mcrm_aspect: tuple[float, float] = Field(
+        (0.5, 2.0), description="MCRM rectangle aspect (width / height) range")
+    backbone_kwargs: dict[str, Any] | None = Field(
+        None, description="extra backbone constructor overrides (e.g. tiny widths, out_indices)")
+    design: Literal["taps", "neck"] | None = Field(
+        None, description="encoder design (None: neck for a SAM backbone, else taps)")
+    adapter_ratio: float = Field(
+        0.0625, gt=0, description="bottleneck ratio of the neck design's prompt adapters")
+
+    @field_validator("modalities")
+    @classmethod
+    def _two_streams(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) != 2 or v[0] not in OPTICAL or v[1] not in DSM_LIKE:
+            raise ValueError(
+                f"MoBaNet is a two-stream model: one optical modality ({', '.join(OPTICAL)}) "
+                f"followed by one DSM-like modality ({', '.join(DSM_LIKE)}); got {list(v)}")
+        return v
+
+    @field_validator("mcrm_area", "mcrm_aspect")
+    @classmethod
+    def _range(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+        top = 1.0 if info.field_name == "mcrm_area" else float("inf")
+        if not 0 < v[0] <= v[1] <= top:
+            raise ValueError(f"need 0 < low <= high{' <= 1' if top == 1 else ''}")
+        return v
+
+    @field_validator("design", mode="before")
+    @classmethod
+    def _known_design(cls, v: object) -> object:
+        if v is not None and v not in DESIGNS:
+            raise ValueError(f"unknown MoBaNet design {v!r}; use one of {DESIGNS}")
+        return v
 
 
 def modality_conditional_random_mask(
@@ -177,112 +218,27 @@ def modality_conditional_random_mask(
     return x_opt, x_dsm, which
 
 
-class PromptAdapter(PeftModule):
-    """Bottleneck adapter with an added prompt (release ``peft_modules.Adapter(prompt_add=True)``
-    of MoBaNet's SAM encoder).
-
-    ``forward(x [..., C], prompt [..., C]) -> x + up(Dropout(ReLU(down(x) + prompt(p))))``, hidden
-    ``int(C * ratio)`` (ratio 0.0625). Initialisation as released: ``down`` PyTorch default
-    weight and zero bias, ``prompt`` PyTorch default, ``up`` all zeros (the adapter starts as
-    the identity). Keys (release names in brackets): ``down`` (``D_fc1``), ``prompt``
-    (``D_fc_prompt``), ``up`` (``D_fc2``).
-
-    Raises:
-        ConfigError: ``int(C * ratio) < 1``.
-    """
-
-    def __init__(self, dim: int, ratio: float = 0.0625, dropout: float = 0.1) -> None:
-        super().__init__()
-        hidden = int(dim * ratio)
-        if hidden < 1:
-            raise ConfigError(f"adapter bottleneck int({dim} * {ratio}) must be >= 1")
-        self.down = nn.Linear(dim, hidden)
-        self.up = nn.Linear(hidden, dim)
-        self.prompt = nn.Linear(dim, hidden)
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        nn.init.zeros_(self.down.bias)
-        nn.init.zeros_(self.up.weight)
-        nn.init.zeros_(self.up.bias)
-
-    def forward(self, x: Tensor, prompt: Tensor) -> Tensor:
-        return x + self.up(self.dropout(torch.relu(self.down(x) + self.prompt(prompt))))
-
-
-class SamBlockPrompts(PeftModule):
-    """The PEFT part of one block of MoBaNet's SAM encoder (release ``PeftFusionBlock``): after
-    the frozen block, a CPIA forms the shared projection ``a`` of both streams and the prompts
-    ``a + (a * gamma_m + beta_m)``, each fed to its stream's :class:`PromptAdapter`.
-
-    ``forward(x_opt [B, N, C], x_dsm [B, N, C]) -> (x_opt', x_dsm')``. Keys ``cpia.*`` (a
-    :class:`~fusionseg.models.methods.mobanet.cpia.CPIA`, whose parameters are used here without its
-    residual), ``adapter_opt.*``, ``adapter_dsm.*``.
-    """
-
-    def __init__(self, dim: int, cpia_ratio: float = 0.25, adapter_ratio: float = 0.0625
-                 ) -> None:
-        super().__init__()
-        self.cpia = CPIA(dim, cpia_ratio)
-        self.adapter_opt = PromptAdapter(dim, adapter_ratio)
-        self.adapter_dsm = PromptAdapter(dim, adapter_ratio)
-
-    def forward(self, x_opt: Tensor, x_dsm: Tensor) -> tuple[Tensor, Tensor]:
-        c = self.cpia
-        a = c.up(c.joint(torch.cat([c.down_opt(x_opt), c.down_dsm(x_dsm)], dim=-1)))
-        return (self.adapter_opt(x_opt, a + (a * c.gamma_opt + c.beta_opt)),
-                self.adapter_dsm(x_dsm, a + (a * c.gamma_dsm + c.beta_dsm)))
-
-
-class _SqueezeExcite(nn.Module):
-    """``x * sigmoid(fc(avgpool(x)))``, ``fc`` = 1x1 conv C -> C/16, ReLU, 1x1 conv -> C (biases).
-    Key ``fc.0``, ``fc.2`` (release ``SqueezeAndExcitation``)."""
-
-    def __init__(self, channels: int, reduction: int = 16) -> None:
-        super().__init__()
-        mid = max(channels // reduction, 1)
-        self.fc = nn.Sequential(nn.Conv2d(channels, mid, 1), nn.ReLU(inplace=True),
-                                nn.Conv2d(mid, channels, 1), nn.Sigmoid())
-
-    def forward(self, x: Tensor) -> Tensor:
-        return x * self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 1))
-
-
-class SEFusion(nn.Module):
-    """``SE_opt(f_opt) + SE_dsm(f_dsm)`` on ``[B, C, h, w]`` maps (release ``SEFusion`` of the SAM
-    branch of ``Net.py``). Keys ``se_opt.fc.*`` / ``se_dsm.fc.*`` (release ``se_rgb`` /
-    ``se_dsm``)."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        self.se_opt = _SqueezeExcite(channels)
-        self.se_dsm = _SqueezeExcite(channels)
-
-    def forward(self, f_opt: Tensor, f_dsm: Tensor) -> Tensor:
-        return self.se_opt(f_opt) + self.se_dsm(f_dsm)
-
-
-def _simple_pyramid(ch: int, norm: nn.Module) -> nn.ModuleList:
-    """The release's ``fpn1..4``: 1/16 -> 1/4 (deconv, ``norm``, GELU, deconv), 1/8 (deconv),
-    1/16 (identity), 1/32 (2x2 max pool)."""
-    return nn.ModuleList([
-        nn.Sequential(nn.ConvTranspose2d(ch, ch, 2, stride=2), norm, nn.GELU(),
-                      nn.ConvTranspose2d(ch, ch, 2, stride=2)),
-        nn.Sequential(nn.ConvTranspose2d(ch, ch, 2, stride=2)),
-        nn.Identity(),
-        nn.MaxPool2d(2, stride=2),
-    ])
-
 
 class MoBaNetSegmentor(Segmentor):
     """MoBaNet (see the module docstring).
 
-    Args:
-        backbone: a plain-ViT :class:`~fusionseg.models.backbones.base.TransformerBackbone`
-            with ``prepare_tokens``, ``patch_embed`` and ``embed_dim`` (frozen here; its
-            pretrained weights loaded before): a
-            :class:`~fusionseg.models.backbones.dinov2.DinoVisionTransformer` (4 taps) or a
-            :class:`~fusionseg.models.backbones.sam_vit.SamVisionTransformer`.
+    Built from :class:`MoBaNetOptions` (an instance, or its fields as keyword arguments:
+    ``MoBaNetSegmentor(num_classes=6, backbone="dinov2_vits14")``). In more detail:
+
         modalities: ``[optical, dsm]``, e.g. ``["irrg", "dsm"]``.
         num_classes: ``K`` (6 for ISPRS).
+        backbone: a plain ViT, frozen here: ``dinov2_vit{s,b,l,g}14[_reg4]`` (ViT-L as
+            published; :class:`~fusionseg.models.backbones.dinov2.DinoVisionTransformer`, 4
+            taps) or ``sam_vit_{b,l,h}`` (the release's SAM encoder option,
+            :class:`~fusionseg.models.backbones.sam_vit.SamVisionTransformer`, ``design="neck"``
+            by default).
+        pretrained: the official ``dinov2_vit*14_pretrain.pth`` (or a Hugging Face
+            ``facebook/dinov2-*`` file), or an official ``sam_vit_*.pth`` (or a Hugging Face
+            ``facebook/sam-vit-*`` file); loaded before the DSM patch embedding is copied from
+            it (``design="taps"``; the ``"neck"`` design initialises it afresh). Use
+            :func:`fusionseg.models.load_checkpoint` for whole released MoBaNet files.
+        backbone_kwargs: backbone constructor overrides (e.g. tiny test widths, other
+            ``out_indices``).
         cpia, dgfm, mcrm: the method's three parts, switchable for ablations. ``dgfm=None``:
             as released (on for ``design="taps"``; the ``"neck"`` design has no DGFM and fuses
             by squeeze-excitation, ``dgfm=True`` is an error there). In the ``"neck"`` design
@@ -301,54 +257,48 @@ class MoBaNetSegmentor(Segmentor):
         cpia_ratio: CPIA bottleneck ratio (0.25).
         mcrm_fraction, mcrm_area, mcrm_aspect: MCRM settings (0.25, (0.1, 0.3), (0.5, 2.0)).
 
+    Example::
+
+        create_model({"name": "mobanet", "backbone": "dinov2_vits14",
+                      "modalities": ["irrg", "dsm"], "num_classes": 6,
+                      "pretrained": "dinov2_vits14_pretrain.pth"})
+
     ``forward(batch) -> logits [B, K, H, W]``; in training with a label, a
     :class:`SegmentationOutput` with ``aux["aux_opt"]``, ``aux["aux_dsm"]`` (hard-pixel
     targets).
 
     Raises:
-        ConfigError: not two modalities, or not an optical one followed by a DSM-like one; a
-            backbone that is not a plain-ViT transformer backbone; ``design="taps"`` without 4
-            taps; ``design="neck"`` without a SAM backbone built with its neck, or with
-            ``dgfm=True``; an unknown design.
+        ConfigError: options that do not validate (not two modalities, or not an optical one
+            followed by a DSM-like one; an unknown design, ...); ``backbone_kwargs`` repeating
+            ``pretrained``; a backbone that is not a plain-ViT transformer backbone;
+            ``design="taps"`` without 4 taps; ``design="neck"`` without a SAM backbone built
+            with its neck, or with ``dgfm=True``.
+        FileNotFoundError, CheckpointMismatchError: from loading ``pretrained``.
     """
+
+    Options = MoBaNetOptions
 
     fused_feature_module = "decode_head"  # its input: the fused maps
 
-    def __init__(
-        self,
-        backbone: TransformerBackbone,
-        modalities: Sequence[str],
-        num_classes: int,
-        cpia: bool = True,
-        dgfm: bool | None = None,
-        mcrm: bool = True,
-        hard_pixel_loss: bool | None = None,
-        aux_weight: float = 0.01,
-        proj_dim: int = 256,
-        decoder_channels: int = 64,
-        cpia_ratio: float = 0.25,
-        mcrm_fraction: float = 0.25,
-        mcrm_area: Sequence[float] = (0.1, 0.3),
-        mcrm_aspect: Sequence[float] = (0.5, 2.0),
-        design: str | None = None,
-        adapter_ratio: float = 0.0625,
-    ) -> None:
-        mods = [modalities] if isinstance(modalities, str) else list(modalities)
-        if len(mods) != 2 or mods[0] not in OPTICAL or mods[1] not in DSM_LIKE:
-            raise ConfigError(
-                f"MoBaNet is a two-stream model: one optical modality ({', '.join(OPTICAL)}) "
-                f"followed by one DSM-like modality ({', '.join(DSM_LIKE)}); got {mods}"
-            )
-        super().__init__(mods, num_classes)
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
+    is_released_format = staticmethod(is_released_format)
+
+    def __init__(self, options: MoBaNetOptions | None = None, /, **kwargs: Any) -> None:
+        o = resolve_options(MoBaNetOptions, options, kwargs)
+        super().__init__(o.modalities, o.num_classes)
+        self.options = o
+        extra = dict(o.backbone_kwargs or {})
+        if "pretrained" in extra:
+            raise ConfigError("backbone_kwargs must not repeat ['pretrained']: set it as a "
+                              "top-level model key")
+        backbone = create_backbone(o.backbone, pretrained=o.pretrained, **extra)
         if not (isinstance(backbone, TransformerBackbone)
                 and callable(getattr(backbone, "prepare_tokens", None))
                 and hasattr(backbone, "patch_embed") and hasattr(backbone, "embed_dim")):
             raise ConfigError("MoBaNet needs a plain-ViT transformer backbone (dinov2_vit*14, "
                              f"sam_vit_*), got {type(backbone).__name__}")
         is_sam = isinstance(backbone, SamVisionTransformer)
-        design = ("neck" if is_sam else "taps") if design is None else str(design)
-        if design not in DESIGNS:
-            raise ConfigError(f"unknown MoBaNet design {design!r}; use one of {DESIGNS}")
+        design = ("neck" if is_sam else "taps") if o.design is None else o.design
         if design == "taps" and backbone.num_stages != 4:
             raise ConfigError("MoBaNet's taps design needs a ViT backbone with 4 taps "
                              f"(out_indices), got {backbone.num_stages}")
@@ -356,7 +306,7 @@ class MoBaNetSegmentor(Segmentor):
             if not is_sam or backbone.neck is None:
                 raise ConfigError("MoBaNet's neck design (the release's SAM encoder) needs a "
                                  "sam_vit_* backbone built with its neck")
-            if dgfm:
+            if o.dgfm:
                 raise ConfigError("MoBaNet's neck design (SAM encoder) has no DGFM: it fuses by "
                                  "squeeze-excitation as released; leave dgfm unset")
         self.design = design
@@ -366,30 +316,30 @@ class MoBaNetSegmentor(Segmentor):
         # release's SAM encoder builds it fresh instead
         self.dsm_patch_embed = copy.deepcopy(backbone.patch_embed)
         if design == "taps":
-            dgfm = True if dgfm is None else bool(dgfm)
-            self.cpia = nn.ModuleList(CPIA(c, cpia_ratio) for _ in range(4)) if cpia else None
+            dgfm = True if o.dgfm is None else o.dgfm
+            self.cpia = nn.ModuleList(CPIA(c, o.cpia_ratio) for _ in range(4)) if o.cpia else None
             self.dgfm = nn.ModuleList(DGFM(c) for _ in range(4)) if dgfm else None
-            self.proj = nn.ModuleList(nn.Conv2d(c, proj_dim, 1, bias=False) for _ in range(4))
-            width = proj_dim
+            self.proj = nn.ModuleList(nn.Conv2d(c, o.proj_dim, 1, bias=False) for _ in range(4))
+            width = o.proj_dim
         else:
             self.dsm_patch_embed.proj.reset_parameters()
             self.cpia = self.dgfm = self.proj = None
             self.block_adapters = nn.ModuleList(
-                SamBlockPrompts(c, cpia_ratio, adapter_ratio) for _ in backbone.blocks
-            ) if cpia else None
+                SamBlockPrompts(c, o.cpia_ratio, o.adapter_ratio) for _ in backbone.blocks
+            ) if o.cpia else None
             width = backbone.out_chans
-            self.fpn_opt = _simple_pyramid(width, LayerNorm2d(width))
-            self.fpn_dsm = _simple_pyramid(width, nn.BatchNorm2d(width))
+            self.fpn_opt = simple_pyramid(width, LayerNorm2d(width))
+            self.fpn_dsm = simple_pyramid(width, nn.BatchNorm2d(width))
             self.fuse = nn.ModuleList(SEFusion(width) for _ in range(4))
-        self.decode_head = UperNetHead([width] * 4, num_classes, decoder_channels)
-        self.aux_heads = nn.ModuleDict({"opt": AuxHead(width, num_classes),
-                                        "dsm": AuxHead(width, num_classes)})
-        self.use_mcrm = bool(mcrm)
-        self.hard_pixel_loss = self.use_mcrm if hard_pixel_loss is None else bool(hard_pixel_loss)
-        self.aux_weight = float(aux_weight)
-        self.mcrm_fraction = float(mcrm_fraction)
-        self.mcrm_area = tuple(float(a) for a in mcrm_area)
-        self.mcrm_aspect = tuple(float(a) for a in mcrm_aspect)
+        self.decode_head = UperNetHead([width] * 4, o.num_classes, o.decoder_channels)
+        self.aux_heads = nn.ModuleDict({"opt": AuxHead(width, o.num_classes),
+                                        "dsm": AuxHead(width, o.num_classes)})
+        self.use_mcrm = o.mcrm
+        self.hard_pixel_loss = self.use_mcrm if o.hard_pixel_loss is None else o.hard_pixel_loss
+        self.aux_weight = o.aux_weight
+        self.mcrm_fraction = o.mcrm_fraction
+        self.mcrm_area = o.mcrm_area
+        self.mcrm_aspect = o.mcrm_aspect
         #: non-finite input values replaced by 0 so far (DSM nodata / NaN)
         self.nonfinite_inputs = 0
         self.freeze_backbone()
@@ -511,97 +461,8 @@ class MoBaNetSegmentor(Segmentor):
         }
         return SegmentationOutput(logits, aux=aux)
 
+
     # ------------------------------------------------------------------ checkpoints
-    _RELEASE = (
-        (r"^image_encoder\.backbone\.", "backbone."),
-        (r"^image_encoder\.extra_patch_embed\.", "dsm_patch_embed."),
-        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.D_fc1\.", r"cpia.\1.down_opt."),
-        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.D_fc2\.", r"cpia.\1.down_dsm."),
-        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.P_fc2\.", r"cpia.\1.joint."),
-        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.U_fc1\.", r"cpia.\1.up."),
-        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.tfts_(gamma|beta)_rgb$", r"cpia.\1.\2_opt"),
-        (r"^image_encoder\.peft_cpia_blocks\.(\d)\.tfts_(gamma|beta)_dsm$", r"cpia.\1.\2_dsm"),
-        (r"^image_encoder\.peft_(?:dgfm|bagf)_blocks\.(\d)\.rgb_reduce\.", r"dgfm.\1.reduce_opt."),
-        (r"^image_encoder\.peft_(?:dgfm|bagf)_blocks\.(\d)\.dsm_reduce\.", r"dgfm.\1.reduce_dsm."),
-        (r"^image_encoder\.peft_(?:dgfm|bagf)_blocks\.(\d)\.gate_net\.", r"dgfm.\1.gate."),
-        (r"^image_encoder\.peft_fuse_norms\.(\d)\.", r"dgfm.\1.norm."),
-        (r"^image_encoder\.dual_proj_layers\.(\d)\.", r"proj.\1."),
-        (r"^decoder\.classifier\.1\.0\.", "decode_head.conv_seg."),
-        (r"^decoder\.", "decode_head."),
-        (r"^aux_head_rgb\.conv_out\.0\.", "aux_heads.opt.conv_seg."),
-        (r"^aux_head_dsm\.conv_out\.0\.", "aux_heads.dsm.conv_seg."),
-        (r"^aux_head_rgb\.", "aux_heads.opt."),
-        (r"^aux_head_dsm\.", "aux_heads.dsm."),
-    )
-
-    _RELEASE_SAM = (
-        (r"^image_encoder\.extra_patch_embed\.", "dsm_patch_embed."),
-        (r"^image_encoder\.blocks\.(\d+)\.attn\.rel_([hw])$", r"backbone.blocks.\1.attn.rel_pos_\2"),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.D_fc1\.", r"block_adapters.\1.cpia.down_opt."),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.D_fc2\.", r"block_adapters.\1.cpia.down_dsm."),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.P_fc2\.", r"block_adapters.\1.cpia.joint."),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.U_fc1\.", r"block_adapters.\1.cpia.up."),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.tfts_(gamma|beta)_rgb$",
-         r"block_adapters.\1.cpia.\2_opt"),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_cpia\.tfts_(gamma|beta)_dsm$",
-         r"block_adapters.\1.cpia.\2_dsm"),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_x\.D_fc1\.",
-         r"block_adapters.\1.adapter_opt.down."),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_x\.D_fc2\.", r"block_adapters.\1.adapter_opt.up."),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_x\.D_fc_prompt\.",
-         r"block_adapters.\1.adapter_opt.prompt."),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_y\.D_fc1\.",
-         r"block_adapters.\1.adapter_dsm.down."),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_y\.D_fc2\.", r"block_adapters.\1.adapter_dsm.up."),
-        (r"^image_encoder\.blocks\.(\d+)\.peft_adapter_y\.D_fc_prompt\.",
-         r"block_adapters.\1.adapter_dsm.prompt."),
-        (r"^image_encoder\.", "backbone."),
-        (r"^fpn1x\.1\.ln\.", "fpn_opt.0.1."),
-        (r"^fpn1x\.", "fpn_opt.0."),
-        (r"^fpn2x\.", "fpn_opt.1."),
-        (r"^fpn1y\.", "fpn_dsm.0."),
-        (r"^fpn2y\.", "fpn_dsm.1."),
-        *((rf"^fusion{s + 1}\.se_rgb\.", f"fuse.{s}.se_opt.") for s in range(4)),
-        *((rf"^fusion{s + 1}\.se_dsm\.", f"fuse.{s}.se_dsm.") for s in range(4)),
-        *_RELEASE[-6:],  # decoder and auxiliary heads: as in the DINOv2 release
-    )
-
-    @classmethod
-    def is_released_format(cls, state_dict: Mapping[str, Tensor]) -> bool:
-        """True for the official ``Net`` layout (``image_encoder.*``, ``decoder.*``)."""
-        return any(k.startswith("image_encoder.") for k in state_dict)
-
-    @staticmethod
-    def _is_released_sam(state_dict: Mapping[str, Tensor]) -> bool:
-        """The release's SAM variant (``image_encoder.blocks.*`` / ``neck.*`` directly, the
-        ``sam.*`` copy, the ``fpn1x`` pyramid) rather than its DINOv2 one."""
-        return any(k.startswith(("image_encoder.blocks.", "image_encoder.neck.", "sam.",
-                                 "fpn1x.")) for k in state_dict)
-
-    @classmethod
-    def checkpoint_filter_fn(cls, state_dict: Mapping[str, Tensor],
-                             model: Segmentor | None = None) -> dict[str, Tensor]:
-        """Release keys -> ours (tables in the module docstring); ours are kept. The release's
-        ``DataParallel`` ``module.`` prefix is stripped before (generic).
-
-        For the SAM variant the ``sam.*`` keys (the unused prompt encoder and mask decoder, and
-        a second copy of the encoder) are dropped, and with ``model`` given, a position
-        embedding or relative-position table of another size than the model's backbone is
-        resized by the backbone's ``checkpoint_filter_fn``."""
-        if not cls.is_released_format(state_dict):
-            return dict(state_dict)
-        if not cls._is_released_sam(state_dict):
-            return rename_keys(state_dict, cls._RELEASE)
-        out = rename_keys({k: v for k, v in state_dict.items() if not k.startswith("sam.")},
-                          cls._RELEASE_SAM)
-        bb = getattr(model, "backbone", None)
-        if isinstance(bb, SamVisionTransformer):
-            sub = bb.checkpoint_filter_fn({k[9:]: v for k, v in out.items()
-                                           if k.startswith("backbone.")})
-            out = {k: v for k, v in out.items() if not k.startswith("backbone.")}
-            out.update({f"backbone.{k}": v for k, v in sub.items()})
-        return out
-
     @classmethod
     def infer_num_classes(cls, state_dict: Mapping[str, Tensor]) -> int | None:
         """``K`` from ``decode_head.conv_seg.weight``."""
@@ -609,55 +470,14 @@ class MoBaNetSegmentor(Segmentor):
         return None if w is None else int(w.shape[0])
 
 
-# --------------------------------------------------------------------------- builder
-@register_model(
-    "mobanet",
-    segmentor=MoBaNetSegmentor,
-    tiny={"num_classes": 3, "modalities": ["irrg", "dsm"], "backbone": "dinov2_vits14",
-          "backbone_kwargs": DINOV2_TINY, "proj_dim": 16, "decoder_channels": 8},
-)
-def build_mobanet(
-    num_classes: int,
-    modalities: Sequence[str] = ("irrg", "dsm"),
-    backbone: str = "dinov2_vitl14",
-    pretrained: str | Path | None = None,
-    cpia: bool = True,
-    dgfm: bool | None = None,
-    mcrm: bool = True,
-    hard_pixel_loss: bool | None = None,
-    aux_weight: float = 0.01,
-    proj_dim: int = 256,
-    decoder_channels: int = 64,
-    cpia_ratio: float = 0.25,
-    mcrm_fraction: float = 0.25,
-    mcrm_area: Sequence[float] = (0.1, 0.3),
-    mcrm_aspect: Sequence[float] = (0.5, 2.0),
-    backbone_kwargs: Mapping[str, object] | None = None,
-    design: str | None = None,
-    adapter_ratio: float = 0.0625,
-) -> MoBaNetSegmentor:
-    """Build MoBaNet.
+#: tiny settings of the contract tests
+MOBANET_TINY = {
+    "num_classes": 3,
+    "modalities": ["irrg", "dsm"],
+    "backbone": "dinov2_vits14",
+    "backbone_kwargs": DINOV2_TINY,
+    "proj_dim": 16,
+    "decoder_channels": 8,
+}
 
-    Example::
-
-        create_model({"name": "mobanet", "backbone": "dinov2_vits14",
-                      "modalities": ["irrg", "dsm"], "num_classes": 6,
-                      "pretrained": "dinov2_vits14_pretrain.pth"})
-
-    Args:
-        backbone: ``dinov2_vit{s,b,l,g}14[_reg4]`` (ViT-L as published) or ``sam_vit_{b,l,h}``
-            (the release's SAM encoder option, ``design="neck"`` by default).
-        pretrained: the official ``dinov2_vit*14_pretrain.pth`` (or a Hugging Face
-            ``facebook/dinov2-*`` file), or an official ``sam_vit_*.pth`` (or a Hugging Face
-            ``facebook/sam-vit-*`` file); loaded before the DSM patch embedding is copied from
-            it (``design="taps"``; the ``"neck"`` design initialises it afresh). Use :func:`fusionseg.models.load_checkpoint` for whole released MoBaNet files.
-        backbone_kwargs: constructor overrides (e.g. tiny test widths, other ``out_indices``).
-        other keys: see :class:`MoBaNetSegmentor`.
-    """
-    enc = create_backbone(backbone, pretrained=pretrained, **dict(backbone_kwargs or {}))
-    return MoBaNetSegmentor(
-        enc, modalities, num_classes, cpia=cpia, dgfm=dgfm, mcrm=mcrm,
-        hard_pixel_loss=hard_pixel_loss, aux_weight=aux_weight, proj_dim=proj_dim,
-        decoder_channels=decoder_channels, cpia_ratio=cpia_ratio, mcrm_fraction=mcrm_fraction,
-        mcrm_area=mcrm_area, mcrm_aspect=mcrm_aspect, design=design, adapter_ratio=adapter_ratio,
-    )
+register_model("mobanet", tiny=MOBANET_TINY)(MoBaNetSegmentor)

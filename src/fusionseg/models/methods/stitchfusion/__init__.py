@@ -1,4 +1,5 @@
-"""stitchfusion: see model.py."""
+"""StitchFusion: ``model.py`` (options and segmentor), ``release.py`` (the authors' checkpoint
+keys), ``adapters.py`` (MultiAdapter), ``featurecross.py`` (FeatureCross)."""
 
 from . import model
 

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ....errors import ConfigError
+from ...export_ops import block_diag
 from ...layers import check_stream_indices
 from ...peft.base import PeftModule
 
@@ -293,7 +294,7 @@ class MultiAdapter(PeftModule):
         )  # [B, N, K * h]
         h = F.linear(
             h,
-            torch.block_diag(*[a.adapter_mid.weight for a in ads]),
+            block_diag(*[a.adapter_mid.weight for a in ads]),  # export-safe torch.block_diag
             torch.cat([a.adapter_mid.bias for a in ads]),
         )
         h = F.dropout(F.gelu(h), self.p_dropout, self.training)

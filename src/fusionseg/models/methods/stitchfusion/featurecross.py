@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ....errors import ConfigError
+from ...export_ops import onnx_tracing
 from ...layers import check_stream_indices
 
 __all__ = [
@@ -151,6 +152,8 @@ class MultiScaleMixFFN(nn.Module):
         c = z.shape[-1]
         z = self.pwconv1(z.transpose(1, 2).reshape(b, c, H, W))  # channels-last view in
         w, bias = self.combined_kernel()  # == z + dwconv3(z) + dwconv5(z) + dwconv7(z)
+        if onnx_tracing():  # the TorchScript exporter needs a static kernel shape
+            w = w.reshape(self.fc1.out_features, 1, 7, 7)
         z = F.conv2d(z, w, bias, padding=3, groups=c)
         z = F.gelu(self.pwconv2(z))
         return self.fc2(z.flatten(2).transpose(1, 2))

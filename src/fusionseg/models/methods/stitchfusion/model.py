@@ -15,7 +15,7 @@ is stream 1)::
         x_m = patch_embed_s(x_m)                         # same weights for every stream
         for every block of stage s:
             x_m += DropPath(Attn(LN1(x_m)))              # all streams as one batch
-            MultiAdapter "att" (sequential over sources, see peft.adapters.MultiAdapter)
+            MultiAdapter "att" (sequential over sources, see adapters.MultiAdapter)
             x_m += DropPath(MixFFN(LN2(x_m)))
             MultiAdapter "mlp"
         x_m = norm_s(x_m)                                # streams go on to stage s + 1
@@ -26,16 +26,11 @@ Stages without adapters use the plain MiT blocks. Implementation: the ``M`` stre
 ``[M * B, ...]`` batch through the shared patch embeddings, attention (SDPA) and Mix-FFN; only
 the adapters and the stage fusion look at individual streams (``[M, B, N, C]`` views).
 
-Checkpoint keys (ours; the released names map onto them, see :func:`release_to_fusionseg` and
-:meth:`StitchFusionSegmentor.checkpoint_filter_fn`, which ``load_checkpoint`` applies to
-StitchFusion models)::
-
-    backbone.{patch_embed*, block*, norm*}.*        == release (official MiT names)
-    adapters.block{i}.{j}.{adap_t_att{a}{b}, adap_t_mlp{a}{b}, adap_t, adap2_t}.adapter_*
-        <- release backbone.block{i}.{j}.<same>.*
-    fusion.{s}.{proj, mix_ffn.*, channel_attn.fc.*}
-        <- release backbone.feature_cross.{liner_fusion_layers, mix_ffn, channel_attns}.{s}.*
-    decode_head.*                                    == release
+Checkpoint keys: the MiT encoder (``backbone.*``) and the decode head (``decode_head.*``) have
+the release's names; the adapters (``adapters.block{i}.{j}.*``) and FeatureCross
+(``fusion.{s}.*``) are renamed from the release's ``backbone.*`` names by
+:func:`~fusionseg.models.methods.stitchfusion.release.checkpoint_filter_fn`, which
+``load_checkpoint`` applies to StitchFusion models (the key table is in ``release.py``).
 
 Where ours departs from the release (none changes the function of released weights):
 
@@ -64,12 +59,12 @@ Where ours departs from the release (none changes the function of released weigh
 
 from __future__ import annotations
 
-import re
-import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
+from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
 from ....errors import ConfigError
@@ -78,149 +73,241 @@ from ...backbones.mit import MIT_TINY, MixVisionTransformer
 from ...fusion.presence_gate import PresenceGate
 from ...heads.segformer import SegFormerHead
 from ...layers import check_stream_indices
+from ...options import MethodOptions, resolve_options
 from ...registry import register_model
 from ...segmentor import AuxiliaryLogits, SegmentationOutput, Segmentor
-from ...weights import rename_keys
 from .adapters import ADAPTER_DENSITIES, MultiAdapter
 from .featurecross import FeatureCrossStage
+from .release import checkpoint_filter_fn, is_released_format
 
 __all__ = [
     "FUSIONS",
+    "Density",
     "MAX_MODALITIES",
     "MISSING_MODES",
+    "StitchFusionOptions",
     "StitchFusionSegmentor",
-    "build_stitchfusion",
-    "release_to_fusionseg",
 ]
 
-#: stage fusion choices
-FUSIONS = ("sum", "featurecross", "gate")
+#: one stage's adapter density (``None``: plain MiT blocks), see :class:`MultiAdapter`
+Density = Literal["shared", "pairwise", "directional"]
+#: stage fusion: the release's sum, FeatureCross (+FFMs) or a presence-aware gate (ours)
+Fusion = Literal["sum", "featurecross", "gate"]
 #: missing-modality handling: skip the stream (ours) | zero images through it (2503.18445)
-MISSING_MODES = ("skip", "zeros")
+MissingMode = Literal["skip", "zeros"]
+
+#: stage fusion choices
+FUSIONS: tuple[str, ...] = get_args(Fusion)
+#: missing-modality modes
+MISSING_MODES: tuple[str, ...] = get_args(MissingMode)
 #: adapter key names use one digit per stream (``adap_t_att12``), as in the release
 MAX_MODALITIES = 8
 
 _NONE = (None, "none", "")
 
 
-def _stage_densities(adapter: str | None | Sequence[str | None]) -> list[str | None]:
-    """Normalise the ``adapter`` option to 4 per-stage densities (``None`` = plain blocks)."""
-    if adapter is None or isinstance(adapter, str):
-        adapter = [adapter] * 4
-    adapter = list(adapter)
-    if len(adapter) != 4:
-        raise ConfigError(
-            f"adapter must be one density or a list of 4 (one per stage), got {adapter}"
-        )
-    out: list[str | None] = []
-    for a in adapter:
-        if a in _NONE:
-            out.append(None)
-        elif a in ADAPTER_DENSITIES:
-            out.append(a)
-        else:
-            raise ConfigError(
-                f"unknown adapter density {a!r}; choose from {', '.join(ADAPTER_DENSITIES)} or none"
-            )
-    return out
+def _density(value: object) -> str | None:
+    """One stage's density from a config value: ``None`` / ``"none"`` / ``""`` -> ``None``.
+
+    Raises:
+        ValueError: not a density.
+    """
+    if isinstance(value, str | None) and value in _NONE:
+        return None
+    if isinstance(value, str) and value in ADAPTER_DENSITIES:
+        return value
+    raise ValueError(
+        f"unknown adapter density {value!r}; choose from {', '.join(ADAPTER_DENSITIES)} or none"
+    )
+
+
+class StitchFusionOptions(MethodOptions):
+    """Options of ``stitchfusion`` (the ``model`` section of a config; see
+    :class:`StitchFusionSegmentor` for what they do in detail)."""
+
+    method_name: ClassVar[str] = "stitchfusion"
+
+    modalities: tuple[str, ...] = Field(
+        ("rgb", "depth"), min_length=1,
+        description="ordered modality names, 1..8; the first is the release's stream 1")
+    backbone: str = Field("mit_b2", description="shared MiT encoder (mit_b0 .. mit_b5)")
+    pretrained: str | Path | None = Field(
+        None, description="encoder weights: a local MiT file or a catalogue name (None: random)")
+    adapter: Density | None | tuple[Density | None, ...] = Field(
+        "pairwise",
+        description="MultiAdapter density of every stage, or a list of 4 (none: plain blocks)")
+    fusion: Fusion = Field(
+        "sum", description="stage fusion: sum, featurecross (+FFMs) or a presence-aware gate")
+    drop_path_rate: float = Field(
+        0.1, ge=0, lt=1, description="encoder stochastic depth (also on the adapter outputs)")
+    decoder_dim: int | None = Field(
+        None, gt=0, description="SegFormer head width E (None: 256 for mit_b0/b1, else 512)")
+    freeze_backbone: bool = Field(
+        False, description="freeze the shared encoder (adapters, fusion and head train)")
+    adapter_hidden: int = Field(8, gt=0, description="adapter bottleneck width")
+    adapter_dropout: float = Field(0.1, ge=0, le=1, description="dropout inside the adapters")
+    norm_eps: float = Field(
+        1e-5, gt=0, description="eps of the encoder's LayerNorms (release: 1e-5)")
+    backbone_kwargs: dict[str, Any] | None = Field(
+        None, description="extra backbone constructor overrides (e.g. tiny test widths)")
+    missing: MissingMode = Field(
+        "skip", description="a missing modality: skip its stream, or feed zero images")
+    modality_aux: float = Field(
+        0.0, ge=0, description="weight of the per-modality auxiliary outputs (0: none)")
+    gate_lr_mult: float = Field(
+        10.0, gt=0, description="learning-rate multiplier of the gates (fusion: gate)")
+
+    @field_validator("modalities")
+    @classmethod
+    def _at_most_eight(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        if len(v) > MAX_MODALITIES:
+            raise ValueError(
+                f"StitchFusion supports 1..{MAX_MODALITIES} modalities, got {len(v)}")
+        return v
+
+    @field_validator("adapter", mode="before")
+    @classmethod
+    def _stage_densities(cls, v: object) -> object:
+        """``"none"`` / ``""`` -> ``None``; a list must have one density per stage."""
+        if isinstance(v, list | tuple):
+            if len(v) != 4:
+                raise ValueError(
+                    f"adapter must be one density or a list of 4 (one per stage), not {len(v)}")
+            return tuple(_density(a) for a in v)
+        return _density(v)
+
+    @field_validator("fusion", "missing", mode="before")
+    @classmethod
+    def _known_choice(cls, v: object, info: ValidationInfo) -> object:
+        """The pre-options messages (``unknown missing mode 'drop'; choose one of ...``)."""
+        choices = get_args(cls.model_fields[info.field_name].annotation)
+        if isinstance(v, str) and v not in choices:
+            what = "missing mode" if info.field_name == "missing" else info.field_name
+            raise ValueError(f"unknown {what} {v!r}; choose one of {', '.join(choices)}")
+        return v
+
+    @field_validator("backbone_kwargs")
+    @classmethod
+    def _no_top_level_keys(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
+        clash = sorted({"pretrained", "drop_path_rate"} & set(v or {}))
+        if clash:
+            raise ValueError(f"must not repeat {clash}: set them as top-level model keys")
+        return v
+
+    def stage_densities(self) -> list[str | None]:
+        """``adapter`` as 4 per-stage densities (``None``: plain blocks)."""
+        return list(self.adapter) if isinstance(self.adapter, tuple) else [self.adapter] * 4
 
 
 class StitchFusionSegmentor(Segmentor):
     """StitchFusion segmentor (shared MiT encoder + MultiAdapters + stage fusion + SegFormer head).
 
-    Args:
-        backbone: a :class:`~fusionseg.models.backbones.mit.MixVisionTransformer` (shared by
-            all modalities).
-        modalities: ordered modality names (1..8); the first is stream 1 of the release.
-        num_classes: ``K``.
-        adapter: one density for all stages or a list of 4 (per stage): ``"shared"``,
-            ``"pairwise"``, ``"directional"`` or ``None``/``"none"`` (plain blocks).
-        fusion: ``"sum"`` (plain StitchFusion), ``"featurecross"`` (+FFMs) or ``"gate"``
-            (ours: the sum replaced by ``n_present`` times a presence-aware per-pixel softmax
-            average, :class:`~fusionseg.models.fusion.presence_gate.PresenceGate`; it starts
-            as the sum, so a ``"sum"`` model initialises it, ``train.init_from``).
-        decoder_dim: SegFormer head width ``E``.
-        adapter_hidden: adapter bottleneck width (8).
-        adapter_dropout: dropout inside the adapters (0.1).
-        norm_eps: eps of the encoder's block and stage LayerNorms (release: 1e-5).
+    ``forward(batch) -> logits [B, K, H, W]`` (bilinear upsampling of the 1/4-scale head
+    output); see :meth:`encode` for the stage maps and the module docstring for the model.
+
+    Built from :class:`StitchFusionOptions` (an instance, or its fields as keyword arguments:
+    ``StitchFusionSegmentor(num_classes=25, modalities=["rgb", "depth"], backbone="mit_b2",
+    fusion="featurecross")``; ``create_model({"name": "stitchfusion", ...})`` does the same from
+    a config). The released MCubeS model, for example, is ``backbone: mit_b4``, ``modalities:
+    [rgb, nir, aolp, dolp]``, ``adapter: pairwise``, ``fusion: featurecross``. In more detail:
+
+        modalities: the order is the stream order of the release (the first is stream 1): it
+            names the adapters (``adap_t_att12`` = streams 1 and 2) and orders FeatureCross's
+            input columns, so a released file needs its config's order. At most 8 (one digit
+            per stream in the adapter names).
+        backbone: a MiT (``mit_b0 .. mit_b5``; another encoder is a ConfigError).
+            ``pretrained`` loads the NVlabs ImageNet file into it; whole released StitchFusion
+            files go through :func:`fusionseg.models.load_checkpoint` instead.
+        adapter: one density for every stage or a list of 4 (one per stage), each
+            ``"shared"`` (one adapter for all pairs), ``"pairwise"`` (one per unordered pair,
+            both directions), ``"directional"`` (one per ordered pair) or ``none`` / ``null``
+            (plain MiT blocks), paper Fig. 3; the recipes use per-stage layouts such as
+            ``[none, none, pairwise, pairwise]`` (DELIVER RGB-D-E-L). ``"none"`` and ``""`` are
+            stored as ``None``. With one modality no adapter is built.
+        fusion: ``"sum"`` (plain StitchFusion), ``"featurecross"`` (the paper's +FFMs rows)
+            or ``"gate"`` (ours: the sum replaced by ``n_present`` times a presence-aware
+            per-pixel softmax average,
+            :class:`~fusionseg.models.fusion.presence_gate.PresenceGate`; it starts as the sum,
+            so a ``"sum"`` model initialises it, ``train.init_from``).
+        decoder_dim: ``None`` gives the released width (256 for mit_b0/b1, 512 otherwise).
+        drop_path_rate: the block's drop path is applied to every adapter output too, as
+            released.
+        freeze_backbone: the shared encoder is frozen; adapters, fusion and head train (the
+            release fine-tunes everything).
+        norm_eps: eps of the encoder's block and stage LayerNorms; the release's
+            ``nn.LayerNorm(dim)`` default 1e-5 (the NVlabs MiT uses 1e-6).
         missing: ``"skip"`` (a missing modality's stream, adapters and fusion term are left
             out, per batch or per sample; see the module docstring) or ``"zeros"`` (zero
-            images through every stream, the zero-filling protocol of arXiv 2503.18445).
-        modality_aux: weight of the per-modality auxiliary outputs in training (ours; 0:
-            none; see :meth:`forward`).
-        gate_lr_mult: learning-rate multiplier of the gates (``fusion: gate``).
+            images through every stream, the zero-filling protocol of arXiv 2503.18445 behind
+            the published StitchFusion EMM numbers).
+        modality_aux: (ours) in training, the decode head on each stream's unfused stage maps
+            is an auxiliary output ``modality_<name>`` of this weight, its loss counted where
+            that modality is present (see :meth:`forward`).
+        gate_lr_mult: see :class:`~fusionseg.models.fusion.presence_gate.PresenceGate`.
 
-    ``forward(batch) -> logits [B, K, H, W]``; see :meth:`encode` for the stage maps.
+    Sources: arXiv 2408.01343, Sec. 3 (model), Fig. 3 (densities), Sec. 4 (+FFMs); official
+    ``semseg/models/stitchfusion.py``, ``semseg/models/backbones/stitchfusion.py`` and
+    ``stitchfusion_with_tips_you_can_copy.py`` (GitHub ``LiBingyu01/StitchFusion``).
 
     Raises:
-        ValueError: more than 8 modalities, a backbone that is not a MiT, an unknown fusion,
-            adapter density or missing mode.
+        ConfigError: options that do not validate (more than 8 modalities, an unknown fusion,
+            adapter density or missing mode, a list of adapters not of length 4,
+            ``backbone_kwargs`` repeating ``pretrained`` or ``drop_path_rate``, ...), a
+            backbone that is not a MiT.
+        FileNotFoundError, CheckpointMismatchError: from loading ``pretrained``.
     """
+
+    Options = StitchFusionOptions
 
     fused_feature_module = "decode_head"  # its input: the fused maps
 
-    def __init__(
-        self,
-        backbone: MixVisionTransformer,
-        modalities: Sequence[str],
-        num_classes: int,
-        adapter: str | None | Sequence[str | None] = "pairwise",
-        fusion: str = "sum",
-        decoder_dim: int = 256,
-        adapter_hidden: int = 8,
-        adapter_dropout: float = 0.1,
-        norm_eps: float = 1e-5,
-        missing: str = "skip",
-        modality_aux: float = 0.0,
-        gate_lr_mult: float = 10.0,
-    ) -> None:
-        super().__init__(modalities, num_classes)
-        if modality_aux < 0:
-            raise ConfigError(f"stitchfusion modality_aux must be >= 0, got {modality_aux}")
-        self.modality_aux = float(modality_aux)
-        m = len(self.modalities)
-        if m > MAX_MODALITIES:
-            raise ConfigError(
-                f"StitchFusion supports 1..{MAX_MODALITIES} modalities, got {m}: {self.modalities}"
-            )
+    checkpoint_filter_fn = staticmethod(checkpoint_filter_fn)
+    is_released_format = staticmethod(is_released_format)
+
+    def __init__(self, options: StitchFusionOptions | None = None, /, **kwargs: Any) -> None:
+        o = resolve_options(StitchFusionOptions, options, kwargs)
+        super().__init__(o.modalities, o.num_classes)
+        self.options = o
+        backbone = create_backbone(o.backbone, pretrained=o.pretrained,
+                                   drop_path_rate=o.drop_path_rate, **dict(o.backbone_kwargs or {}))
         if not isinstance(backbone, MixVisionTransformer):
             raise ConfigError(
                 f"StitchFusion needs a MiT backbone (mit_b0..mit_b5), got {type(backbone).__name__}"
             )
-        if fusion not in FUSIONS:
-            raise ConfigError(f"unknown fusion {fusion!r}; choose one of {', '.join(FUSIONS)}")
-        if missing not in MISSING_MODES:
-            raise ConfigError(
-                f"unknown missing mode {missing!r}; choose one of {', '.join(MISSING_MODES)}"
-            )
-        self.missing = missing
+        self.modality_aux = float(o.modality_aux)
+        self.missing = o.missing
         self.backbone = backbone
-        self.stage_adapters = _stage_densities(adapter)
-        self.fusion_kind = fusion
+        self.stage_adapters = o.stage_densities()
+        self.fusion_kind = o.fusion
+        m = len(self.modalities)
         dims, depths = backbone.embed_dims, backbone.depths
 
         for s in range(4):  # release LayerNorm eps (nn.LayerNorm default) in blocks and stages
             for blk in backbone.blocks_of(s):
-                blk.norm1.eps = blk.norm2.eps = norm_eps
-            backbone.norm_of(s).eps = norm_eps
+                blk.norm1.eps = blk.norm2.eps = o.norm_eps
+            backbone.norm_of(s).eps = o.norm_eps
 
         self.adapters = nn.ModuleDict()
         for s, density in enumerate(self.stage_adapters):
             if density is not None and m > 1:
                 self.adapters[f"block{s + 1}"] = nn.ModuleList(
-                    MultiAdapter(dims[s], m, density, adapter_hidden, adapter_dropout)
+                    MultiAdapter(dims[s], m, density, o.adapter_hidden, o.adapter_dropout)
                     for _ in range(depths[s])
                 )
         self.fusion = (
             nn.ModuleList(FeatureCrossStage(dims[s], m) for s in range(4))
-            if fusion == "featurecross"
+            if o.fusion == "featurecross"
             else None
         )
         self.fusion_gates = (
-            nn.ModuleList(PresenceGate(dims[s], m, gate_lr_mult) for s in range(4))
-            if fusion == "gate" else None
+            nn.ModuleList(PresenceGate(dims[s], m, o.gate_lr_mult) for s in range(4))
+            if o.fusion == "gate" else None
         )
-        self.decode_head = SegFormerHead(dims, num_classes, embed_dim=decoder_dim)
+        self.decode_head = SegFormerHead(
+            dims, o.num_classes, embed_dim=o.decoder_dim or default_decoder_dim(o.backbone)
+        )
+        if o.freeze_backbone:
+            self.freeze_backbone()
 
     def optional_init_keys(self) -> list[str]:
         """The zero-initialised gates (``fusion: gate``) may be absent from an init model."""
@@ -403,191 +490,22 @@ class StitchFusionSegmentor(Segmentor):
 
     # ------------------------------------------------------------------ checkpoints
     @classmethod
-    def checkpoint_filter_fn(
-        cls, state_dict: Mapping[str, Tensor], model: Segmentor | None = None
-    ) -> dict[str, Tensor]:
-        """Released StitchFusion state dicts -> our keys (:func:`release_to_fusionseg`), then
-        fitted to ``model``'s variant (:func:`_fit_to_model`: unused FeatureCross dropped for
-        sum fusion, shared / pairwise adapter names exchanged for two modalities)."""
-        sd = release_to_fusionseg(state_dict) if cls.is_released_format(state_dict) else dict(
-            state_dict
-        )
-        return _fit_to_model(sd, model)
-
-    @classmethod
-    def is_released_format(cls, state_dict: Mapping[str, Tensor]) -> bool:
-        """True for the authors' key layout (adapters / FeatureCross under ``backbone.``)."""
-        return any(_RELEASE_MARK.match(k) for k in state_dict)
-
-    @classmethod
     def infer_num_classes(cls, state_dict: Mapping[str, Tensor]) -> int | None:
         """``K`` from the SegFormer head's ``decode_head.linear_pred`` weight."""
         return SegFormerHead.num_classes_in(state_dict, "decode_head.")
 
 
-# --------------------------------------------------------------------------- builder
-@register_model(
-    "stitchfusion",
-    segmentor=StitchFusionSegmentor,
-    tiny={
-        "num_classes": 3,
-        "modalities": ["rgb", "depth", "lidar"],
-        "backbone": "mit_b0",
-        "adapter": "pairwise",
-        "fusion": "featurecross",
-        "decoder_dim": 16,
-        # FeatureCross's channel attention reduces by 16: stage widths >= 16
-        "backbone_kwargs": {**MIT_TINY, "embed_dims": (16, 16, 32, 64)},
-    },
-)
-def build_stitchfusion(
-    num_classes: int,
-    modalities: Sequence[str] = ("rgb", "depth"),
-    backbone: str = "mit_b2",
-    pretrained: str | Path | None = None,
-    adapter: str | None | Sequence[str | None] = "pairwise",
-    fusion: str = "sum",
-    drop_path_rate: float = 0.1,
-    decoder_dim: int | None = None,
-    freeze_backbone: bool = False,
-    adapter_hidden: int = 8,
-    adapter_dropout: float = 0.1,
-    norm_eps: float = 1e-5,
-    backbone_kwargs: Mapping[str, object] | None = None,
-    missing: str = "skip",
-    modality_aux: float = 0.0,
-    gate_lr_mult: float = 10.0,
-) -> StitchFusionSegmentor:
-    """Build StitchFusion.
-
-    Example (the released MCubeS-style model; the first modality is stream 1)::
-
-        create_model({"name": "stitchfusion", "backbone": "mit_b0", "modalities": ["rgb",
-                      "depth"], "num_classes": 25, "adapter": "pairwise",
-                      "fusion": "featurecross"})
-
-    Args:
-        num_classes: ``K``.
-        modalities: ordered modality names, 1..8.
-        backbone: ``mit_b0 .. mit_b5``.
-        pretrained: local path of the official MiT ImageNet file (``mit_b2.pth``); use
-            :func:`fusionseg.models.load_checkpoint` for whole released StitchFusion files.
-        adapter: density for all stages or a list of 4 (``shared`` / ``pairwise`` /
-            ``directional`` / ``none``).
-        fusion: ``"sum"``, ``"featurecross"`` or ``"gate"`` (see the segmentor).
-        drop_path_rate: encoder stochastic depth (0.1, also applied to the adapters' outputs).
-        decoder_dim: head width; ``None`` = 256 for mit_b0/b1, 512 otherwise (as released).
-        freeze_backbone: freeze the shared encoder (adapters, fusion and head train); the
-            release fine-tunes everything.
-        adapter_hidden, adapter_dropout: adapter bottleneck width (8) and dropout (0.1).
-        norm_eps: encoder LayerNorm eps (1e-5 as released).
-        backbone_kwargs: constructor overrides for the backbone (e.g. tiny test widths).
-        missing: ``"skip"`` (default: a missing modality's stream, its adapters and its
-            fusion term are left out) or ``"zeros"`` (zero images through every stream, the
-            protocol of arXiv 2503.18445 behind the published StitchFusion EMM numbers).
-        modality_aux: weight of the per-modality auxiliary outputs (ours; 0: none): in
-            training the decode head on each stream's unfused stage maps, ``modality_<name>``,
-            its loss counted where that modality is present.
-        gate_lr_mult: learning-rate multiplier of the gates (``fusion: gate``).
-
-    Raises:
-        ValueError: see :class:`StitchFusionSegmentor`.
-    """
-    enc = create_backbone(
-        backbone,
-        pretrained=pretrained,
-        drop_path_rate=drop_path_rate,
-        **dict(backbone_kwargs or {}),
-    )
-    model = StitchFusionSegmentor(
-        enc,
-        modalities,
-        num_classes,
-        adapter=adapter,
-        fusion=fusion,
-        decoder_dim=decoder_dim or default_decoder_dim(backbone),
-        adapter_hidden=adapter_hidden,
-        adapter_dropout=adapter_dropout,
-        norm_eps=norm_eps,
-        missing=missing,
-        modality_aux=modality_aux,
-        gate_lr_mult=gate_lr_mult,
-    )
-    if freeze_backbone:
-        model.freeze_backbone()
-    return model
+#: tiny settings of the contract tests; FeatureCross's channel attention reduces by 16, so
+#: every stage is at least 16 wide
+STITCHFUSION_TINY = {
+    "num_classes": 3,
+    "modalities": ["rgb", "depth", "lidar"],
+    "backbone": "mit_b0",
+    "adapter": "pairwise",
+    "fusion": "featurecross",
+    "decoder_dim": 16,
+    "backbone_kwargs": {**MIT_TINY, "embed_dims": (16, 16, 32, 64)},
+}
 
 
-# --------------------------------------------------------------------------- released checkpoints
-_RELEASE_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (
-        re.compile(r"^backbone\.block(\d)\.(\d+)\.(adap_t|adap2_t|adap_t_(?:att|mlp)\d\d)\.(.+)$"),
-        r"adapters.block\1.\2.\3.\4",
-    ),
-    (
-        re.compile(r"^backbone\.feature_cross\.liner_fusion_layers\.(\d)\.(.+)$"),
-        r"fusion.\1.proj.\2",
-    ),
-    (re.compile(r"^backbone\.feature_cross\.mix_ffn\.(\d)\.(.+)$"), r"fusion.\1.mix_ffn.\2"),
-    (
-        re.compile(r"^backbone\.feature_cross\.channel_attns\.(\d)\.(.+)$"),
-        r"fusion.\1.channel_attn.\2",
-    ),
-)
-_RELEASE_MARK = re.compile(r"^backbone\.(feature_cross\.|block\d\.\d+\.adap)")
-
-
-def release_to_fusionseg(sd: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """Rename the keys of a released StitchFusion state dict to ours (model-independent).
-
-    Adapters ``backbone.block{i}.{j}.adap*`` -> ``adapters.block{i}.{j}.adap*``; FeatureCross
-    ``backbone.feature_cross.{liner_fusion_layers, mix_ffn, channel_attns}.{s}`` ->
-    ``fusion.{s}.{proj, mix_ffn, channel_attn}``; every other key (MiT encoder, decode head)
-    is already ours.
-    """
-    return rename_keys(sd, _RELEASE_RULES)
-
-
-_SHARED_TO_PAIR = {"adap_t": "adap_t_att12", "adap2_t": "adap_t_mlp12"}
-_PAIR_TO_SHARED = {v: k for k, v in _SHARED_TO_PAIR.items()}
-_ADAPTER_KEY = re.compile(r"^adapters\.block(\d)\.(\d+)\.(\w+?)\.(adapter_\w+\.\w+)$")
-
-
-def _fit_to_model(sd: Mapping[str, Tensor], model: nn.Module | None) -> dict[str, Tensor]:
-    """Adjust a (renamed) StitchFusion state dict to ``model``'s variant.
-
-    * Sum-fusion model, checkpoint with ``fusion.*`` (the unused FeatureCross the release
-      builds in every variant): those keys are dropped, with a warning.
-    * Two modalities: a shared adapter and the single pairwise adapter are the same function
-      (the release's note on ``Block_shared``); ``adap_t``/``adap2_t`` and
-      ``adap_t_att12``/``adap_t_mlp12`` are renamed to whichever the model's stage uses.
-    """
-    out = dict(sd)
-    if not isinstance(model, StitchFusionSegmentor):
-        return out
-    if model.fusion is None:
-        dropped = [k for k in out if k.startswith("fusion.")]
-        if dropped:
-            warnings.warn(
-                f"dropping {len(dropped)} FeatureCross keys (fusion.* / released "
-                f"backbone.feature_cross.*): the released model builds FeatureCross but its "
-                f"sum-fusion variants do not use it. If this checkpoint was trained with "
-                f"FeatureCross, build the model with fusion='featurecross'.",
-                stacklevel=3,
-            )
-            for k in dropped:
-                del out[k]
-    if len(model.modalities) == 2:
-        for k in list(out):
-            mt = _ADAPTER_KEY.match(k)
-            if not mt:
-                continue
-            stage = int(mt.group(1)) - 1
-            density = model.stage_adapters[stage]
-            table = _PAIR_TO_SHARED if density == "shared" else _SHARED_TO_PAIR
-            if density is not None and mt.group(3) in table:
-                new = (
-                    f"adapters.block{mt.group(1)}.{mt.group(2)}.{table[mt.group(3)]}.{mt.group(4)}"
-                )
-                out[new] = out.pop(k)
-    return out
+register_model("stitchfusion", tiny=STITCHFUSION_TINY)(StitchFusionSegmentor)
