@@ -21,10 +21,10 @@ from fusionseg.cli import app
 from fusionseg.config import load_config
 from fusionseg.data import DataError, create_dataset
 from fusionseg.data.check import check_dataset
-from fusionseg.data.datamodule import build_dataset
 from fusionseg.data.datasets.base import FILE_PROBLEMS_SHOWN, DatasetFilesError
 from fusionseg.data.synthetic import render_aerial
-from fusionseg.predict import open_inputs
+from fusionseg.engine.datamodule import build_dataset
+from fusionseg.inference import open_inputs
 
 runner = CliRunner()
 MODS = ["rgb", "depth"]

@@ -582,7 +582,7 @@ def test_baseline_config_loads_and_reads_its_dataset(tmp_path, name):
 
     from fusionseg.cli import app
     from fusionseg.config import load_config
-    from fusionseg.data.datamodule import build_dataset
+    from fusionseg.engine.datamodule import build_dataset
 
     path = Path(__file__).resolve().parents[2] / "configs" / "baselines" / f"{name}_sum_fusion.yaml"
     root = tmp_path / name

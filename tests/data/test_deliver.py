@@ -9,7 +9,14 @@ from fixtures.deliver_tree import ALL_MODALITIES, deliver_path, make_deliver_tre
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from fusionseg.data import Collate, DataError, build_train_transforms, create_dataset, list_datasets
+from fusionseg.data import (
+    Collate,
+    DataError,
+    build_train_transforms,
+    check_dataset,
+    create_dataset,
+    list_datasets,
+)
 from fusionseg.data.datasets import DELIVER, DELIVER_CLASSES, DELIVER_PALETTE
 from fusionseg.data.datasets.base import DatasetFilesError
 
@@ -133,8 +140,11 @@ def test_missing_modality_file(tree):
         ds[1]
     msg = str(ei.value)
     assert str(victim) in msg and "'lidar'" in msg and "missing file" in msg
-    problems = ds.check()
-    assert len(problems) == 1 and problems[0].path == str(victim)
+    # ... and by `fusionseg data check` (check_dataset), the one file named
+    report = check_dataset("deliver", root, ["train"], ["rgb", "lidar"])
+    assert report.counts == {"missing_file": 1}
+    (problem,) = report.groups[("missing_file", "lidar")].examples
+    assert problem.path == str(victim) and problem.split == "train"
 
 
 def test_size_mismatch(tree):
@@ -151,7 +161,10 @@ def test_size_mismatch(tree):
     msg = str(ei.value)
     assert "size mismatch" in msg and "thermal 16x16" in msg and "rgb 32x32" in msg
     assert "night/val/MAP_1/000006" in msg and str(p) in msg
-    assert len(ds.check(deep=True)) == 1
+    report = check_dataset("deliver", root, ["val"], ["rgb", "thermal"], deep=True)
+    assert report.counts == {"size_mismatch": 1}
+    (problem,) = report.groups[("size_mismatch", "thermal")].examples
+    assert problem.path == str(p) and "thermal 16x16 vs rgb 32x32" in problem.message
 
 
 def test_label_out_of_range(tree):

@@ -4,37 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import tifffile
 import torch
-import yaml
+from fixtures.folder_tree import FOLDER_YAML as YAML
+from fixtures.folder_tree import make_folder_tree as write_tree
 from PIL import Image
 
 from fusionseg.data import DataError, create_dataset, list_datasets
 from fusionseg.data.datasets import FolderDataset
-
-YAML = {
-    "classes": ["road", "car", "person"],
-    "palette": [[128, 64, 128], [0, 0, 142], [220, 20, 60]],
-    "modalities": {
-        "rgb": {},
-        "thermal": {"channels": 1, "repeat_to": 3, "bit_depth": 16, "normalize": "minmax"},
-    },
-}
-
-
-def write_tree(root, cfg=YAML, stems=("a", "b", "c"), size=(12, 16), split="train", labels=None):
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "dataset.yaml").write_text(yaml.safe_dump(cfg))
-    rng = np.random.default_rng(0)
-    h, w = size
-    for d in ("rgb", "thermal", "label"):
-        (root / split / d).mkdir(parents=True, exist_ok=True)
-    for i, stem in enumerate(stems):
-        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(root / split / "rgb" / f"{stem}.jpg")
-        tifffile.imwrite(root / split / "thermal" / f"{stem}.tif", rng.integers(1000, 30000, (h, w), dtype=np.uint16))
-        lab = labels[i] if labels is not None else (np.arange(h * w).reshape(h, w) % 3).astype(np.uint8)
-        Image.fromarray(lab).save(root / split / "label" / f"{stem}.png")
-    return root
 
 
 def test_read_back(tmp_path):

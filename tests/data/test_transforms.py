@@ -243,7 +243,7 @@ def test_config_eval_label_interpolation_reaches_the_eval_resize(tmp_path, rule,
     from fixtures.deliver_tree import make_deliver_tree
 
     from fusionseg.config import config_from_dict
-    from fusionseg.data.datamodule import build_dataset
+    from fusionseg.engine.datamodule import build_dataset
 
     root = tmp_path / "deliver"
     make_deliver_tree(root, conditions=("cloud",), splits=("val",), per_split=1,
@@ -304,7 +304,7 @@ def test_config_eval_crop_reaches_the_eval_transforms(tmp_path):
     from fixtures.mcubes_tree import make_mcubes_tree
 
     from fusionseg.config import config_from_dict
-    from fusionseg.data.datamodule import build_dataset
+    from fusionseg.engine.datamodule import build_dataset
 
     root = tmp_path / "multimodal_dataset"
     make_mcubes_tree(root, splits={"test": 1}, height=24, width=192 + 32)

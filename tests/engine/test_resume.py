@@ -25,15 +25,15 @@ from conftest import TINY_MIT  # noqa: E402
 
 from fusionseg.cli import app  # noqa: E402
 from fusionseg.config import ConfigError, config_from_dict  # noqa: E402
-from fusionseg.data.datamodule import (  # noqa: E402
+from fusionseg.data.sample import Collate  # noqa: E402
+from fusionseg.data.stream import (  # noqa: E402
     EpochSampler,
     ResumableLoader,
     SeededAugmentation,
-    build_dataset,
     stream_seed,
 )
-from fusionseg.data.sample import Collate  # noqa: E402
 from fusionseg.data.synthetic.city import render_city  # noqa: E402
+from fusionseg.engine.datamodule import build_dataset  # noqa: E402
 from fusionseg.engine.resume import capture_rng_state, restore_rng_state  # noqa: E402
 
 runner = CliRunner()

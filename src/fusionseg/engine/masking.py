@@ -1,8 +1,15 @@
-"""Training-time input masking: modality dropout per sample and MCRM-style rectangles.
+"""Training-time modality masking: which modalities each sample keeps (dropout, uniform
+subsets), and zeroing the dropped ones in a batch.
 
 A dropped modality is zeroed and marked absent in the batch's ``"present"`` mask (the batch
 convention of :mod:`fusionseg.data.sample`), so the model sees exactly what it sees at test
 time when a sensor is missing. Each sample keeps at least one modality.
+
+Only the training engine uses this module (``engine.module``, ``engine.robust_training``), so it
+lives in the engine; the pure tensor ops that model code needs live below it:
+:func:`~fusionseg.models.layers.random_rectangle` and MoBaNet's MCRM
+(:func:`~fusionseg.models.methods.mobanet.model.modality_conditional_random_mask`). Nothing in
+``models/`` or ``data/`` imports ``engine`` (``tests/test_layering.py``).
 """
 
 from __future__ import annotations
@@ -12,11 +19,8 @@ from collections.abc import Sequence
 import torch
 
 from ..errors import ConfigError
-from ..models.layers import random_rectangle
-from ..models.methods.mobanet.model import modality_conditional_random_mask
 
-__all__ = ["modality_conditional_random_mask", "random_modality_dropout", "random_rectangle",
-           "sample_modality_keep", "sample_modality_subsets"]
+__all__ = ["random_modality_dropout", "sample_modality_keep", "sample_modality_subsets"]
 
 
 def random_modality_dropout(batch: dict, modalities: list[str], p: float,

@@ -5,10 +5,10 @@ that was never interrupted.
 What a ``fusionseg`` training checkpoint holds for this:
 
 - model, optimizer, LR schedule, loop counters and callback states: Lightning's own;
-- the training data position: :class:`~fusionseg.data.datamodule.ResumableLoader`'s
+- the training data position: :class:`~fusionseg.data.stream.ResumableLoader`'s
   ``{"epoch", "consumed", ...}`` under ``loops.fit_loop.state_dict.combined_loader`` (handed
   back to the loader by :class:`ResumeStateCallback`); the data order and each sample's
-  augmentation are functions of ``(seed, epoch, index)`` (:mod:`fusionseg.data.datamodule`),
+  augmentation are functions of ``(seed, epoch, index)`` (:mod:`fusionseg.data.stream`),
   so no DataLoader worker state is needed;
 - the main process's random state, under ``callbacks["ResumeStateCallback"]``
   (:class:`ResumeStateCallback`): torch's CPU generator (dropout, drop-path, modality dropout,

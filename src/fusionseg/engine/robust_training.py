@@ -16,7 +16,7 @@ through the model as one batch of ``2B`` (one forward pass)::
 so no second model is kept. Sources: the modality dropout of the missing-modality literature;
 the rectangles follow MoBaNet's modality-conditional random masking (MCRM, official
 ``peft_modules.py``, here for any number of modalities, see
-:func:`~fusionseg.engine.masking.random_rectangle`); the full-to-partial distillation follows
+:func:`~fusionseg.models.layers.random_rectangle`); the full-to-partial distillation follows
 the any-modality segmentation papers (AnySeg, Zheng et al. 2024, and MAGIC++, Zheng et al.
 2024, distil multimodal predictions into missing-modality ones), with the temperature-scaled KL
 of Hinton et al. 2015. Ours: the teacher is the same network's full-input half of the batch
@@ -53,8 +53,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from ..errors import ConfigError
+from ..models.layers import random_rectangle
 from ..models.segmentor import SegmentationOutput
-from .masking import random_rectangle, sample_modality_keep, sample_modality_subsets
+from .masking import sample_modality_keep, sample_modality_subsets
 
 __all__ = ["FeatureTap", "RobustTraining", "consistency_kl", "feature_distillation"]
 

@@ -32,6 +32,7 @@ from torch.utils.data import Dataset
 
 from fusionseg.data.io import IMAGE_EXTENSIONS, DataError, read_image
 from fusionseg.data.modalities import ModalitySpec, resolve_specs
+from fusionseg.data.plotting import plot_sample
 from fusionseg.data.sample import IGNORE_INDEX, LABEL_KEY, META_KEY, Sample, check_sample
 from fusionseg.registry import Registry
 
@@ -539,33 +540,46 @@ class MultimodalDataset(Dataset):
             sample = self.transform(sample)
         return sample
 
-    # ------------------------------------------------------------------ checking
-    def check(self, *, deep: bool = False, max_problems: int | None = None) -> list[DataError]:
-        """All problems found in the split (for ``fusionseg data check``), in sample order.
+    # ------------------------------------------------------------------ plotting
+    def plot(
+        self,
+        sample_or_index: Sample | int,
+        *,
+        prediction: torch.Tensor | np.ndarray | None = None,
+        show_titles: bool = True,
+        suptitle: str | None = None,
+        legend: bool = True,
+    ) -> Any:
+        """A matplotlib figure of one sample: every selected modality, the label in
+        :attr:`palette` (ignore pixels black), the prediction if given, and a legend of the
+        classes that occur (torchgeo's ``dataset.plot(sample)``).
 
-        Without ``deep`` only file existence is checked (fast); with ``deep`` every sample is
-        read and validated (bit depth, channels, sizes, label values). Returns DataErrors
-        (empty list: no problem); stops after ``max_problems``.
+        Args:
+            sample_or_index: a Sample (e.g. ``ds[i]``, transformed) or an index (plots the
+                untransformed :meth:`load_sample`, as stored).
+            prediction: class ids ``[H, W]`` or logits ``[K, H, W]``.
+            show_titles, suptitle, legend: see :func:`fusionseg.data.plotting.plot_sample`
+                (the default title is the sample id).
+
+        Returns:
+            A ``matplotlib.figure.Figure`` (close it with ``plt.close(fig)``).
+
+        Raises:
+            DataError: a class id outside the palette; an index's sample failing to load.
+            IndexError: an index out of range.
         """
-        problems: list[DataError] = []
-        for i, rec in enumerate(self.records):
-            if max_problems is not None and len(problems) >= max_problems:
-                break
-            files = self.record_files(rec)
-            missing = False
-            for m, p in files:
-                if p is None or not Path(p).is_file():
-                    missing = True
-                    problems.append(
-                        DataError(f"missing file (sample '{rec.id}')", path=p, modality=m)
-                    )
-            if deep and not missing:
-                try:
-                    self.load_sample(i)
-                except DataError as err:
-                    problems.append(err)
-        return problems[:max_problems] if max_problems is not None else problems
+        if isinstance(sample_or_index, (int, np.integer)):
+            index = int(sample_or_index)
+            if not -len(self) <= index < len(self):
+                raise IndexError(f"index {index} out of range for {len(self)} samples")
+            sample = self.load_sample(index % len(self))
+        else:
+            sample = sample_or_index
+        return plot_sample(sample, self.modalities, classes=self.classes, palette=self.palette,
+                           ignore_index=self.ignore_index, prediction=prediction,
+                           show_titles=show_titles, suptitle=suptitle, legend=legend)
 
+    # ------------------------------------------------------------------ checking
     def validate_files(self, workers: int | None = None) -> None:
         """Look at every file the records read, without decoding pixels: that it exists, that
         its header reads, and that a sample's modalities and label agree in size (within

@@ -1,5 +1,5 @@
-"""LightningDataModule built from the ``data`` section of a run config, with a training data
-stream that a resumed run continues exactly.
+"""The training data stream that a resumed run continues exactly: the order, each sample's
+augmentation and the loader's position are functions of ``(seed, epoch, index)``.
 
 Exact resume (see also :mod:`fusionseg.engine.resume`): the training data of epoch ``e`` is a
 pure function of ``(seed, e)`` and needs no process state:
@@ -16,25 +16,21 @@ pure function of ``(seed, e)`` and needs no process state:
   the loader skips those samples of the epoch's permutation.
 
 So a run resumed from a mid-epoch checkpoint sees exactly the batches the uninterrupted run
-saw after that step, whatever ``num_workers`` either run used.
+saw after that step, whatever ``num_workers`` either run used. The LightningDataModule that
+builds these from a run config is :class:`fusionseg.engine.datamodule.SegDataModule`.
 """
-
 from __future__ import annotations
 
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
-import lightning as L
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
-from torch.utils.data.distributed import DistributedSampler
 
-from ..config import Config
-from .datasets import create_dataset
-from .sample import Collate, Sample
-from .transforms import Transform, build_eval_transforms, build_train_transforms
+from .sample import Sample
+from .transforms import Transform
 
 #: stream tags of :func:`stream_seed`: one independent random stream per purpose
 ORDER_STREAM, AUGMENT_STREAM = 0, 1
@@ -54,34 +50,6 @@ def stream_seed(seed: int, stream: int, *key: int) -> int:
         raise ValueError(f"stream_seed needs non-negative integers, got {words}")
     state = np.random.SeedSequence(words).generate_state(2, dtype=np.uint32)
     return (int(state[0]) << 31 | int(state[1]) >> 1) & ((1 << 63) - 1)
-
-
-def build_dataset(cfg: Config, split: str, train: bool):
-    """The configured dataset for ``split`` with train or eval transforms.
-
-    The dataset checks its files when built (``data.options.check_files``, default true), so a
-    missing, unreadable or mis-sized file stops the run before training starts, all such
-    problems in one error.
-
-    Raises:
-        DataError: missing root or split, unknown dataset (from ``create_dataset``); a
-            :class:`~fusionseg.data.datasets.base.DatasetFilesError` for the problems of the
-            split's files.
-    """
-    d = cfg.data
-    probe = create_dataset(d.dataset, d.root, split, d.modalities, **d.options)
-    if train:
-        misalign = d.misalign.model_dump() if d.misalign is not None else None
-        tf = build_train_transforms(probe.specs, crop_size=d.crop_size, scale_range=d.scale_range,
-                                    flip_prob=d.flip_prob, photometric=d.photometric,
-                                    vflip_prob=d.vflip_prob, misalign=misalign,
-                                    reference=cfg.model.modalities[0])
-    else:
-        tf = build_eval_transforms(probe.specs, size=d.eval_size,
-                                   label_interpolation=d.eval_label_interpolation,
-                                   crop=d.eval_crop, pre_size=d.eval_pre_size)
-    probe.transform = tf
-    return probe
 
 
 class EpochSampler(Sampler):
@@ -256,57 +224,3 @@ class ResumableLoader(DataLoader):
                 ``"seed"``.
         """
         self._pending = {k: state[k] for k in ("epoch", "consumed", "num_samples", "seed")}
-
-
-class SegDataModule(L.LightningDataModule):
-    """Train and validation loaders over the configured dataset and modalities.
-
-    Batches follow the Sample convention (see :mod:`fusionseg.data.sample`): modality ->
-    ``[B, C, H, W]`` float32, ``"label"`` ``[B, H, W]`` int64, ``"meta"`` list of dicts, and
-    ``"present"`` ``bool[B, M]`` when samples miss different modalities.
-
-    The training loader is a :class:`ResumableLoader` (order and augmentation seeded by
-    ``cfg.seed``, epoch and sample index; see the module docstring), sharded over the
-    trainer's ranks under DDP, so the trainer runs with ``use_distributed_sampler=False``.
-    Validation is sequential (a ``DistributedSampler`` without shuffling under DDP). Neither
-    loader draws from torch's global RNG (each has its own ``generator`` for the workers' base
-    seed), so loading data does not move the RNG the model's randomness uses.
-    """
-
-    def __init__(self, cfg: Config):
-        super().__init__()
-        self.cfg = cfg
-        self.train_set = None
-        self.val_set = None
-
-    def setup(self, stage: str | None = None) -> None:
-        if stage in (None, "fit") and self.train_set is None:
-            self.train_set = build_dataset(self.cfg, self.cfg.data.train_split, train=True)
-        if self.val_set is None:
-            self.val_set = build_dataset(self.cfg, self.cfg.data.val_split, train=False)
-
-    def _ranks(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return 1, 0
-        return int(trainer.world_size), int(trainer.global_rank)
-
-    def _loader_kwargs(self, batch_size: int) -> dict[str, Any]:
-        d = self.cfg.data
-        return dict(batch_size=batch_size, num_workers=d.num_workers,
-                    persistent_workers=d.num_workers > 0, collate_fn=Collate(list(d.modalities)),
-                    pin_memory=False, generator=torch.Generator().manual_seed(self.cfg.seed))
-
-    def train_dataloader(self) -> ResumableLoader:
-        world, rank = self._ranks()
-        sampler = EpochSampler(len(self.train_set), self.cfg.seed, shuffle=True,
-                               num_replicas=world, rank=rank)
-        return ResumableLoader(SeededAugmentation(self.train_set, self.cfg.seed), sampler,
-                               drop_last=True, **self._loader_kwargs(self.cfg.data.batch_size))
-
-    def val_dataloader(self) -> DataLoader:
-        world, rank = self._ranks()
-        sampler = (DistributedSampler(self.val_set, world, rank, shuffle=False)
-                   if world > 1 else None)
-        return DataLoader(self.val_set, sampler=sampler, shuffle=False, drop_last=False,
-                          **self._loader_kwargs(self.cfg.data.val_batch_size))
