@@ -38,9 +38,9 @@ def main() -> None:
 
     import torch
 
-    from fusionseg.engine.inference import predict_logits
     from fusionseg.engine.losses import SegmentationCriterion
     from fusionseg.models import create_model
+    from fusionseg.models.inference_modes import predict_logits
     from fusionseg.runtime import configure_cpu_allocator
 
     configure_cpu_allocator()

@@ -8,9 +8,9 @@ Models (random weights, seeded; the model sections of the shipped configs):
   (pairwise MultiAdapters, four modalities, 25 classes).
 
 Each model is written as a training-style checkpoint, exported by
-:func:`fusionseg.export.export_onnx` at ``--size`` (its parity check included) and timed on
+:func:`fusionseg.inference.export_onnx` at ``--size`` (its parity check included) and timed on
 the same seeded batch: PyTorch (``torch.inference_mode``, eval) and ONNX Runtime
-(:class:`fusionseg.export.OnnxModel`, CPUExecutionProvider), both with ``--threads`` intra-op
+(:class:`fusionseg.inference.OnnxModel`, CPUExecutionProvider), both with ``--threads`` intra-op
 threads (``torch.set_num_threads``, ``intra_op_num_threads``). The table gives the median
 wall milliseconds over ``--runs`` calls after ``--warmup`` untimed ones, and
 ``torch / ort`` (> 1: ONNX Runtime is faster). A GEMM throughput line calibrates the numbers
@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--static", action="store_true", help="export with fixed batch and size")
     args = p.parse_args(argv)
 
-    from fusionseg.export import OnnxModel, export_onnx
+    from fusionseg.inference import OnnxModel, export_onnx
 
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {args.threads} threads, fp32, {args.size}x{args.size}, "

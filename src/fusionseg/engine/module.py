@@ -27,8 +27,8 @@ from torch import nn
 
 from ..config import Config
 from ..data.sample import drop_modalities
+from ..models.inference_modes import inference_kwargs, predict_logits
 from ..models.segmentor import logits_of
-from .inference import inference_kwargs, predict_logits
 from .losses import SegmentationCriterion
 from .masking import random_modality_dropout
 from .metrics import confusion_metric, metrics_from_confusion

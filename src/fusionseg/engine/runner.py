@@ -19,7 +19,6 @@ from lightning.pytorch.utilities import rank_zero_only
 from torch.utils.data import DataLoader
 
 from ..config import Config, ModelConfig, model_spec
-from ..data.datamodule import SegDataModule, build_dataset
 from ..data.sample import Collate
 from ..errors import ConfigError, RunError
 from ..models import (
@@ -31,10 +30,11 @@ from ..models import (
     load_checkpoint,
     load_state_dict_file,
 )
+from ..models.inference_modes import inference_kwargs, predict_logits
 from ..models.weights import read_weights_file, to_model_keys
 from ..runtime import autocast, resolve_precision, setup_threads
 from .checkpoint import AtomicCheckpointIO, atomic_write_json
-from .inference import inference_kwargs, predict_logits
+from .datamodule import SegDataModule, build_dataset
 from .metrics import confusion_metric, metrics_from_confusion
 from .module import SegmentationModule
 from .resume import ResumeStateCallback

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ...errors import ConfigError
+from ..export_ops import AdaptiveAvgPool2d
 
 __all__ = ["AuxHead", "ConvNormAct", "UperNetHead"]
 
@@ -53,7 +54,8 @@ def _up(x: Tensor, size) -> Tensor:
 
 class _PoolStage(nn.Sequential):
     def __init__(self, scale: int, in_ch: int, out_ch: int) -> None:
-        super().__init__(nn.AdaptiveAvgPool2d(scale), ConvNormAct(in_ch, out_ch, 1))
+        # nn.AdaptiveAvgPool2d with an export-safe form for the TorchScript ONNX exporter
+        super().__init__(AdaptiveAvgPool2d(scale), ConvNormAct(in_ch, out_ch, 1))
 
 
 class PyramidPooling(nn.Module):

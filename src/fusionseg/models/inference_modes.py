@@ -1,7 +1,12 @@
 """Inference modes over a multimodal batch: whole image, sliding window, multi-scale + flip.
 
 All modes take the batch dict (modality -> ``[B, C, H, W]``, optional ``"present"``) and
-return logits ``[B, K, H, W]`` at the input size.
+return logits ``[B, K, H, W]`` at the input size. ``model`` is anything that maps such a batch
+to logits (or a :class:`~fusionseg.models.segmentor.SegmentationOutput`): a segmentor, or an
+exported :class:`fusionseg.inference.onnx_model.OnnxModel`.
+
+This module sits below both users: validation and evaluation (``fusionseg.engine``) and
+prediction (``fusionseg.inference``) run the same code, and it imports neither of them.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
-from ..models.segmentor import logits_of
+from .segmentor import logits_of
 
 _NON_IMAGE_KEYS = ("label", "meta", "present")
 

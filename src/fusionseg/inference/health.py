@@ -24,8 +24,9 @@ threshold can be switched off on its own (``None``; ``off`` on the command line)
 off``). Everything is a few vectorised passes over the array (about 8 ms for a 1920 x 1080
 8-bit RGB frame on one CPU core of the development machine), cheap next to decoding the file.
 
-``fusionseg predict`` runs the checks per frame and drops a dead modality from the sample,
-exactly as a modality that was not given (docs/predict.md, "Sensor health").
+``fusionseg predict`` runs the checks per frame (:mod:`fusionseg.inference.sensors`) and drops
+a dead modality from the sample, exactly as a modality that was not given (docs/predict.md,
+"Sensor health").
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 __all__ = [
     "ABSENT",
