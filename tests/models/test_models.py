@@ -200,7 +200,11 @@ def test_segmentation_output_dataclass():
     assert o.aux == {}
 
 
-def test_register_custom_model():
+def test_register_custom_model(monkeypatch):
+    from fusionseg.models import MODELS
+
+    monkeypatch.setattr(MODELS, "_entries", dict(MODELS._entries))  # undone after the test
+
     @register_model("_test_dummy")
     def build(num_classes: int, modalities=("rgb",)):
         return _BNSegmentor()

@@ -150,6 +150,26 @@ class StreamBatch:
         return torch.cat(self.images, dim=0) if len(self.images) > 1 else self.images[0]
 
 
+def keep_keys(state_dict: Mapping[str, Tensor], model: nn.Module | None = None
+              ) -> dict[str, Tensor]:
+    """The default ``checkpoint_filter_fn`` of a segmentor: the keys as they are.
+
+    A method's own filter maps its released whole-model state dict to our keys;
+    :func:`fusionseg.models.load_checkpoint` calls it for models of that class only, after
+    stripping Lightning (``model.``) and DDP (``module.``) prefixes. ``model`` is the instance
+    being loaded (``None`` when converting without a model: then only the model-independent
+    renaming applies). Every filter is idempotent: our own ``state_dict()`` comes back
+    unchanged.
+    """
+    return dict(state_dict)
+
+
+def no_release(state_dict: Mapping[str, Tensor]) -> bool:
+    """The default ``is_released_format``: no released format (used by ``fusionseg weights
+    convert`` without a config to find the method of a file)."""
+    return False
+
+
 class Segmentor(nn.Module):
     """Base class of fusionseg segmentors.
 
@@ -165,7 +185,8 @@ class Segmentor(nn.Module):
     Subclasses set ``self.backbone`` (or override :meth:`backbone_modules` when they have more
     than one encoder) so that :meth:`freeze_backbone` and :meth:`param_groups` know which
     parameters are the backbone's. A method whose authors released weights in another key
-    layout overrides :meth:`checkpoint_filter_fn` (and :meth:`is_released_format`).
+    layout binds its ``release.checkpoint_filter_fn(state_dict, model=None)`` (and
+    ``is_released_format(state_dict)``) as staticmethods: one signature for every format.
     """
 
     def __init__(self, modalities: Sequence[str], num_classes: int) -> None:
@@ -346,25 +367,11 @@ class Segmentor(nn.Module):
         return self
 
     # ------------------------------------------------------------------ checkpoints
-    @classmethod
-    def checkpoint_filter_fn(
-        cls, state_dict: Mapping[str, Tensor], model: Segmentor | None = None
-    ) -> dict[str, Tensor]:
-        """Map a released whole-model state dict of this method to our keys.
-
-        :func:`fusionseg.models.load_checkpoint` calls it for models of this class only, after
-        stripping Lightning (``model.``) and DDP (``module.``) prefixes. ``model`` is the
-        instance being loaded (``None`` when converting without a model: then only the
-        model-independent renaming applies). The default keeps the keys. Must be idempotent:
-        our own ``state_dict()`` comes back unchanged.
-        """
-        return dict(state_dict)
-
-    @classmethod
-    def is_released_format(cls, state_dict: Mapping[str, Tensor]) -> bool:
-        """Whether ``state_dict`` is in this method's released format (used by
-        ``fusionseg weights convert`` without a config). Default: False."""
-        return False
+    #: released whole-model state dict -> our keys (see :func:`keep_keys`); a method with a
+    #: released format binds its ``release.checkpoint_filter_fn`` here
+    checkpoint_filter_fn = staticmethod(keep_keys)
+    #: whether a state dict is in this method's released format (see :func:`no_release`)
+    is_released_format = staticmethod(no_release)
 
     @classmethod
     def infer_num_classes(cls, state_dict: Mapping[str, Tensor]) -> int | None:
