@@ -4,9 +4,10 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import pytest
+import torch
 from pydantic import Field
 from typer.testing import CliRunner
 
@@ -14,8 +15,13 @@ from fusionseg.cli import app
 from fusionseg.config import config_from_dict
 from fusionseg.errors import ConfigError
 from fusionseg.models import MODELS, create_model
+from fusionseg.models.backbones.mit import MIT_TINY, MixVisionTransformer
 from fusionseg.models.options import (
+    BackboneKwargs,
+    BackboneOptions,
+    DropPathRate,
     MethodOptions,
+    Pretrained,
     describe_options,
     resolve_options,
     type_name,
@@ -105,3 +111,69 @@ def test_info_method_prints_the_options_table():
         assert text in out.output
     bad = CliRunner().invoke(app, ["info", "nope"])
     assert bad.exit_code == 2 and "unknown model 'nope'" in bad.output
+
+
+# ---------------------------------------------------------------------- backbone options
+@pytest.mark.parametrize(("model", "expected"), [
+    # the method takes MiT only: named before anything is built
+    ({"name": "stitchfusion", "backbone": "resnet50"},
+     r"model 'stitchfusion': backbone: .*stitchfusion takes a backbone of type "
+     r"MixVisionTransformer \(mit_b0, mit_b1, mit_b2, mit_b3, mit_b4, mit_b5\), "
+     r"not 'resnet50' \(ResNet\)"),
+    # sum_fusion passes its drop_path_rate option to any backbone; a ResNet has none
+    ({"name": "sum_fusion", "backbone": "resnet50"},
+     r"model 'sum_fusion': backbone: .*'resnet50' \(ResNet\) takes no drop_path_rate"),
+    ({"name": "asymfusion", "backbone": "mit_b0"},
+     r"asymfusion takes a backbone of type ResNet \(resnet101, resnet152, resnet50\)"),
+    ({"name": "mle_sam", "backbone": "mit_b0"},
+     r"mle_sam takes a backbone of type Hiera or SamVisionTransformer \(sam2\.1_hiera_b\+"),
+    ({"name": "mobanet", "backbone": "mit_b0"}, r"mobanet takes a backbone of type ViTBackbone"),
+    ({"name": "sum_fusion", "backbone": "mit_b0", "backbone_kwargs": {"widths": 3}},
+     r"backbone_kwargs: .*backbone 'mit_b0' \(MixVisionTransformer\) does not take 'widths'; "
+     r"it takes embed_dims, depths, num_heads, sr_ratios, mlp_ratio, drop_path_rate, in_chans, "
+     r"qkv_bias"),
+    ({"name": "mle_sam", "backbone_kwargs": {"pretrained": "x.pt"}},
+     r"backbone_kwargs: .*must not repeat \['pretrained'\]"),
+    ({"name": "stitchfusion", "backbone_kwargs": {"drop_path_rate": 0.2}},
+     r"backbone_kwargs: .*must not repeat \['drop_path_rate'\]"),
+])
+def test_backbone_errors_are_one_line_config_errors(model, expected):
+    """A backbone the method cannot use is a one-line ConfigError when the config is read (and
+    from create_model), not a TypeError from inside the backbone's constructor."""
+    with pytest.raises(ConfigError, match=expected) as err:
+        create_model({"num_classes": 3, **model})
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match=expected):
+        config_from_dict({"model": model})
+
+
+def test_backbone_options_subclass_must_declare_the_backbone_fields():
+    with pytest.raises(TypeError, match=r"_NoKwargs must declare the backbone fields "
+                       r"\['backbone_kwargs', 'drop_path_rate'\]"):
+        class _NoKwargs(BackboneOptions):
+            backbone_overrides: ClassVar[tuple[str, ...]] = ("drop_path_rate",)
+            backbone: str = Field("mit_b0", description="encoder")
+            pretrained: Pretrained = None
+
+
+def test_backbone_options_keep_the_declared_order_and_shared_types():
+    class _Opts(BackboneOptions):
+        backbone_overrides: ClassVar[tuple[str, ...]] = ("drop_path_rate",)
+        width: int = Field(8, description="channels")
+        backbone: str = Field("mit_b0", description="encoder")
+        drop_path_rate: DropPathRate = 0.2
+        pretrained: Pretrained = None
+        backbone_kwargs: BackboneKwargs = None
+
+    rows = describe_options(_Opts)
+    assert [r.name for r in rows] == ["num_classes", "modalities", "width", "backbone",
+                                      "drop_path_rate", "pretrained", "backbone_kwargs"]
+    assert rows[4] == ("drop_path_rate", "float", "0.2", "encoder stochastic depth")
+    assert rows[5].type == "str | path | None" and rows[5].default == "None"
+    with pytest.raises(ConfigError, match=r"drop_path_rate: .*less than 1"):
+        validate_options("opts", _Opts, {"num_classes": 2, "drop_path_rate": 1.0})
+    o = validate_options("opts", _Opts, {"num_classes": 2, "drop_path_rate": 0.0,
+                                         "backbone_kwargs": MIT_TINY})
+    bb = o.build_backbone()
+    assert isinstance(bb, MixVisionTransformer) and bb.embed_dims == list(MIT_TINY["embed_dims"])
+    assert all(isinstance(blk.drop_path, torch.nn.Identity) for blk in bb.blocks_of(3))

@@ -15,6 +15,7 @@ __all__ = [
     "LayerNorm2d",
     "PatchEmbed",
     "check_stream_indices",
+    "drop_path_rates",
     "random_rectangle",
     "window_partition",
     "window_unpartition",
@@ -127,6 +128,12 @@ def random_rectangle(h: int, w: int, area: tuple[float, float] = (0.1, 0.3),
     top = int(torch.randint(0, h - bh + 1, (), generator=generator))
     left = int(torch.randint(0, w - bw + 1, (), generator=generator))
     return top, left, bh, bw
+
+
+def drop_path_rates(rate: float, depth: int) -> list[float]:
+    """Stochastic-depth probability of each of ``depth`` blocks: linear from 0 (first block) to
+    ``rate`` (last), i.e. ``linspace(0, rate, depth)`` (the DINOv2, SAM and Hiera rule)."""
+    return [rate * i / max(depth - 1, 1) for i in range(depth)]
 
 
 class DropPath(nn.Module):

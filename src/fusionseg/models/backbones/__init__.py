@@ -13,9 +13,13 @@ its family's file formats (:func:`~.formats.register_family`) and its pretrained
 # (not sorted: the backbone files register in this order, the catalogue's listing order)
 from __future__ import annotations  # noqa: I001
 
+import inspect
+from collections.abc import Iterable
 from pathlib import Path
 
 from torch import nn
+
+from ...errors import ConfigError
 
 # The built-in backbone files, imported for their registrations; this order is the listing
 # order of the pretrained-weight catalogue (``fusionseg weights list``).
@@ -24,7 +28,7 @@ from . import dinov2  # noqa: F401
 from . import hiera  # noqa: F401
 from . import sam_vit  # noqa: F401
 from . import resnet  # noqa: F401
-from .base import BACKBONES, Backbone, TransformerBackbone, register_backbone
+from .base import BACKBONES, Backbone, TransformerBackbone, ViTBackbone, register_backbone
 from .dinov2 import DinoVisionTransformer
 from .hiera import Hiera
 from .mit import MixVisionTransformer
@@ -40,6 +44,10 @@ __all__ = [
     "ResNet",
     "SamVisionTransformer",
     "TransformerBackbone",
+    "ViTBackbone",
+    "backbone_class",
+    "backbone_parameters",
+    "check_backbone_overrides",
     "create_backbone",
     "default_decoder_dim",
     "list_backbones",
@@ -58,6 +66,54 @@ def default_decoder_dim(name: str) -> int:
     if name not in BACKBONES:
         return 512
     return int(BACKBONES.entry(name).info.get("decoder_dim", 512))
+
+
+def backbone_class(name: str) -> type[nn.Module] | None:
+    """The class backbone ``name`` builds: its builder's return annotation (set by
+    :func:`~.base.register_variants`; a hand-written builder declares it, ``def toy(**overrides)
+    -> ToyConvNet``). ``None`` when the builder declares no class or its annotation does not
+    resolve.
+
+    Raises:
+        ConfigError: unknown ``name`` (the message lists the known names).
+    """
+    builder = BACKBONES.get(name)
+    try:
+        built = inspect.get_annotations(builder, eval_str=True).get("return")
+    except (NameError, AttributeError, TypeError, SyntaxError):  # unresolvable annotation
+        return None
+    return built if isinstance(built, type) else None
+
+
+def backbone_parameters(name: str) -> list[str] | None:
+    """The keyword arguments backbone ``name`` accepts as overrides: the parameters of its
+    class's constructor (:func:`backbone_class`), in order. ``None`` when that is not known (no
+    class declared, or a constructor taking ``**kwargs``).
+
+    Raises:
+        ConfigError: unknown ``name``.
+    """
+    built = backbone_class(name)
+    if built is None:
+        return None
+    params = inspect.signature(built).parameters.values()
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+
+
+def check_backbone_overrides(name: str, overrides: Iterable[str]) -> None:
+    """Check that backbone ``name`` takes every keyword in ``overrides``.
+
+    Raises:
+        ConfigError: unknown ``name``, or a keyword its constructor does not take (one line
+            naming the backbone, its class, the keywords and the ones it takes).
+    """
+    takes = backbone_parameters(name)
+    bad = [] if takes is None else sorted(set(overrides) - set(takes))
+    if bad:
+        raise ConfigError(f"backbone {name!r} ({backbone_class(name).__name__}) does not take "
+                          f"{', '.join(map(repr, bad))}; it takes {', '.join(takes)}")
 
 
 def create_backbone(name: str, pretrained: str | Path | None = None, **overrides) -> nn.Module:
@@ -80,8 +136,8 @@ def create_backbone(name: str, pretrained: str | Path | None = None, **overrides
         maps at ``strides``, with ``out_channels``).
 
     Raises:
-        ConfigError: unknown ``name`` (the message lists the known names).
-        TypeError: an override the constructor does not accept.
+        ConfigError: unknown ``name`` (the message lists the known names), an override the
+            backbone's constructor does not take (:func:`check_backbone_overrides`).
         WeightsNotAvailableError: a catalogue name not fetched yet (a ``FileNotFoundError``;
             one line: ``run `fusionseg weights fetch NAME` or put FILE at PATH``).
         FileNotFoundError: ``pretrained`` is neither a file nor a catalogue name (the message
@@ -90,6 +146,7 @@ def create_backbone(name: str, pretrained: str | Path | None = None, **overrides
             :func:`fusionseg.models.weights.load_backbone_weights`.
     """
     builder = BACKBONES.get(name)
+    check_backbone_overrides(name, overrides)
     path = None
     if pretrained is not None:
         from ..catalogue import resolve_pretrained

@@ -22,10 +22,10 @@ second time, see :func:`checkpoint_call`). Segmentors that run backbone blocks t
 method modules in between (adapters, prompts, fused bottlenecks) checkpoint each block together
 with those modules through :meth:`Backbone.maybe_checkpoint`.
 
-Plain ViTs (one resolution) take the block indices they tap as a constructor argument
-(``out_indices``) and return one map per tap. ``input_multiple`` is what the architecture
-needs: the patch size of a ViT (14 for DINOv2, 16 for SAM), 32 for Hiera and the ResNets in
-AsymFusion; MiT's overlapping patch embeddings accept any size (as the official code does), so
+Plain ViTs (one resolution, :class:`ViTBackbone`) take the block indices they tap as a
+constructor argument (``out_indices``) and return one map per tap. ``input_multiple`` is what
+the architecture needs: the patch size of a ViT (14 for DINOv2, 16 for SAM), 32 for Hiera and
+the ResNets in AsymFusion; MiT's overlapping patch embeddings accept any size (as the official code does), so
 it declares 1 and nothing is padded.
 
 :class:`TransformerBackbone` adds the access that adapters and multi-stream methods need to run
@@ -53,6 +53,15 @@ Registration: each backbone file registers, at its bottom, everything about its 
     @register_backbone("mit_b0", tiny=dict(embed_dims=(8, 16, 32, 64), depths=(1, 1, 1, 1), ...))
     def mit_b0(**overrides) -> MixVisionTransformer: ...
 
+  or, for a table of published settings, one builder per entry
+  (:func:`register_variants`)::
+
+    register_variants(MixVisionTransformer, MIT_SETTINGS, "Build {name} ...", tiny=MIT_TINY)
+
+  A builder's return annotation names the class it builds, so that methods can tell which
+  backbones they take and which constructor arguments a backbone accepts before building it
+  (:func:`~fusionseg.models.backbones.backbone_class`);
+
 * its family (:func:`~fusionseg.models.backbones.formats.register_family`): the published
   settings and how its official and Hugging Face files and configs are recognised;
 * its pretrained files (:func:`~fusionseg.models.catalogue.register_pretrained`: catalogue
@@ -66,6 +75,7 @@ staticmethod(checkpoint_filter_fn)``), so callers write ``type(bb).checkpoint_fi
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -74,15 +84,18 @@ import torch.utils.checkpoint as torch_checkpoint
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...errors import ConfigError
 from ...registry import Registry
 
 __all__ = [
     "BACKBONES",
     "Backbone",
     "TransformerBackbone",
+    "ViTBackbone",
     "checkpoint_call",
     "checkpoint_filter_fn",
     "register_backbone",
+    "register_variants",
     "strip_prefixes",
 ]
 
@@ -255,6 +268,16 @@ class Backbone(nn.Module):
                 f"{type(self).__name__} expects [B, {self.in_chans}, H, W], got {tuple(x.shape)}"
             )
 
+    def check_input_size(self, x: Tensor) -> None:
+        """Raise ``ValueError`` unless ``x`` is ``[B, in_chans, H, W]`` (:meth:`check_input`)
+        with ``H`` and ``W`` multiples of :attr:`input_multiple` (segmentors pad to it)."""
+        self.check_input(x)
+        h, w = x.shape[-2:]
+        m = self.input_multiple
+        if h % m or w % m:
+            raise ValueError(f"{type(self).__name__} needs sides that are multiples of {m}, got "
+                             f"{h}x{w}; pad the input (segmentors pad to input_multiple)")
+
 
 class TransformerBackbone(Backbone):
     """A backbone made of stages of transformer blocks, with the access adapters need.
@@ -332,6 +355,121 @@ class TransformerBackbone(Backbone):
             out, carry = self.forward_stage(s, carry)
             outs.append(out)
         return outs
+
+
+class ViTBackbone(TransformerBackbone):
+    """A plain ViT (one resolution, stride ``patch_size``) whose stages are its taps.
+
+    Stage ``s`` is the blocks after tap ``s - 1`` up to and including tap ``s``
+    (``out_indices``); its output is the tap's tokens through :meth:`norm_of` (DINOv2: the final
+    LayerNorm, SAM: the identity) while the un-normalised tokens go on to the next stage, as
+    DINOv2's ``get_intermediate_layers(norm=True)`` does. Every output map is ``[B, C, H / p,
+    W / p]`` (``C = embed_dim``, ``p = patch_size``).
+
+    Subclasses call :meth:`set_taps` in ``__init__``, build ``patch_embed`` and ``blocks``, and
+    implement :meth:`prepare_tokens` (``image -> (tokens [B, P + N, C], gh, gw)``, beginning
+    with :meth:`check_input_size`) and :meth:`norm_of`.
+    """
+
+    embed_dim: int
+    patch_size: int
+    out_indices: list[int]
+    blocks: nn.ModuleList
+
+    def set_taps(self, out_indices: Sequence[int], depth: int, patch_size: int) -> None:
+        """Set ``out_indices``, ``num_stages`` (one per tap), ``patch_size``,
+        ``input_multiple`` and ``strides`` (the patch size for every map).
+
+        Raises:
+            ConfigError: ``out_indices`` empty, not increasing, or outside ``0..depth - 1``.
+        """
+        taps = [int(i) for i in out_indices]
+        if not taps or sorted(set(taps)) != taps:
+            raise ConfigError(f"out_indices must be increasing block indices, got {taps}")
+        if taps[0] < 0 or taps[-1] >= depth:
+            raise ConfigError(f"out_indices {taps} outside the {depth} blocks")
+        self.out_indices = taps
+        self.num_stages = len(taps)
+        self.patch_size = int(patch_size)
+        self.input_multiple = self.patch_size
+        self.strides = (self.patch_size,) * self.num_stages
+
+    def prepare_tokens(self, x: Tensor, patch_embed: nn.Module | None = None
+                       ) -> tuple[Tensor, int, int]:  # pragma: no cover - abstract
+        """Image ``[B, in_chans, H, W]`` -> ``(tokens [B, P + gh*gw, C], gh, gw)``: patch
+        embedding (``patch_embed`` replaces the backbone's own, e.g. MoBaNet's DSM copy),
+        prefix tokens and position embeddings."""
+        raise NotImplementedError
+
+    @property
+    def out_channels(self) -> list[int]:
+        """``[C] * len(out_indices)``."""
+        return [self.embed_dim] * self.num_stages
+
+    def _bounds(self, stage_idx: int) -> tuple[int, int]:
+        self._check_stage(stage_idx)
+        start = 0 if stage_idx == 0 else self.out_indices[stage_idx - 1] + 1
+        return start, self.out_indices[stage_idx] + 1
+
+    def blocks_of(self, stage_idx: int) -> nn.ModuleList:
+        """Blocks ``out_indices[s-1]+1 .. out_indices[s]`` (the modules themselves)."""
+        a, b = self._bounds(stage_idx)
+        return self.blocks[a:b]
+
+    def embed(self, stage_idx: int, carry: Any) -> tuple[Tensor, int, int]:
+        """Stage 0: :meth:`prepare_tokens` of the image; later: the previous stage's tokens
+        (``carry = (tokens, gh, gw)``, un-normalised)."""
+        self._check_stage(stage_idx)
+        if stage_idx == 0:
+            return self.prepare_tokens(carry)
+        return carry
+
+    def finish_stage(self, stage_idx: int, tokens: Tensor, h: int, w: int
+                     ) -> tuple[Tensor, tuple[Tensor, int, int]]:
+        """``(norm_of(s)(tokens), (tokens, h, w))``: the tap goes through the stage norm, the
+        residual stream goes on un-normalised."""
+        return self.norm_of(stage_idx)(tokens), (tokens, h, w)
+
+
+def register_variants(
+    backbone_class: type[Backbone],
+    settings: Mapping[str, Mapping[str, Any]],
+    doc: str,
+    *,
+    tiny: Mapping[str, Any] | Callable[[str], Mapping[str, Any]],
+    info: Callable[[str], Mapping[str, Any]] | None = None,
+) -> None:
+    """Register one builder per named setting: ``name -> backbone_class(**{**settings[name],
+    **overrides})``, with ``doc.format(name=name)`` as its docstring and ``backbone_class`` as
+    its return annotation (what :func:`~fusionseg.models.backbones.backbone_class` reads).
+
+    Args:
+        backbone_class: the class every variant builds.
+        settings: registered name -> constructor keywords (the published settings).
+        doc: the builders' docstring, ``{name}`` replaced by the variant's name.
+        tiny: the tiny test overrides (see :func:`register_backbone`), or a function of the
+            name giving them.
+        info: a function of the name giving the registry entry's ``info`` (e.g. the SegFormer
+            head width declared with each MiT).
+    """
+    for name in settings:
+        build = _variant_builder(backbone_class, settings, name)
+        build.__name__ = build.__qualname__ = re.sub(r"\W", "_", name.replace("+", "_plus"))
+        build.__doc__ = doc.format(name=name)
+        register_backbone(name, tiny=dict(tiny(name) if callable(tiny) else tiny),
+                          **dict(info(name) if info is not None else {}))(build)
+
+
+def _variant_builder(backbone_class: type[Backbone], settings: Mapping[str, Mapping[str, Any]],
+                     name: str) -> Callable[..., Backbone]:
+    """``build(**overrides) -> backbone_class(**{**settings[name], **overrides})``, annotated
+    with ``backbone_class`` as its return type."""
+
+    def build(**overrides: Any) -> Backbone:
+        return backbone_class(**{**settings[name], **overrides})
+
+    build.__annotations__["return"] = backbone_class
+    return build
 
 
 def strip_prefixes(

@@ -32,7 +32,7 @@ input's grid for any input whose sides are multiples of 14, as the official
 antialiasing; set ``interpolate_offset=0, interpolate_antialias=False`` to match it. Other sides
 raise ``ValueError``; segmentors pad to :attr:`input_multiple` (14) first.
 
-As a :class:`~fusionseg.models.backbones.base.TransformerBackbone` the ViT's *stages* are the
+As a :class:`~fusionseg.models.backbones.base.ViTBackbone` the ViT's *stages* are the
 groups of blocks that end at each tap (``out_indices``, default: the MoBaNet / ViT-Adapter taps
 of the spec: S/B ``[2, 5, 8, 11]``, L ``[5, 11, 17, 23]``, g ``[9, 19, 29, 39]``);
 ``forward(x) -> [f_1..f_4]``, each the final-norm'd patch tokens of its tap as a ``[B, C,
@@ -60,9 +60,9 @@ from torch import Tensor, nn
 from ...errors import CheckpointError, ConfigError
 from ..catalogue import PretrainedWeights, register_pretrained
 from ..export_ops import onnx_tracing
-from ..layers import DropPath, PatchEmbed
+from ..layers import DropPath, PatchEmbed, drop_path_rates
 from ..weights import rename_key
-from .base import TransformerBackbone, register_backbone, strip_prefixes
+from .base import ViTBackbone, register_variants, strip_prefixes
 from .formats import (
     BackboneFamily,
     DetectedBackbone,
@@ -239,7 +239,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor],
     return sd
 
 
-class DinoVisionTransformer(TransformerBackbone):
+class DinoVisionTransformer(ViTBackbone):
     """DINOv2 ViT (see the module docstring).
 
     Args:
@@ -285,20 +285,11 @@ class DinoVisionTransformer(TransformerBackbone):
         in_chans: int = 3,
     ) -> None:
         super().__init__()
-        out_indices = [int(i) for i in out_indices]
-        if not out_indices or sorted(set(out_indices)) != out_indices:
-            raise ConfigError(f"out_indices must be increasing block indices, got {out_indices}")
-        if out_indices[0] < 0 or out_indices[-1] >= depth:
-            raise ConfigError(f"out_indices {out_indices} outside the {depth} blocks")
+        self.set_taps(out_indices, depth, patch_size)
         self.embed_dim, self.depth, self.num_heads = int(embed_dim), int(depth), int(num_heads)
-        self.out_indices = out_indices
-        self.patch_size = int(patch_size)
-        self.input_multiple = self.patch_size
         self.in_chans = int(in_chans)
         self.num_register_tokens = int(num_register_tokens)
         self.num_prefix_tokens = 1 + self.num_register_tokens
-        self.num_stages = len(out_indices)
-        self.strides = (self.patch_size,) * self.num_stages
         self.interpolate_offset = float(interpolate_offset)
         self.interpolate_antialias = bool(interpolate_antialias)
         grid = img_size // patch_size
@@ -309,7 +300,7 @@ class DinoVisionTransformer(TransformerBackbone):
             self.register_tokens = nn.Parameter(torch.zeros(1, self.num_register_tokens,
                                                             embed_dim))
         self.mask_token = nn.Parameter(torch.zeros(1, embed_dim))  # in the official files
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(
             ViTBlock(embed_dim, num_heads, ffn, mlp_ratio, dpr[i], init_values)
             for i in range(depth)
@@ -330,11 +321,6 @@ class DinoVisionTransformer(TransformerBackbone):
                 nn.init.zeros_(m.bias)
 
     # ------------------------------------------------------------------ contract
-    @property
-    def out_channels(self) -> list[int]:
-        """``[C] * len(out_indices)``."""
-        return [self.embed_dim] * self.num_stages
-
     def no_weight_decay(self) -> set[str]:
         """Position embedding and the class / register / mask tokens."""
         names = {"pos_embed", "cls_token", "mask_token"}
@@ -376,12 +362,7 @@ class DinoVisionTransformer(TransformerBackbone):
         Raises:
             ValueError: sides not multiples of the patch size.
         """
-        self.check_input(x)
-        h, w = x.shape[-2:]
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"{type(self).__name__} needs sides that are multiples of {p}, got "
-                             f"{h}x{w}; pad the input (segmentors pad to input_multiple)")
+        self.check_input_size(x)
         tokens, gh, gw = (patch_embed or self.patch_embed)(x)
         tokens = torch.cat([self.cls_token.expand(tokens.shape[0], -1, -1), tokens], dim=1)
         tokens = tokens + self.interpolate_pos_encoding(gh, gw)
@@ -390,33 +371,10 @@ class DinoVisionTransformer(TransformerBackbone):
             tokens = torch.cat([tokens[:, :1], reg, tokens[:, 1:]], dim=1)
         return tokens, gh, gw
 
-    def _bounds(self, stage_idx: int) -> tuple[int, int]:
-        self._check_stage(stage_idx)
-        start = 0 if stage_idx == 0 else self.out_indices[stage_idx - 1] + 1
-        return start, self.out_indices[stage_idx] + 1
-
-    def blocks_of(self, stage_idx: int) -> nn.ModuleList:
-        """Blocks ``out_indices[s-1]+1 .. out_indices[s]`` (the modules themselves)."""
-        a, b = self._bounds(stage_idx)
-        return self.blocks[a:b]
-
     def norm_of(self, stage_idx: int) -> nn.LayerNorm:
         """The final LayerNorm ``norm`` (shared by every tap, as ``get_intermediate_layers``)."""
         self._check_stage(stage_idx)
         return self.norm
-
-    def embed(self, stage_idx: int, carry) -> tuple[Tensor, int, int]:
-        """Stage 0: :meth:`prepare_tokens` of the image; later: the previous stage's tokens
-        (``carry = (tokens, gh, gw)``, un-normalised)."""
-        self._check_stage(stage_idx)
-        if stage_idx == 0:
-            return self.prepare_tokens(carry)
-        return carry
-
-    def finish_stage(self, stage_idx: int, tokens: Tensor, h: int, w: int):
-        """``(norm(tokens), (tokens, h, w))``: the tap is normalised, the residual stream goes on
-        un-normalised."""
-        return self.norm_of(stage_idx)(tokens), (tokens, h, w)
 
 
 def resize_pos_embed(pos_embed: Tensor, num_patches: int) -> Tensor:
@@ -595,23 +553,18 @@ PRETRAINED: tuple[PretrainedWeights, ...] = tuple(
                        ("g", "giant", 4546)))
 
 
-def _register(name: str) -> None:
-    def build(**overrides) -> DinoVisionTransformer:
-        return DinoVisionTransformer(**{**DINOV2_SETTINGS[name], **overrides})
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"Build {name} (official hub settings, overridable by keyword)."
+def _tiny(name: str) -> dict:
+    """:data:`DINOV2_TINY`, with registers / SwiGLU where the variant has them."""
     tiny = dict(DINOV2_TINY)
     if "reg4" in name:
         tiny["num_register_tokens"] = 2
     if "vitg" in name:
         tiny["ffn"] = "swiglu"
-    register_backbone(name, tiny=tiny)(build)
+    return tiny
 
 
-for _name in DINOV2_SETTINGS:
-    _register(_name)
-del _name
+register_variants(DinoVisionTransformer, DINOV2_SETTINGS,
+                  "Build {name} (official hub settings, overridable by keyword).", tiny=_tiny)
 
 FAMILY = register_family(BackboneFamily(
     "dinov2", DinoVisionTransformer, DINOV2_SETTINGS, recognise_state_dict=recognise_state_dict,

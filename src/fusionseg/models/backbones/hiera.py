@@ -54,9 +54,9 @@ from torch import Tensor, nn
 
 from ...errors import CheckpointError, ConfigError
 from ..catalogue import PretrainedWeights, register_pretrained
-from ..layers import DropPath, window_partition, window_unpartition
+from ..layers import DropPath, drop_path_rates, window_partition, window_unpartition
 from ..weights import rename_key
-from .base import Backbone, register_backbone, strip_prefixes
+from .base import Backbone, register_variants, strip_prefixes
 from .formats import (
     BackboneFamily,
     DetectedBackbone,
@@ -393,7 +393,7 @@ class Hiera(Backbone):
             torch.zeros(1, self.embed_dim, *self.window_pos_embed_bkg_spatial_size))
         self.pos_embed_window = nn.Parameter(
             torch.zeros(1, self.embed_dim, window_spec[0], window_spec[0]))
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]  # linspace(0, rate)
+        dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList()
         stage_of = [s for s, n in enumerate(stages) for _ in range(n)]
         for i, s in enumerate(stage_of):
@@ -441,12 +441,7 @@ class Hiera(Backbone):
             ValueError: ``x`` not ``[B, in_chans, H, W]``, or sides not multiples of
                 :attr:`input_multiple`.
         """
-        self.check_input(x)
-        h, w = x.shape[-2:]
-        m = self.input_multiple
-        if h % m or w % m:
-            raise ValueError(f"{type(self).__name__} needs sides that are multiples of {m}, got "
-                             f"{h}x{w}; pad the input (segmentors pad to input_multiple)")
+        self.check_input_size(x)
         x = self.patch_embed(x)
         return x + self.get_pos_embed(x.shape[1], x.shape[2])
 
@@ -601,18 +596,9 @@ PRETRAINED: tuple[PretrainedWeights, ...] = tuple(
                                   ("l", "large", "large", 898)))
 
 
-def _register(name: str) -> None:
-    def build(**overrides) -> Hiera:
-        return Hiera(**{**SAM21_HIERA_SETTINGS[name], **overrides})
-
-    build.__name__ = build.__qualname__ = name.replace(".", "_").replace("+", "_plus")
-    build.__doc__ = f"Build the {name} trunk (official SAM 2.1 config, overridable by keyword)."
-    register_backbone(name, tiny=dict(HIERA_TINY))(build)
-
-
-for _name in SAM21_HIERA_SETTINGS:
-    _register(_name)
-del _name
+register_variants(Hiera, SAM21_HIERA_SETTINGS,
+                  "Build the {name} trunk (official SAM 2.1 config, overridable by keyword).",
+                  tiny=HIERA_TINY)
 
 FAMILY = register_family(BackboneFamily(
     "sam2_hiera", Hiera, SAM21_HIERA_SETTINGS, recognise_state_dict=recognise_state_dict,

@@ -64,7 +64,7 @@ from torch import Tensor, nn
 from ...errors import CheckpointError, ConfigError
 from ..catalogue import PretrainedWeights, register_pretrained
 from ..layers import DropPath
-from .base import TransformerBackbone, register_backbone, strip_prefixes
+from .base import TransformerBackbone, register_variants, strip_prefixes
 from .formats import (
     BackboneFamily,
     DetectedBackbone,
@@ -624,23 +624,15 @@ PRETRAINED: tuple[PretrainedWeights, ...] = tuple(
     for i, mb in enumerate(_MIT_MB))
 
 
-def _register_mit(name: str) -> None:
-    def build(**overrides) -> MixVisionTransformer:
-        kwargs = dict(MIT_SETTINGS[name], drop_path_rate=0.1)
-        kwargs.update(overrides)
-        return MixVisionTransformer(**kwargs)
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"Build {name} (official settings, overridable by keyword)."
-    # SegFormer decode-head width used with each MiT (paper / official configs)
-    register_backbone(name, tiny=MIT_TINY, decoder_dim=256 if name in ("mit_b0", "mit_b1") else 512)(
-        build
-    )
+def _decoder_dim(name: str) -> dict[str, int]:
+    """The SegFormer decode-head width used with each MiT (paper / official configs)."""
+    return {"decoder_dim": 256 if name in ("mit_b0", "mit_b1") else 512}
 
 
-for _name in MIT_SETTINGS:
-    _register_mit(_name)
-del _name
+# drop_path_rate: the constructor's default 0.1, as in the official configs
+register_variants(MixVisionTransformer, MIT_SETTINGS,
+                  "Build {name} (official settings, overridable by keyword).", tiny=MIT_TINY,
+                  info=_decoder_dim)
 
 FAMILY = register_family(BackboneFamily(
     "mit", MixVisionTransformer, MIT_SETTINGS, recognise_state_dict=recognise_state_dict,

@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from ...errors import ConfigError
 from ..catalogue import PretrainedWeights, register_pretrained
-from .base import Backbone, register_backbone, strip_prefixes
+from .base import Backbone, register_variants, strip_prefixes
 from .formats import BackboneFamily, DetectedBackbone, count_indices, register_family
 
 __all__ = [
@@ -199,20 +199,10 @@ PRETRAINED: tuple[PretrainedWeights, ...] = tuple(
                          ("152", "394f9c45", 241.5)))
 
 
-def _register(name: str) -> None:
-    def build(**overrides) -> ResNet:
-        return ResNet(**{"layers": RESNET_LAYERS[name], **overrides})
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = f"Build {name} (torchvision layout, overridable by keyword)."
-    register_backbone(name, tiny=RESNET_TINY)(build)
-
-
-for _name in RESNET_LAYERS:
-    _register(_name)
-del _name
+_SETTINGS = {n: {"layers": v} for n, v in RESNET_LAYERS.items()}
+register_variants(ResNet, _SETTINGS, "Build {name} (torchvision layout, overridable by keyword).",
+                  tiny=RESNET_TINY)
 
 FAMILY = register_family(BackboneFamily(
-    "resnet", ResNet, {n: {"layers": v} for n, v in RESNET_LAYERS.items()},
-    recognise_state_dict=recognise_state_dict))
+    "resnet", ResNet, _SETTINGS, recognise_state_dict=recognise_state_dict))
 register_pretrained(*PRETRAINED)

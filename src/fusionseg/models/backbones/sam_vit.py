@@ -50,7 +50,7 @@ Files accepted by :func:`checkpoint_filter_fn` (so
   grid, relative-position tables of another length linearly to this instance's lengths (the
   interpolation ``get_rel_pos`` would apply at that grid).
 
-As a :class:`~fusionseg.models.backbones.base.TransformerBackbone` the stages are the groups of
+As a :class:`~fusionseg.models.backbones.base.ViTBackbone` the stages are the groups of
 blocks ending at each tap ``out_indices`` (default: the global-attention blocks, ViTDet's /
 SAM-adapter taps); ``forward(x) -> [f_1..f_S]``, each the block output of its tap as a ``[B, C,
 H/16, W/16]`` map (SAM has no final norm: ``norm_of`` is the identity). Blocks after the last
@@ -86,9 +86,16 @@ from torch import Tensor, nn
 
 from ...errors import CheckpointError, ConfigError
 from ..catalogue import PretrainedWeights, register_pretrained
-from ..layers import DropPath, LayerNorm2d, PatchEmbed, window_partition, window_unpartition
+from ..layers import (
+    DropPath,
+    LayerNorm2d,
+    PatchEmbed,
+    drop_path_rates,
+    window_partition,
+    window_unpartition,
+)
 from ..weights import rename_key
-from .base import TransformerBackbone, register_backbone, strip_prefixes
+from .base import ViTBackbone, register_variants, strip_prefixes
 from .formats import (
     BackboneFamily,
     DetectedBackbone,
@@ -308,7 +315,7 @@ def checkpoint_filter_fn(state_dict: Mapping[str, Tensor],
     return sd
 
 
-class SamVisionTransformer(TransformerBackbone):
+class SamVisionTransformer(ViTBackbone):
     """SAM v1 image encoder (see the module docstring).
 
     Args:
@@ -364,25 +371,16 @@ class SamVisionTransformer(TransformerBackbone):
         if any(not 0 <= i < depth for i in glob):
             raise ConfigError(f"global_attn_indexes {list(global_attn_indexes)} outside the "
                              f"{depth} blocks")
-        taps = list(glob) if out_indices is None else [int(i) for i in out_indices]
-        if not taps or sorted(set(taps)) != taps:
-            raise ConfigError(f"out_indices must be increasing block indices, got {taps}")
-        if taps[0] < 0 or taps[-1] >= depth:
-            raise ConfigError(f"out_indices {taps} outside the {depth} blocks")
+        self.set_taps(glob if out_indices is None else out_indices, depth, patch_size)
         self.embed_dim, self.depth, self.num_heads = int(embed_dim), int(depth), int(num_heads)
         self.global_attn_indexes = glob
-        self.out_indices = taps
         self.window_size = int(window_size)
-        self.patch_size = int(patch_size)
-        self.input_multiple = self.patch_size
         self.in_chans = int(in_chans)
         self.out_chans = int(out_chans)
-        self.num_stages = len(taps)
-        self.strides = (self.patch_size,) * self.num_stages
         grid = int(img_size) // self.patch_size
         self.patch_embed = PatchEmbed(in_chans, embed_dim, patch_size)
         self.pos_embed = nn.Parameter(torch.zeros(1, grid, grid, embed_dim))
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        dpr = drop_path_rates(drop_path_rate, depth)
         self.blocks = nn.ModuleList(
             SamBlock(embed_dim, num_heads, mlp_ratio,
                      window_size=0 if i in glob else self.window_size, input_size=(grid, grid),
@@ -399,11 +397,6 @@ class SamVisionTransformer(TransformerBackbone):
         self.tap_norm = nn.Identity()
 
     # ------------------------------------------------------------------ contract
-    @property
-    def out_channels(self) -> list[int]:
-        """``[C] * len(out_indices)``."""
-        return [self.embed_dim] * self.num_stages
-
     @property
     def grid(self) -> tuple[int, int]:
         """The position-embedding grid ``(img_size // 16,) * 2``."""
@@ -427,25 +420,10 @@ class SamVisionTransformer(TransformerBackbone):
         Raises:
             ValueError: not ``[B, in_chans, H, W]``, or sides not multiples of 16.
         """
-        self.check_input(x)
-        h, w = x.shape[-2:]
-        p = self.patch_size
-        if h % p or w % p:
-            raise ValueError(f"{type(self).__name__} needs sides that are multiples of {p}, got "
-                             f"{h}x{w}; pad the input (segmentors pad to input_multiple)")
+        self.check_input_size(x)
         tokens, gh, gw = (patch_embed or self.patch_embed)(x)
         pos = resize_sam_pos_embed(self.pos_embed, (gh, gw))
         return tokens + pos.reshape(1, gh * gw, -1), gh, gw
-
-    def _bounds(self, stage_idx: int) -> tuple[int, int]:
-        self._check_stage(stage_idx)
-        start = 0 if stage_idx == 0 else self.out_indices[stage_idx - 1] + 1
-        return start, self.out_indices[stage_idx] + 1
-
-    def blocks_of(self, stage_idx: int) -> nn.ModuleList:
-        """Blocks ``out_indices[s-1]+1 .. out_indices[s]`` (the modules themselves)."""
-        a, b = self._bounds(stage_idx)
-        return self.blocks[a:b]
 
     def tail_blocks(self) -> nn.ModuleList:
         """The blocks after the last tap (run by :meth:`forward_neck`, not by ``forward``)."""
@@ -455,18 +433,6 @@ class SamVisionTransformer(TransformerBackbone):
         """The identity: SAM has no final norm, its taps are the raw block outputs."""
         self._check_stage(stage_idx)
         return self.tap_norm
-
-    def embed(self, stage_idx: int, carry) -> tuple[Tensor, int, int]:
-        """Stage 0: :meth:`prepare_tokens` of the image; later: the previous stage's tokens
-        (``carry = (tokens, gh, gw)``)."""
-        self._check_stage(stage_idx)
-        if stage_idx == 0:
-            return self.prepare_tokens(carry)
-        return carry
-
-    def finish_stage(self, stage_idx: int, tokens: Tensor, h: int, w: int):
-        """``(tokens, (tokens, h, w))``: taps are not normalised."""
-        return self.norm_of(stage_idx)(tokens), (tokens, h, w)
 
     # ------------------------------------------------------------------ neck
     def apply_neck(self, x: Tensor) -> Tensor:
@@ -606,19 +572,9 @@ PRETRAINED: tuple[PretrainedWeights, ...] = tuple(
                        ("h", "4b8939a88964f0f4ff5f5b2642c598a6", 2564)))
 
 
-def _register(name: str) -> None:
-    def build(**overrides) -> SamVisionTransformer:
-        return SamVisionTransformer(**{**SAM_SETTINGS[name], **overrides})
-
-    build.__name__ = build.__qualname__ = name
-    build.__doc__ = (f"Build {name} (official ``build_sam.py`` settings: window 14, 1024 px, "
-                     f"relative positions; overridable by keyword).")
-    register_backbone(name, tiny=dict(SAM_TINY))(build)
-
-
-for _name in SAM_SETTINGS:
-    _register(_name)
-del _name
+register_variants(SamVisionTransformer, SAM_SETTINGS,
+                  "Build {name} (official ``build_sam.py`` settings: window 14, 1024 px, "
+                  "relative positions; overridable by keyword).", tiny=SAM_TINY)
 
 FAMILY = register_family(BackboneFamily(
     "sam_vit", SamVisionTransformer, SAM_SETTINGS, recognise_state_dict=recognise_state_dict,

@@ -46,7 +46,6 @@ unwraps ``'segmenter'`` and strips the ``module.`` every key carries before this
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -54,10 +53,8 @@ import torch.nn.functional as F
 from pydantic import Field, field_validator
 from torch import Tensor, nn
 
-from ....errors import ConfigError
-from ...backbones import create_backbone
 from ...backbones.resnet import RESNET_TINY, ResNet
-from ...options import MethodOptions, resolve_options
+from ...options import BackboneKwargs, BackboneOptions, Pretrained, resolve_options
 from ...registry import register_model
 from ...segmentor import AuxiliaryLogits, SegmentationOutput, Segmentor
 from .fusion import fused_bottleneck, parallelize_batchnorms, set_active_streams
@@ -67,16 +64,17 @@ from .release import checkpoint_filter_fn, is_released_format
 __all__ = ["ASYMFUSION_TINY", "AsymFusionOptions", "AsymFusionSegmentor"]
 
 
-class AsymFusionOptions(MethodOptions):
+class AsymFusionOptions(BackboneOptions):
     """Options of ``asymfusion`` (the ``model`` section of a config)."""
 
     method_name: ClassVar[str] = "asymfusion"
+    backbone_types: ClassVar[tuple[type, ...]] = (ResNet,)
 
     modalities: tuple[str, ...] = Field(
         ("rgb", "depth"), min_length=1,
         description="one or two modality names; the first is stream 1, e.g. [rgb, depth]")
     backbone: str = Field("resnet101", description="ResNet encoder (resnet50 / 101 / 152)")
-    pretrained: str | Path | None = Field(
+    pretrained: Pretrained = Field(
         None, description="encoder weights: a torchvision ImageNet file or catalogue name")
     shift_shuffle: bool = Field(
         True, description="shift-shuffle fusion in each stage's last bottleneck (off: ablation)")
@@ -87,8 +85,7 @@ class AsymFusionOptions(MethodOptions):
         256, gt=0, description="Light-Weight RefineNet width (256 as released)")
     eval_upsample: Literal["bilinear", "bicubic"] = Field(
         "bilinear", description="1/4-scale logits to input size outside training")
-    backbone_kwargs: dict[str, Any] | None = Field(
-        None, description="extra backbone constructor overrides (e.g. tiny test widths)")
+    backbone_kwargs: BackboneKwargs = None
 
     @field_validator("modalities")
     @classmethod
@@ -133,13 +130,7 @@ class AsymFusionSegmentor(Segmentor):
         o = resolve_options(AsymFusionOptions, options, kwargs)
         super().__init__(o.modalities, o.num_classes)
         self.options = o
-        extra = dict(o.backbone_kwargs or {})
-        if "pretrained" in extra:
-            raise ConfigError("backbone_kwargs must not repeat ['pretrained']: set it as a "
-                              "top-level model key")
-        backbone = create_backbone(o.backbone, pretrained=o.pretrained, **extra)
-        if not isinstance(backbone, ResNet):
-            raise ConfigError("AsymFusion needs a ResNet backbone (resnet50 / 101 / 152)")
+        backbone = o.build_backbone()
         self.eval_upsample = o.eval_upsample
         self.backbone = parallelize_batchnorms(backbone, len(self.modalities))
         self.decode_head = RefineNetLW(backbone.out_channels, o.num_classes, o.dropout,

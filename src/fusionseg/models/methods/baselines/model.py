@@ -23,39 +23,37 @@ the any-modality papers' unimodal terms do), so each stream stays decodable on i
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
 from torch import Tensor, nn
 
-from ....errors import ConfigError
-from ...backbones import create_backbone, default_decoder_dim
+from ...backbones import default_decoder_dim
 from ...backbones.mit import MIT_TINY
 from ...fusion.presence_gate import PresenceGate
 from ...heads.segformer import SegFormerHead
-from ...options import MethodOptions, resolve_options
+from ...options import BackboneKwargs, BackboneOptions, DropPathRate, Pretrained, resolve_options
 from ...registry import register_model
 from ...segmentor import AuxiliaryLogits, ModalityInput, SegmentationOutput, Segmentor
 
 __all__ = ["SumFusionOptions", "SumFusionSegmentor"]
 
 
-class SumFusionOptions(MethodOptions):
+class SumFusionOptions(BackboneOptions):
     """Options of ``sum_fusion`` / ``segformer`` (the ``model`` section of a config)."""
 
     method_name: ClassVar[str] = "sum_fusion"
+    backbone_overrides: ClassVar[tuple[str, ...]] = ("drop_path_rate",)
 
-    backbone: str = Field("mit_b0", description="encoder name (mit_b0 .. mit_b5)")
-    pretrained: str | Path | None = Field(
-        None, description="backbone weights: a local file or a catalogue name (None: random)")
-    drop_path_rate: float = Field(0.1, ge=0, lt=1, description="encoder stochastic depth")
+    backbone: str = Field(
+        "mit_b0", description="encoder (mit_b0 .. mit_b5; any backbone taking drop_path_rate)")
+    pretrained: Pretrained = None
+    drop_path_rate: DropPathRate = 0.1
     decoder_dim: int | None = Field(
         None, gt=0, description="SegFormer head width E (None: 256 for mit_b0/b1, else 512)")
     freeze_backbone: bool = Field(False, description="freeze the encoder (the head trains)")
-    backbone_kwargs: dict[str, Any] | None = Field(
-        None, description="extra backbone constructor overrides (e.g. tiny test widths)")
+    backbone_kwargs: BackboneKwargs = None
     batch_modalities: bool = Field(
         True, description="run the modalities as one concatenated encoder batch (faster)")
     reduce: Literal["mean", "sum", "gate"] = Field(
@@ -97,8 +95,9 @@ class SumFusionSegmentor(Segmentor):
 
     Raises:
         ConfigError: options that do not validate (unknown ``reduce``, negative
-            ``modality_aux``, ...), ``backbone_kwargs`` repeating ``pretrained`` or
-            ``drop_path_rate``.
+            ``modality_aux``, ``backbone_kwargs`` repeating ``pretrained`` or
+            ``drop_path_rate``, a backbone without ``drop_path_rate``, ...; see
+            :class:`~fusionseg.models.options.BackboneOptions`).
         FileNotFoundError, CheckpointMismatchError: from loading ``pretrained``.
     """
 
@@ -110,14 +109,7 @@ class SumFusionSegmentor(Segmentor):
         o = resolve_options(SumFusionOptions, options, kwargs)
         super().__init__(o.modalities, o.num_classes)
         self.options = o
-        extra = dict(o.backbone_kwargs or {})
-        clash = sorted({"pretrained", "drop_path_rate"} & set(extra))
-        if clash:
-            raise ConfigError(
-                f"backbone_kwargs must not repeat {clash}: set them as top-level model keys"
-            )
-        self.backbone = create_backbone(o.backbone, pretrained=o.pretrained,
-                                        drop_path_rate=o.drop_path_rate, **extra)
+        self.backbone = o.build_backbone()
         out_channels = self.backbone.out_channels
         self.decode_head = SegFormerHead(out_channels, o.num_classes, embed_dim=o.decoder_dim
                                          or default_decoder_dim(o.backbone))

@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -59,11 +58,10 @@ from pydantic import Field
 from torch import Tensor, nn
 
 from ....errors import ConfigError
-from ...backbones import create_backbone
-from ...backbones.hiera import HIERA_TINY
+from ...backbones.hiera import HIERA_TINY, Hiera
 from ...backbones.sam_vit import SamVisionTransformer
 from ...heads.segformer import SegFormerHead
-from ...options import MethodOptions, resolve_options
+from ...options import BackboneKwargs, BackboneOptions, Pretrained, resolve_options
 from ...peft.lora import inject_lora_experts, lora_modules, set_active_experts
 from ...registry import register_model
 from ...segmentor import AuxiliaryLogits, SegmentationOutput, Segmentor
@@ -75,11 +73,12 @@ from .simple_pyramid import SimpleFeaturePyramid
 __all__ = ["MLESAMOptions", "MLESAMSegmentor"]
 
 
-class MLESAMOptions(MethodOptions):
+class MLESAMOptions(BackboneOptions):
     """Options of ``mle_sam`` (the ``model`` section of a config); see :class:`MLESAMSegmentor`
     for what each one does in detail."""
 
     method_name: ClassVar[str] = "mle_sam"
+    backbone_types: ClassVar[tuple[type, ...]] = (Hiera, SamVisionTransformer)
 
     modalities: tuple[str, ...] = Field(
         ("rgb", "depth", "event", "lidar"), min_length=1,
@@ -87,7 +86,7 @@ class MLESAMOptions(MethodOptions):
     backbone: str = Field(
         "sam2.1_hiera_b+",
         description="encoder: sam2.1_hiera_t | _s | _b+ | _l, or SAM v1 sam_vit_b | _l | _h")
-    pretrained: str | Path | None = Field(
+    pretrained: Pretrained = Field(
         None, description="official SAM 2.1 / SAM v1 file or catalogue name for encoder, neck "
                           "and decoder (None: random)")
     rank: int = Field(32, gt=0, description="LoRA rank r of every expert")
@@ -109,7 +108,7 @@ class MLESAMOptions(MethodOptions):
     freeze_encoder: bool = Field(True, description="keep the encoder frozen (False: train it)")
     train_neck: bool = Field(False, description="train the SAM 2 FPN neck (default frozen)")
     neck_dim: int = Field(256, gt=0, description="FPN and decoder width d (256 in SAM 2)")
-    backbone_kwargs: dict[str, Any] | None = Field(
+    backbone_kwargs: BackboneKwargs = Field(
         None, description="encoder constructor overrides (e.g. tiny test widths)")
     decoder_kwargs: dict[str, Any] | None = Field(
         None, description="Sam2SemanticDecoder constructor overrides (e.g. num_heads, mlp_dim)")
@@ -189,8 +188,9 @@ class MLESAMSegmentor(Segmentor):
     label.
 
     Raises:
-        ConfigError: options that do not validate (``gate: nope``, ``top_k: 0``, ...; one line
-            naming the option), an encoder without 4 output maps, a SAM ViT whose last tap is
+        ConfigError: options that do not validate (``gate: nope``, ``top_k: 0``, a backbone
+            that is not a SAM 2.1 Hiera or SAM ViT, ``backbone_kwargs`` repeating
+            ``pretrained``, ...; one line naming the option), an encoder without 4 output maps, a SAM ViT whose last tap is
             not its last block or whose neck width is not ``neck_dim``, ``inference: mean``
             without the auxiliary head, a routing with neither path.
         CheckpointError, CheckpointMismatchError: from loading ``pretrained``.
@@ -204,8 +204,7 @@ class MLESAMSegmentor(Segmentor):
         self.options = o
         if o.inference == "mean" and not o.aux_head:
             raise ConfigError("inference='mean' needs the auxiliary head (aux_head=True)")
-        encoder = create_backbone(o.backbone, pretrained=o.pretrained,
-                                  **dict(o.backbone_kwargs or {}))
+        encoder = o.build_backbone()
         if len(getattr(encoder, "out_channels", ())) != 4:
             raise ConfigError("MLE-SAM needs an encoder with 4 output maps (sam2.1_hiera_*)")
         neck, decode_head = _neck_and_decoder(encoder, o)

@@ -86,7 +86,6 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -94,13 +93,12 @@ from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
 from ....errors import ConfigError
-from ...backbones import create_backbone
-from ...backbones.base import TransformerBackbone
+from ...backbones.base import ViTBackbone
 from ...backbones.dinov2 import DINOV2_TINY
 from ...backbones.sam_vit import SamVisionTransformer
 from ...heads.upernet import AuxHead, UperNetHead
 from ...layers import LayerNorm2d, random_rectangle
-from ...options import MethodOptions, resolve_options
+from ...options import BackboneKwargs, BackboneOptions, Pretrained, resolve_options
 from ...registry import register_model
 from ...segmentor import AuxiliaryLogits, SegmentationOutput, Segmentor
 from .modules import CPIA, DGFM, SamBlockPrompts, SEFusion, simple_pyramid
@@ -116,19 +114,19 @@ DSM_LIKE = ("dsm", "ndsm", "depth", "lidar")
 DESIGNS = ("taps", "neck")
 
 
-class MoBaNetOptions(MethodOptions):
+class MoBaNetOptions(BackboneOptions):
     """Options of ``mobanet`` (the ``model`` section of a config); see
     :class:`MoBaNetSegmentor` for their effect."""
 
     method_name: ClassVar[str] = "mobanet"
+    backbone_types: ClassVar[tuple[type, ...]] = (ViTBackbone,)
 
     modalities: tuple[str, ...] = Field(
         ("irrg", "dsm"), description="[optical (irrg, rgb, nir), DSM-like (dsm, ndsm, depth, "
         "lidar)]")
     backbone: str = Field(
         "dinov2_vitl14", description="frozen ViT: dinov2_vit{s,b,l,g}14[_reg4] or sam_vit_{b,l,h}")
-    pretrained: str | Path | None = Field(
-        None, description="backbone weights: a local file or a catalogue name (None: random)")
+    pretrained: Pretrained = None
     cpia: bool = Field(True, description="CPIA adapters (neck design: per-block CPIA + adapters)")
     dgfm: bool | None = Field(
         None, description="DGFM gated fusion (None: as released, on for taps, none for neck)")
@@ -145,7 +143,7 @@ class MoBaNetOptions(MethodOptions):
         (0.1, 0.3), description="MCRM rectangle area range, fraction of the padded image")
     mcrm_aspect: tuple[float, float] = Field(
         (0.5, 2.0), description="MCRM rectangle aspect (width / height) range")
-    backbone_kwargs: dict[str, Any] | None = Field(
+    backbone_kwargs: BackboneKwargs = Field(
         None, description="extra backbone constructor overrides (e.g. tiny widths, out_indices)")
     design: Literal["taps", "neck"] | None = Field(
         None, description="encoder design (None: neck for a SAM backbone, else taps)")
@@ -269,9 +267,10 @@ class MoBaNetSegmentor(Segmentor):
 
     Raises:
         ConfigError: options that do not validate (not two modalities, or not an optical one
-            followed by a DSM-like one; an unknown design, ...); ``backbone_kwargs`` repeating
-            ``pretrained``; a backbone that is not a plain-ViT transformer backbone;
-            ``design="taps"`` without 4 taps; ``design="neck"`` without a SAM backbone built
+            followed by a DSM-like one; an unknown design, ``backbone_kwargs`` repeating
+            ``pretrained``, a backbone that is not a plain ViT
+            (:class:`~fusionseg.models.backbones.base.ViTBackbone`: ``dinov2_*``, ``sam_vit_*``),
+            ...); ``design="taps"`` without 4 taps; ``design="neck"`` without a SAM backbone built
             with its neck, or with ``dgfm=True``.
         FileNotFoundError, CheckpointMismatchError: from loading ``pretrained``.
     """
@@ -287,16 +286,7 @@ class MoBaNetSegmentor(Segmentor):
         o = resolve_options(MoBaNetOptions, options, kwargs)
         super().__init__(o.modalities, o.num_classes)
         self.options = o
-        extra = dict(o.backbone_kwargs or {})
-        if "pretrained" in extra:
-            raise ConfigError("backbone_kwargs must not repeat ['pretrained']: set it as a "
-                              "top-level model key")
-        backbone = create_backbone(o.backbone, pretrained=o.pretrained, **extra)
-        if not (isinstance(backbone, TransformerBackbone)
-                and callable(getattr(backbone, "prepare_tokens", None))
-                and hasattr(backbone, "patch_embed") and hasattr(backbone, "embed_dim")):
-            raise ConfigError("MoBaNet needs a plain-ViT transformer backbone (dinov2_vit*14, "
-                             f"sam_vit_*), got {type(backbone).__name__}")
+        backbone = o.build_backbone()
         is_sam = isinstance(backbone, SamVisionTransformer)
         design = ("neck" if is_sam else "taps") if o.design is None else o.design
         if design == "taps" and backbone.num_stages != 4:

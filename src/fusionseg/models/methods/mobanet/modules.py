@@ -48,6 +48,18 @@ __all__ = ["CPIA", "DGFM", "PromptAdapter", "SEFusion", "SamBlockPrompts", "dgfm
            "simple_pyramid"]
 
 
+def _bottleneck(dim: int, ratio: float, what: str) -> int:
+    """The hidden width ``int(dim * ratio)`` of an adapter (as released).
+
+    Raises:
+        ConfigError: it is below 1 (the message names ``what``).
+    """
+    hidden = int(dim * ratio)
+    if hidden < 1:
+        raise ConfigError(f"{what} bottleneck int({dim} * {ratio}) must be >= 1")
+    return hidden
+
+
 class CPIA(PeftModule):
     """Cross-modal prompt-injected adapter (see the module docstring).
 
@@ -67,9 +79,7 @@ class CPIA(PeftModule):
 
     def __init__(self, dim: int, ratio: float = 0.25) -> None:
         super().__init__()
-        r = int(dim * ratio)
-        if r < 1:
-            raise ConfigError(f"CPIA bottleneck int({dim} * {ratio}) must be >= 1")
+        r = _bottleneck(dim, ratio, "CPIA")
         self.down_opt = nn.Linear(dim, r)
         self.down_dsm = nn.Linear(dim, r)
         self.joint = nn.Linear(2 * r, r)
@@ -140,9 +150,7 @@ class PromptAdapter(PeftModule):
 
     def __init__(self, dim: int, ratio: float = 0.0625, dropout: float = 0.1) -> None:
         super().__init__()
-        hidden = int(dim * ratio)
-        if hidden < 1:
-            raise ConfigError(f"adapter bottleneck int({dim} * {ratio}) must be >= 1")
+        hidden = _bottleneck(dim, ratio, "adapter")
         self.down = nn.Linear(dim, hidden)
         self.up = nn.Linear(hidden, dim)
         self.prompt = nn.Linear(dim, hidden)

@@ -60,20 +60,18 @@ Where ours departs from the release (none changes the function of released weigh
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from pydantic import Field, ValidationInfo, field_validator
 from torch import Tensor, nn
 
-from ....errors import ConfigError
-from ...backbones import create_backbone, default_decoder_dim
+from ...backbones import default_decoder_dim
 from ...backbones.mit import MIT_TINY, MixVisionTransformer
 from ...fusion.presence_gate import PresenceGate
 from ...heads.segformer import SegFormerHead
 from ...layers import check_stream_indices
-from ...options import MethodOptions, resolve_options
+from ...options import BackboneKwargs, BackboneOptions, DropPathRate, Pretrained, resolve_options
 from ...registry import register_model
 from ...segmentor import AuxiliaryLogits, SegmentationOutput, Segmentor
 from .adapters import ADAPTER_DENSITIES, MultiAdapter
@@ -121,25 +119,27 @@ def _density(value: object) -> str | None:
     )
 
 
-class StitchFusionOptions(MethodOptions):
+class StitchFusionOptions(BackboneOptions):
     """Options of ``stitchfusion`` (the ``model`` section of a config; see
     :class:`StitchFusionSegmentor` for what they do in detail)."""
 
     method_name: ClassVar[str] = "stitchfusion"
+    backbone_types: ClassVar[tuple[type, ...]] = (MixVisionTransformer,)
+    backbone_overrides: ClassVar[tuple[str, ...]] = ("drop_path_rate",)
 
     modalities: tuple[str, ...] = Field(
         ("rgb", "depth"), min_length=1,
         description="ordered modality names, 1..8; the first is the release's stream 1")
     backbone: str = Field("mit_b2", description="shared MiT encoder (mit_b0 .. mit_b5)")
-    pretrained: str | Path | None = Field(
+    pretrained: Pretrained = Field(
         None, description="encoder weights: a local MiT file or a catalogue name (None: random)")
     adapter: Density | None | tuple[Density | None, ...] = Field(
         "pairwise",
         description="MultiAdapter density of every stage, or a list of 4 (none: plain blocks)")
     fusion: Fusion = Field(
         "sum", description="stage fusion: sum, featurecross (+FFMs) or a presence-aware gate")
-    drop_path_rate: float = Field(
-        0.1, ge=0, lt=1, description="encoder stochastic depth (also on the adapter outputs)")
+    drop_path_rate: DropPathRate = Field(
+        0.1, description="encoder stochastic depth (also on the adapter outputs)")
     decoder_dim: int | None = Field(
         None, gt=0, description="SegFormer head width E (None: 256 for mit_b0/b1, else 512)")
     freeze_backbone: bool = Field(
@@ -148,8 +148,7 @@ class StitchFusionOptions(MethodOptions):
     adapter_dropout: float = Field(0.1, ge=0, le=1, description="dropout inside the adapters")
     norm_eps: float = Field(
         1e-5, gt=0, description="eps of the encoder's LayerNorms (release: 1e-5)")
-    backbone_kwargs: dict[str, Any] | None = Field(
-        None, description="extra backbone constructor overrides (e.g. tiny test widths)")
+    backbone_kwargs: BackboneKwargs = None
     missing: MissingMode = Field(
         "skip", description="a missing modality: skip its stream, or feed zero images")
     modality_aux: float = Field(
@@ -184,14 +183,6 @@ class StitchFusionOptions(MethodOptions):
         if isinstance(v, str) and v not in choices:
             what = "missing mode" if info.field_name == "missing" else info.field_name
             raise ValueError(f"unknown {what} {v!r}; choose one of {', '.join(choices)}")
-        return v
-
-    @field_validator("backbone_kwargs")
-    @classmethod
-    def _no_top_level_keys(cls, v: dict[str, Any] | None) -> dict[str, Any] | None:
-        clash = sorted({"pretrained", "drop_path_rate"} & set(v or {}))
-        if clash:
-            raise ValueError(f"must not repeat {clash}: set them as top-level model keys")
         return v
 
     def stage_densities(self) -> list[str | None]:
@@ -268,12 +259,7 @@ class StitchFusionSegmentor(Segmentor):
         o = resolve_options(StitchFusionOptions, options, kwargs)
         super().__init__(o.modalities, o.num_classes)
         self.options = o
-        backbone = create_backbone(o.backbone, pretrained=o.pretrained,
-                                   drop_path_rate=o.drop_path_rate, **dict(o.backbone_kwargs or {}))
-        if not isinstance(backbone, MixVisionTransformer):
-            raise ConfigError(
-                f"StitchFusion needs a MiT backbone (mit_b0..mit_b5), got {type(backbone).__name__}"
-            )
+        backbone = o.build_backbone()
         self.modality_aux = float(o.modality_aux)
         self.missing = o.missing
         self.backbone = backbone
