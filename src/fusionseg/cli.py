@@ -597,9 +597,11 @@ def weights_fetch(name: Annotated[str, typer.Argument(help="catalogue name (weig
 @cli_errors
 def info(
     method: Annotated[str | None, typer.Argument(
-        help="a model name: print its options (type, default, one line each)")] = None,
+        help="a model (or else dataset) name: print its options (type, default, one line "
+             "each)")] = None,
 ):
-    """List models, backbones, datasets and modalities; with METHOD, that model's options."""
+    """List models, backbones, datasets and modalities; with METHOD, that model's options (a
+    dataset's, for a name that is no model)."""
     import torch
 
     from . import __version__
@@ -609,18 +611,25 @@ def info(
     from .models import list_models
     from .models.backbones import list_backbones
     if method is not None:
+        from .data.datasets import describe_options as describe_dataset_options
+        from .data.datasets import get_dataset_class
         from .models.options import describe_options
         from .models.registry import get_builder, options_of
-        options = options_of(method)
-        if options is None:
-            doc = (get_builder(method).__doc__ or "").strip().splitlines()
-            console.print(f"{method}: a builder function without typed options"
-                          + (f" ({doc[0]})" if doc else ""), highlight=False)
-            return
-        t = Table(title=f"{method} options (model.<option> in a config)")
+        if method not in list_models() and method in list_datasets():
+            dataset = get_dataset_class(method)
+            rows, section = describe_dataset_options(dataset.Options), "data.options"
+        else:
+            options = options_of(method)
+            if options is None:
+                doc = (get_builder(method).__doc__ or "").strip().splitlines()
+                console.print(f"{method}: a builder function without typed options"
+                              + (f" ({doc[0]})" if doc else ""), highlight=False)
+                return
+            rows, section = describe_options(options), "model"
+        t = Table(title=f"{method} options ({section}.<option> in a config)")
         for col in ("option", "type", "default", "description"):
             t.add_column(col, overflow="fold")
-        for o in describe_options(options):
+        for o in rows:
             t.add_row(escape(o.name), escape(o.type), escape(o.default), escape(o.doc))
         console.print(t)
         return

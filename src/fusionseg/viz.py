@@ -4,8 +4,9 @@ legends, mask overlays, GIF / MP4 videos of frames, and the robustness plots."""
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -104,12 +105,64 @@ def class_legend(classes: Sequence[str] | None, palette: np.ndarray | Sequence,
              tuple(int(c) for c in palette[k])) for k in sorted(ids)]
 
 
+def panel_figure(images: Mapping[str, np.ndarray | None], *, titles: bool = True,
+                 suptitle: str | None = None,
+                 legend: Sequence[tuple[int, str, tuple[int, int, int]]] = (),
+                 legend_columns: int = 1,
+                 panel_inches: tuple[float, float] = (2.6, 2.9)) -> Any:
+    """A matplotlib figure of one row of panels, with an optional class legend below them.
+
+    Args:
+        images: caption -> ``[H, W, 3]`` uint8 image, one panel each in this order; None
+            draws an empty panel reading "absent", captioned ``"<caption> (absent)"``.
+        titles: caption each panel (9 pt).
+        suptitle: figure title (9 pt); None or empty: none.
+        legend: entries of :func:`class_legend`, drawn as coloured patches labelled
+            ``"<id> <name>"`` (7 pt) in ``legend_columns`` columns; the figure grows by a
+            strip of 0.22 in per legend row plus 0.1 in.
+        legend_columns: columns of the legend (at least 1).
+        panel_inches: (width, height) of one panel in inches, the height without the legend.
+
+    Returns:
+        A ``matplotlib.figure.Figure`` made with ``pyplot`` (the caller saves, shows or
+        closes it); the backend is left as configured.
+    """
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
+    n = len(images)
+    rows = -(-len(legend) // legend_columns) if legend else 0
+    strip = 0.22 * rows + 0.1 if rows else 0.0  # legend height in inches
+    height = panel_inches[1] + strip
+    fig, axes = plt.subplots(1, n, figsize=(panel_inches[0] * n, height), squeeze=False)
+    for ax, (caption, img) in zip(axes[0], images.items(), strict=True):
+        if img is None:
+            ax.text(0.5, 0.5, "absent", ha="center", va="center", transform=ax.transAxes)
+            caption = f"{caption} (absent)"
+        else:
+            ax.imshow(img, interpolation="nearest")
+        if titles:
+            ax.set_title(caption, fontsize=9)
+        ax.axis("off")
+    if suptitle:
+        fig.suptitle(suptitle, fontsize=9)
+    if legend:
+        handles = [Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="black", linewidth=0.4,
+                         label=f"{k} {name}") for k, name, rgb in legend]
+        fig.legend(handles=handles, loc="lower center", ncol=legend_columns, fontsize=7,
+                   frameon=False, handlelength=1.0, columnspacing=0.8, borderaxespad=0.2)
+    fig.tight_layout(rect=(0, strip / height, 1, 1))
+    return fig
+
+
 def save_panel(path: str | Path, images: dict[str, np.ndarray], title: str = "",
                legend: Sequence[tuple[int, str, tuple[int, int, int]]] | None = None) -> None:
-    """Save one row of ``[H, W, 3]`` uint8 images with captions as a PNG (matplotlib).
+    """Save one row of ``[H, W, 3]`` uint8 images with captions as a PNG (matplotlib, Agg
+    backend unless one is set; the figure is :func:`panel_figure`, 2.6 x 2.9 in a panel).
 
     ``legend``: entries of :func:`class_legend`, drawn as coloured patches with the class
-    names in rows below the images (the figure grows by one strip per legend row).
+    names in rows below the images (the figure grows by one strip per legend row), in as
+    many columns as fit the figure's width.
 
     The PNG is written atomically (:func:`fusionseg.files.atomic_path`): an interrupted call
     leaves no truncated file at ``path``. The figure is closed before returning.
@@ -118,29 +171,12 @@ def save_panel(path: str | Path, images: dict[str, np.ndarray], title: str = "",
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
 
-    n = len(images)
+    legend = list(legend or [])
     # legend columns that fit the figure width (about 0.055 in per character at 7 pt)
-    longest = max((len(f"{k} {name}") for k, name, _ in legend or []), default=1)
-    ncol = max(1, min(len(legend or []), int(2.5 * n / (0.055 * longest + 0.45))))
-    rows = -(-len(legend) // ncol) if legend else 0
-    strip = 0.22 * rows + (0.1 if rows else 0.0)  # legend height in inches
-    fig, axes = plt.subplots(1, n, figsize=(2.6 * n, 2.9 + strip), squeeze=False)
-    for ax, (caption, img) in zip(axes[0], images.items(), strict=True):
-        ax.imshow(img, interpolation="nearest")
-        ax.set_title(caption, fontsize=9)
-        ax.axis("off")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    if legend:
-        handles = [Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="black", linewidth=0.4,
-                         label=f"{k} {name}") for k, name, rgb in legend]
-        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False,
-                   handlelength=1.0, columnspacing=0.8, borderaxespad=0.2)
-        fig.tight_layout(rect=(0, strip / (2.9 + strip), 1, 1))
-    else:
-        fig.tight_layout()
+    longest = max((len(f"{k} {name}") for k, name, _ in legend), default=1)
+    ncol = max(1, min(len(legend), int(2.5 * len(images) / (0.055 * longest + 0.45))))
+    fig = panel_figure(images, suptitle=title, legend=legend, legend_columns=ncol)
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, dpi=100, format="png")

@@ -67,12 +67,7 @@ from typing import Any
 
 import numpy as np
 
-from fusionseg.data.datasets.base import (
-    MultimodalDataset,
-    create_dataset,
-    dataset_options,
-    get_dataset_class,
-)
+from fusionseg.data.datasets.base import MultimodalDataset, create_dataset, get_dataset_class
 from fusionseg.data.io import DataError
 from fusionseg.data.sample import LABEL_KEY
 
@@ -637,9 +632,7 @@ def _open_dataset(name: str, root: Path, split: str, modalities: list[str] | Non
     cls = get_dataset_class(name)
     auto = modalities is None
     mods = list(modalities) if modalities is not None else (list(cls.available_modalities) or None)
-    accepted = dataset_options(cls)
-    if accepted is None or "check_files" in accepted:
-        options = {**options, "check_files": False}
+    options = {**options, "check_files": False}  # every dataset takes it (DatasetOptions)
     while True:
         try:
             return create_dataset(name, root, split, mods, **options)

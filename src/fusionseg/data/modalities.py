@@ -312,24 +312,30 @@ class ModalitySpec(BaseModel):
         assert isinstance(norm, NormStats)
         return _per_channel(norm.mean, c), _per_channel(norm.std, c)
 
-    def normalize_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalize physical values ``x`` (``[C, H, W]`` or ``[B, C, H, W]``) for the model."""
+    def _mean_std_like(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Per-channel mean and std for ``x`` (``[..., C, H, W]``) as ``[C, 1, 1]`` tensors of
+        its dtype and device, or None where this spec does not normalize."""
         c = x.shape[-3]
         ms = self._mean_std(c)
         if ms is None:
+            return None
+        mean, std = (torch.tensor(v, dtype=x.dtype, device=x.device).view(c, 1, 1) for v in ms)
+        return mean, std
+
+    def normalize_tensor(self, x: torch.Tensor) -> torch.Tensor:
+        """Normalize physical values ``x`` (``[C, H, W]`` or ``[B, C, H, W]``) for the model."""
+        ms = self._mean_std_like(x)
+        if ms is None:
             return x
-        mean = torch.tensor(ms[0], dtype=x.dtype, device=x.device).view(c, 1, 1)
-        std = torch.tensor(ms[1], dtype=x.dtype, device=x.device).view(c, 1, 1)
+        mean, std = ms
         return (x - mean) / std
 
     def denormalize_tensor(self, x: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`normalize_tensor` (for visualization); ``[C,H,W]`` or ``[B,C,H,W]``."""
-        c = x.shape[-3]
-        ms = self._mean_std(c)
+        ms = self._mean_std_like(x)
         if ms is None:
             return x
-        mean = torch.tensor(ms[0], dtype=x.dtype, device=x.device).view(c, 1, 1)
-        std = torch.tensor(ms[1], dtype=x.dtype, device=x.device).view(c, 1, 1)
+        mean, std = ms
         return x * std + mean
 
     def pad_value(self, channels: int | None = None) -> list[float]:

@@ -5,7 +5,9 @@ optionally a prediction (what :meth:`MultimodalDataset.plot
 
 The images come from :mod:`fusionseg.viz` (``modality_image``: a percentile stretch, one-channel
 maps in ``inferno``; ``colorize``: class ids to palette colours, ignore black;
-``class_legend``), which sits below the data layer (``tests/test_layering.py``).
+``class_legend``), and so does the figure (``panel_figure``, which also draws the panels that
+``fusionseg predict`` saves); :mod:`fusionseg.viz` sits below the data layer
+(``tests/test_layering.py``).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import torch
 
 from fusionseg.data.io import DataError
 from fusionseg.data.sample import IGNORE_INDEX, LABEL_KEY, META_KEY, Sample
-from fusionseg.viz import class_legend, colorize, modality_image
+from fusionseg.viz import class_legend, colorize, modality_image, panel_figure
 
 __all__ = ["plot_sample"]
 
@@ -61,9 +63,6 @@ def plot_sample(
         DataError: nothing to draw (no modality, label or prediction), or a class id outside
             the palette.
     """
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Patch
-
     images: dict[str, np.ndarray | None] = {
         m: modality_image(sample[m], m) if m in sample else None for m in modalities}
     label = sample.get(LABEL_KEY)
@@ -84,30 +83,10 @@ def plot_sample(
     if not images:
         raise DataError("cannot plot the sample: no modality, label or prediction to draw")
 
-    n = len(images)
     entries = entries if legend else []
-    ncol = max(1, min(len(entries), 2 * n))
-    strip = (0.22 * -(-len(entries) // ncol) + 0.1) if entries else 0.0  # legend, inches
-    height = PANEL_INCHES[1] + 0.4 + strip
-    fig, axes = plt.subplots(1, n, figsize=(PANEL_INCHES[0] * n, height), squeeze=False)
-    for ax, (name, img) in zip(axes[0], images.items(), strict=True):
-        if img is None:
-            ax.text(0.5, 0.5, "absent", ha="center", va="center", transform=ax.transAxes)
-            name = f"{name} (absent)"
-        else:
-            ax.imshow(img, interpolation="nearest")
-        if show_titles:
-            ax.set_title(name, fontsize=9)
-        ax.axis("off")
     meta = sample.get(META_KEY)
     if suptitle is None and isinstance(meta, dict) and meta.get("id") is not None:
         suptitle = str(meta["id"])
-    if suptitle:
-        fig.suptitle(suptitle, fontsize=9)
-    if entries:
-        handles = [Patch(facecolor=np.asarray(rgb) / 255.0, edgecolor="black", linewidth=0.4,
-                         label=f"{k} {name}") for k, name, rgb in entries]
-        fig.legend(handles=handles, loc="lower center", ncol=ncol, fontsize=7, frameon=False,
-                   handlelength=1.0, columnspacing=0.8, borderaxespad=0.2)
-    fig.tight_layout(rect=(0, strip / height, 1, 1))
-    return fig
+    return panel_figure(images, titles=show_titles, suptitle=suptitle, legend=entries,
+                        legend_columns=max(1, min(len(entries), 2 * len(images))),
+                        panel_inches=(PANEL_INCHES[0], PANEL_INCHES[1] + 0.4))

@@ -18,7 +18,6 @@ a sample's modalities and label) and reports every problem together in one
 
 from __future__ import annotations
 
-import inspect
 import os
 import shlex
 from collections.abc import Callable, Mapping, Sequence
@@ -36,6 +35,8 @@ from fusionseg.data.plotting import plot_sample
 from fusionseg.data.sample import IGNORE_INDEX, LABEL_KEY, META_KEY, Sample, check_sample
 from fusionseg.registry import Registry
 
+from .options import DatasetOptions, describe_options, name_list, validate_options
+
 if TYPE_CHECKING:
     from fusionseg.data.check import Problem
 
@@ -44,11 +45,14 @@ __all__ = [
     "DatasetFilesError",
     "MultimodalDataset",
     "SampleRecord",
+    "StemFiles",
     "create_dataset",
     "dataset_options",
+    "decode_void_zero_label",
     "files_by_stem",
     "get_dataset_class",
     "list_datasets",
+    "name_list",
     "read_split_list",
     "register_dataset",
 ]
@@ -74,6 +78,50 @@ def files_by_stem(
             prev = out.get(stem)
             if prev is None or rank[ext] < rank[prev.suffix.lower()]:
                 out[stem] = d / entry.name
+    return out
+
+
+@dataclass(frozen=True)
+class StemFiles:
+    """The image files of one folder by stem (:func:`files_by_stem`), and the path a sample
+    whose file is missing is reported with (so the file check names the file to add).
+
+    Attributes:
+        folder: the folder scanned.
+        files: stem -> file.
+        missing_ext: extension (with the dot) of the path of a stem without a file.
+    """
+
+    folder: Path
+    files: dict[str, Path]
+    missing_ext: str
+
+    @classmethod
+    def scan(cls, folder: str | os.PathLike, extensions: Sequence[str] = IMAGE_EXTENSIONS, *,
+             preferred: str = ".png", follow_folder: bool = True) -> StemFiles:
+        """Scan ``folder`` (missing: no files). A missing file is named with ``preferred``;
+        with ``follow_folder``, where the folder holds files but none with ``preferred``,
+        with the first (sorted) extension present instead."""
+        files = files_by_stem(folder, extensions)
+        present = sorted({p.suffix for p in files.values()})
+        follow = follow_folder and present and preferred not in present
+        return cls(Path(folder), files, present[0] if follow else preferred)
+
+    def path(self, stem: str) -> Path:
+        """The file of ``stem``, or ``folder/{stem}{missing_ext}`` where there is none."""
+        return self.files.get(stem, self.folder / f"{stem}{self.missing_ext}")
+
+
+def decode_void_zero_label(raw: np.ndarray, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """Channel 0 of a label whose raw 0 is void and 1..K the classes (DELIVER, FMB, NYUDv2):
+    raw 0 and 255 -> ``ignore_index``, raw ``k`` -> class ``k - 1``, ``int64 [H, W]``.
+
+    Raw values above K map outside ``0..K-1`` and are reported by
+    :meth:`MultimodalDataset.label_from_array`.
+    """
+    r = raw[:, :, 0].astype(np.int64)
+    out = r - 1
+    out[(r == 0) | (r == 255)] = ignore_index
     return out
 
 
@@ -177,10 +225,12 @@ class SampleRecord:
 class MultimodalDataset(Dataset):
     """Base class: pixel-aligned modalities + label, one Sample per index.
 
-    Subclasses set ``classes`` and ``palette`` (class attributes or in ``__init__`` before
-    calling ``super().__init__``), ``available_modalities``, optionally ``default_specs`` and
-    ``default_modalities``, and implement ``_index()`` (and ``decode_label`` if the raw label
-    is not class ids in channel 0).
+    Subclasses set ``classes`` and ``palette`` (class attributes, or in :meth:`_prepare`),
+    ``available_modalities``, optionally ``default_specs`` and ``default_modalities``, declare
+    their own options as a :class:`~.options.DatasetOptions` subclass set as ``Options``, and
+    implement ``_index()`` (and ``decode_label`` if the raw label is not class ids in channel
+    0). They do not re-declare the constructor: per-instance settings derived from the options
+    go in :meth:`_prepare`.
 
     Args:
         root: dataset root folder.
@@ -188,15 +238,17 @@ class MultimodalDataset(Dataset):
         modalities: modality names to load, in order (default: ``default_modalities``).
         transform: callable ``sample -> sample`` applied last (see
             :mod:`fusionseg.data.transforms`); None returns untransformed samples.
-        specs: per-modality overrides: a ModalitySpec, or a dict of fields on top of the
-            dataset's default spec.
-        max_samples: keep only the first ``max_samples`` samples (after filtering).
-        check_files: look at every file of the kept samples now (see :meth:`validate_files`:
-            existence, readable headers, equal sizes; no pixels decoded) and report all
-            problems in one error. False skips this, for data known to be complete; a problem
-            then surfaces when its sample is read.
+        **options: the dataset's options (its ``Options`` model), validated into
+            :attr:`options`. Every dataset takes ``max_samples`` (keep only the first N
+            samples, after filtering), ``check_files`` (look at every file of the kept samples
+            now, see :meth:`validate_files`: existence, readable headers, equal sizes; no
+            pixels decoded, all problems in one error; False skips this, for data known to be
+            complete, and a problem then surfaces when its sample is read) and ``specs``
+            (per-modality overrides: a ModalitySpec, or a dict of fields on top of the
+            dataset's default spec).
 
     Attributes:
+        options: the validated options (an instance of ``Options``, frozen).
         classes: class names, index = class id. ``num_classes = len(classes)``.
         palette: ``uint8 [K, 3]`` colours per class.
         ignore_index: 255.
@@ -206,9 +258,10 @@ class MultimodalDataset(Dataset):
         records: list of :class:`SampleRecord`.
 
     Raises:
-        DataError: missing root, a root without the dataset's folders (see
-            :meth:`resolve_root`), missing split folder (naming the path), a modality the dataset does
-            not offer, invalid spec overrides; per sample (at ``__getitem__``): missing or
+        DataError: an unknown option or a wrong option value (see :meth:`validate_options`),
+            missing root, a root without the dataset's folders (see :meth:`resolve_root`),
+            missing split folder (naming the path), a modality the dataset does not offer,
+            invalid spec overrides; per sample (at ``__getitem__``): missing or
             unreadable file, wrong bit depth / channel count, size mismatch, label value out
             of range (naming the files and modality).
         DatasetFilesError: (a DataError; with ``check_files``) missing files, unreadable
@@ -226,6 +279,9 @@ class MultimodalDataset(Dataset):
     label_value_channels: tuple[int, ...] | None = (0,)
     #: split names of the release, for ``available_splits`` (empty: the root's sub-folders)
     known_splits: ClassVar[tuple[str, ...]] = ()
+    #: folder of the split list files ``{split}.txt``, relative to the root (``""``: the root
+    #: itself); None where the splits are not list files
+    split_list_dir: ClassVar[str | None] = None
     # -- what ``fusionseg data check`` reads, where the ModalitySpec alone does not say --
     #: file key (``"label"``, ``"dsm"``, ``"aolp:cos"``) -> accepted bit depths
     check_bit_depths: Mapping[str, tuple[int, ...]] = {}
@@ -241,23 +297,56 @@ class MultimodalDataset(Dataset):
     #: names of the folder the official archive unpacks to (looked for one and two levels
     #: below a given root that lacks the markers)
     archive_folders: ClassVar[tuple[str, ...]] = ()
+    #: the dataset's options model (a subclass of DatasetOptions declared beside the dataset)
+    Options: ClassVar[type[DatasetOptions]] = DatasetOptions
+    options: DatasetOptions
 
     def __init__(
         self,
         root: str | os.PathLike,
         split: str,
-        modalities: Sequence[str] | None = None,
+        modalities: Sequence[str] | str | None = None,
         transform: Callable[[Sample], Sample] | None = None,
-        *,
-        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
-        max_samples: int | None = None,
-        check_files: bool = True,
+        **options: Any,
     ) -> None:
+        self.options = self.validate_options(options)
         self.root = self.resolve_root(root)
         self.split = split
-        if isinstance(modalities, str):
-            modalities = [modalities]
-        mods = list(modalities) if modalities else list(self.default_modalities)
+        self._prepare()
+        self.modalities = self._select_modalities(modalities)
+        self.specs: dict[str, ModalitySpec] = resolve_specs(self.modalities, self.options.specs,
+                                                            self.default_specs)
+        self.transform = transform
+        records = self._index()
+        if self.options.max_samples is not None:
+            records = records[: self.options.max_samples]
+        self.records: list[SampleRecord] = records
+        self.palette = np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
+        if self.options.check_files:
+            self.validate_files()
+
+    @classmethod
+    def validate_options(cls, options: Mapping[str, Any]) -> DatasetOptions:
+        """Keyword options validated into :attr:`Options` (the constructor's first step).
+
+        Raises:
+            DataError: an unknown option, a wrong type or value (one line naming the dataset,
+                the problem and the valid options with their types).
+        """
+        return validate_options(cls.name or cls.__name__, cls.Options, options)
+
+    def _prepare(self) -> None:
+        """Set per-instance state from :attr:`options`, ``root`` (resolved) and ``split``,
+        before the modalities are chosen and the split is indexed. Default: nothing."""
+
+    def _select_modalities(self, modalities: Sequence[str] | str | None) -> list[str]:
+        """The modalities to load: ``modalities`` (one name or several), or
+        ``default_modalities`` when none are given.
+
+        Raises:
+            DataError: none selected, one given twice, one the dataset does not offer.
+        """
+        mods = name_list(modalities) or list(self.default_modalities)
         if not mods:
             raise DataError(f"dataset '{self.name}': no modalities selected")
         if len(set(mods)) != len(mods):
@@ -271,18 +360,7 @@ class MultimodalDataset(Dataset):
                     f"(available: {', '.join(offered)})",
                     path=self.root,
                 )
-        self.modalities = mods
-        self.specs: dict[str, ModalitySpec] = resolve_specs(mods, specs, self.default_specs)
-        self.transform = transform
-        records = self._index()
-        if max_samples is not None:
-            if max_samples < 0:
-                raise DataError(f"max_samples must be >= 0, got {max_samples}")
-            records = records[:max_samples]
-        self.records: list[SampleRecord] = records
-        self.palette = np.asarray(self.palette, dtype=np.uint8).reshape(-1, 3)
-        if check_files:
-            self.validate_files()
+        return mods
 
     # ------------------------------------------------------------------ the root
     @classmethod
@@ -390,9 +468,12 @@ class MultimodalDataset(Dataset):
 
     @classmethod
     def splits_in(cls, root: Path) -> list[str]:
-        """Splits present in a resolved ``root``. Default: ``known_splits`` if the class names
-        them, else the sub-folders of ``root``. Subclasses whose splits are list files or
-        fixed id lists override this."""
+        """Splits present in a resolved ``root``. Default: the ``*.txt`` list files in
+        ``split_list_dir`` where the class sets one, else ``known_splits`` if the class names
+        them, else the sub-folders of ``root``. Subclasses whose splits are found otherwise
+        (fixed id lists, split folders below a modality folder) override this."""
+        if cls.split_list_dir is not None:
+            return list_file_splits(root / cls.split_list_dir)
         if cls.known_splits:
             return list(cls.known_splits)
         return sorted(d.name for d in root.iterdir() if d.is_dir())
@@ -400,6 +481,19 @@ class MultimodalDataset(Dataset):
     def _index(self) -> list[SampleRecord]:
         """List the split's samples (sorted, filtered). Raises DataError on a bad layout."""
         raise NotImplementedError
+
+    def read_split_names(self, hint: str = "") -> tuple[Path, list[str]]:
+        """``(list file, sample names)`` of the split, for datasets with ``split_list_dir``:
+        ``root/{split_list_dir}/{split}.txt`` (see :func:`read_required_split`; the
+        messages name the dataset by its class name).
+
+        Raises:
+            DataError: the list file is missing (naming the lists present and ``hint``) or
+                empty.
+        """
+        assert self.split_list_dir is not None
+        return read_required_split(type(self).__name__, self.split,
+                                   self.root / self.split_list_dir, hint)
 
     def decode_label(self, raw: np.ndarray) -> np.ndarray:
         """Raw label array ``[H, W, C]`` -> class ids ``int64 [H, W]`` (255 = ignore).
@@ -668,19 +762,12 @@ def get_dataset_class(name: str) -> type[MultimodalDataset]:
     return DATASETS.get(name)
 
 
-def dataset_options(cls: type[MultimodalDataset]) -> list[str] | None:
-    """The keyword options a dataset class takes besides root, split, modalities and
-    transform (e.g. ``max_samples``, ``check_files``), or None when it takes any
-    (``**kwargs``)."""
-    params = inspect.signature(cls.__init__).parameters
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
-        return None
-    return [
-        p
-        for p, v in params.items()
-        if p not in ("self", "root", "split", "modalities", "transform")
-        and v.kind in (inspect.Parameter.KEYWORD_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
-    ]
+def dataset_options(cls: type[MultimodalDataset]) -> list[str]:
+    """The names of the keyword options a dataset class takes besides root, split, modalities
+    and transform: the fields of its ``Options`` model, its own first (DELIVER: ``conditions,
+    case, max_samples, check_files, specs``). ``fusionseg info DATASET`` shows their types,
+    defaults and descriptions (:func:`~.options.describe_options`)."""
+    return [o.name for o in describe_options(cls.Options)]
 
 
 def create_dataset(
@@ -693,21 +780,13 @@ def create_dataset(
 ) -> MultimodalDataset:
     """Build the registered dataset ``name`` (e.g. ``"deliver"``, ``"folder"``).
 
-    ``options`` are the dataset's keyword options (DELIVER: ``conditions``, ``case``,
-    ``max_samples``, ``specs``; every built-in dataset: ``check_files``).
+    ``options`` are the dataset's keyword options, its ``Options`` model (DELIVER:
+    ``conditions``, ``case``; every dataset: ``max_samples``, ``check_files``, ``specs``).
 
     Raises:
-        DataError: unknown dataset, unknown option (naming it and the accepted ones), missing
-            root or split, and the dataset's own errors (a :class:`DatasetFilesError` for the
-            problems of its files, unless ``check_files=False``).
+        DataError: unknown dataset, an unknown option or a wrong option value (one line naming
+            the dataset, the problem and the valid options with their types), missing root or
+            split, and the dataset's own errors (a :class:`DatasetFilesError` for the problems
+            of its files, unless ``check_files=False``).
     """
-    cls = get_dataset_class(name)
-    allowed = dataset_options(cls)
-    if allowed is not None:
-        unknown = [k for k in options if k not in allowed]
-        if unknown:
-            raise DataError(
-                f"unknown option(s) {', '.join(map(repr, unknown))} for dataset '{name}' "
-                f"(accepted: {', '.join(allowed)})"
-            )
-    return cls(root, split, modalities, transform, **options)
+    return get_dataset_class(name)(root, split, modalities, transform, **options)

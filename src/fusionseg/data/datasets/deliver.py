@@ -31,18 +31,16 @@ writes failure samples under ``MAP_{k}_{failure}``).
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
+from pydantic import Field, field_validator
 
 from fusionseg.data.io import DataError
 from fusionseg.data.modalities import ModalitySpec, get_spec
-from fusionseg.data.sample import Sample
 
-from .base import MultimodalDataset, SampleRecord, register_dataset
+from .base import MultimodalDataset, SampleRecord, decode_void_zero_label, register_dataset
+from .options import DatasetOptions, one_or_several
 
 __all__ = [
     "DELIVER",
@@ -52,6 +50,7 @@ __all__ = [
     "DELIVER_FAILURES",
     "DELIVER_FOLDERS",
     "DELIVER_PALETTE",
+    "DeliverOptions",
     "DELIVER_SPECS",
 ]
 
@@ -150,6 +149,24 @@ DELIVER_SPECS: dict[str, ModalitySpec] = {
 _RGB_SUFFIX = "_rgb_front.png"
 
 
+class DeliverOptions(DatasetOptions):
+    """The options of :class:`DELIVER` (``data.options`` of a run config)."""
+
+    conditions: list[str] | None = Field(
+        None, description="keep only these condition folders, e.g. [fog, night] (one or several)")
+    case: str | None = Field(
+        None, description="keep one case: a condition, or a sensor failure (path substring)")
+
+    _names = field_validator("conditions", mode="before")(one_or_several)
+
+    @field_validator("case")
+    @classmethod
+    def _known_case(cls, v: str | None) -> str | None:
+        if v is not None and v not in DELIVER_CASES:
+            raise ValueError(f"unknown DELIVER case '{v}' (valid: {', '.join(DELIVER_CASES)})")
+        return v
+
+
 @register_dataset("deliver")
 class DELIVER(MultimodalDataset):
     """The DELIVER dataset (see the module docstring for layout, specs, label and cases).
@@ -162,13 +179,10 @@ class DELIVER(MultimodalDataset):
         modalities: any of ``rgb, hha, depth, event, lidar, thermal`` (default
             ``["rgb"]``).
         transform: applied to each Sample (see :mod:`fusionseg.data.transforms`).
-        conditions: keep only these condition folders (e.g. ``["fog", "night"]``).
-        case: keep one case: a condition (its folder) or a sensor failure (substring of the
-            relative path).
-        max_samples: keep the first ``max_samples`` samples after filtering.
-        check_files: check every sample's files when the dataset is built (see
-            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
-        specs: per-modality spec overrides (ModalitySpec or dict of fields).
+        **options: :class:`DeliverOptions`: ``conditions`` (keep only these condition
+            folders, e.g. ``["fog", "night"]``), ``case`` (keep one case: a condition, its
+            folder, or a sensor failure, a substring of the relative path), and the common
+            ``max_samples`` (applied after filtering), ``check_files``, ``specs``.
 
     Files are enumerated from ``img/`` (sorted by relative path). ``meta``: ``id`` = relative
     path without suffix (e.g. ``"fog/train/MAP_1/000001"``), ``condition`` = condition
@@ -189,32 +203,8 @@ class DELIVER(MultimodalDataset):
     default_specs = DELIVER_SPECS
     root_markers = ("img", "semantic")
     archive_folders = ("DELIVER",)
-
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        modalities: Sequence[str] | None = None,
-        transform: Callable[[Sample], Sample] | None = None,
-        *,
-        conditions: Sequence[str] | None = None,
-        case: str | None = None,
-        max_samples: int | None = None,
-        check_files: bool = True,
-        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
-    ) -> None:
-        if isinstance(conditions, str):
-            conditions = [conditions]
-        self.condition_filter = list(conditions) if conditions is not None else None
-        if case is not None and case not in DELIVER_CASES:
-            raise DataError(
-                f"unknown DELIVER case '{case}' (valid: {', '.join(DELIVER_CASES)})", path=root
-            )
-        self.case = case
-        super().__init__(
-            root, split, modalities, transform, specs=specs, max_samples=max_samples,
-            check_files=check_files,
-        )
+    Options = DeliverOptions
+    options: DeliverOptions
 
     @classmethod
     def splits_in(cls, root: Path) -> list[str]:
@@ -233,15 +223,16 @@ class DELIVER(MultimodalDataset):
             )
         cond_dirs = sorted(d for d in img_root.iterdir() if d.is_dir())
         found = [d.name for d in cond_dirs]
-        if self.condition_filter is not None:
-            unknown = [c for c in self.condition_filter if c not in found]
+        conditions, case = self.options.conditions, self.options.case
+        if conditions is not None:
+            unknown = [c for c in conditions if c not in found]
             if unknown:
                 raise DataError(
                     f"condition(s) {', '.join(map(repr, unknown))} not found "
                     f"(present: {', '.join(found) or 'none'})",
                     path=img_root,
                 )
-            cond_dirs = [d for d in cond_dirs if d.name in self.condition_filter]
+            cond_dirs = [d for d in cond_dirs if d.name in conditions]
         split_dirs = [d / self.split for d in cond_dirs if (d / self.split).is_dir()]
         if not split_dirs:
             raise DataError(
@@ -258,11 +249,11 @@ class DELIVER(MultimodalDataset):
             condition = rel.split("/", 1)[0]
             rel_dir = rel.rsplit("/", 1)[0]
             failure = next((f for f in DELIVER_FAILURES if f in rel_dir), None)
-            if self.case is not None:
-                if self.case in DELIVER_CONDITIONS:
-                    if condition != self.case:
+            if case is not None:
+                if case in DELIVER_CONDITIONS:
+                    if condition != case:
                         continue
-                elif self.case not in rel_dir:
+                elif case not in rel_dir:
                     continue
             stem_rel = rel[: -len(_RGB_SUFFIX)]
             paths = {m: self._path(stem_rel, m) for m in self.modalities}
@@ -277,10 +268,10 @@ class DELIVER(MultimodalDataset):
             )
         if not records:
             what = f"split '{self.split}'"
-            if self.case is not None:
-                what += f", case '{self.case}'"
-            if self.condition_filter is not None:
-                what += f", conditions {self.condition_filter}"
+            if case is not None:
+                what += f", case '{case}'"
+            if conditions is not None:
+                what += f", conditions {conditions}"
             raise DataError(f"no DELIVER samples found for {what}", path=img_root)
         return records
 
@@ -293,7 +284,4 @@ class DELIVER(MultimodalDataset):
 
         Other raw values map outside ``0..24`` and are reported by ``read_label``.
         """
-        r = raw[:, :, 0].astype(np.int64)
-        out = r - 1
-        out[(r == 0) | (r == 255)] = self.ignore_index
-        return out
+        return decode_void_zero_label(raw, self.ignore_index)

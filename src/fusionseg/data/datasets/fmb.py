@@ -18,18 +18,20 @@ is ignore as well; anything else is an error.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from fusionseg.data.io import DataError
 from fusionseg.data.modalities import ModalitySpec, get_spec
-from fusionseg.data.sample import Sample
 
-from .base import MultimodalDataset, SampleRecord, files_by_stem, register_dataset
+from .base import (
+    MultimodalDataset,
+    SampleRecord,
+    StemFiles,
+    decode_void_zero_label,
+    register_dataset,
+)
 
 __all__ = ["FMB", "FMB_CLASSES", "FMB_FOLDERS", "FMB_PALETTE", "FMB_SPECS"]
 
@@ -119,20 +121,6 @@ class FMB(MultimodalDataset):
         """The sub-folders of ``root`` that hold a ``Visible/`` folder."""
         return sorted(d.name for d in root.iterdir() if (d / FMB_FOLDERS["rgb"]).is_dir())
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        modalities: Sequence[str] | None = None,
-        transform: Callable[[Sample], Sample] | None = None,
-        *,
-        max_samples: int | None = None,
-        check_files: bool = True,
-        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
-    ) -> None:
-        super().__init__(root, split, modalities, transform, specs=specs,
-                         max_samples=max_samples, check_files=check_files)
-
     def _index(self) -> list[SampleRecord]:
         split_dir = self.root / self.split
         vis = split_dir / FMB_FOLDERS["rgb"]
@@ -143,8 +131,8 @@ class FMB(MultimodalDataset):
                 f"present: {', '.join(present) or 'none'})",
                 path=vis,
             )
-        primary = files_by_stem(vis, _EXTS)
-        if not primary:
+        primary = StemFiles.scan(vis, _EXTS, follow_folder=False)  # missing files: {name}.png
+        if not primary.files:
             raise DataError("no images found in the FMB Visible folder", path=vis)
         found = {}
         for m in self.modalities:
@@ -153,21 +141,14 @@ class FMB(MultimodalDataset):
                 raise DataError(
                     f"FMB folder '{FMB_FOLDERS[m]}' not found", path=folder, modality=m
                 )
-            found[m] = primary if m == "rgb" else files_by_stem(folder, _EXTS)
-        labels = files_by_stem(split_dir / FMB_FOLDERS["label"], _EXTS)
+            found[m] = primary if m == "rgb" else StemFiles.scan(folder, _EXTS, follow_folder=False)
+        labels = StemFiles.scan(split_dir / FMB_FOLDERS["label"], _EXTS, follow_folder=False)
         records = []
-        for name in sorted(primary):
-            paths = {
-                m: found[m].get(name, split_dir / FMB_FOLDERS[m] / f"{name}.png")
-                for m in self.modalities
-            }
-            label = labels.get(name, split_dir / FMB_FOLDERS["label"] / f"{name}.png")
-            records.append(SampleRecord(id=name, paths=paths, label=label))
+        for name in sorted(primary.files):
+            paths = {m: found[m].path(name) for m in self.modalities}
+            records.append(SampleRecord(id=name, paths=paths, label=labels.path(name)))
         return records
 
     def decode_label(self, raw: np.ndarray) -> np.ndarray:
         """Channel 0: raw 0 and 255 -> ignore 255; raw 1..14 -> 0..13 (others out of range)."""
-        r = raw[:, :, 0].astype(np.int64)
-        out = r - 1
-        out[(r == 0) | (r == 255)] = self.ignore_index
-        return out
+        return decode_void_zero_label(raw, self.ignore_index)

@@ -27,7 +27,7 @@ modality's file is found by stem with any supported extension. ``meta``: ``id`` 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,9 +37,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from fusionseg.data.io import DataError
 from fusionseg.data.modalities import DEFAULT_SPECS, ModalitySpec, get_spec
-from fusionseg.data.sample import IGNORE_INDEX, Sample
+from fusionseg.data.sample import IGNORE_INDEX
 
-from .base import MultimodalDataset, SampleRecord, register_dataset
+from .base import MultimodalDataset, SampleRecord, name_list, register_dataset
 
 __all__ = ["FOLDER_EXTENSIONS", "FolderDataset", "FolderDatasetConfig", "default_palette"]
 
@@ -162,10 +162,9 @@ class FolderDataset(MultimodalDataset):
         modalities: modality folders to load, in order (default: the yaml's ``modalities``
             keys, else every folder of the split except ``label``, sorted).
         transform: applied to each Sample.
-        max_samples: keep the first ``max_samples`` stems.
-        check_files: check every sample's files when the dataset is built (see
-            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
-        specs: extra per-modality spec overrides on top of the yaml's.
+        **options: the common :class:`~.options.DatasetOptions`: ``max_samples`` (keep the
+            first stems), ``check_files``, ``specs`` (extra per-modality spec overrides on top
+            of the yaml's).
 
     Raises:
         DataError: missing root, ``dataset.yaml``, split or modality folder (naming the path);
@@ -174,21 +173,9 @@ class FolderDataset(MultimodalDataset):
             of range or not in ``label_map``.
     """
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        modalities: Sequence[str] | None = None,
-        transform: Callable[[Sample], Sample] | None = None,
-        *,
-        max_samples: int | None = None,
-        check_files: bool = True,
-        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
-    ) -> None:
-        root_p = Path(root)
-        if not root_p.is_dir():
-            raise DataError("dataset root not found (dataset 'folder')", path=root_p)
-        cfg_path = root_p / CONFIG_NAME
+    def _prepare(self) -> None:
+        """Read ``dataset.yaml``: classes, palette, label decoding and the modality specs."""
+        cfg_path = self.root / CONFIG_NAME
         self.config = load_folder_config(cfg_path)
         cfg = self.config
         self.classes = list(cfg.classes)
@@ -208,26 +195,32 @@ class FolderDataset(MultimodalDataset):
                     f"modalities.{m}: {err.problem}", path=cfg_path, modality=m
                 ) from err
         self.default_specs = yaml_specs
-        split_dir = root_p / split
-        if modalities is None or len(modalities) == 0:
-            if cfg.modalities:
-                modalities = list(cfg.modalities)
+
+    def _select_modalities(self, modalities: Sequence[str] | str | None) -> list[str]:
+        """The given modalities, else the yaml's ``modalities`` keys, else every folder of the
+        split except ``label`` (sorted).
+
+        Raises:
+            DataError: a modality with no spec (neither in the yaml nor built in), and those
+                of :meth:`MultimodalDataset._select_modalities`.
+        """
+        split_dir = self.root / self.split
+        if not modalities:
+            if self.config.modalities:
+                modalities = list(self.config.modalities)
             elif split_dir.is_dir():
                 modalities = sorted(
                     d.name for d in split_dir.iterdir() if d.is_dir() and d.name != LABEL_DIR
                 )
-        for m in [modalities] if isinstance(modalities, str) else modalities or []:
-            if m not in yaml_specs and m not in DEFAULT_SPECS:
+        for m in name_list(modalities) or []:
+            if m not in self.default_specs and m not in DEFAULT_SPECS:
                 raise DataError(
                     f"modality '{m}' has no spec: add it under 'modalities' with at least "
                     "'channels'",
-                    path=cfg_path,
+                    path=self.root / CONFIG_NAME,
                     modality=m,
                 )
-        super().__init__(
-            root_p, split, modalities, transform, specs=specs, max_samples=max_samples,
-            check_files=check_files,
-        )
+        return super()._select_modalities(modalities)
 
     def _index(self) -> list[SampleRecord]:
         split_dir = self.root / self.split

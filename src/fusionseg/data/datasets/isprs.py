@@ -68,16 +68,16 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator, model_validator
 
 from fusionseg.data.io import DataError, read_image
 from fusionseg.data.modalities import ModalitySpec, get_spec
-from fusionseg.data.sample import LABEL_KEY, Sample
+from fusionseg.data.sample import LABEL_KEY
 
 from .base import (
     MultimodalDataset,
@@ -86,9 +86,11 @@ from .base import (
     read_required_split,
     register_dataset,
 )
+from .options import DatasetOptions, one_or_several
 
 __all__ = [
     "ISPRSDataset",
+    "ISPRSOptions",
     "ISPRS_CLASSES",
     "ISPRS_COLOURS",
     "ISPRS_PALETTE",
@@ -215,6 +217,44 @@ def _tiff_size(path: Path) -> tuple[int, int] | None:
         return None
 
 
+class ISPRSOptions(DatasetOptions):
+    """The options of :class:`Vaihingen` and :class:`Potsdam` (``data.options`` of a run
+    config); see the module docstring."""
+
+    tiles: list[str] | None = Field(
+        None, description="tile ids replacing the split's list (fixed or splits/{split}.txt)")
+    label_variant: Literal["auto", "full", "noBoundary"] = Field(
+        "auto", description="labels: auto (full for train, noBoundary otherwise), full, noBoundary")
+    tile_size: int | None = Field(
+        None, ge=1, description="read N x N windows instead of whole tiles (None: whole tiles)")
+    stride: int | None = Field(
+        None, ge=1, description="window stride in pixels (default: tile_size)")
+    tile_splits: list[str] | None = Field(
+        None, description="the splits cut into windows (None: every split), e.g. [train]")
+    dsm_size_tolerance: int = Field(
+        16, description="largest DSM-vs-tile size difference (pixels) cropped or padded")
+    dsm_nodata_below: float = Field(
+        -1000.0, description="DSM values below this (metres) are nodata")
+    off_palette_class: int | None = Field(
+        None, ge=0, lt=len(ISPRS_CLASSES), strict=True,  # strict: True or "0" is no class id
+        description="class of label colours of no class other than black (None: ignore)")
+
+    _names = field_validator("tile_splits", mode="before")(one_or_several)
+
+    @field_validator("tiles", mode="before")
+    @classmethod
+    def _tile_ids(cls, v: Any) -> Any:
+        """One id or several; ids as strings (``tiles: [1, 3]`` in YAML reads as ints)."""
+        v = [v] if isinstance(v, (str, int)) and not isinstance(v, bool) else v
+        return [str(t) for t in v] if isinstance(v, (list, tuple)) else v
+
+    @model_validator(mode="after")
+    def _stride_needs_windows(self) -> ISPRSOptions:
+        if self.stride is not None and self.tile_size is None:
+            raise ValueError("stride needs tile_size")
+        return self
+
+
 class ISPRSDataset(MultimodalDataset):
     """Common code of Vaihingen and Potsdam (see the module docstring).
 
@@ -230,22 +270,18 @@ class ISPRSDataset(MultimodalDataset):
             files.
         modalities: see the subclass (default: its image modality + ``dsm``).
         transform: applied to each Sample.
-        tiles: tile ids replacing the split's list (fixed or ``splits/{split}.txt``).
-        label_variant: ``"auto"``, ``"full"`` or ``"noBoundary"``.
-        tile_size: window size in pixels (None: whole tiles).
-        stride: window stride (default ``tile_size``).
-        tile_splits: the splits cut into windows (None: every split); e.g. ``["train"]``
-            trains on windows and evaluates whole tiles.
-        dsm_size_tolerance: largest DSM-vs-tile size difference (pixels) that is cropped or
-            padded instead of reported.
-        dsm_nodata_below: DSM values below this (metres) are nodata.
-        off_palette_class: class id for label colours of no class other than black (None,
-            the default: ignore; ``0``: as the MoBaNet release, see
-            :func:`decode_isprs_colours`).
-        max_samples: keep the first ``max_samples`` samples (windows).
-        check_files: check every sample's files when the dataset is built (see
-            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
-        specs: per-modality spec overrides.
+        **options: :class:`ISPRSOptions`: ``tiles`` (tile ids replacing the split's list,
+            fixed or ``splits/{split}.txt``), ``label_variant`` (``"auto"``, ``"full"`` or
+            ``"noBoundary"``), ``tile_size`` (window size in pixels; None: whole tiles),
+            ``stride`` (window stride, default ``tile_size``), ``tile_splits`` (the splits cut
+            into windows, None: every split; e.g. ``["train"]`` trains on windows and
+            evaluates whole tiles), ``dsm_size_tolerance`` (largest DSM-vs-tile size
+            difference in pixels that is cropped or padded instead of reported),
+            ``dsm_nodata_below`` (DSM values below this, in metres, are nodata),
+            ``off_palette_class`` (class id for label colours of no class other than black;
+            None, the default: ignore; ``0``: as the MoBaNet release, see
+            :func:`decode_isprs_colours`), and the common ``max_samples`` (samples are
+            windows), ``check_files``, ``specs``.
 
     Raises:
         DataError: missing root, unknown split (no fixed list, or no ``splits/{split}.txt``
@@ -265,68 +301,26 @@ class ISPRSDataset(MultimodalDataset):
     modality_files: ClassVar[dict[str, str]] = {}
     label_folder_words: ClassVar[tuple[str, ...]] = ()
     check_bit_depths: dict[str, tuple[int, ...]] = {"dsm": (32, 64), "label": (8,)}
+    Options = ISPRSOptions
+    options: ISPRSOptions
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        modalities: Sequence[str] | None = None,
-        transform: Callable[[Sample], Sample] | None = None,
-        *,
-        tiles: Sequence[str] | None = None,
-        label_variant: Literal["auto", "full", "noBoundary"] = "auto",
-        tile_size: int | None = None,
-        stride: int | None = None,
-        tile_splits: Sequence[str] | None = None,
-        dsm_size_tolerance: int = 16,
-        dsm_nodata_below: float = -1000.0,
-        off_palette_class: int | None = None,
-        max_samples: int | None = None,
-        check_files: bool = True,
-        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
-    ) -> None:
-        if label_variant not in ("auto", "full", "noBoundary"):
-            raise DataError(
-                f"label_variant must be auto, full or noBoundary; got '{label_variant}'"
-            )
-        if tile_size is not None and tile_size < 1:
-            raise DataError(f"tile_size must be >= 1, got {tile_size}")
-        if off_palette_class is not None and (
-            isinstance(off_palette_class, bool)
-            or not isinstance(off_palette_class, int)
-            or not 0 <= off_palette_class < len(ISPRS_CLASSES)
-        ):
-            raise DataError(
-                f"off_palette_class must be null or a class id 0..{len(ISPRS_CLASSES) - 1}, "
-                f"got {off_palette_class!r}"
-            )
-        #: class of label colours of no class other than black (None: ignore)
-        self.off_palette_class = off_palette_class
-        if stride is not None and (tile_size is None or stride < 1):
-            raise DataError("stride needs tile_size and must be >= 1")
-        if isinstance(tiles, str):
-            tiles = [tiles]
+    def _prepare(self) -> None:
+        """The options as this split reads them: the label variant (``auto``: full labels for
+        ``train``, noBoundary otherwise), the window grid (none for a split outside
+        ``tile_splits``: it is read as whole tiles), the DSM size tolerance; empty caches."""
+        o = self.options
         #: the split's tile ids (set when indexing: ``tiles``, the copy's list or the fixed one)
-        self.tile_ids: list[str] = [str(t) for t in tiles] if tiles is not None else []
-        self._tiles_given = tiles is not None
-        if label_variant == "auto":
-            label_variant = "full" if split == "train" else "noBoundary"
-        self.label_variant = label_variant
-        if isinstance(tile_splits, str):
-            tile_splits = [tile_splits]
-        if tile_splits is not None and split not in tile_splits:
-            tile_size = stride = None  # this split is read as whole tiles
-        self.tile_size = tile_size
-        self.stride = stride or tile_size
-        self.dsm_size_tolerance = int(dsm_size_tolerance)
-        self.size_tolerance = {"dsm": self.dsm_size_tolerance}
-        self.dsm_nodata_below = float(dsm_nodata_below)
+        self.tile_ids: list[str] = list(o.tiles or [])
+        auto = "full" if self.split == "train" else "noBoundary"
+        self.label_variant = auto if o.label_variant == "auto" else o.label_variant
+        windows = o.tile_splits is None or self.split in o.tile_splits
+        self.tile_size = o.tile_size if windows else None
+        self.stride = (o.stride or o.tile_size) if windows else None
+        self.size_tolerance = {"dsm": o.dsm_size_tolerance}
         #: DSM file -> pixels filled so far (non-finite, or below ``dsm_nodata_below`` metres)
         self.dsm_nodata: dict[str, int] = {}
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._dsm_range: dict[str, tuple[float, float]] = {}
-        super().__init__(root, split, modalities, transform, specs=specs,
-                         max_samples=max_samples, check_files=check_files)
 
     @classmethod
     def resolve_root(cls, root: str | os.PathLike) -> Path:
@@ -435,7 +429,7 @@ class ISPRSDataset(MultimodalDataset):
 
     def _index(self) -> list[SampleRecord]:
         list_file = None
-        if not self._tiles_given:
+        if self.options.tiles is None:
             self.tile_ids, list_file = self.split_tiles()
         index = self._file_index()
         records: list[SampleRecord] = []
@@ -527,7 +521,7 @@ class ISPRSDataset(MultimodalDataset):
     def _dsm_valid(self, phys: np.ndarray) -> np.ndarray:
         """Valid DSM pixels: finite and not below ``dsm_nodata_below`` (nodata sentinels such as
         -9999 or -32768)."""
-        return np.isfinite(phys) & (phys >= self.dsm_nodata_below)
+        return np.isfinite(phys) & (phys >= self.options.dsm_nodata_below)
 
     def _dsm_minmax(self, path: Path, spec: ModalitySpec) -> tuple[float, float]:
         """Physical min and max of the valid pixels of a whole DSM tile (0, 0 if none)."""
@@ -575,7 +569,7 @@ class ISPRSDataset(MultimodalDataset):
     def decode_label(self, raw: np.ndarray) -> np.ndarray:
         """Colour label -> class ids (other colours -> ignore, or ``off_palette_class``); see
         :func:`decode_isprs_colours`."""
-        return decode_isprs_colours(raw, self.ignore_index, self.off_palette_class)
+        return decode_isprs_colours(raw, self.ignore_index, self.options.off_palette_class)
 
     def meta_of(self, record: SampleRecord) -> dict[str, Any]:
         meta = super().meta_of(record)

@@ -40,30 +40,24 @@ Splits: the list files; 302 train / 96 val / 102 test. The reference code evalua
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
+from pydantic import Field
 
 from fusionseg.data.io import DataError, read_image
 from fusionseg.data.modalities import ModalitySpec, get_spec
-from fusionseg.data.sample import LABEL_KEY, Sample
+from fusionseg.data.sample import LABEL_KEY
 
-from .base import (
-    MultimodalDataset,
-    SampleRecord,
-    list_file_splits,
-    read_required_split,
-    register_dataset,
-)
+from .base import MultimodalDataset, SampleRecord, register_dataset
+from .options import DatasetOptions
 
 __all__ = [
     "MCUBES_CLASSES",
     "MCUBES_FILES",
     "MCUBES_LEFT_CROP",
+    "MCubeSOptions",
     "MCUBES_PALETTE",
     "MCUBES_SPECS",
     "MCubeS",
@@ -144,6 +138,14 @@ MCUBES_SPECS: dict[str, ModalitySpec] = {
 LIST_DIR = "list_folder"
 
 
+class MCubeSOptions(DatasetOptions):
+    """The options of :class:`MCubeS` (``data.options`` of a run config)."""
+
+    crop_left: int = Field(
+        MCUBES_LEFT_CROP, ge=0, description="columns cut from the left (0 keeps the full width)")
+    nir_mask: bool = Field(
+        False, description="label pixels with invalid NIR (NIR_warped_mask) become ignore")
+
 @register_dataset("mcubes")
 class MCubeS(MultimodalDataset):
     """The MCubeS dataset (see the module docstring for layout, specs, crop and label).
@@ -155,12 +157,10 @@ class MCubeS(MultimodalDataset):
             ``test``, ``all``).
         modalities: any of ``rgb, aolp, dolp, nir`` (default: all four).
         transform: applied to each Sample.
-        crop_left: columns cut from the left (default 192; 0 keeps the full width).
-        nir_mask: set label pixels with invalid NIR (white in ``NIR_warped_mask``) to ignore.
-        max_samples: keep the first ``max_samples`` names of the list.
-        check_files: check every sample's files when the dataset is built (see
-            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
-        specs: per-modality spec overrides.
+        **options: :class:`MCubeSOptions`: ``crop_left`` (columns cut from the left, default
+            192; 0 keeps the full width), ``nir_mask`` (set label pixels with invalid NIR,
+            white in ``NIR_warped_mask``, to ignore), and the common ``max_samples`` (the
+            first names of the list), ``check_files``, ``specs``.
 
     Samples follow the list order. ``meta``: ``id`` = name, ``condition``/``case`` = None,
     ``paths`` = modality/label -> file (``aolp`` names the sin file).
@@ -178,6 +178,7 @@ class MCubeS(MultimodalDataset):
     default_specs = MCUBES_SPECS
     root_markers = (LIST_DIR, "polL_color")
     archive_folders = ("multimodal_dataset",)
+    split_list_dir = LIST_DIR
     #: bit depths ``fusionseg data check`` accepts per file key
     check_bit_depths: dict[str, tuple[int, ...]] = {
         "rgb": (8, 16),
@@ -191,30 +192,13 @@ class MCubeS(MultimodalDataset):
     #: channel counts ``fusionseg data check`` accepts per file key (the .npy files are 2-D)
     check_channels: dict[str, tuple[int, ...]] = {"aolp": (1,), "aolp:cos": (1,), "dolp": (1,)}
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        modalities: Sequence[str] | None = None,
-        transform: Callable[[Sample], Sample] | None = None,
-        *,
-        crop_left: int = MCUBES_LEFT_CROP,
-        nir_mask: bool = False,
-        max_samples: int | None = None,
-        check_files: bool = True,
-        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
-    ) -> None:
-        if crop_left < 0:
-            raise DataError(f"crop_left must be >= 0, got {crop_left}")
-        self.crop_left = int(crop_left)
-        self.nir_mask = bool(nir_mask)
-        super().__init__(root, split, modalities, transform, specs=specs,
-                         max_samples=max_samples, check_files=check_files)
+    Options = MCubeSOptions
+    options: MCubeSOptions
 
     @classmethod
     def splits_in(cls, root: Path) -> list[str]:
         """The list files in ``list_folder/`` (without ``all``, the union of the others)."""
-        lists = list_file_splits(root / LIST_DIR)
+        lists = super().splits_in(root)
         return [s for s in lists if s != "all"] or lists
 
     def list_file(self) -> Path:
@@ -227,8 +211,7 @@ class MCubeS(MultimodalDataset):
         return self.root / folder / f"{name}{ext}"
 
     def _index(self) -> list[SampleRecord]:
-        lst, names = read_required_split("MCubeS", self.split, self.root / LIST_DIR,
-                                         "; expected root/list_folder/{split}.txt")
+        lst, names = self.read_split_names("; expected root/list_folder/{split}.txt")
         return [
             SampleRecord(
                 id=name,
@@ -243,25 +226,26 @@ class MCubeS(MultimodalDataset):
         files = super().record_files(record)
         if "aolp" in self.modalities:
             files.insert(self.modalities.index("aolp") + 1, ("aolp:cos", self.file_path(record.id, "aolp:cos")))
-        if self.nir_mask:
+        if self.options.nir_mask:
             files.append(("nir_mask", self.file_path(record.id, "nir_mask")))
         return files
 
     # ------------------------------------------------------------------ reading
     def _crop(self, x: torch.Tensor | np.ndarray, path: Path, key: str):
         width = x.shape[-1] if isinstance(x, torch.Tensor) else x.shape[1]
-        if self.crop_left == 0:
+        crop = self.options.crop_left
+        if crop == 0:
             return x
-        if width <= self.crop_left:
+        if width <= crop:
             raise DataError(
-                f"image is {width} px wide, not wider than the {self.crop_left} columns "
+                f"image is {width} px wide, not wider than the {crop} columns "
                 "cropped from the left (MCubeS images are 1224 wide)",
                 path=path,
                 modality=key,
             )
         if isinstance(x, torch.Tensor):
-            return x[..., self.crop_left :].contiguous()
-        return x[:, self.crop_left :]
+            return x[..., crop:].contiguous()
+        return x[:, crop:]
 
     def read_modality(self, record: SampleRecord, modality: str) -> torch.Tensor:
         """Read one modality, cropped: ``float32 [3, H, W - crop_left]``.
@@ -292,7 +276,7 @@ class MCubeS(MultimodalDataset):
         """Cropped label ``int64 [H, W - crop_left]``; with ``nir_mask`` invalid NIR -> 255."""
         assert record.label is not None
         lab = self._crop(self.read_label(record.label), record.label, LABEL_KEY)
-        if self.nir_mask:
+        if self.options.nir_mask:
             mpath = self.file_path(record.id, "nir_mask")
             mask = self._crop(read_image(mpath, modality="nir_mask"), mpath, "nir_mask")
             if mask.shape[:2] != tuple(lab.shape):

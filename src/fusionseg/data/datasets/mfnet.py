@@ -28,27 +28,19 @@ or ``"night"``. 1569 images: 784 train / 392 val / 393 test; the reference code 
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from fusionseg.data.io import DataError
 from fusionseg.data.modalities import ModalitySpec, get_spec
-from fusionseg.data.sample import Sample
 
-from .base import (
-    MultimodalDataset,
-    SampleRecord,
-    files_by_stem,
-    list_file_splits,
-    read_required_split,
-    register_dataset,
-)
+from .base import MultimodalDataset, SampleRecord, StemFiles, register_dataset
+from .options import DatasetOptions
 
-__all__ = ["MFNET_CLASSES", "MFNET_PALETTE", "MFNET_SPECS", "MFNet"]
+__all__ = ["MFNET_CLASSES", "MFNET_PALETTE", "MFNET_SPECS", "MFNet", "MFNetOptions"]
 
 MFNET_CLASSES: list[str] = [
     "unlabeled",
@@ -116,6 +108,12 @@ def _detect_layout(root: Path) -> str:
     )
 
 
+class MFNetOptions(DatasetOptions):
+    """The options of :class:`MFNet` (``data.options`` of a run config)."""
+
+    layout: Literal["auto", "rgba", "split"] = Field(
+        "auto", description="auto (from the folders), rgba (images/) or split (rgb/ + ther/)")
+
 @register_dataset("mfnet")
 class MFNet(MultimodalDataset):
     """The MFNet RGB-T dataset in either layout (see the module docstring).
@@ -128,11 +126,12 @@ class MFNet(MultimodalDataset):
             ``test_day``, ``test_night``).
         modalities: any of ``rgb, thermal`` (default both).
         transform: applied to each Sample.
-        layout: ``"auto"``, ``"rgba"`` or ``"split"``.
-        max_samples: keep the first ``max_samples`` names of the list.
-        check_files: check every sample's files when the dataset is built (see
-            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
-        specs: per-modality spec overrides (on top of the layout's).
+        **options: :class:`MFNetOptions`: ``layout`` (``"auto"``, ``"rgba"`` or
+            ``"split"``), and the common ``max_samples`` (the first names of the list),
+            ``check_files``, ``specs`` (on top of the layout's).
+
+    Attributes:
+        layout: the layout read, ``"rgba"`` or ``"split"`` (``auto`` resolved).
 
     Raises:
         DataError: missing root, unrecognized layout, missing or empty list file; per sample:
@@ -147,42 +146,27 @@ class MFNet(MultimodalDataset):
     check_bit_depths: dict[str, tuple[int, ...]] = {"label": (8,)}
     root_markers = (("images", *SPLIT_RGB_FOLDERS, "ther"), "labels")
     archive_folders = ("ir_seg_dataset", "MFNet")
+    split_list_dir = ""  # the ``*.txt`` lists lie in the root
+    Options = MFNetOptions
+    options: MFNetOptions
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        modalities: Sequence[str] | None = None,
-        transform: Callable[[Sample], Sample] | None = None,
-        *,
-        layout: Literal["auto", "rgba", "split"] = "auto",
-        max_samples: int | None = None,
-        check_files: bool = True,
-        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
-    ) -> None:
-        if layout not in ("auto", "rgba", "split"):
-            raise DataError(f"MFNet layout must be auto, rgba or split; got '{layout}'")
-        root = self.resolve_root(root)
-        if layout == "auto":
-            layout = _detect_layout(root)
-        self.layout = layout if layout != "auto" else "rgba"
+    def _prepare(self) -> None:
+        """The layout (``auto``: detected from the root's folders) and its specs.
+
+        Raises:
+            DataError: ``auto`` and neither layout's folders in the root.
+        """
+        layout = self.options.layout
+        self.layout = _detect_layout(self.root) if layout == "auto" else layout
         self.default_specs = MFNET_SPECS[self.layout]
-        super().__init__(root, split, modalities, transform, specs=specs,
-                         max_samples=max_samples, check_files=check_files)
-
-    @classmethod
-    def splits_in(cls, root: Path) -> list[str]:
-        """The ``*.txt`` list files in ``root``."""
-        return list_file_splits(root)
 
     def _index(self) -> list[SampleRecord]:
-        lst, names = read_required_split("MFNet", self.split, self.root)
+        lst, names = self.read_split_names()
         folders = dict(MFNET_FOLDERS[self.layout])
         if self.layout == "split":
             folders["rgb"] = next((f for f in SPLIT_RGB_FOLDERS if (self.root / f).is_dir()),
                                   folders["rgb"])
-        found: dict[str, dict[str, Path]] = {}
-        default_ext: dict[str, str] = {}
+        found: dict[str, StemFiles] = {}
         for m in self.modalities:
             folder = self.root / folders[m]
             if not folder.is_dir():
@@ -191,15 +175,10 @@ class MFNet(MultimodalDataset):
                     path=folder,
                     modality=m,
                 )
-            found[m] = files_by_stem(folder, _EXTS)
-            exts = sorted({p.suffix for p in found[m].values()})
-            default_ext[m] = ".png" if not exts or ".png" in exts else exts[0]
+            found[m] = StemFiles.scan(folder, _EXTS)
         records = []
         for name in names:
-            paths = {
-                m: found[m].get(name, self.root / folders[m] / f"{name}{default_ext[m]}")
-                for m in self.modalities
-            }
+            paths = {m: found[m].path(name) for m in self.modalities}
             cond = {"D": "day", "N": "night"}.get(name[-1:].upper())
             records.append(
                 SampleRecord(

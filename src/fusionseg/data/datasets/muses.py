@@ -48,24 +48,24 @@ error. The test split has no public labels (samples come without ``label``).
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field, field_validator
 
 from fusionseg.data.io import DataError, read_image
 from fusionseg.data.modalities import ModalitySpec, NormStats, get_spec
-from fusionseg.data.sample import Sample
 
 from .base import MultimodalDataset, SampleRecord, register_dataset
+from .options import DatasetOptions, one_or_several
 
 __all__ = [
     "CITYSCAPES_CLASSES",
     "CITYSCAPES_PALETTE",
     "MUSES",
+    "MUSESOptions",
     "MUSES_FALLBACK_NORM",
     "MUSES_PNG_SCALE",
     "MUSES_PNG_SHIFT",
@@ -179,6 +179,35 @@ def _load_stats(path: Path, modality: str) -> NormStats | None:
         raise DataError(f"invalid channel statistics file ({err})", path=path, modality=modality) from err
 
 
+class MUSESOptions(DatasetOptions):
+    """The options of :class:`MUSES` (``data.options`` of a run config)."""
+
+    conditions: list[str] | None = Field(
+        None, description="keep only these weathers: clear, fog, rain, snow (one or several)")
+    time_of_day: str | None = Field(None, description="keep only day or night")
+    projection_folder: str = Field(
+        "projected_to_rgb", description="folder of the SDK-projected sensors under the root")
+    projected_format: Literal["auto", ".npz", ".npy", ".png"] = Field(
+        "auto", description="sensor files: auto (what the first sample has) or one extension")
+
+    _names = field_validator("conditions", mode="before")(one_or_several)
+
+    @field_validator("conditions")
+    @classmethod
+    def _weathers(cls, v: list[str] | None) -> list[str] | None:
+        bad = [c for c in v or [] if c not in MUSES_WEATHERS]
+        if bad:
+            raise ValueError(f"unknown MUSES weather(s) {bad} (valid: {', '.join(MUSES_WEATHERS)})")
+        return v
+
+    @field_validator("time_of_day")
+    @classmethod
+    def _time(cls, v: str | None) -> str | None:
+        if v is not None and v not in MUSES_TIMES:
+            raise ValueError(f"unknown MUSES time of day '{v}' (valid: day, night)")
+        return v
+
+
 @register_dataset("muses")
 class MUSES(MultimodalDataset):
     """The MUSES dataset in its SDK-projected form (see the module docstring).
@@ -190,15 +219,16 @@ class MUSES(MultimodalDataset):
         modalities: any of ``rgb, event, lidar, radar`` (default ``["rgb"]``; the others need
             the SDK projection first).
         transform: applied to each Sample.
-        conditions: keep only these weathers (``clear``, ``fog``, ``rain``, ``snow``).
-        time_of_day: keep only ``"day"`` or ``"night"``.
-        projection_folder: folder of the projected sensors under ``root``.
-        projected_format: ``"auto"`` (per modality: whichever of ``.npz``, ``.npy``, ``.png``
-            the first sample has) or one of those extensions.
-        max_samples: keep the first ``max_samples`` samples after filtering.
-        check_files: check every sample's files when the dataset is built (see
-            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
-        specs: per-modality spec overrides (on top of the format's spec).
+        **options: :class:`MUSESOptions`: ``conditions`` (keep only these weathers,
+            ``clear``, ``fog``, ``rain``, ``snow``), ``time_of_day`` (keep only ``"day"`` or
+            ``"night"``), ``projection_folder`` (folder of the projected sensors under
+            ``root``), ``projected_format`` (``"auto"``: per modality, whichever of ``.npz``,
+            ``.npy``, ``.png`` the first sample has; or one of those extensions), and the
+            common ``max_samples`` (applied after filtering), ``check_files``, ``specs`` (on
+            top of the format's spec).
+
+    Attributes:
+        formats: sensor modality -> the file extension read (``auto`` resolved).
 
     Raises:
         DataError: missing root or ``frame_camera/{split}``, missing projection folder for a
@@ -221,45 +251,13 @@ class MUSES(MultimodalDataset):
     root_markers = ("frame_camera",)
     archive_folders = ("muses",)
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        modalities: Sequence[str] | None = None,
-        transform: Callable[[Sample], Sample] | None = None,
-        *,
-        conditions: Sequence[str] | None = None,
-        time_of_day: str | None = None,
-        projection_folder: str = "projected_to_rgb",
-        projected_format: Literal["auto", ".npz", ".npy", ".png"] = "auto",
-        max_samples: int | None = None,
-        check_files: bool = True,
-        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
-    ) -> None:
-        if isinstance(conditions, str):
-            conditions = [conditions]
-        bad = [c for c in conditions or [] if c not in MUSES_WEATHERS]
-        if bad:
-            raise DataError(
-                f"unknown MUSES weather(s) {bad} (valid: {', '.join(MUSES_WEATHERS)})", path=root
-            )
-        if time_of_day is not None and time_of_day not in MUSES_TIMES:
-            raise DataError(
-                f"unknown MUSES time of day '{time_of_day}' (valid: day, night)", path=root
-            )
-        if projected_format != "auto" and projected_format not in _FORMATS:
-            raise DataError(
-                f"projected_format must be auto, {', '.join(_FORMATS)}; got '{projected_format}'"
-            )
-        self.condition_filter = list(conditions) if conditions is not None else None
-        self.time_of_day = time_of_day
-        self.projection_folder = projection_folder
-        self.projected_format = projected_format
+    Options = MUSESOptions
+    options: MUSESOptions
+
+    def _prepare(self) -> None:
+        """Empty per-instance format state (filled when the split is indexed)."""
         self.formats: dict[str, str] = {}
-        self._user_specs = specs
         self.check_bit_depths = dict(type(self).check_bit_depths)
-        super().__init__(root, split, modalities, transform, specs=specs,
-                         max_samples=max_samples, check_files=check_files)
 
     @classmethod
     def splits_in(cls, root: Path) -> list[str]:
@@ -269,7 +267,7 @@ class MUSES(MultimodalDataset):
 
     def sensor_dir(self, modality: str) -> Path:
         """``root/{projection_folder}/{sensor}/{split}`` for a sensor modality."""
-        return self.root / self.projection_folder / MUSES_SENSORS[modality] / self.split
+        return self.root / self.options.projection_folder / MUSES_SENSORS[modality] / self.split
 
     def _index(self) -> list[SampleRecord]:
         cam = self.root / "frame_camera" / self.split
@@ -282,22 +280,23 @@ class MUSES(MultimodalDataset):
         rels = sorted(p.relative_to(cam).as_posix() for p in cam.rglob(f"*{_RGB_SUFFIX}"))
         gt_dir = self.root / "gt_semantic" / self.split
         has_gt = gt_dir.is_dir()
+        weathers, time_of_day = self.options.conditions, self.options.time_of_day
         entries = []
         for rel in rels:
             parts = rel.split("/")
             weather = parts[0] if len(parts) >= 3 and parts[0] in MUSES_WEATHERS else None
             tod = parts[1] if len(parts) >= 3 and parts[1] in MUSES_TIMES else None
-            if self.condition_filter is not None and weather not in self.condition_filter:
+            if weathers is not None and weather not in weathers:
                 continue
-            if self.time_of_day is not None and tod != self.time_of_day:
+            if time_of_day is not None and tod != time_of_day:
                 continue
             entries.append((rel[: -len(_RGB_SUFFIX)], weather, tod))
         if not entries:
             what = f"split '{self.split}'"
-            if self.condition_filter is not None:
-                what += f", weathers {self.condition_filter}"
-            if self.time_of_day is not None:
-                what += f", {self.time_of_day}"
+            if weathers is not None:
+                what += f", weathers {weathers}"
+            if time_of_day is not None:
+                what += f", {time_of_day}"
             raise DataError(f"no MUSES samples (*{_RGB_SUFFIX}) found for {what}", path=cam)
         self._resolve_sensor_formats(entries[0][0])
         records = []
@@ -326,11 +325,11 @@ class MUSES(MultimodalDataset):
                 raise DataError(
                     f"projected {sensor} data not found: run the MUSES SDK's "
                     f"scripts/project_sensors_to_rgb.py --{sensor} (output folder "
-                    f"'{self.projection_folder}')",
+                    f"'{self.options.projection_folder}')",
                     path=folder,
                     modality=m,
                 )
-            fmt = self.projected_format
+            fmt = self.options.projected_format
             if fmt == "auto":
                 fmt = next(
                     (f for f in _FORMATS if (folder / f"{first_stem}_{sensor}{f}").is_file()), ""
@@ -342,10 +341,11 @@ class MUSES(MultimodalDataset):
                     )
                     fmt = found or ".npz"
             self.formats[m] = fmt
-            stats_path = self.root / self.projection_folder / f"channel_statistics_{sensor}.json"
+            stats_path = (self.root / self.options.projection_folder
+                          / f"channel_statistics_{sensor}.json")
             norm = _load_stats(stats_path, m) or MUSES_FALLBACK_NORM[m]
             spec = _sensor_spec(m, fmt, norm)
-            given = (self._user_specs or {}).get(m)
+            given = (self.options.specs or {}).get(m)
             if isinstance(given, ModalitySpec):
                 spec = given
             elif given is not None:

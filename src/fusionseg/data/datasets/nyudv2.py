@@ -38,28 +38,26 @@ Anything else is an error.
 
 from __future__ import annotations
 
-import os
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
+from pydantic import Field
 
 from fusionseg.data.io import DataError
 from fusionseg.data.modalities import ModalitySpec, get_spec
-from fusionseg.data.sample import Sample
 
 from .base import (
     MultimodalDataset,
     SampleRecord,
-    files_by_stem,
-    list_file_splits,
-    read_required_split,
+    StemFiles,
+    decode_void_zero_label,
     register_dataset,
 )
+from .options import DatasetOptions
 
-__all__ = ["NYUDV2_CLASSES", "NYUDV2_LABEL_FORMATS", "NYUDV2_FOLDERS", "NYUDV2_PALETTE", "NYUDV2_SPECS", "NYUDv2"]
+__all__ = ["NYUDV2_CLASSES", "NYUDV2_LABEL_FORMATS", "NYUDV2_FOLDERS", "NYUDV2_PALETTE",
+           "NYUDV2_SPECS", "NYUDv2", "NYUDv2Options"]
 
 NYUDV2_CLASSES: list[str] = [
     "wall",
@@ -139,6 +137,12 @@ _EXTS = (".png", ".jpg", ".jpeg")
 NYUDV2_LABEL_FORMATS: tuple[str, ...] = ("1-40", "0-39")
 
 
+class NYUDv2Options(DatasetOptions):
+    """The options of :class:`NYUDv2` (``data.options`` of a run config)."""
+
+    label_format: Literal["1-40", "0-39"] = Field(
+        "1-40", description="1-40 (0 = void, 1..40 = classes) or 0-39 (255 = void; AsymFusion/CEN)")
+
 @register_dataset("nyudv2")
 class NYUDv2(MultimodalDataset):
     """The NYUDv2 40-class RGB-D dataset (see the module docstring).
@@ -150,13 +154,10 @@ class NYUDv2(MultimodalDataset):
         split: a list file in ``root`` without ``.txt`` (``train``, ``test``).
         modalities: any of ``rgb, hha, depth`` (default ``["rgb", "depth"]``).
         transform: applied to each Sample.
-        max_samples: keep the first ``max_samples`` names of the list.
-        check_files: check every sample's files when the dataset is built (see
-            :class:`~fusionseg.data.datasets.base.MultimodalDataset`); False skips it.
-        specs: per-modality spec overrides.
-        label_format: ``"1-40"`` (default: 0 = void, 1..40 = classes) or ``"0-39"`` (0..39 =
-            classes, 255 = void: the release masks of AsymFusion / CEN); see the module
-            docstring.
+        **options: :class:`NYUDv2Options`: ``label_format`` (``"1-40"``, the default: 0 =
+            void, 1..40 = classes; or ``"0-39"``: 0..39 = classes, 255 = void, the release
+            masks of AsymFusion / CEN; see the module docstring), and the common
+            ``max_samples`` (the first names of the list), ``check_files``, ``specs``.
 
     Raises:
         DataError: missing root, list file or a selected modality's folder (naming it); an
@@ -177,36 +178,16 @@ class NYUDv2(MultimodalDataset):
     check_bit_depths: dict[str, tuple[int, ...]] = {"label": (8,)}
     root_markers = (LABEL_FOLDERS, ("RGB", "HHA", "Depth"))
     archive_folders = ("NYUDepthv2", "NYUDv2")
+    split_list_dir = ""  # the ``*.txt`` lists lie in the root
 
-    def __init__(
-        self,
-        root: str | os.PathLike,
-        split: str,
-        modalities: Sequence[str] | None = None,
-        transform: Callable[[Sample], Sample] | None = None,
-        *,
-        max_samples: int | None = None,
-        check_files: bool = True,
-        specs: Mapping[str, ModalitySpec | Mapping[str, Any]] | None = None,
-        label_format: Literal["1-40", "0-39"] = "1-40",
-    ) -> None:
-        if label_format not in NYUDV2_LABEL_FORMATS:
-            raise DataError(f"NYUDv2 label_format must be one of "
-                            f"{', '.join(map(repr, NYUDV2_LABEL_FORMATS))}, got {label_format!r}")
-        self.label_format = label_format
-        self._warned_255 = False
-        super().__init__(root, split, modalities, transform, specs=specs,
-                         max_samples=max_samples, check_files=check_files)
-
-    @classmethod
-    def splits_in(cls, root: Path) -> list[str]:
-        """The ``*.txt`` list files in ``root``."""
-        return list_file_splits(root)
+    Options = NYUDv2Options
+    options: NYUDv2Options
+    #: set on the instance once the "1-40" label with raw 255 warning is given
+    _warned_255: bool = False
 
     def _index(self) -> list[SampleRecord]:
-        lst, names = read_required_split("NYUDv2", self.split, self.root)
-        found: dict[str, dict[str, Path]] = {}
-        default_ext: dict[str, str] = {}
+        lst, names = self.read_split_names()
+        found: dict[str, StemFiles] = {}
         folders = dict(NYUDV2_FOLDERS)
         folders["label"] = next((f for f in LABEL_FOLDERS if (self.root / f).is_dir()),
                                 folders["label"])
@@ -216,30 +197,19 @@ class NYUDv2(MultimodalDataset):
                 raise DataError(
                     f"NYUDv2 folder '{folders[m]}' not found", path=folder, modality=m
                 )
-            found[m] = files_by_stem(folder, _EXTS)
-            exts = sorted({p.suffix for p in found[m].values()})
-            default_ext[m] = ".jpg" if m == "rgb" else ".png"
-            if exts and default_ext[m] not in exts:
-                default_ext[m] = exts[0]
+            found[m] = StemFiles.scan(folder, _EXTS, preferred=".jpg" if m == "rgb" else ".png")
         records = []
         for name in names:
-            paths = {
-                m: found[m].get(name, self.root / folders[m] / f"{name}{default_ext[m]}")
-                for m in self.modalities
-            }
-            label = found["label"].get(
-                name, self.root / folders["label"] / f"{name}{default_ext['label']}"
-            )
-            records.append(
-                SampleRecord(id=name, paths=paths, label=label, extra={"list_file": lst})
-            )
+            paths = {m: found[m].path(name) for m in self.modalities}
+            records.append(SampleRecord(id=name, paths=paths, label=found["label"].path(name),
+                                        extra={"list_file": lst}))
         return records
 
     def decode_label(self, raw: np.ndarray) -> np.ndarray:
         """Channel 0, by ``label_format``: "1-40": raw 0 (void) and 255 -> ignore 255, raw
         1..40 -> 0..39; "0-39": raw 0..39 as they are, raw 255 -> ignore, 40..254 an error."""
         r = raw[:, :, 0].astype(np.int64)
-        if self.label_format == "0-39":
+        if self.options.label_format == "0-39":
             bad = (r >= len(NYUDV2_CLASSES)) & (r != 255)
             if bad.any():
                 vals = np.unique(r[bad])[:10].tolist()
@@ -251,8 +221,6 @@ class NYUDv2(MultimodalDataset):
             out = r.copy()
             out[r == 255] = self.ignore_index
             return out
-        out = r - 1
-        void = r == 0
         if not self._warned_255 and bool((r == 255).any()):
             self._warned_255 = True
             warnings.warn(
@@ -262,5 +230,4 @@ class NYUDv2(MultimodalDataset):
                 "shifts every other class by one. If your Label/ files are those masks, set "
                 "data.options.label_format: '0-39' (reported once per dataset)",
                 UserWarning, stacklevel=2)
-        out[void | (r == 255)] = self.ignore_index
-        return out
+        return decode_void_zero_label(raw, self.ignore_index)
