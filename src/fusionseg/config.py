@@ -49,7 +49,9 @@ class ModelConfig(_Strict):
     model_config = ConfigDict(extra="allow", protected_namespaces=())
 
     name: str = "sum_fusion"
-    backbone: str = "mit_b0"
+    #: encoder name; None (unset): the method's own default (``fusionseg info METHOD``),
+    #: filled in when the config is read
+    backbone: str | None = None
     modalities: list[str] = Field(default_factory=lambda: ["rgb"])
     num_classes: int | None = None  # None: taken from the dataset
     #: encoder weights: a local file / Hugging Face folder, or a catalogue name (``fusionseg
@@ -68,11 +70,14 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_method_options(self) -> ModelConfig:
-        from .models.registry import MODELS, validate_model_options  # imports torch
+        from .models.registry import MODELS, options_of, validate_model_options  # imports torch
 
         if self.name not in MODELS:  # a model registered later: create_model checks it
             return self
-        values = self.model_dump()
+        options = options_of(self.name)
+        if self.backbone is None and options is not None and "backbone" in options.model_fields:
+            self.backbone = options.model_fields["backbone"].default
+        values = self.to_dict()
         values.pop("name")
         values.pop("grad_checkpointing", None)
         if values["num_classes"] is None:  # taken from the dataset later
@@ -81,8 +86,12 @@ class ModelConfig(_Strict):
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """Return the dict for ``create_model`` (extra builder keys included)."""
-        return self.model_dump()
+        """Return the dict for ``create_model`` (extra builder keys included; an unset
+        ``backbone`` left out, so the method's default applies)."""
+        out = self.model_dump()
+        if out.get("backbone") is None:
+            out.pop("backbone", None)
+        return out
 
 
 class MisalignConfig(_Strict):

@@ -177,3 +177,14 @@ def test_backbone_options_keep_the_declared_order_and_shared_types():
     bb = o.build_backbone()
     assert isinstance(bb, MixVisionTransformer) and bb.embed_dims == list(MIT_TINY["embed_dims"])
     assert all(isinstance(blk.drop_path, torch.nn.Identity) for blk in bb.blocks_of(3))
+
+
+@pytest.mark.parametrize("name", ["sum_fusion", "stitchfusion", "mle_sam", "mobanet",
+                                  "asymfusion"])
+def test_an_unset_backbone_is_the_methods_own_default(name):
+    """``model.backbone`` left out of a config means the method's default (not MiT-B0 for
+    every method), filled in when the config is read and passed on to create_model."""
+    cfg = config_from_dict({"model": {"name": name, "modalities": ["rgb", "depth"]}})
+    default = options_of(name).model_fields["backbone"].default
+    assert cfg.model.backbone == default and cfg.model.to_dict()["backbone"] == default
+    assert {"sum_fusion": "mit_b0", "asymfusion": "resnet101"}.get(name, default) == default
