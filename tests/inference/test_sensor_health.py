@@ -401,7 +401,7 @@ def test_onnx_model_refuses_a_frame_with_a_dead_exported_input(setup):
 
     ckpt, frames, tmp = setup
     onnx_file = tmp / "m.onnx"
-    export_onnx(ckpt, onnx_file, size=(32, 32), check=False)
+    export_onnx(ckpt, onnx_file, size=(32, 32), check=False, exporter="torchscript")
     inputs = [f"{m}={frames / m}/f[01].*" for m in MODALITIES]
     with pytest.raises(PredictionIncomplete) as info:
         predict(None, inputs, tmp / "onnx", onnx=onnx_file)
@@ -415,6 +415,7 @@ def test_onnx_model_refuses_a_frame_with_a_dead_exported_input(setup):
                                                        ["f1", "zero", "ok", "ok"]]
     # exported without rgb: a dead rgb is not an input, the frame runs on depth + thermal
     sub = tmp / "sub.onnx"
-    export_onnx(ckpt, sub, modalities=["depth", "thermal"], size=(32, 32), check=False)
+    export_onnx(ckpt, sub, modalities=["depth", "thermal"], size=(32, 32), check=False,
+                exporter="torchscript")
     summary = predict(None, inputs, tmp / "onnx_sub", onnx=sub)
     assert summary.written == ["f0", "f1"] and summary.dead[0].used == ("depth", "thermal")
