@@ -8,6 +8,8 @@ the tests and the contract sweep build the same small models::
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -60,6 +62,11 @@ def run_cli_eval(config, sets: list[str], ckpt) -> dict:
     written = sorted(ckpt.parent.glob(f"{ckpt.stem}_eval_*.json"))
     assert len(written) == 1, written
     return json.loads(written[0].read_text())
+
+
+# train.precision: auto must not depend on the machine the suite runs on (bf16 on a CPU with
+# AVX-512 BF16 / AMX): pinned to fp32 here, for subprocesses too; tests of auto unset it
+os.environ.setdefault("FUSIONSEG_AUTO_PRECISION", "32-true")
 
 
 @pytest.fixture(autouse=True, scope="session")

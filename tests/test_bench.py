@@ -83,8 +83,9 @@ def test_flops_count_cpu_attention():
 def test_precision_resolution_and_autocast():
     from fusionseg.runtime import autocast, resolve_precision
 
+    # unset = auto, pinned to 32-true by conftest (tests/engine/test_precision.py fakes hardware)
     assert resolve_precision(None, "cpu") == "32-true"
-    assert resolve_precision(None, "cuda") == "bf16-mixed"
+    assert resolve_precision(None, "cuda") == "32-true"
     assert resolve_precision("32", "cpu") == "32-true"
     assert resolve_precision("16-mixed", "cpu", strict=False) == "bf16-mixed"
     with pytest.raises(ValueError, match="needs a CUDA GPU"):

@@ -132,7 +132,7 @@ def measure(
     flops: bool = True,
     lr: float = 6e-5,
     ignore_index: int = 255,
-    precision: str | None = None,
+    precision: str | None = "auto",
 ) -> dict[str, Any]:
     """Benchmark ``model`` on a batch (``batch``, or a fresh one from ``batch_fn()`` per step).
 
@@ -144,9 +144,10 @@ def measure(
         steps / warmup: timed and untimed iterations for latency and training.
         inference / train / flops: which parts to measure.
         lr: AdamW learning rate of the training steps.
-        precision: ``32`` / ``bf16-mixed`` / ``16-mixed`` (GPU), see
-            :func:`fusionseg.runtime.autocast`; ``None``: bf16-mixed on GPU, 32 on CPU. The
-            forward passes run under autocast, the loss in float32.
+        precision: ``auto`` / ``32`` / ``bf16-mixed`` / ``16-mixed`` (GPU), see
+            :func:`fusionseg.runtime.autocast`; ``auto`` (or ``None``): bf16-mixed where the
+            hardware runs it natively, 32 elsewhere (:func:`fusionseg.runtime.auto_precision`).
+            The forward passes run under autocast, the loss in float32.
 
     Returns:
         dict with ``params_total``, ``params_trainable``, ``device``, ``batch_size``,

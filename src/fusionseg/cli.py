@@ -108,6 +108,9 @@ def _fmt(v: float | None) -> str:
 def print_results(res: dict) -> None:
     """Print the overall, per-class, per-condition and missing-modality tables."""
     ov = res["overall"]
+    if res.get("precision"):
+        why = f" ({res['precision_reason']})" if res.get("precision_reason") else ""
+        console.print(f"precision: {res['precision']}{why}", markup=False, highlight=False)
     convention = {"nanmean": "mIoU over the classes present (nanmean)",
                   "zero": "mIoU over every class, absent ones 0"}.get(res.get("miou", ""), "")
     t = Table(title=f"{res['dataset']} {res['split']} ({'+'.join(res['modalities'])})")
@@ -367,7 +370,8 @@ def bench(config: Path, set: SetOpt = None,
           num_classes: Annotated[int | None, typer.Option(help="classes if not in config")]
           = None,
           precision: Annotated[str | None, typer.Option(
-              help="32, bf16-mixed or 16-mixed (GPU); default: train.precision of the config")]
+              help="auto, 32, bf16-mixed or 16-mixed (GPU); default: train.precision of the "
+                   "config (auto: bf16-mixed where the hardware runs it natively)")]
           = None,
           json_out: Annotated[Path | None, typer.Option(
               "--json", help="also write the metrics to this JSON file")] = None):

@@ -224,7 +224,11 @@ class TrainConfig(_Strict):
     devices: int | str = 1
     num_nodes: int = 1
     strategy: str = "auto"
-    precision: str | None = None  # None: bf16-mixed on GPU, 32 on CPU
+    #: Lightning's name (32, bf16-mixed, 16-mixed) or auto (None too): bf16-mixed where the
+    #: hardware runs bf16 natively (a CUDA GPU with bf16, a CPU with AMX or AVX-512 BF16), 32
+    #: elsewhere (:func:`fusionseg.runtime.auto_precision`); the resolved value is printed at
+    #: the start of a run and stored in its checkpoints (``fusionseg_precision``)
+    precision: str | None = "auto"
     accumulate_grad_batches: int = 1
     gradient_clip_val: float | None = None
     val_every_n_epochs: int = 1

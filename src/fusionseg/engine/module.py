@@ -300,6 +300,8 @@ class SegmentationModule(L.LightningModule):
     # -- checkpoints ----------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["fusionseg_config"] = self.cfg.model_dump(mode="json")
+        # the precision the run trained at (train.precision: auto resolved on this hardware)
+        checkpoint["fusionseg_precision"] = str(self.trainer.precision)
         checkpoint["fusionseg_classes"] = self.class_names
         checkpoint["fusionseg_palette"] = self.palette
         checkpoint["fusionseg_conditions"] = self.conditions

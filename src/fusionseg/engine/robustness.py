@@ -41,22 +41,36 @@ so the same checkpoint and data give the same numbers (and JSON bytes) in any ba
 order. :class:`ScenarioEvaluator` accumulates a confusion matrix per scenario, overall and per
 condition, in one pass over the data; :func:`protocol_results` turns it into the JSON of each
 protocol.
+
+Methods whose modality streams are independent until fusion
+(:attr:`fusionseg.models.segmentor.Segmentor.independent_streams`: sum fusion, MLE-SAM) are
+not re-encoded per subset: with a :class:`StreamReuse` (:func:`stream_reuse`), each batch's
+modalities are encoded once and every EMM / RMM scenario (and the clean one) fuses and decodes
+those features, encoding only the modalities the scenario corrupts (RMM's failed ones). The
+logits are those of the per-scenario forward pass, bit for bit: where an encoder batches the
+streams (sum fusion's ``batch_modalities``, MLE-SAM's trunk), a stream's maps can depend in
+the last bits on which other streams share the batch (the matmul kernels block the rows of the
+whole batch), so the first batch of every input shape checks that they do not (see
+:meth:`ScenarioEvaluator.update`) and the shapes where they do are evaluated without reuse.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
+import warnings
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from ..data.sample import drop_modalities
+from ..data.sample import PRESENT_KEY, drop_modalities
 from ..data.transforms import misalign
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
 from .metrics import confusion_metric, metrics_from_confusion
 
 __all__ = [
@@ -67,6 +81,7 @@ __all__ = [
     "RMM_RATIOS",
     "Scenario",
     "ScenarioEvaluator",
+    "StreamReuse",
     "SubsetEvaluator",
     "bernoulli_expectation",
     "drop_random_pixels",
@@ -77,6 +92,7 @@ __all__ = [
     "protocol_results",
     "protocol_scenarios",
     "salt_and_pepper",
+    "stream_reuse",
     "subset_name",
 ]
 
@@ -217,6 +233,12 @@ class Scenario:
             return "clean"
         return self.key
 
+    @property
+    def reuses_streams(self) -> bool:
+        """True for the clean, EMM and RMM scenarios: each modality is fed unchanged, removed,
+        or (RMM) corrupted on its own, so independent streams' features can be reused."""
+        return self.density == 0 and self.std == 0 and self.shift == 0 and self.rotation == 0
+
     def apply(self, batch: dict, modalities: Sequence[str], sample_ids: Sequence[str],
               seed: int = 0) -> dict:
         """The batch as this scenario feeds it (CPU tensors; ``batch`` is not modified).
@@ -301,6 +323,98 @@ def protocol_scenarios(modalities: Sequence[str], protocols: Iterable[str]) -> l
     return out
 
 
+@dataclass(frozen=True)
+class StreamReuse:
+    """Per-modality encoding and decoding of a model with independent streams.
+
+    Attributes:
+        encode: ``batch -> {modality: features}`` (``Segmentor.encode_streams``, in the
+            evaluation's precision).
+        predict: ``(batch, features) -> logits [B, K, H, W]`` (float32): the fusion and heads
+            on the features of ``batch``'s modalities (``Segmentor.forward_from_streams``).
+    """
+
+    encode: Callable[[dict], dict[str, Any]]
+    predict: Callable[[dict, Mapping[str, Any]], torch.Tensor]
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Bitwise equality of two features (tensors, or lists / tuples of them)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return (isinstance(b, (list, tuple)) and len(a) == len(b)
+                and all(_same(x, y) for x, y in zip(a, b, strict=True)))
+    return False
+
+
+def streams_compose(reuse: StreamReuse, batch: dict, modalities: Sequence[str],
+                    streams: Mapping[str, Any]) -> bool:
+    """Whether each modality's features in ``streams`` (``reuse.encode(batch)``) are the
+    bits ``reuse.encode`` gives for any other set of ``batch``'s modalities.
+
+    The encoder batch of a subset of ``k`` modalities puts each at one of ``k`` positions;
+    the float operations a kernel runs on a row depend on the batch's shape and the row's
+    position, not on the values. So it suffices that each modality alone, and each position
+    of the batches of the first ``k`` modalities (``k = 2 .. N - 1``), give the features of
+    the full batch: ``N + (N - 1) N / 2 - 1`` modality batches of encoding, once per shape.
+    ``False`` also when a probe batch cannot be encoded (a sample with none of its modalities
+    present).
+    """
+    mods = [m for m in modalities if m in batch]
+    probes = [[m] for m in mods] + [mods[:k] for k in range(2, len(mods))]
+    for keep in probes:
+        try:
+            part = reuse.encode(drop_modalities(batch, keep, modalities=modalities))
+        except DataError:
+            return False
+        if any(m not in streams or not _same(f, streams[m]) for m, f in part.items()):
+            return False
+    return True
+
+
+def stream_reuse(model: torch.nn.Module, inference: Mapping[str, Any] | None = None,
+                 context: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+                 ) -> StreamReuse | None:
+    """A :class:`StreamReuse` of ``model`` (in eval mode), or ``None`` where there is none.
+
+    ``None`` (every scenario then runs the evaluation's ``predict``) when the model does not
+    declare :attr:`~fusionseg.models.segmentor.Segmentor.independent_streams`, or when the
+    inference is not one plain forward pass: ``inference`` (the keywords of
+    :func:`fusionseg.models.inference_modes.predict_logits`) with a ``mode`` other than
+    ``"whole"``, ``scales`` other than ``[1.0]`` or ``flip``. Under those, ``predict_logits``
+    is ``logits_of(model(batch)).float()``, which :attr:`StreamReuse.predict` reproduces bit
+    for bit as long as each stream's features do not depend on the other streams in its
+    encoder batch; :meth:`ScenarioEvaluator.update` checks that once per input shape.
+
+    Args:
+        context: a context manager factory entered around every model call (the evaluation's
+            autocast).
+    """
+    if not getattr(model, "independent_streams", False):
+        return None
+    if inference is not None and (
+            inference.get("mode", "whole") != "whole"
+            or [float(s) for s in inference.get("scales", (1.0,))] != [1.0]
+            or inference.get("flip", False)):
+        return None
+
+    def encode(batch: dict) -> dict[str, Any]:
+        with context():
+            return model.encode_streams(batch)
+
+    def predict(batch: dict, streams: Mapping[str, Any]) -> torch.Tensor:
+        with context():
+            logits = model.forward_from_streams(batch, streams)
+        return logits.float()
+
+    return StreamReuse(encode, predict)
+
+
+def _to(batch: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    return {k: (v.to(device) if isinstance(v, torch.Tensor) else v) for k, v in batch.items()}
+
+
 class ScenarioEvaluator:
     """Confusion matrices of one model over scenarios, overall and per condition.
 
@@ -326,22 +440,44 @@ class ScenarioEvaluator:
         self.cms = {k: confusion_metric(num_classes, ignore_index) for k in self._compute}
         self.cond_cms: dict[str, dict[str, Any]] = {k: {} for k in self._compute}
         self._seen = 0
+        #: per input shape: whether stream reuse gives the per-scenario bits there
+        self.reuse_checked: dict[tuple, bool] = {}
+        #: scenarios that can share the clean streams (reuse pays only for two or more)
+        self.reusable = [k for k, s in self._compute.items() if s.reuses_streams]
 
     def update(self, batch: dict, predict: Callable[[dict], torch.Tensor],
-               device: torch.device | str = "cpu") -> None:
+               device: torch.device | str = "cpu", reuse: StreamReuse | None = None) -> None:
         """Run ``predict(batch') -> logits [B, K, H, W]`` for every scenario's version of
-        ``batch`` (moved to ``device``) and accumulate against ``batch["label"]``."""
+        ``batch`` (moved to ``device``) and accumulate against ``batch["label"]``.
+
+        With ``reuse`` (:func:`stream_reuse`), the scenarios that allow it
+        (:attr:`Scenario.reuses_streams`) give the same logits from ``batch``'s modalities
+        encoded once (``reuse.encode``) plus the modalities the scenario corrupts, encoded
+        for it. The first batch of each input shape checks that the streams' features do not
+        depend on their encoder batch (:func:`streams_compose`); where they do (a warning says
+        so), and for a scenario whose corrupted modalities cannot be encoded on their own (a
+        sample with none of them present), ``predict`` runs; so it does for every scenario
+        when fewer than two scenarios can share the features (a plain evaluation)."""
         label = batch["label"]
         metas = batch.get("meta") or []
         b = label.shape[0]
         ids = [str(m.get("id", self._seen + j)) if isinstance(m, dict) else str(self._seen + j)
                for j, m in enumerate(metas)] or [str(self._seen + j) for j in range(b)]
         self._seen += b
+        streams: dict[str, Any] | None = None
+        if len(self.reusable) < 2:
+            reuse = None
         for key, s in self._compute.items():
             sub = s.apply(batch, self.modalities, ids, self.seed)
-            sub = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
-                   for k, v in sub.items()}
-            pred = predict(sub).argmax(1).cpu()
+            changed = [m for m in self.modalities if m in sub and sub[m] is not batch.get(m)]
+            sub = _to(sub, device)
+            logits = None
+            if reuse is not None and s.reuses_streams:
+                if streams is None:
+                    streams = self._clean_streams(_to(batch, device), reuse)
+                if streams:
+                    logits = self._reused_logits(sub, changed, streams, reuse)
+            pred = (predict(sub) if logits is None else logits).argmax(1).cpu()
             self.cms[key].update(pred, label)
             if not self.per_condition:
                 continue
@@ -350,6 +486,41 @@ class ScenarioEvaluator:
                 if c not in self.cond_cms[key]:
                     self.cond_cms[key][c] = confusion_metric(self.num_classes, self.ignore_index)
                 self.cond_cms[key][c].update(pred[j:j + 1], label[j:j + 1])
+
+    def _clean_streams(self, batch: dict, reuse: StreamReuse) -> dict[str, Any]:
+        """``reuse.encode(batch)``, or ``{}`` (no reuse) for an input shape where the
+        features depend on the encoder batch (checked on its first batch)."""
+        shape = tuple((m, tuple(batch[m].shape), str(batch[m].dtype)) for m in self.modalities
+                      if isinstance(batch.get(m), torch.Tensor))
+        if self.reuse_checked.get(shape) is False:
+            return {}
+        streams = reuse.encode(batch)
+        if shape not in self.reuse_checked:
+            ok = streams_compose(reuse, batch, self.modalities, streams)
+            self.reuse_checked[shape] = ok
+            if not ok:
+                warnings.warn(f"inputs {shape}: a modality's features depend on the other "
+                              "modalities in the encoder batch (or a probe cannot run); "
+                              "evaluating every missing-modality scenario with its own "
+                              "forward pass", stacklevel=3)
+                return {}
+        return streams
+
+    @staticmethod
+    def _reused_logits(sub: dict, changed: Sequence[str], streams: dict[str, Any],
+                       reuse: StreamReuse) -> torch.Tensor | None:
+        """Logits of the scenario batch ``sub`` from the clean ``streams`` and the modalities
+        ``changed`` by the scenario encoded anew; ``None`` when those cannot be encoded
+        without the others (a sample with none of them present)."""
+        if changed:
+            only = {m: sub[m] for m in changed}
+            if PRESENT_KEY in sub:
+                only[PRESENT_KEY] = sub[PRESENT_KEY]
+            try:
+                streams = {**streams, **reuse.encode(only)}
+            except DataError:
+                return None
+        return reuse.predict(sub, streams)
 
     def metrics(self, key: str, miou: str = "nanmean",
                 ignore_classes: Sequence[int] = ()) -> dict[str, Any]:

@@ -32,7 +32,13 @@ from ..models import (
 )
 from ..models.inference_modes import inference_kwargs, predict_logits
 from ..models.weights import read_weights_file, to_model_keys
-from ..runtime import autocast, resolve_precision, setup_threads
+from ..runtime import (
+    autocast,
+    describe_precision,
+    inference_precision,
+    resolve_precision,
+    setup_threads,
+)
 from .checkpoint import AtomicCheckpointIO, atomic_write_json
 from .datamodule import SegDataModule, build_dataset
 from .metrics import confusion_metric, metrics_from_confusion
@@ -45,6 +51,7 @@ from .robustness import (
     protocol_markdown,
     protocol_results,
     protocol_scenarios,
+    stream_reuse,
 )
 
 
@@ -160,10 +167,14 @@ def prepare_for_training(model: torch.nn.Module, cfg: Config) -> torch.nn.Module
     return model
 
 
+def _train_device(cfg: Config) -> str:
+    return "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu"
+
+
 def _precision(cfg: Config) -> str:
-    """Lightning's precision for ``train.precision`` (None: bf16-mixed on GPU, 32 on CPU)."""
-    device = "cuda" if torch.cuda.is_available() and cfg.train.accelerator != "cpu" else "cpu"
-    return resolve_precision(cfg.train.precision, device)
+    """Lightning's precision for ``train.precision`` (``auto``:
+    :func:`fusionseg.runtime.auto_precision` on the training device)."""
+    return resolve_precision(cfg.train.precision, _train_device(cfg))
 
 
 def may_skip_modality_parameters(cfg: Config) -> bool:
@@ -271,7 +282,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     msg = (f"model {cfg.model.name} ({cfg.model.backbone}, modalities "
            f"{'+'.join(cfg.model.modalities)}): {counts['total'] / 1e6:.3f} M parameters, "
            f"{counts['trainable'] / 1e6:.3f} M trainable")
-    for line in [*init_lines, msg]:
+    precision_line = describe_precision(cfg.train.precision, _train_device(cfg))
+    for line in [*init_lines, msg, precision_line]:
         console.print(line, markup=False) if console else print(line)
 
     from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar
@@ -378,8 +390,11 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
              seed: int = 0) -> dict[str, Any]:
     """Evaluate a checkpoint on the validation split.
 
-    The model runs at ``train.precision`` (autocast; None: bf16-mixed on GPU, 32 on CPU), the
-    metrics in float32.
+    The model runs (autocast) at ``train.precision`` when the config sets one other than
+    ``auto``, else at the precision the checkpoint was trained at (``fusionseg_precision``)
+    where this device runs it natively, else at ``auto``'s choice here
+    (:func:`fusionseg.runtime.inference_precision`); the metrics in float32. The result's
+    ``precision`` and ``precision_reason`` say which and why.
 
     Args:
         missing: ``"all"`` or a list of modality subsets to evaluate besides the full set.
@@ -438,12 +453,17 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
                                 per_condition=e.per_condition,
                                 extra_scenarios=protocol_scenarios(full, protocols), seed=seed)
 
-    precision = resolve_precision(cfg.train.precision, device, strict=False)
+    stored = contents.get("fusionseg_precision") if isinstance(contents, dict) else None
+    precision, precision_reason = inference_precision(
+        cfg.train.precision, stored if isinstance(stored, str) else None, device)
 
     def predict(sub: dict) -> torch.Tensor:
         with autocast(precision, device):
             logits = predict_logits(model, sub, **inference_kwargs(e))
         return logits.float()
+
+    # independent streams (sum fusion, MLE-SAM): each modality encoded once per batch
+    reuse = stream_reuse(model, inference_kwargs(e), lambda: autocast(precision, device))
 
     # methods with several outputs (AsymFusion: one per stream + the ensemble) are also scored
     # per output, with every modality present
@@ -452,7 +472,7 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
     for i, batch in enumerate(loader):
         if max_batches is not None and i >= max_batches:
             break
-        evaluator.update(batch, predict, device)
+        evaluator.update(batch, predict, device, reuse=reuse)
         if outputs:
             sub = {k: (v.to(device) if isinstance(v, torch.Tensor) else v)
                    for k, v in batch.items()}
@@ -468,6 +488,7 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         "split": cfg.data.val_split,
         "modalities": list(full),
         "precision": precision,
+        "precision_reason": precision_reason,
         "miou": e.miou,
         "classes": list(ds.classes),
         "overall": {kk: v for kk, v in main.items() if kk != "per_condition"},

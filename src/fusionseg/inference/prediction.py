@@ -41,7 +41,7 @@ from ..config import Config
 from ..data.io import DataError
 from ..errors import ConfigError
 from ..models.inference_modes import inference_kwargs, predict_logits
-from ..runtime import autocast, resolve_precision
+from ..runtime import autocast, inference_precision
 from ..viz import (
     check_video_path,
     class_legend,
@@ -271,6 +271,15 @@ def _predict_samples(ds: Any, n: int, predictor: _Predictor, out_dir: Path, *,
     return summary
 
 
+def _precision(cfg: Config, meta: dict[str, Any]) -> str:
+    """The autocast precision of a torch model on the CPU: ``train.precision`` of the config
+    (``--config``, else the checkpoint's) unless ``auto``, else the checkpoint's training
+    precision (``fusionseg_precision``) where this CPU runs it natively, else ``auto`` here
+    (:func:`fusionseg.runtime.inference_precision`)."""
+    stored = meta.get("fusionseg_precision")
+    return inference_precision(cfg.train.precision, stored if isinstance(stored, str) else None,
+                               "cpu")[0]
+
 def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
             out_dir: str | Path, config: str | Path | None = None, split: str | None = None,
             max_samples: int | None = None, *, onnx: str | Path | None = None,
@@ -376,7 +385,7 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
     palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
     predictor = _Predictor(model=model, cfg=cfg, specs=ds.specs, classes=classes,
                            palette=palette, num_classes=num_classes or len(palette),
-                           precision=resolve_precision(cfg.train.precision, "cpu", strict=False),
+                           precision=_precision(cfg, meta),
                            max_pixels=max_pixels)
     n = len(ds) if max_samples is None else min(len(ds), max_samples)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -403,6 +403,43 @@ class Segmentor(nn.Module):
         none."""
         return []
 
+    # ------------------------------------------------------------------ independent streams
+    #: True when each modality's stream is computed on its own until fusion (no exchange
+    #: between streams inside the encoder): :meth:`encode_streams` and
+    #: :meth:`forward_from_streams` are implemented, and the missing-modality protocols
+    #: (:mod:`fusionseg.engine.robustness`) encode each modality once per batch and reuse its
+    #: features for every subset. False (default): every subset runs :meth:`forward`.
+    independent_streams: bool = False
+
+    def encode_streams(self, batch: Mapping[str, object]) -> dict[str, Any]:
+        """Per-modality features of ``batch`` before fusion, for :meth:`forward_from_streams`.
+
+        ``{name: features}`` for the modalities the encoder runs on (those present in
+        ``batch``, checked and masked as in :meth:`_modality_inputs`), computed as
+        :meth:`forward` computes them for that batch (same encoder batching), so that for a
+        batch ``b`` obtained from ``batch`` by removing modality keys or setting ``present``
+        entries false, ``forward_from_streams(b, encode_streams(batch))`` equals
+        ``forward(b)`` in eval mode, bit for bit.
+
+        Raises:
+            NotImplementedError: a method whose streams are not independent
+                (:attr:`independent_streams` false).
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not encode streams separately")
+
+    def forward_from_streams(self, batch: Mapping[str, object],
+                             streams: Mapping[str, Any]) -> Tensor:
+        """Eval-mode :meth:`forward` of ``batch`` with each present modality's features
+        taken from ``streams`` (:meth:`encode_streams`) instead of encoding its image;
+        logits ``[B, K, H, W]``. ``batch`` still gives the modalities, presence mask and
+        size.
+
+        Raises:
+            NotImplementedError: as :meth:`encode_streams`.
+            KeyError: a modality of ``batch`` has no entry in ``streams``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not encode streams separately")
+
     # ------------------------------------------------------------------ input size
     @property
     def input_multiple(self) -> int:

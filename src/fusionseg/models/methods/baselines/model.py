@@ -157,10 +157,20 @@ class SumFusionSegmentor(Segmentor):
 
         Returns:
             ``[F_1, .., F_4]``, ``F_i: [B, C_i, H_i, W_i]``: ``sum_m mask_m * E_i(x_m) /
-            sum_m mask_m``, per sample.
+            sum_m mask_m``, per sample (or the gate's fusion, ``reduce: gate``).
+        """
+        return self.fuse(inputs, self.stream_features(inputs))
+
+    def fuse(self, inputs: list[ModalityInput], stacked: list[Tensor]) -> list[Tensor]:
+        """The fused stage maps of the streams' maps ``stacked`` (:meth:`stream_features` of
+        ``inputs``: ``S_i [n, B, C_i, H_i, W_i]``), as :meth:`encode` returns them.
+
+        With ``batch_modalities`` and several streams the weighted maps are summed over the
+        stream axis in one reduction, else one stream after the other (the order of the float
+        additions of each path is kept, so either gives the same bits as before).
         """
         if self.fusion_gates is not None:
-            return self.gate_fuse(inputs, self.stream_features(inputs))
+            return self.gate_fuse(inputs, stacked)
         b = inputs[0][1].shape[0]
         masks = [m for _, _, m in inputs]
         n = len(inputs)
@@ -176,15 +186,14 @@ class SumFusionSegmentor(Segmentor):
             count = (weights.sum(0).view(b, 1, 1, 1)  # >= 1: checked by _modality_inputs
                      if self.reduce == "mean" else 1.0)
         if n > 1 and self.batch_modalities:
-            feats = self.backbone(torch.cat([x for _, x, _ in inputs], dim=0))
-            feats = [f.view(n, b, *f.shape[1:]) for f in feats]
+            feats = stacked
             if weights is not None:
                 w = weights.to(feats[0].dtype).view(n, b, 1, 1, 1)
                 feats = [f * w for f in feats]
             return [f.sum(0) / _like(count, f) for f in feats]
         summed: list[Tensor] | None = None
-        for k, (_, x, _) in enumerate(inputs):
-            feats = self.backbone(x)
+        for k in range(n):
+            feats = [f[k] for f in stacked]
             if weights is not None:
                 w = weights[k].to(feats[0].dtype).view(b, 1, 1, 1)
                 feats = [f * w for f in feats]
@@ -193,6 +202,33 @@ class SumFusionSegmentor(Segmentor):
             )
         assert summed is not None
         return [s / _like(count, s) for s in summed]
+
+    # ------------------------------------------------------------------ independent streams
+    independent_streams = True
+
+    def encode_streams(self, batch: Mapping[str, object]) -> dict[str, list[Tensor]]:
+        """``{name: [E_1(x), .., E_4(x)]}`` (maps ``[B, C_i, H_i, W_i]`` of the padded, masked
+        image) for the modalities of ``batch``, encoded as :meth:`forward` encodes that batch
+        (one concatenated encoder batch with ``batch_modalities``)."""
+        inputs = [(n, self.pad_to_multiple(x), m) for n, x, m in self._modality_inputs(batch)]
+        stacked = self.stream_features(inputs)
+        return {name: [f[k] for f in stacked] for k, (name, _, _) in enumerate(inputs)}
+
+    def forward_from_streams(self, batch: Mapping[str, object],
+                             streams: Mapping[str, list[Tensor]]) -> Tensor:
+        """Eval-mode :meth:`forward` of ``batch`` with the encoder maps from ``streams``
+        (:meth:`encode_streams`): logits ``[B, K, H, W]``.
+
+        Raises:
+            KeyError: a modality of ``batch`` missing from ``streams``.
+        """
+        inputs = self._modality_inputs(batch)
+        size = inputs[0][1].shape[-2:]
+        padded = self.pad_to_multiple(inputs[0][1]).shape[-2:]
+        levels = len(streams[inputs[0][0]])
+        stacked = [torch.stack([streams[name][i] for name, _, _ in inputs], dim=0)
+                   for i in range(levels)]
+        return self.upsample_logits(self.decode_head(self.fuse(inputs, stacked)), size, padded)
 
     @classmethod
     def infer_num_classes(cls, state_dict: Mapping[str, Tensor]) -> int | None:

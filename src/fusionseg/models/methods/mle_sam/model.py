@@ -267,6 +267,21 @@ class MLESAMSegmentor(Segmentor):
             images: ``M`` padded images ``[B, 3, H, W]`` in model order.
             present: ``bool[B, M]``; modalities with no present sample are not encoded.
         """
+        run, levels = self.stream_levels(images, present)
+        return self.route(levels, run, present)
+
+    def stream_levels(self, images: Sequence[Tensor], present: Tensor
+                      ) -> tuple[list[int], list[Tensor]]:
+        """The FPN levels of each encoded stream, before the routing.
+
+        Args:
+            images, present: as :meth:`encode`.
+
+        Returns:
+            ``(run, levels)``: ``run`` the model-order indices of the modalities encoded (those
+            with a present sample), ``levels`` 4 maps ``[R, B, d, H/s, W/s]`` (``R =
+            len(run)``; the trunk runs the ``R`` streams as one batch, each with its expert).
+        """
         b = images[0].shape[0]
         run = [j for j in range(len(images)) if bool(present[:, j].any())]
         set_active_experts(self.encoder, [self.modalities[j] for j in run])
@@ -276,16 +291,51 @@ class MLESAMSegmentor(Segmentor):
             levels = self.neck(feats, embed=self.encoder.apply_neck(feats[-1]))
         else:
             levels = self.neck(feats)
+        return run, [f.view(len(run), b, *f.shape[1:]) for f in levels]
+
+    def route(self, levels: Sequence[Tensor], run: Sequence[int], present: Tensor
+              ) -> list[Tensor]:
+        """The routed levels (:meth:`encode`) of :meth:`stream_levels`' ``(run, levels)``; the
+        ``M - R`` modalities not encoded get zero maps."""
+        n = present.shape[1]
         fused = []
-        for lvl, f in enumerate(levels):
-            per = f.view(len(run), b, *f.shape[1:])  # [R, B, d, h, w]
-            if len(run) < len(images):  # zeros for the modalities not encoded
-                full = [per.new_zeros(per.shape[1:])] * len(images)
+        for lvl, per in enumerate(levels):  # [R, B, d, h, w]
+            if len(run) < n:  # zeros for the modalities not encoded
+                full = [per.new_zeros(per.shape[1:])] * n
                 for i, j in enumerate(run):
                     full[j] = per[i]
                 per = torch.stack(full, dim=0)
             fused.append(self.routers[lvl](per, present))
         return fused
+
+    # ------------------------------------------------------------------ independent streams
+    independent_streams = True
+
+    def encode_streams(self, batch: Mapping[str, object]) -> dict[str, list[Tensor]]:
+        """``{name: [L_1, .., L_4]}``: the FPN levels ``[B, d, H/s, W/s]`` of each modality of
+        ``batch`` with a present sample (its expert, padded and masked image), encoded as
+        :meth:`forward` encodes that batch (one trunk batch)."""
+        streams = self.stream_inputs(batch)
+        images = [self.pad_to_multiple(x) for x in streams.images]
+        run, levels = self.stream_levels(images, streams.present)
+        return {self.modalities[j]: [f[i] for f in levels] for i, j in enumerate(run)}
+
+    def forward_from_streams(self, batch: Mapping[str, object],
+                             streams: Mapping[str, list[Tensor]]) -> Tensor:
+        """Eval-mode :meth:`forward` of ``batch`` with the FPN levels from ``streams``
+        (:meth:`encode_streams`): logits ``[B, K, H, W]``.
+
+        Raises:
+            KeyError: a modality with a present sample in ``batch`` missing from ``streams``.
+        """
+        inputs = self.stream_inputs(batch)
+        present = inputs.present
+        run = [j for j in range(len(self.modalities)) if bool(present[:, j].any())]
+        names = [self.modalities[j] for j in run]
+        levels = [torch.stack([streams[name][i] for name in names], dim=0)
+                  for i in range(len(streams[names[0]]))]
+        padded = self.pad_to_multiple(inputs.images[0]).shape[-2:]
+        return self._logits(self.route(levels, run, present), inputs.size, padded, None)
 
     def forward(self, batch: Mapping[str, object]) -> Tensor | SegmentationOutput:
         """``batch`` of modality tensors (any non-empty subset present) -> logits
@@ -295,19 +345,24 @@ class MLESAMSegmentor(Segmentor):
         images = [self.pad_to_multiple(x) for x in streams.images]
         padded = images[0].shape[-2:]
         fused = self.encode(images, streams.present)
+        label = batch.get("label") if isinstance(batch, Mapping) else None
+        return self._logits(fused, size, padded, label)
+
+    def _logits(self, fused: list[Tensor], size: Sequence[int], padded: Sequence[int],
+                label: object) -> Tensor | SegmentationOutput:
+        """The heads on the routed levels: logits ``[B, K, H, W]`` (in training with a
+        ``label``, a :class:`SegmentationOutput` with the auxiliary head's logits)."""
         high_res = (fused[0], fused[1]) if self.encoder_kind == "sam2" else None
         main = self.upsample_logits(self.decode_head(fused[2], high_res), size, padded)
         aux = None
         if self.aux_head is not None and (self.training or self.inference == "mean"):
             aux = self.upsample_logits(self.aux_head(fused), size, padded)
-        label = batch.get("label") if isinstance(batch, Mapping) else None
         if self.training and isinstance(label, Tensor):
             extra = {} if aux is None else {"aux": AuxiliaryLogits(aux, self.aux_weight)}
             return SegmentationOutput(main, aux=extra)
         if self.inference == "mean" and aux is not None:
             return 0.5 * (main + aux)
         return main
-
 
 #: tiny settings of the contract tests
 MLE_SAM_TINY = {
