@@ -16,7 +16,11 @@ belongs to that configuration alone. Models:
 
 A training step is forward + cross-entropy on random labels + backward + AdamW step, in train
 mode (fused AdamW for fusionseg's models, as its engine runs it; the default AdamW for the
-release's, as its ``semseg/optimizers.py`` builds it); inference is one forward in eval mode under ``torch.inference_mode``. Times are the mean
+release's, as its ``semseg/optimizers.py`` builds it); inference is one forward in eval mode under ``torch.inference_mode``. On CPU, fusionseg's processes keep
+freed buffers in the heap (``fusionseg.runtime.configure_cpu_allocator``, which ``fusionseg
+train`` / ``eval`` / ``predict`` / ``bench`` call) and the release's use glibc's defaults, as
+each code base's own scripts run; ``--allocator all`` gives both the heap reuse (a comparison
+of the model code alone), ``--allocator system`` neither. Times are the mean
 (and min) wall time over ``--steps`` timed repetitions after ``--warmup`` untimed ones; ``CPU
 s`` is the process CPU time per repetition (all threads), a load-independent measure of the
 work on a shared machine. Example (the
@@ -56,6 +60,13 @@ DIMS = {
     "mit_b3": ((64, 128, 320, 512), (3, 4, 18, 3), 512),
     "mit_b4": ((64, 128, 320, 512), (3, 8, 27, 3), 512),
     "mit_b5": ((64, 128, 320, 512), (3, 6, 40, 3), 512),
+}
+
+
+ALLOCATOR_NOTE = {
+    "fusionseg": "fusionseg's processes (as its commands run), glibc defaults for the release",
+    "all": "every process",
+    "system": "none (glibc defaults everywhere)",
 }
 
 
@@ -120,6 +131,10 @@ def build(args: argparse.Namespace, which: str, mods: list[str]):
     return model, lambda xs: model(dict(zip(mods, xs, strict=True)))
 
 
+def dev_is_cpu(args: argparse.Namespace) -> bool:
+    return args.device == "cpu"
+
+
 def child(args: argparse.Namespace) -> None:
     import torch
     import torch.nn.functional as F
@@ -128,6 +143,14 @@ def child(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     which, mode = args.child.split(":")
+    # fusionseg's train / eval / predict / bench keep freed buffers in the heap on CPU
+    # (fusionseg.runtime.configure_cpu_allocator); "ours" and "sum" run as those commands run
+    # them, the released code as its own scripts do (glibc's defaults) unless --allocator all.
+    if dev_is_cpu(args) and (args.allocator == "all"
+                             or (args.allocator == "fusionseg" and which in ("ours", "sum"))):
+        from fusionseg.runtime import configure_cpu_allocator
+
+        configure_cpu_allocator()
     mods = MODALITIES[: args.modalities]
     dev = torch.device(args.device)
     model, call = build(args, which, mods)
@@ -204,6 +227,10 @@ def main() -> None:
     ap.add_argument("--official", type=Path, help="checkout of the authors' StitchFusion repository")
     ap.add_argument("--modes", nargs="+", default=["train", "infer"], choices=["train", "infer"])
     ap.add_argument("--json", type=Path, help="also write the results to this file")
+    ap.add_argument("--allocator", default="fusionseg", choices=["fusionseg", "all", "system"],
+                    help="CPU heap reuse (fusionseg.runtime.configure_cpu_allocator): in "
+                         "fusionseg's processes only, as its commands run them (fusionseg); in "
+                         "every process, the release's too (all); in none (system)")
     ap.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if "official" in args.models and args.official is None and not args.child:
@@ -214,7 +241,8 @@ def main() -> None:
     print(
         f"StitchFusion {args.backbone} {args.adapter} + {args.fusion}, {args.modalities} "
         f"modalities, {args.size}x{args.size}, batch {args.batch}, {args.device}"
-        f"{' bf16' if args.bf16 else ''}; {args.steps} timed after {args.warmup} warm-up"
+        f"{' bf16' if args.bf16 else ''}; {args.steps} timed after {args.warmup} warm-up; "
+        f"heap reuse: {ALLOCATOR_NOTE[args.allocator]}"
     )
     print(f"{'model':>8} {'mode':>6} {'s (mean)':>9} {'s (min)':>8} {'CPU s':>7} {'img/s':>7} "
           f"{'peak RSS MB':>12} {'params M':>9} {'trainable M':>12}")

@@ -310,6 +310,8 @@ def predict(input: Annotated[list[str], typer.Option(
     reason, one line each); exit status 2 when any sample failed."""
     from .inference import PredictionIncomplete, parse_health, parse_spec_overrides
     from .inference import predict as run_predict
+    from .runtime import setup_threads
+    setup_threads(None)  # on CPU: reuse freed buffers (runtime.configure_cpu_allocator)
     try:
         summary = run_predict(ckpt, input, out, config=config, split=split,
                               max_samples=max_samples, onnx=onnx,
@@ -379,6 +381,8 @@ def bench(config: Path, set: SetOpt = None,
     from .bench import make_random_batch, measure
     from .config import load_config, model_spec
     from .models import create_model
+    from .runtime import setup_threads
+    setup_threads(None)  # as train / eval run: on CPU, reuse freed buffers
     cfg = load_config(config, set)
     # random weights: speed and memory do not depend on them, so model.pretrained is not read
     spec = model_spec(cfg, for_checkpoint=True)
