@@ -32,13 +32,18 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Multimodal semantic segmentation: train, evaluate, benchmark, predict.")
-data_app = typer.Typer(no_args_is_help=True, help="Datasets: render the built-in ones, check.")
+data_app = typer.Typer(no_args_is_help=True,
+                       help="Datasets: render the built-in ones, check, convert depth.")
 synth_app = typer.Typer(no_args_is_help=True, help="Render a built-in synthetic dataset.")
 weights_app = typer.Typer(no_args_is_help=True,
                           help="Pretrained weights: list the catalogue, fetch, convert.")
 app.add_typer(data_app, name="data")
 data_app.add_typer(synth_app, name="synth")
 app.add_typer(weights_app, name="weights")
+hub_app = typer.Typer(no_args_is_help=True,
+                      help="Whole trained models on the Hugging Face hub: save, push "
+                           "(docs/hub.md).")
+app.add_typer(hub_app, name="hub")
 
 console = Console()
 err_console = Console(stderr=True)
@@ -234,7 +239,8 @@ def train(config: Path, set: SetOpt = None,
 
 @app.command("eval")
 @cli_errors
-def eval_cmd(config: Path, ckpt: Annotated[Path, typer.Option(help="checkpoint to evaluate")],
+def eval_cmd(config: Path, ckpt: Annotated[Path, typer.Option(
+                 help="checkpoint, saved model DIR or hf://ORG/NAME[@REV] to evaluate")],
              set: SetOpt = None,
              missing: Annotated[str | None, typer.Option(
                  help="'all' (every modality subset) or subsets like 'rgb;rgb,depth'")] = None,
@@ -269,7 +275,8 @@ def predict(input: Annotated[list[str], typer.Option(
                 help="dataset root | DIR with DIR/{modality}/ | MODALITY=DIR|GLOB|FILE[:I,J] "
                      "(0-based channels of a packed file); repeatable")],
             out: Annotated[Path, typer.Option(help="output dir for masks and panels")],
-            ckpt: Annotated[Path | None, typer.Option(help="fusionseg checkpoint")] = None,
+            ckpt: Annotated[Path | None, typer.Option(
+                help="fusionseg checkpoint, saved model DIR or hf://ORG/NAME[@REV]")] = None,
             onnx: Annotated[Path | None, typer.Option(
                 help="an exported ONNX model (fusionseg export) instead of --ckpt")] = None,
             config: Annotated[Path | None, typer.Option(
@@ -302,22 +309,54 @@ def predict(input: Annotated[list[str], typer.Option(
                 help="sensor health: a modality whose frame is NaN/inf, saturated, all zero, "
                      "constant or frozen (= previous frame) is dropped as missing and listed in "
                      "OUT/sensors.csv; 'off' disables it; KEY=VALUE sets a threshold (or off): "
-                     "nonfinite=0 saturated=0.98 constant=0 frozen=0; repeatable")] = None):
+                     "nonfinite=0 saturated=0.98 constant=0 frozen=0; repeatable")] = None,
+            geotiff: Annotated[bool | None, typer.Option(
+                "--geotiff/--no-geotiff",
+                help="write georeferenced masks OUT/{stem}.tif (default: when every input is "
+                     "MODALITY=... .tif files with a CRS); --no-geotiff: PNG masks and panels")]
+            = None,
+            tile_memory_mb: Annotated[float | None, typer.Option(
+                help="GeoTIFF: memory budget (MB) of one block; larger rasters are read and "
+                     "predicted window by window (default 512)")] = None,
+            cog: Annotated[bool, typer.Option(
+                help="GeoTIFF: write Cloud-Optimized GeoTIFF masks (tiled, overviews)")]
+            = False):
     """Predict masks for a dataset split, a folder or per-modality files; write colorized
     masks and panels with a class legend (docs/predict.md).
 
+    GeoTIFF inputs (an orthophoto and a DSM of any size) give georeferenced mask GeoTIFFs
+    instead, predicted window by window ("GeoTIFF orthophotos and DSMs" in docs/predict.md).
+
     Ends with a summary (written, skipped because their outputs existed, failed with the
     reason, one line each); exit status 2 when any sample failed."""
+    from .errors import ConfigError
     from .inference import PredictionIncomplete, parse_health, parse_spec_overrides
     from .inference import predict as run_predict
+    from .inference.geotiff import DEFAULT_TILE_MEMORY_MB, looks_georeferenced, predict_geotiff
     from .runtime import setup_threads
     setup_threads(None)  # on CPU: reuse freed buffers (runtime.configure_cpu_allocator)
+    if geotiff is None:
+        geotiff = looks_georeferenced(input)
+    if not geotiff and (cog or tile_memory_mb is not None):
+        raise ConfigError("--cog and --tile-memory-mb are for GeoTIFF masks: the inputs are "
+                          "not MODALITY=... GeoTIFFs with a CRS (add --geotiff to force it)")
+    if geotiff and (overlay or video is not None or (health and health != ["off"])):
+        raise ConfigError("--overlay, --video and --health are for PNG outputs; GeoTIFF "
+                          "prediction writes masks only (use --no-geotiff for PNGs)")
     try:
-        summary = run_predict(ckpt, input, out, config=config, split=split,
-                              max_samples=max_samples, onnx=onnx,
-                              spec_overrides=parse_spec_overrides(spec), overlay=overlay,
-                              video=video, fps=fps, max_pixels=max_pixels, on_error=on_error,
-                              skip_existing=skip_existing, health=parse_health(health))
+        if geotiff:
+            summary = predict_geotiff(
+                ckpt, input, out, config=config, max_samples=max_samples, onnx=onnx,
+                spec_overrides=parse_spec_overrides(spec), max_pixels=max_pixels,
+                tile_memory_mb=DEFAULT_TILE_MEMORY_MB if tile_memory_mb is None
+                else tile_memory_mb, cog=cog, on_error=on_error, skip_existing=skip_existing)
+        else:
+            summary = run_predict(ckpt, input, out, config=config, split=split,
+                                  max_samples=max_samples, onnx=onnx,
+                                  spec_overrides=parse_spec_overrides(spec), overlay=overlay,
+                                  video=video, fps=fps, max_pixels=max_pixels,
+                                  on_error=on_error, skip_existing=skip_existing,
+                                  health=parse_health(health))
     except PredictionIncomplete as exc:
         for line in exc.summary.lines():
             console.print(line, markup=False, highlight=False, soft_wrap=True)
@@ -328,7 +367,8 @@ def predict(input: Annotated[list[str], typer.Option(
 
 @app.command()
 @cli_errors
-def export(ckpt: Annotated[Path, typer.Option(help="fusionseg checkpoint")],
+def export(ckpt: Annotated[Path, typer.Option(
+               help="fusionseg checkpoint, saved model DIR or hf://ORG/NAME[@REV]")],
            out: Annotated[Path, typer.Option(help="the ONNX file to write")],
            modalities: Annotated[str | None, typer.Option(
                help="comma-separated modalities to export (default: all of the model's)")]
@@ -506,6 +546,49 @@ def data_check(config: Annotated[Path | None, typer.Argument(help="run config")]
         raise typer.Exit(1)
 
 
+WorkersOpt = Annotated[int | None, typer.Option(help="processes (default: every core)")]
+
+
+@data_app.command("depth2hha")
+@cli_errors
+def data_depth2hha(
+        depth: Annotated[str, typer.Argument(
+            help="depth image (16-bit PNG, TIFF, .npy), folder of them, or glob pattern")],
+        out: Annotated[Path, typer.Option(help="output folder: one {stem}.png per input")],
+        intrinsics: Annotated[str, typer.Option(
+            help="FX,FY,CX,CY of the depth image in pixels")],
+        depth_scale: Annotated[float, typer.Option(
+            help="metres per stored unit (0.001: millimetres)")] = 0.001,
+        workers: WorkersOpt = None):
+    """Encode depth images as HHA (disparity, height, angle; Gupta et al., ECCV 2014)."""
+    from .data.depth_convert import depth_to_hha_files, parse_intrinsics
+    res = depth_to_hha_files(depth, out, parse_intrinsics(intrinsics), depth_scale, workers)
+    sizes = ", ".join(f"{h}x{w}" for h, w in res.sizes)
+    console.print(f"depth2hha: {len(res.outputs)} HHA image(s) ({sizes}, 8-bit, 3 channels) "
+                  f"in {out}", soft_wrap=True)
+
+
+@data_app.command("disparity2depth")
+@cli_errors
+def data_disparity2depth(
+        disp: Annotated[str, typer.Argument(
+            help="disparity image (PNG, TIFF, .npy), folder of them, or glob pattern")],
+        out: Annotated[Path, typer.Option(help="output folder: one 16-bit {stem}.png per input")],
+        baseline: Annotated[float, typer.Option(help="stereo baseline in metres")],
+        focal: Annotated[float, typer.Option(help="focal length in pixels")],
+        scale: Annotated[float, typer.Option(
+            help="disparity pixels per stored unit (KITTI 16-bit PNG: 0.00390625)")] = 1.0,
+        depth_scale: Annotated[float, typer.Option(
+            help="metres per unit of the written depth (0.001: millimetres)")] = 0.001,
+        workers: WorkersOpt = None):
+    """Convert stereo disparity to depth (focal * baseline / disparity; 0 where d <= 0)."""
+    from .data.depth_convert import disparity_to_depth_files
+    res = disparity_to_depth_files(disp, out, baseline, focal, scale, depth_scale, workers)
+    sizes = ", ".join(f"{h}x{w}" for h, w in res.sizes)
+    console.print(f"disparity2depth: {len(res.outputs)} depth image(s) ({sizes}, 16-bit, "
+                  f"{depth_scale:g} m per unit) in {out}", soft_wrap=True)
+
+
 @weights_app.command("convert")
 @cli_errors
 def weights_convert(src: Annotated[Path, typer.Argument(
@@ -653,6 +736,49 @@ def info(
     t.add_row("losses", ", ".join(LOSSES.names()))
     t.add_row("modalities", ", ".join(DEFAULT_SPECS))
     console.print(t)
+
+
+@hub_app.command("save")
+@cli_errors
+def hub_save(ckpt: Annotated[str, typer.Argument(help="a training checkpoint (best.ckpt)")],
+             directory: Annotated[Path, typer.Argument(
+                 metavar="DIR", help="folder to write model.safetensors, config.json, "
+                                     "README.md to")],
+             config: Annotated[Path | None, typer.Option(
+                 help="run config (default: the one stored in the checkpoint)")] = None,
+             repo_id: Annotated[str, typer.Option(
+                 help="the ORG/NAME the model card's usage lines name")] = "ORG/NAME",
+             license: Annotated[str | None, typer.Option(
+                 help="the card's license id (default: the pretrained encoder's)")] = None):
+    """Write a checkpoint as a saved model folder: the weights it predicts with
+    (safetensors), its config, classes, palette and modality specs (JSON) and a model card.
+    --ckpt DIR of predict / eval / export and train.init_from read the folder."""
+    from .hub import save_pretrained
+    saved = save_pretrained(ckpt, directory, config=config, repo_id=repo_id, license=license)
+    console.print(f"wrote {saved.directory}: {', '.join(f.name for f in saved.files)} "
+                  f"({saved.tensors} tensors, {saved.nbytes / 1e6:.1f} MB)",
+                  highlight=False, soft_wrap=True)
+
+
+@hub_app.command("push")
+@cli_errors
+def hub_push(ckpt: Annotated[str, typer.Argument(help="a training checkpoint (best.ckpt)")],
+             repo_id: Annotated[str, typer.Argument(help="ORG/NAME on the Hugging Face hub")],
+             private: Annotated[bool, typer.Option(help="create the repository private")]
+             = False,
+             revision: Annotated[str | None, typer.Option(
+                 help="branch to push to (created when missing; default: main)")] = None,
+             config: Annotated[Path | None, typer.Option(
+                 help="run config (default: the one stored in the checkpoint)")] = None,
+             license: Annotated[str | None, typer.Option(
+                 help="the card's license id (default: the pretrained encoder's)")] = None):
+    """Save a checkpoint (as hub save does) and upload it to the model repository REPO_ID
+    (created when missing; log in first: `hf auth login` or HF_TOKEN)."""
+    from .hub import push_to_hub
+    url = push_to_hub(ckpt, repo_id, private=private, revision=revision, config=config,
+                      license=license)
+    console.print(f"pushed to hf://{repo_id}{'@' + revision if revision else ''}: {url}",
+                  highlight=False, soft_wrap=True)
 
 
 def main() -> None:  # pragma: no cover

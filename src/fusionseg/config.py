@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -190,6 +191,66 @@ class RobustConfig(_Strict):
         return data
 
 
+#: ``class_weight`` values computed from the training split (fusionseg.engine.class_balance)
+FREQUENCY_WEIGHTINGS = ("inverse_frequency", "median_frequency")
+
+
+def _check_class_weight(value: Any, key: str) -> None:
+    if value is None:
+        return
+    if isinstance(value, str):
+        if value not in FREQUENCY_WEIGHTINGS:
+            raise ValueError(f"{key}: {value!r} is no class weighting; use a list of K numbers "
+                             f"or one of {list(FREQUENCY_WEIGHTINGS)}")
+        return
+    numbers = isinstance(value, list) and value and all(
+        isinstance(v, int | float) and not isinstance(v, bool) for v in value)
+    if not numbers:
+        raise ValueError(f"{key}: a list of K numbers or one of {list(FREQUENCY_WEIGHTINGS)}, "
+                         f"got {value!r}")
+    if not all(math.isfinite(v) and v >= 0 for v in value) or not any(v > 0 for v in value):
+        raise ValueError(f"{key}: weights must be finite, >= 0 and not all 0, got {value}")
+
+
+def check_loss_spec(loss: Any) -> None:
+    """Check the shape of a ``train.loss`` mapping (the names and options of the losses are
+    checked when the engine builds them, :func:`fusionseg.engine.losses.build_loss`).
+
+    ``{name, <options>, class_weight?, terms?: [{name, weight?, <options>, class_weight?}]}``.
+
+    Raises:
+        ValueError: one line naming the key: no ``name``; a ``weight`` outside ``terms`` (class
+            weights are ``class_weight``); a bad ``class_weight``; ``terms`` not a list of such
+            mappings, a term's ``weight`` not a number >= 0, a term with ``terms``.
+    """
+    if not isinstance(loss, dict) or not isinstance(loss.get("name"), str):
+        raise ValueError(f"loss: a loss name or a mapping with a 'name', got {loss!r}")
+    if "weight" in loss:
+        raise ValueError("loss.weight: class weights are loss.class_weight ([w_0, ...], "
+                         "median_frequency or inverse_frequency); a mixing weight is 'weight' "
+                         "of an entry of loss.terms")
+    _check_class_weight(loss.get("class_weight"), "loss.class_weight")
+    terms = loss.get("terms")
+    if terms is None:
+        return
+    if not isinstance(terms, list):
+        raise ValueError(f"loss.terms: a list of loss specs ({{name: dice, weight: 0.5}}), "
+                         f"got {terms!r}")
+    for i, term in enumerate(terms):
+        key = f"loss.terms[{i}]"
+        if isinstance(term, str):
+            continue
+        if not isinstance(term, dict) or not isinstance(term.get("name"), str):
+            raise ValueError(f"{key}: a loss name or a mapping with a 'name', got {term!r}")
+        w = term.get("weight", 1.0)
+        if isinstance(w, bool) or not isinstance(w, int | float) or not (
+                math.isfinite(w) and w >= 0):
+            raise ValueError(f"{key}.weight: the term's mixing weight, a number >= 0, got {w!r}")
+        if "terms" in term:
+            raise ValueError(f"{key}: a term cannot have terms of its own")
+        _check_class_weight(term.get("class_weight"), f"{key}.class_weight")
+
+
 class TrainConfig(_Strict):
     """Optimisation and trainer settings (AdamW, linear warm-up then poly or cosine decay)."""
 
@@ -212,7 +273,9 @@ class TrainConfig(_Strict):
     #: iterations per epoch (Lightning ``limit_train_batches``); None: one pass over the data
     epoch_steps: int | None = None
     #: main loss spec: a registered loss and its options, e.g. ``{name: ohem, thresh: 0.7,
-    #: min_kept_frac: 0.0625}``; a bare name (``ce``) is accepted
+    #: min_kept_frac: 0.0625}``; a bare name (``ce``) is accepted. ``class_weight: [w_0, ...]``
+    #: / ``median_frequency`` / ``inverse_frequency`` weights the classes; ``terms: [{name:
+    #: dice, weight: 0.5}, ...]`` adds weighted loss terms (docs/losses.md)
     loss: dict[str, Any] = Field(default_factory=lambda: {"name": "ohem"})
     #: per-name weights of auxiliary outputs, replacing the weights the method declares
     aux_weights: dict[str, float] = Field(default_factory=dict)
@@ -277,6 +340,7 @@ class TrainConfig(_Strict):
                     f"train.aux_weight={value} is no longer read; set per-output weights in "
                     f"train.aux_weights, e.g. {{aux: {value}}}"
                 )
+        check_loss_spec(loss)
         data["loss"] = loss
         if data.get("schedule") == "stages" and not data.get("lr_stages"):
             raise ValueError("schedule: stages needs lr_stages: [{epochs, lr, head_lr_mult}, ...]")

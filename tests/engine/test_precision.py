@@ -104,7 +104,7 @@ def test_inference_follows_the_checkpoint(hardware):
 
 def test_two_step_run_prints_and_stores_the_resolved_precision(tmp_path, hardware, capsys):
     from fusionseg.engine.runner import evaluate, train
-    from fusionseg.inference.prediction import _precision as predict_precision
+    from fusionseg.inference.prediction import model_precision as predict_precision
     from fusionseg.serialization import read_checkpoint
 
     root = tmp_path / "deliver"

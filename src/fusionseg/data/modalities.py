@@ -5,7 +5,8 @@ The value pipeline of one modality, and where each step happens::
     file --read_image--> raw [H, W, C_file] (file dtype)
          --ModalitySpec.load--> select ``file_channels`` / drop alpha, check bit depth and
                                 channel count, ``x = raw * scale + offset`` (physical units),
-                                non-finite -> 0, "minmax" (per image), repeat to ``repeat_to``
+                                non-finite -> 0, [``encode``], "minmax" (per image), repeat to
+                                ``repeat_to``
                              -> float32 [C, H, W] in physical units
          --transforms (geometry, photometric)-->
          --Normalize (last transform) = ModalitySpec.normalize_tensor--> model input
@@ -28,6 +29,15 @@ Normalization modes (``normalize``), applied to physical values ``x``:
 
 Image padding in the transforms uses :meth:`ModalitySpec.pad_value`, the physical value that
 becomes exactly 0 after normalization.
+
+Encodings (``encode``), computed from the physical values at load time, before any crop:
+
+- ``"hha"``: a 1-channel depth map in metres (``scale`` and ``offset`` must give metres)
+  becomes its HHA encoding (:func:`fusionseg.data.depth_geometry.depth_to_hha`, with the
+  spec's ``intrinsics``), 3 channels in ``[0, 1]`` exactly as the ``hha`` spec reads the
+  8-bit HHA PNG of the same depth. Setting ``encode: hha`` on a spec (:func:`get_spec`,
+  :func:`resolve_specs`) also sets ``normalize`` to the ``hha`` default (ImageNet) and drops
+  ``repeat_to``, unless given with it; so raw depth feeds a model trained on HHA images.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ __all__ = [
     "IMAGENET_STD",
     "ModalitySpec",
     "NormStats",
+    "encoding_defaults",
     "get_spec",
     "resolve_specs",
 ]
@@ -120,6 +131,10 @@ class ModalitySpec(BaseModel):
             event), used by the geometric transforms.
         photometric: colour jitter and blur apply (True only for rgb by default).
         npz_key: array name for ``.npz`` files (default: the first array).
+        encode: ``"hha"``: turn the depth (metres after ``scale``) into its 3-channel HHA
+            encoding at load time (module docstring); ``None``: no encoding.
+        intrinsics: ``(fx, fy, cx, cy)`` in pixels of the full-size depth image, for
+            ``encode="hha"``.
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -137,6 +152,8 @@ class ModalitySpec(BaseModel):
     interpolation: Literal["bilinear", "nearest"] = "bilinear"
     photometric: bool = False
     npz_key: str | None = None
+    encode: Literal["hha"] | None = None
+    intrinsics: tuple[float, float, float, float] | None = None
 
     @field_validator("file_channels")
     @classmethod
@@ -171,12 +188,35 @@ class ModalitySpec(BaseModel):
                     )
         if isinstance(self.scale, float) and self.scale == 0:
             raise ValueError(f"modality '{self.name}': scale must be non-zero")
+        if self.encode == "hha":
+            self._check_hha()
         return self
+
+    def _check_hha(self) -> None:
+        where = f"modality '{self.name}': encode: hha"
+        if self.intrinsics is None:
+            raise ValueError(f"{where} needs intrinsics: [fx, fy, cx, cy] (pixels) of the "
+                             "depth image")
+        if not all(np.isfinite(self.intrinsics)) or min(self.intrinsics[:2]) <= 0:
+            raise ValueError(f"{where}: intrinsics {list(self.intrinsics)} need finite values "
+                             "and focal lengths fx, fy > 0")
+        if self.channels != 1:
+            raise ValueError(f"{where} takes a 1-channel depth file, got channels="
+                             f"{self.channels}")
+        if self.scale == "auto":
+            raise ValueError(f"{where} needs depth in metres: set scale (metres per stored "
+                             "unit, e.g. 0.001 for millimetres)")
+        if self.repeat_to is not None:
+            raise ValueError(f"{where} gives 3 channels itself: repeat_to must be null, got "
+                             f"{self.repeat_to}")
 
     # ------------------------------------------------------------------ derived properties
     @property
     def out_channels(self) -> int:
-        """Channels delivered to the model: ``repeat_to`` if set, else ``channels``."""
+        """Channels delivered to the model: 3 with ``encode="hha"``, else ``repeat_to`` if
+        set, else ``channels``."""
+        if self.encode == "hha":
+            return 3
         return self.repeat_to or self.channels
 
     def _accepted_counts(self) -> list[int]:
@@ -281,13 +321,16 @@ class ModalitySpec(BaseModel):
                 modality=self.name,
             )
         scale = self.scale_for(array.dtype)
-        x = torch.from_numpy(np.array(array.transpose(2, 0, 1), dtype=np.float32))
-        if scale != 1.0:
-            x = x * scale
-        if self.offset != 0.0:
-            x = x + self.offset
-        if not torch.isfinite(x).all():
-            x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
+        if self.encode == "hha":
+            x = self._encode_hha(array, scale, path)
+        else:
+            x = torch.from_numpy(np.array(array.transpose(2, 0, 1), dtype=np.float32))
+            if scale != 1.0:
+                x = x * scale
+            if self.offset != 0.0:
+                x = x + self.offset
+            if not torch.isfinite(x).all():
+                x = torch.nan_to_num(x, nan=0.0, posinf=0.0, neginf=0.0)
         if self.normalize == "minmax":
             lo = x.amin(dim=(1, 2), keepdim=True)
             hi = x.amax(dim=(1, 2), keepdim=True)
@@ -299,6 +342,20 @@ class ModalitySpec(BaseModel):
         if normalize:
             x = self.normalize_tensor(x)
         return x
+
+    def _encode_hha(self, array: np.ndarray, scale: float,
+                    path: str | os.PathLike | None) -> torch.Tensor:
+        """``[H, W, 1]`` raw depth -> HHA ``float32 [3, H, W]`` in ``[0, 1]`` (uint8 / 255,
+        as the ``hha`` spec reads an HHA PNG); depth in metres computed in float64."""
+        from fusionseg.data.depth_geometry import depth_to_hha
+
+        depth_m = array[:, :, 0].astype(np.float64) * scale + self.offset
+        try:
+            hha = depth_to_hha(depth_m, self.intrinsics)
+        except DataError as err:
+            raise DataError(f"encode: hha: {err.problem}", path=path,
+                            modality=self.name) from None
+        return torch.from_numpy(hha.transpose(2, 0, 1).astype(np.float32)) * (1.0 / 255.0)
 
     # ------------------------------------------------------------------ normalization
     def _mean_std(self, c: int) -> tuple[list[float], list[float]] | None:
@@ -390,6 +447,18 @@ DEFAULT_SPECS: dict[str, ModalitySpec] = {
 }
 
 
+def encoding_defaults(overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """The fields that setting ``encode`` in ``overrides`` implies, less those it gives.
+
+    ``encode: hha`` reads depth as the ``hha`` spec reads an HHA image: ``normalize`` as
+    the ``hha`` default (ImageNet) and no ``repeat_to``. ``{}`` without ``encode``.
+    """
+    if overrides.get("encode") != "hha":
+        return {}
+    implied = {"normalize": DEFAULT_SPECS["hha"].normalize, "repeat_to": None}
+    return {k: v for k, v in implied.items() if k not in overrides}
+
+
 def get_spec(name: str, **overrides: Any) -> ModalitySpec:
     """The default spec of ``name`` with ``overrides`` applied (validated).
 
@@ -408,6 +477,7 @@ def get_spec(name: str, **overrides: Any) -> ModalitySpec:
             modality=name,
         )
     data = base.model_dump() if base is not None else {}
+    data.update(encoding_defaults(overrides))
     if "channels" in overrides and "repeat_to" not in overrides and base is not None:
         # Changing the file channel count invalidates a default repeat that no longer fits.
         rep = data.get("repeat_to")
@@ -441,7 +511,7 @@ def resolve_specs(
             out[m] = given
         elif given is not None:
             if base is not None:
-                merged = {**base.model_dump(), **dict(given)}
+                merged = {**base.model_dump(), **encoding_defaults(given), **dict(given)}
                 merged.pop("name", None)
                 out[m] = get_spec(m, **merged)
             else:

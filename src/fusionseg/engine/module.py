@@ -4,6 +4,9 @@ Losses: :class:`~fusionseg.engine.losses.SegmentationCriterion` over the segment
 the configured loss on the main logits, plus whatever auxiliary logits and extra terms the
 method returns in training (:class:`~fusionseg.models.SegmentationOutput`); each term is
 logged as ``train/loss_<name>`` and the total as ``train/loss``. The engine knows no method.
+Class weights that ``train.loss`` computes from label frequencies (``class_weight:
+median_frequency``) are resolved in :meth:`SegmentationModule.setup` from the training split
+(:mod:`fusionseg.engine.class_balance`) and printed; docs/losses.md.
 
 Optimizer and schedule follow the SegFormer / DELIVER / StitchFusion recipes: AdamW over the
 segmentor's own :meth:`~fusionseg.models.Segmentor.param_groups` (weight decay on weights only,
@@ -23,13 +26,15 @@ import math
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
 from ..config import Config
 from ..data.sample import drop_modalities
 from ..models.inference_modes import inference_kwargs, predict_logits
 from ..models.segmentor import logits_of
-from .losses import SegmentationCriterion
+from .class_balance import class_frequency, class_weights
+from .losses import SegmentationCriterion, check_class_weight_count, frequency_weightings
 from .masking import random_modality_dropout
 from .metrics import confusion_metric, metrics_from_confusion
 from .robust_training import FeatureTap, RobustTraining, feature_distillation
@@ -148,8 +153,11 @@ class SegmentationModule(L.LightningModule):
         self.ignore_index = ignore_index
         self.specs = dict(specs or {})
         t = cfg.train
-        self.criterion = SegmentationCriterion(t.loss, ignore_index, t.aux_weights)
         k = len(self.class_names)
+        check_class_weight_count(t.loss, k)
+        # frequency class weights (train.loss.class_weight: median_frequency) are resolved in
+        # setup("fit"), from the training split's labels
+        self.criterion = SegmentationCriterion(t.loss, ignore_index, t.aux_weights)
         self.val_cm = confusion_metric(k, ignore_index)
         self.conditions = list(conditions or []) if cfg.eval.per_condition else []
         self.val_cm_cond = nn.ModuleDict({c: confusion_metric(k, ignore_index)
@@ -169,6 +177,47 @@ class SegmentationModule(L.LightningModule):
     def teacher(self) -> nn.Module | None:
         """The frozen teacher of the robust second stage, or ``None``."""
         return self._teacher[0] if self._teacher else None
+
+    def setup(self, stage: str) -> None:
+        """At ``fit``: resolve frequency class weights from the datamodule's training split
+        (:meth:`resolve_class_weights`) and print the class weights in use."""
+        if stage != "fit":
+            return
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        train_set = getattr(dm, "train_set", None)
+        if self.criterion.pending and train_set is not None:
+            self.resolve_class_weights(train_set)
+        else:
+            self._print_class_weights("")
+
+    def resolve_class_weights(self, train_set) -> None:
+        """Compute the frequency class weights of ``train.loss`` from ``train_set``'s labels
+        (cached next to the data, :func:`fusionseg.engine.class_balance.class_frequency`) and
+        build the criterion with them; print them.
+
+        Raises:
+            DataError: the split has no labels, or one fails to load.
+        """
+        if not self.criterion.pending:
+            return
+        freq, path = class_frequency(train_set)
+        where = f"{len(train_set.records)} {train_set.split} labels" + (
+            f", counts cached in {path}" if path is not None else "")
+        self.criterion.resolve_class_weights(lambda name: class_weights(name, freq))
+        self._print_class_weights(f" ({', '.join(frequency_weightings(self.cfg.train.loss))} "
+                                  f"from {where})")
+
+    def _print_class_weights(self, source: str) -> None:
+        specs = [self.criterion.spec, *(t for t in self.criterion.spec.get("terms") or []
+                                        if isinstance(t, dict))]
+        if rank_zero_only.rank != 0:
+            return
+        for spec in specs:
+            cw = spec.get("class_weight")
+            if isinstance(cw, list | tuple) and len(cw) == len(self.class_names):
+                pairs = ", ".join(f"{n} {float(w):.3g}" for n, w in zip(self.class_names, cw,
+                                                                         strict=True))
+                print(f"class weights of loss {spec['name']}{source}: {pairs}")
 
     def on_fit_start(self) -> None:
         if self.teacher is not None:

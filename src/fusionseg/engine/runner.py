@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from ..config import Config, ModelConfig, model_spec
 from ..data.sample import Collate
 from ..errors import ConfigError, RunError
+from ..hub_files import read_model_source
 from ..models import (
     MODELS,
     convert_checkpoint,
@@ -88,7 +89,8 @@ def build_model(cfg: Config, num_classes: int, for_checkpoint: bool = False) -> 
 def build_teacher(cfg: Config, num_classes: int) -> torch.nn.Module | None:
     """The frozen full-modality model of the robust second stage (``train.robust.teacher``).
 
-    ``teacher: init`` is the ``train.init_from`` file, any other value a checkpoint path. A
+    ``teacher: init`` is the ``train.init_from`` model, any other value a checkpoint path (or a
+    saved model folder, or ``hf://ORG/NAME[@REVISION]``: :mod:`fusionseg.hub_files`). A
     fusionseg checkpoint is built from the model section stored in it (the teacher may differ
     from the student, e.g. a mean-fusion teacher for a gated student); any other file (a plain
     state dict, a released checkpoint) with the run's model section. Loaded strictly, in eval
@@ -104,8 +106,9 @@ def build_teacher(cfg: Config, num_classes: int) -> torch.nn.Module | None:
     r = cfg.train.robust
     if not (r.enabled and r.teacher):
         return None
-    path = cfg.train.init_from if r.teacher == "init" else r.teacher
-    contents = read_weights_file(path)
+    source, contents = read_model_source(
+        cfg.train.init_from if r.teacher == "init" else r.teacher, read_weights_file)
+    path = source.name
     stored = contents.get("fusionseg_config") if isinstance(contents, dict) else None
     tcfg = cfg
     if isinstance(stored, dict) and isinstance(stored.get("model"), dict):
@@ -223,7 +226,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
             (bit-identical on CPU; :mod:`fusionseg.engine.resume`). ``train.init_from`` is
             ignored then.
 
-    ``train.init_from`` starts a new run from a trained model's weights (loaded strictly
+    ``train.init_from`` starts a new run from a trained model's weights (a checkpoint, a saved
+    model folder or ``hf://ORG/NAME[@REVISION]``: :mod:`fusionseg.hub_files`; loaded strictly
     with :func:`fusionseg.models.init_from_checkpoint`, so through the safe reader; a head
     whose class count differs is re-initialised and the run says so); optimizer, schedule,
     counters and run dir start fresh.
@@ -249,7 +253,8 @@ def train(cfg: Config, run_dir: str | Path | None = None, resume: str | Path | N
     model = build_model(cfg, ds.num_classes, for_checkpoint=init_from is not None)
     init_lines: list[str] = []
     if init_from is not None:
-        report = init_from_checkpoint(model, init_from)
+        source, contents = read_model_source(init_from, read_weights_file)
+        report = init_from_checkpoint(model, source.name, contents)
         init_lines = [f"initialised from {init_from}", *report.lines()]
     prepare_for_training(model, cfg)
     teacher = build_teacher(cfg, ds.num_classes)
@@ -388,7 +393,8 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
              split: str | None = None, write_json: bool = True,
              max_batches: int | None = None, protocol: str | list[str] | None = None,
              seed: int = 0) -> dict[str, Any]:
-    """Evaluate a checkpoint on the validation split.
+    """Evaluate a checkpoint (or a saved model folder, or ``hf://ORG/NAME[@REVISION]``:
+    :mod:`fusionseg.hub_files`) on the validation split.
 
     The model runs (autocast) at ``train.precision`` when the config sets one other than
     ``auto``, else at the precision the checkpoint was trained at (``fusionseg_precision``)
@@ -401,7 +407,9 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         protocol: robustness protocols (:mod:`fusionseg.engine.robustness`): ``"emm"``,
             ``"rmm"``, ``"nm"``, ``"mam"`` (misaligned modalities), a comma list or ``"all"``; each writes
             ``{stem}_{protocol}_{split}.json`` and ``.md`` next to the checkpoint, and a plot
-            ``{stem}_robustness_{split}.png``. All run in the same pass over the data.
+            ``{stem}_robustness_{split}.png``. All run in the same pass over the data. (A
+            saved folder: the files go inside it with stem ``model``; ``hf://ORG/NAME``: into
+            the working directory with stem ``ORG--NAME``.)
         seed: seed of the protocols' random corruptions.
 
     Returns:
@@ -429,7 +437,8 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
     if split:
         cfg = cfg.model_copy(deep=True)
         cfg.data.val_split = split
-    contents = read_weights_file(ckpt)
+    source, contents = read_model_source(ckpt, read_weights_file)
+    ckpt = source.name  # the hf:// URI or the path, for messages and the result files
     ds = build_dataset(cfg, cfg.data.val_split, train=False)
     trained = _trained_specs(contents, ds.specs)
     if trained:
@@ -507,20 +516,21 @@ def evaluate(cfg: Config, ckpt: str | Path, missing: str | list | None = None,
         result["protocols"] = {p: protocol_results(evaluator, p, header, e.miou,
                                                    e.ignore_classes) for p in protocols}
     if write_json:
-        stem, sp = Path(ckpt).stem, cfg.data.val_split
-        out = Path(ckpt).with_name(f"{stem}_eval_{sp}.json")
+        base = source.results_base
+        stem, sp = base.stem, cfg.data.val_split
+        out = base.with_name(f"{stem}_eval_{sp}.json")
         # strict JSON: null for classes absent from the data; the protocols have their own files
         atomic_write_json({k: v for k, v in result.items() if k != "protocols"}, out)
         result["json"] = str(out)
         result["files"] = [str(out)]
         for p, res in result.get("protocols", {}).items():
-            pj = Path(ckpt).with_name(f"{stem}_{p}_{sp}.json")
+            pj = base.with_name(f"{stem}_{p}_{sp}.json")
             atomic_write_json(res, pj)
             pm = pj.with_suffix(".md")
             pm.write_text(protocol_markdown(res))
             result["files"] += [str(pj), str(pm)]
         if protocols:
             from ..viz import plot_robustness
-            png = Path(ckpt).with_name(f"{stem}_robustness_{sp}.png")
+            png = base.with_name(f"{stem}_robustness_{sp}.png")
             result["files"].append(str(plot_robustness(result["protocols"], png)))
     return result

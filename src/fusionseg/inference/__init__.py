@@ -11,6 +11,7 @@ or ``fusionseg.cli``)::
     sensors     sensor health of a run: drop dead modalities, out/sensors.csv
     outputs     per-sample output files, the run's summary and failures
     prediction  predict(): the prediction run
+    geotiff     predict_geotiff(): GeoTIFF rasters of any size -> georeferenced masks
     export      export_onnx(): checkpoint -> ONNX, checked with ONNX Runtime
 
 The inference modes themselves (whole image, sliding window, multi-scale, flip) are shared
@@ -18,6 +19,7 @@ with evaluation: :mod:`fusionseg.models.inference_modes`.
 """
 
 from .export import ExportReport, OnnxExportError, export_onnx
+from .geotiff import GeoPredictionSummary, predict_geotiff
 from .health import SensorHealth, check_modality, parse_health
 from .inputs import FileInput, InputSource, open_inputs, parse_input
 from .loading import LoadedModel, load_predictor
@@ -29,6 +31,7 @@ from .specs import parse_spec_overrides, training_specs
 __all__ = [
     "ExportReport",
     "FileInput",
+    "GeoPredictionSummary",
     "InputSource",
     "LoadedModel",
     "OnnxExportError",
@@ -45,5 +48,6 @@ __all__ = [
     "parse_input",
     "parse_spec_overrides",
     "predict",
+    "predict_geotiff",
     "training_specs",
 ]

@@ -47,6 +47,7 @@ __all__ = [
     "match_stems",
     "open_inputs",
     "parse_input",
+    "select_channels",
     "source_files",
 ]
 
@@ -189,7 +190,7 @@ class FileInput(torch.utils.data.Dataset):
         lacking = [m for m in self.modalities if m not in specs]
         if lacking:
             raise DataError(f"no spec for modality '{lacking[0]}'", modality=lacking[0])
-        self.specs = {m: _select_channels(specs[m], (channels or {}).get(m))
+        self.specs = {m: select_channels(specs[m], (channels or {}).get(m))
                       for m in self.modalities}
         self.stems = match_stems(self.files)
         self.transform = transform
@@ -219,7 +220,14 @@ class FileInput(torch.utils.data.Dataset):
         return sample
 
 
-def _select_channels(spec: ModalitySpec, channels: tuple[int, ...] | None) -> ModalitySpec:
+def select_channels(spec: ModalitySpec, channels: tuple[int, ...] | None) -> ModalitySpec:
+    """``spec`` reading the file's 0-based ``channels`` (an input's ``:I,J`` suffix) instead
+    of its ``file_channels``; ``None`` returns it unchanged.
+
+    Raises:
+        DataError: the selection's length is neither the spec's ``channels`` nor its
+            ``repeat_to``.
+    """
     if channels is None:
         return spec
     counts = [spec.channels] + ([spec.repeat_to] if spec.repeat_to else [])

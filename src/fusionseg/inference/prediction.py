@@ -73,7 +73,7 @@ from .outputs import (
 from .sensors import SENSORS_FILE, DeadSensorsError, SensorMonitor
 from .specs import stored_specs, training_specs
 
-__all__ = ["inference_settings", "predict"]
+__all__ = ["inference_settings", "model_precision", "predict", "prediction_palette"]
 
 
 def inference_settings(cfg: Config, size: Sequence[int], max_pixels: int | None = None,
@@ -271,7 +271,20 @@ def _predict_samples(ds: Any, n: int, predictor: _Predictor, out_dir: Path, *,
     return summary
 
 
-def _precision(cfg: Config, meta: dict[str, Any]) -> str:
+def prediction_palette(meta: Mapping[str, Any], num_classes: int | None,
+                       dataset: Any = None) -> np.ndarray:
+    """The ``[K, 3]`` uint8 class colours of a prediction run: the checkpoint's
+    (``fusionseg_palette``), else the dataset's ``palette``, else
+    :func:`~fusionseg.viz.default_palette` of ``num_classes`` (256 when unknown)."""
+    palette = meta.get("fusionseg_palette")
+    if palette is None:
+        palette = getattr(dataset, "palette", None)
+    if palette is None or len(palette) == 0:
+        palette = default_palette(num_classes or 256)
+    return np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+
+
+def model_precision(cfg: Config, meta: Mapping[str, Any]) -> str:
     """The autocast precision of a torch model on the CPU: ``train.precision`` of the config
     (``--config``, else the checkpoint's) unless ``auto``, else the checkpoint's training
     precision (``fusionseg_precision``) where this CPU runs it natively, else ``auto`` here
@@ -279,6 +292,7 @@ def _precision(cfg: Config, meta: dict[str, Any]) -> str:
     stored = meta.get("fusionseg_precision")
     return inference_precision(cfg.train.precision, stored if isinstance(stored, str) else None,
                                "cpu")[0]
+
 
 def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
             out_dir: str | Path, config: str | Path | None = None, split: str | None = None,
@@ -377,15 +391,10 @@ def predict(ckpt: str | Path | None, inputs: str | Path | Sequence[str | Path],
         label_interpolation=cfg.data.eval_label_interpolation)  # no eval_crop: whole masks
     classes = meta.get("fusionseg_classes") or list(getattr(ds, "classes", []) or []) or None
     num_classes = cfg.model.num_classes or (len(classes) if classes else None)
-    palette = meta.get("fusionseg_palette")
-    if palette is None:
-        palette = getattr(ds, "palette", None)
-    if palette is None or len(palette) == 0:
-        palette = default_palette(num_classes or 256)
-    palette = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    palette = prediction_palette(meta, num_classes, ds)
     predictor = _Predictor(model=model, cfg=cfg, specs=ds.specs, classes=classes,
                            palette=palette, num_classes=num_classes or len(palette),
-                           precision=_precision(cfg, meta),
+                           precision=model_precision(cfg, meta),
                            max_pixels=max_pixels)
     n = len(ds) if max_samples is None else min(len(ds), max_samples)
     out_dir.mkdir(parents=True, exist_ok=True)

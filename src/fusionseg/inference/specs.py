@@ -19,7 +19,7 @@ from pydantic import ValidationError
 
 from ..config import Config
 from ..data.io import DataError
-from ..data.modalities import ModalitySpec, resolve_specs
+from ..data.modalities import ModalitySpec, encoding_defaults, resolve_specs
 
 __all__ = [
     "apply_spec_overrides",
@@ -85,7 +85,8 @@ def apply_spec_overrides(specs: Mapping[str, ModalitySpec],
         if "name" in fields:
             raise DataError("spec override cannot rename a modality", modality=modality)
         out[modality] = validated_spec(
-            modality, {**out[modality].model_dump(), **dict(fields)}, "spec override")
+            modality, {**out[modality].model_dump(), **encoding_defaults(fields),
+                       **dict(fields)}, "spec override")
     return out
 
 
@@ -146,4 +147,5 @@ def describe_spec(spec: ModalitySpec) -> str:
     scale = "integer range -> [0, 1]" if spec.scale == "auto" else f"raw * {spec.scale:g}"
     if spec.offset:
         scale += f" + {spec.offset:g}"
-    return f"{bits}, {chans}, {scale}" + (f" -> {spec.unit}" if spec.unit else "")
+    encoded = f", encoded as {spec.encode.upper()}" if spec.encode else ""
+    return f"{bits}, {chans}, {scale}" + (f" -> {spec.unit}" if spec.unit else "") + encoded
