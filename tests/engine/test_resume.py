@@ -228,6 +228,45 @@ def test_rng_state_round_trips_through_a_weights_only_checkpoint(tmp_path):
     assert got[2] == want[2]
 
 
+def _next_draws() -> list:
+    """The next draw of every generator, Gaussian ones first (they would use the cached value
+    that a previous odd number of normal draws left behind)."""
+    return [random.gauss(0.0, 1.0), random.random(), np.random.standard_normal(),
+            np.random.normal(2.0, 3.0), np.random.rand(), torch.randn(3), torch.rand(2)]
+
+
+def test_rng_restore_keeps_the_cached_gaussians_of_every_generator(tmp_path):
+    """``random.gauss`` and numpy's ``standard_normal`` / ``normal`` produce Gaussians in pairs
+    and cache the second one in the generator state (``gauss_next``, ``has_gauss`` /
+    ``cached_gaussian``); after an odd number of normal draws the next one comes from that
+    cache, so a restore that drops it changes the sequence. Every generator's next draws after
+    the round trip must equal those of the uninterrupted sequence."""
+    random.seed(3)
+    np.random.seed(2)
+    torch.manual_seed(1)
+    random.gauss(0.0, 1.0)  # odd counts: a Gaussian is now cached
+    np.random.standard_normal(2)
+    np.random.normal()  # 3 draws
+    torch.randn(5)
+    state = capture_rng_state()
+    assert state["numpy"]["has_gauss"] == 1 and state["python"]["gauss_next"] is not None
+    want = _next_draws()  # the uninterrupted sequence (capturing draws nothing)
+    torch.save(state, tmp_path / "rng.pt")
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    random.gauss(0.0, 1.0)  # a different cached Gaussian in each generator
+    np.random.standard_normal()
+    torch.randn(1)
+    restore_rng_state(torch.load(tmp_path / "rng.pt", weights_only=True))
+    got = _next_draws()
+    for g, w in zip(got, want, strict=True):
+        if isinstance(w, torch.Tensor):
+            torch.testing.assert_close(g, w, rtol=0, atol=0)
+        else:
+            assert g == w
+
+
 def test_checkpoint_every_n_steps_must_be_positive(city):
     with pytest.raises(ConfigError, match="checkpoint_every_n_steps"):
         config_from_dict(_cfg_dict(city, checkpoint_every_n_steps=0))

@@ -94,10 +94,8 @@ def test_official_interpolation_uses_scale_factor_with_offset():
 
 
 # --------------------------------------------------------------------------- Hugging Face
-transformers = pytest.importorskip("transformers")
-
-
 def _hf_model(registers: int = 0, swiglu: bool = False):
+    transformers = pytest.importorskip("transformers")  # only these tests need it
     torch.manual_seed(0)
     kw = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, image_size=56,
               patch_size=14, layerscale_value=0.7, use_swiglu_ffn=swiglu)
@@ -147,6 +145,7 @@ def test_weights_convert_cli_writes_official_keys_from_a_hf_file(tmp_path):
     from fusionseg.cli import app
     from fusionseg.models.weights import convert_backbone_checkpoint
 
+    transformers = pytest.importorskip("transformers")
     hf = _hf_model()
     hf.save_pretrained(tmp_path / "hf")
     out = convert_backbone_checkpoint(tmp_path / "hf" / "model.safetensors",

@@ -217,11 +217,9 @@ def test_sine_position_encoding_matches_the_official_formula():
 
 
 # --------------------------------------------------------------------------- Hugging Face
-transformers = pytest.importorskip("transformers")
-
-
 def _hf_sam2(seed=0):
     """A tiny random transformers ``Sam2Model`` with the trunk settings of ``HIERA_TINY``."""
+    transformers = pytest.importorskip("transformers")  # only these tests need it
     torch.manual_seed(seed)
     hiera = transformers.Sam2HieraDetConfig(
         hidden_size=8, num_attention_heads=1, blocks_per_stage=[1, 1, 3, 1],

@@ -180,10 +180,8 @@ def test_sides_must_be_multiples_of_16_and_qkv_is_called_as_a_module():
 
 
 # --------------------------------------------------------------------------- Hugging Face
-transformers = pytest.importorskip("transformers")
-
-
 def _hf(window=3):
+    transformers = pytest.importorskip("transformers")  # only these tests need it
     torch.manual_seed(0)
     cfg = transformers.SamVisionConfig(hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
                                        image_size=64, patch_size=16, window_size=window,

@@ -140,15 +140,12 @@ def test_varied_settings():
 
 
 # --------------------------------------------------------------------------- (b) HF reference
-transformers = pytest.importorskip("transformers")
-
-
 @pytest.fixture(scope="module")
 def hf_model():
     """Tiny random ``Sam2Model`` (decoder width 32, 2 heads, MLP 64); every decoder / prompt
     tensor randomised so none is trivially 0 or 1."""
     torch.manual_seed(0)
-    T = transformers
+    T = pytest.importorskip("transformers")  # only the HF fixtures need it
     bb = T.Sam2HieraDetConfig(hidden_size=8, embed_dim_per_stage=[8, 16, 32, 64],
                               blocks_per_stage=[1, 1, 1, 1], num_attention_heads_per_stage=[1] * 4,
                               window_size_per_stage=[2] * 4, global_attention_blocks=[3],
@@ -460,7 +457,7 @@ def hf_sam1():
     decoder / prompt tensors randomised so none is trivially 0 or 1. ``layer_norm_eps`` 1e-5:
     the official ``nn.LayerNorm`` default (HF's config default is 1e-6)."""
     torch.manual_seed(0)
-    T = transformers
+    T = pytest.importorskip("transformers")  # only the HF fixtures need it
     vc = T.SamVisionConfig(hidden_size=16, output_channels=C, num_hidden_layers=1,
                            num_attention_heads=1, image_size=64, patch_size=16, window_size=2,
                            global_attn_indexes=[0], num_pos_feats=C // 2, mlp_dim=32)
