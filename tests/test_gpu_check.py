@@ -5,6 +5,8 @@ exercised here the way the GPU run exercises it."""
 import importlib.util
 from pathlib import Path
 
+from fixtures import toy_method  # noqa: F401,E402  (registers toy_aux: parametrising over MODELS must not depend on which test modules were collected first)
+
 from fusionseg.models import MODELS
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from conftest import TINY_MIT as TINY  # noqa: E402
+from fixtures import toy_method  # noqa: F401,E402  (registers toy_aux: parametrising over MODELS must not depend on which test modules were collected first)
 from fixtures.deliver_tree import make_deliver_tree  # noqa: E402
 
 from fusionseg.cli import app  # noqa: E402

@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import tiny_model_cfg
+from fixtures import toy_method  # noqa: F401,E402  (registers toy_aux: parametrising over MODELS must not depend on which test modules were collected first)
 
 import fusionseg.inference.export as fx
 from fusionseg.config import config_from_dict, load_config, model_spec

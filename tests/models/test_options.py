@@ -8,6 +8,7 @@ from typing import ClassVar, Literal
 
 import pytest
 import torch
+from fixtures import toy_method  # noqa: F401,E402  (registers toy_aux: parametrising over MODELS must not depend on which test modules were collected first)
 from pydantic import Field
 from typer.testing import CliRunner
 
