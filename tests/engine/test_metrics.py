@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fusionseg.engine.metrics import confusion_metric, metrics_from_confusion
+from fusionseg.errors import ConfigError
 
 
 def test_metrics_from_hand_computed_confusion_matrix():
@@ -89,3 +90,78 @@ def test_ignore_classes_with_an_empty_class_under_both_miou_conventions():
     zero = metrics_from_confusion(cm, miou="zero", ignore_classes=[2])
     assert zero["mIoU"] == pytest.approx(100 * (4 / 8 + 0) / 2)  # empty class counts as 0
     assert zero["OA"] == pytest.approx(100 * 6 / 10)
+
+
+def test_confusion_metric_counts_integer_pixels_and_skips_the_default_ignore_index():
+    """Rows = ground truth, columns = prediction, int64 counts; label 255 is left out."""
+    m = confusion_metric(3)
+    pred = torch.tensor([[0, 1, 1, 2], [2, 0, 2, 1]])
+    label = torch.tensor([[0, 1, 2, 255], [2, 255, 2, 0]])
+    m.update(pred, label)
+    cm = m.compute()
+    assert cm.dtype == torch.int64
+    assert cm.tolist() == [[1, 1, 0],  # gt 0: one right, one predicted as 1
+                           [0, 1, 0],
+                           [0, 1, 2]]  # gt 2: two right, one predicted as 1
+
+
+def test_confusion_metric_honours_a_custom_ignore_index():
+    m = confusion_metric(2, ignore_index=7)
+    m.update(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 7, 1, 7]))
+    assert m.compute().tolist() == [[1, 0], [0, 1]]
+
+
+def test_confusion_metric_update_skips_torchmetrics_per_batch_input_checks(monkeypatch):
+    """No torch.unique validation (a host sync) on every batch: the metric is built with
+    validate_args=False."""
+    import torchmetrics.classification.confusion_matrix as tm_cm
+
+    def no_check(*args, **kwargs):
+        raise AssertionError("per-batch input validation ran")
+
+    monkeypatch.setattr(tm_cm, "_multiclass_confusion_matrix_tensor_validation", no_check)
+    monkeypatch.setattr(tm_cm, "_multiclass_confusion_matrix_arg_validation", no_check)
+    m = confusion_metric(2)
+    m.update(torch.tensor([1, 1]), torch.tensor([1, 0]))
+    assert m.compute().tolist() == [[0, 1], [0, 1]]
+
+
+def test_bad_inputs_name_the_problem():
+    with pytest.raises(ValueError, match=r"confusion matrix must be \[K, K\], got \(2, 3\)"):
+        metrics_from_confusion(torch.zeros(2, 3))
+    with pytest.raises(ConfigError, match="unknown mIoU convention 'mean'; use 'nanmean' or 'zero'"):
+        metrics_from_confusion(torch.eye(2), miou="mean")
+
+
+def test_a_class_with_a_single_pixel_still_gets_its_metrics():
+    """Union, gt and gt + pred of exactly 1 are defined (not NaN) and divided by 1."""
+    cm = torch.tensor([[1, 0, 0],
+                       [0, 3, 1],
+                       [0, 0, 0]])
+    # class 0: tp 1, gt 1, pred 1 -> IoU 1, Acc 1, F1 1
+    # class 2: tp 0, gt 0, pred 1 -> IoU 0/1, Acc NaN, F1 0/1
+    r = metrics_from_confusion(cm)
+    assert r["IoU"] == pytest.approx([100.0, 75.0, 0.0])  # class 1: 3 / (4 + 3 - 3)
+    assert r["Acc"][:2] == pytest.approx([100.0, 75.0]) and math.isnan(r["Acc"][2])
+    assert r["F1"] == pytest.approx([100.0, 100 * 6 / 7, 0.0])
+    assert r["mAcc"] == pytest.approx(100 * (1 + 3 / 4) / 2)
+
+
+def test_a_single_counted_pixel_gives_an_overall_accuracy():
+    """OA = trace / total, also for a total of 1; an empty matrix has OA NaN."""
+    assert metrics_from_confusion(torch.tensor([[1, 0], [0, 0]]))["OA"] == pytest.approx(100.0)
+    assert metrics_from_confusion(torch.tensor([[0, 1], [0, 0]]))["OA"] == pytest.approx(0.0)
+    assert math.isnan(metrics_from_confusion(torch.zeros(2, 2))["OA"])
+
+
+def test_weighted_non_integer_counts():
+    """Fractional (weighted) counts: every metric is the plain ratio of the weights."""
+    cm = torch.tensor([[0.5, 0.5],
+                       [0.0, 2.0]])
+    # class 0: tp .5, gt 1, pred .5, union 1 -> IoU .5, Acc .5, F1 1 / 1.5
+    # class 1: tp 2, gt 2, pred 2.5, union 2.5 -> IoU .8, Acc 1, F1 4 / 4.5
+    r = metrics_from_confusion(cm)
+    assert r["IoU"] == pytest.approx([50.0, 80.0])
+    assert r["Acc"] == pytest.approx([50.0, 100.0])
+    assert r["F1"] == pytest.approx([100 * 2 / 3, 100 * 8 / 9])
+    assert r["OA"] == pytest.approx(100 * 2.5 / 3)

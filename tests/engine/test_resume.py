@@ -377,3 +377,145 @@ def test_last_ckpt_is_written_every_epoch_even_without_a_better_miou(city, tmp_p
     ckpts = tmp_path / "run" / "checkpoints"
     assert torch.load(ckpts / "best.ckpt", weights_only=True)["global_step"] == 1
     assert torch.load(ckpts / "last.ckpt", weights_only=True)["global_step"] == EPOCHS
+
+
+# --------------------------------------------------------------------------- RNG state layout
+
+
+def test_capture_rng_state_layout_without_cuda(monkeypatch):
+    """The documented layout: no CUDA -> "cuda": []; numpy's legacy MT19937 state with its 624
+    key words as int64 (seed() leaves pos 624 and no cached Gaussian)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    np.random.seed(4)
+    words = np.random.get_state()[1]
+    state = capture_rng_state()
+    assert set(state) == {"torch", "cuda", "numpy", "python"}
+    assert state["cuda"] == []
+    n = state["numpy"]
+    assert set(n) == {"name", "key", "pos", "has_gauss", "cached_gaussian"}
+    assert n["name"] == "MT19937"
+    assert n["key"].dtype == torch.int64 and n["key"].shape == (624,)
+    assert n["key"].tolist() == [int(w) for w in words]
+    assert (n["pos"], n["has_gauss"], n["cached_gaussian"]) == (624, 0, 0.0)
+
+
+def test_capture_reads_cuda_generators_only_once_cuda_is_initialised(monkeypatch):
+    """Capturing never initialises CUDA itself; an initialised CUDA gives a copy per device."""
+    def must_not_run():
+        raise AssertionError("capture_rng_state would initialise CUDA")
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: False)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", must_not_run)
+    assert capture_rng_state()["cuda"] == []
+    devices = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3], dtype=torch.uint8)]
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: devices)
+    cuda = capture_rng_state()["cuda"]
+    assert [t.tolist() for t in cuda] == [[1, 2], [3]]
+    assert all(c is not d for c, d in zip(cuda, devices, strict=True))  # copies
+
+
+@pytest.mark.parametrize(("available", "count", "saved", "restored"), [
+    (True, 1, [[7, 8]], True),  # as many devices as saved
+    (True, 2, [[7, 8]], False),  # another device count: left alone
+    (False, 1, [[7, 8]], False),  # CUDA not available: left alone
+    (True, 0, [], False),  # nothing saved: nothing to set
+])
+def test_restore_sets_cuda_generators_only_when_the_device_count_matches(
+        monkeypatch, available, count, saved, restored):
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: available)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", calls.append)
+    restore_rng_state({"cuda": [torch.tensor(s, dtype=torch.uint8) for s in saved]})
+    if restored:
+        assert len(calls) == 1 and [t.tolist() for t in calls[0]] == saved
+    else:
+        assert calls == []
+
+
+def _numpy_entry(seed: int) -> tuple[dict, np.ndarray]:
+    """numpy's state right after seed(seed), without a "name", and its next three draws."""
+    np.random.seed(seed)
+    _, key, pos, has_gauss, cached = np.random.get_state()
+    want = np.random.rand(3)
+    return {"key": key, "pos": pos, "has_gauss": has_gauss, "cached_gaussian": cached}, want
+
+
+def test_restore_takes_the_numpy_key_as_an_array_and_defaults_the_name_to_mt19937():
+    """An entry without "name" and with the key as a numpy uint32 array (np.random.get_state's
+    own form) puts numpy back on the seeded stream."""
+    entry, want = _numpy_entry(5)
+    np.random.seed(0)
+    restore_rng_state({"numpy": entry})
+    np.testing.assert_array_equal(np.random.rand(3), want)
+
+
+def test_restore_takes_the_numpy_key_words_as_a_signed_32_bit_tensor():
+    """A key stored as int32 (the bit pattern of the uint32 words; about half of them are
+    >= 2**31, negative as int32) is read modulo 2**32."""
+    entry, want = _numpy_entry(6)
+    entry["key"] = torch.from_numpy(entry["key"].view(np.int32).copy())
+    assert bool((entry["key"] < 0).any())
+    np.random.seed(0)
+    restore_rng_state({"numpy": {**entry, "name": "MT19937"}})
+    np.testing.assert_array_equal(np.random.rand(3), want)
+
+
+def test_restore_rejects_a_numpy_state_of_another_generator():
+    entry, _ = _numpy_entry(5)
+    with pytest.raises(ValueError, match="MT19937"):
+        restore_rng_state({"numpy": {**entry, "name": "PCG64"}})
+
+
+# --------------------------------------------------------------------------- loader positions
+
+
+class _ResumableLoader:
+    def __init__(self) -> None:
+        self.loaded: list[dict] = []
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loaded.append(state)
+
+
+class _LoadOnlyLoader:  # no state_dict: not resumable
+    def load_state_dict(self, state: dict) -> None:
+        raise AssertionError("a loader without state_dict got a position")
+
+
+def _checkpoint_with_positions(*positions: dict) -> dict:
+    return {"loops": {"fit_loop": {"state_dict": {"combined_loader": list(positions)}}}}
+
+
+def test_resume_callback_hands_positions_to_the_resumable_loaders_of_a_dict():
+    """Of a dict of train loaders only those with state_dict and load_state_dict count."""
+    from types import SimpleNamespace
+
+    from fusionseg.engine.resume import ResumeStateCallback
+
+    resumable = _ResumableLoader()
+    trainer = SimpleNamespace(train_dataloader={"plain": object(), "half": _LoadOnlyLoader(),
+                                                "main": resumable})
+    cb = ResumeStateCallback()
+    cb.on_load_checkpoint(trainer, None, _checkpoint_with_positions({"epoch": 1, "consumed": 4}))
+    cb.on_train_start(trainer, None)
+    assert resumable.loaded == [{"epoch": 1, "consumed": 4}]
+
+
+def test_resume_callback_refuses_a_checkpoint_with_another_number_of_loaders():
+    from types import SimpleNamespace
+
+    from fusionseg.engine.resume import CheckpointError, ResumeStateCallback
+
+    trainer = SimpleNamespace(train_dataloader=_ResumableLoader())
+    cb = ResumeStateCallback()
+    cb.on_load_checkpoint(trainer, None, _checkpoint_with_positions({"consumed": 2},
+                                                                    {"consumed": 4}))
+    with pytest.raises(CheckpointError,
+                       match="positions of 2 training loaders but this run has 1 resumable"):
+        cb.on_train_start(trainer, None)
