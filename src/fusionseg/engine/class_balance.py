@@ -140,6 +140,14 @@ def count_label_pixels(dataset, labels: Sequence[Any] | None = None) -> ClassFre
     return ClassFrequency(pixels, image_pixels, images)
 
 
+def _present_classes(freq: ClassFrequency) -> np.ndarray:
+    """``bool [K]``: the classes with at least one pixel; :class:`DataError` when none has."""
+    present = freq.pixels > 0
+    if not present.any():
+        raise DataError("no labelled pixel to compute class frequencies from")
+    return present
+
+
 def median_frequency_weights(freq: ClassFrequency) -> np.ndarray:
     """``w_c = median(f) / f_c``, ``f_c = pixels_c / image_pixels_c`` (Eigen & Fergus 2015,
     Sec. 4.3), median over the present classes; 0 for absent classes. ``float64 [K]``.
@@ -147,9 +155,7 @@ def median_frequency_weights(freq: ClassFrequency) -> np.ndarray:
     Raises:
         DataError: no class has a pixel.
     """
-    present = freq.pixels > 0
-    if not present.any():
-        raise DataError("no labelled pixel to compute class frequencies from")
+    present = _present_classes(freq)
     f = np.zeros(freq.num_classes)
     f[present] = freq.pixels[present] / freq.image_pixels[present]
     w = np.zeros(freq.num_classes)
@@ -164,9 +170,7 @@ def inverse_frequency_weights(freq: ClassFrequency) -> np.ndarray:
     Raises:
         DataError: no class has a pixel.
     """
-    present = freq.pixels > 0
-    if not present.any():
-        raise DataError("no labelled pixel to compute class frequencies from")
+    present = _present_classes(freq)
     w = np.zeros(freq.num_classes)
     w[present] = freq.pixels.sum() / freq.pixels[present]
     return w / w[present].mean()
