@@ -165,3 +165,19 @@ def test_weighted_non_integer_counts():
     assert r["Acc"] == pytest.approx([50.0, 100.0])
     assert r["F1"] == pytest.approx([100 * 2 / 3, 100 * 8 / 9])
     assert r["OA"] == pytest.approx(100 * 2.5 / 3)
+
+
+def test_a_normalised_confusion_matrix_gives_the_metrics_of_its_counts():
+    """Totals below 1 are divided as they are (no floor at 1): [[.3, .1], [0, .6]] (sum 1).
+
+    class 0: tp .3, gt .4, pred .3, union .4 -> IoU .75, Acc .75, F1 .6 / .7
+    class 1: tp .6, gt .6, pred .7, union .7 -> IoU 6/7, Acc 1, F1 1.2 / 1.3
+    """
+    cm = torch.tensor([[0.3, 0.1], [0.0, 0.6]], dtype=torch.float64)
+    r = metrics_from_confusion(cm)
+    assert r["IoU"] == pytest.approx([75.0, 100 * 6 / 7])
+    assert r["Acc"] == pytest.approx([75.0, 100.0])
+    assert r["F1"] == pytest.approx([100 * 6 / 7, 100 * 12 / 13])
+    assert r["OA"] == pytest.approx(90.0)
+    counts = metrics_from_confusion(torch.tensor([[3, 1], [0, 6]]))
+    assert r["mIoU"] == pytest.approx(counts["mIoU"]) and r["mF1"] == pytest.approx(counts["mF1"])

@@ -453,9 +453,20 @@ def test_sample_ids_fall_back_to_the_running_sample_index():
     assert torch.equal(no_meta, _expected(["0", "1", "2", "3"]))
     no_id = _ids_seen([[{"condition": "fog"}, {}], [{}], [{}]])
     assert torch.equal(no_id, _expected(["0", "1", "2", "3"]))
-    # (per_condition off: the per-condition split reads meta.get and needs dicts)
-    not_dict = _ids_seen([["x", "y"], ["z"]], per_condition=False)
+    not_dict = _ids_seen([["x", "y"], ["z"]])
     assert torch.equal(not_dict, _expected(["0", "1", "2"]))
+
+
+def test_a_meta_entry_that_is_not_a_dict_counts_under_condition_all():
+    """A sample whose meta is not a dict has no condition: it goes to 'all', beside 'night'.
+
+    'all' = sample 0 alone (perfect on classes 0, 1), 'night' = sample 1 (IoU 7/8, 4/9, 0)."""
+    ev = ScenarioEvaluator(MODS, protocol_scenarios(MODS, ["emm"]), num_classes=3)
+    ev.update(_batch(meta=["frame_0001.png", {"id": "b", "condition": "night"}]), _fixed)
+    per_condition = ev.metrics("emm/rgb")["per_condition"]
+    assert list(per_condition) == ["all", "night"]
+    assert _r(per_condition["night"]["mIoU"]) == NIGHT_ALL
+    assert per_condition["all"]["OA"] == 100.0
 
 
 def test_scenario_inputs_are_moved_to_the_device():

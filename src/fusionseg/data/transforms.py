@@ -1,7 +1,8 @@
 """Joint transforms over all modalities and the label of a Sample.
 
-Every transform is a callable class ``t(sample, generator=None) -> sample`` (a new dict; the
-input's tensors are not modified in place). Order of the value pipeline (see
+Every transform is a callable class ``t(sample, generator=None) -> sample``: a new dict, or
+the input dict itself when the transform leaves the sample unchanged (a flip not drawn, a
+crop the size of the image); the input's tensors are never modified in place. Order of the value pipeline (see
 :mod:`fusionseg.data.modalities`)::
 
     ModalitySpec.load (physical units: [0, 1] for images, metres for depth/DSM)

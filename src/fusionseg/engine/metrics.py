@@ -35,7 +35,8 @@ def metrics_from_confusion(cm: torch.Tensor, miou: str = "nanmean",
     """Compute segmentation metrics from a confusion matrix.
 
     Args:
-        cm: ``[K, K]`` counts, rows = ground-truth class, columns = predicted class.
+        cm: ``[K, K]`` counts (or fractions of them: a normalised matrix gives the same
+            values), rows = ground-truth class, columns = predicted class.
         miou: ``"nanmean"`` or ``"zero"`` (see module docstring).
         ignore_classes: class ids left out of mIoU, mAcc and mF1 (OA still counts them).
 
@@ -56,9 +57,11 @@ def metrics_from_confusion(cm: torch.Tensor, miou: str = "nanmean",
     pred = cm.sum(0)
     union = gt + pred - tp
     nan = torch.tensor(float("nan"), dtype=torch.float64)
-    iou = torch.where(union > 0, tp / union.clamp(min=1), nan)
-    acc = torch.where(gt > 0, tp / gt.clamp(min=1), nan)
-    f1 = torch.where(gt + pred > 0, 2 * tp / (gt + pred).clamp(min=1), nan)
+    # the 1 only stands in where the class is absent (the result is NaN there): a
+    # normalised (fractional) matrix keeps its totals below 1
+    iou = torch.where(union > 0, tp / torch.where(union > 0, union, 1.0), nan)
+    acc = torch.where(gt > 0, tp / torch.where(gt > 0, gt, 1.0), nan)
+    f1 = torch.where(gt + pred > 0, 2 * tp / torch.where(gt + pred > 0, gt + pred, 1.0), nan)
     keep = torch.ones(cm.shape[0], dtype=torch.bool)
     keep[list(ignore_classes)] = False
     if miou == "zero":

@@ -482,7 +482,7 @@ class ScenarioEvaluator:
             if not self.per_condition:
                 continue
             for j, m in enumerate(metas):
-                c = m.get("condition") or "all"
+                c = (m.get("condition") if isinstance(m, dict) else None) or "all"
                 if c not in self.cond_cms[key]:
                     self.cond_cms[key][c] = confusion_metric(self.num_classes, self.ignore_index)
                 self.cond_cms[key][c].update(pred[j:j + 1], label[j:j + 1])
