@@ -481,7 +481,11 @@ def get_spec(name: str, **overrides: Any) -> ModalitySpec:
     if "channels" in overrides and "repeat_to" not in overrides and base is not None:
         # Changing the file channel count invalidates a default repeat that no longer fits.
         rep = data.get("repeat_to")
-        if rep is not None and rep % int(overrides["channels"]) != 0:
+        try:
+            channels = int(overrides["channels"])
+        except (TypeError, ValueError):
+            channels = 0  # not a count: the validation below names the field
+        if rep is not None and channels > 0 and rep % channels != 0:
             data["repeat_to"] = None
     if "channels" in overrides and "file_channels" not in overrides:
         data["file_channels"] = None

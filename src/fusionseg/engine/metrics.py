@@ -57,11 +57,11 @@ def metrics_from_confusion(cm: torch.Tensor, miou: str = "nanmean",
     pred = cm.sum(0)
     union = gt + pred - tp
     nan = torch.tensor(float("nan"), dtype=torch.float64)
-    # the 1 only stands in where the class is absent (the result is NaN there): a
-    # normalised (fractional) matrix keeps its totals below 1
-    iou = torch.where(union > 0, tp / torch.where(union > 0, union, 1.0), nan)
-    acc = torch.where(gt > 0, tp / torch.where(gt > 0, gt, 1.0), nan)
-    f1 = torch.where(gt + pred > 0, 2 * tp / torch.where(gt + pred > 0, gt + pred, 1.0), nan)
+    # a class absent from both sides divides 0 by 0: torch.where puts NaN there (no floor
+    # under the divisor, so a normalised matrix with totals below 1 keeps its ratios)
+    iou = torch.where(union > 0, tp / union, nan)
+    acc = torch.where(gt > 0, tp / gt, nan)
+    f1 = torch.where(gt + pred > 0, 2 * tp / (gt + pred), nan)
     keep = torch.ones(cm.shape[0], dtype=torch.bool)
     keep[list(ignore_classes)] = False
     if miou == "zero":
