@@ -56,20 +56,18 @@ def metrics_from_confusion(cm: torch.Tensor, miou: str = "nanmean",
     gt = cm.sum(1)
     pred = cm.sum(0)
     union = gt + pred - tp
-    nan = torch.tensor(float("nan"), dtype=torch.float64)
-    # a class absent from both sides divides 0 by 0: torch.where puts NaN there (no floor
-    # under the divisor, so a normalised matrix with totals below 1 keeps its ratios)
-    iou = torch.where(union > 0, tp / union, nan)
-    acc = torch.where(gt > 0, tp / gt, nan)
-    f1 = torch.where(gt + pred > 0, 2 * tp / (gt + pred), nan)
+    # a class absent from both sides is 0 / 0 = NaN (undefined), as is the OA of an empty
+    # matrix; no floor under the divisors, so a normalised matrix keeps its ratios
+    iou = tp / union
+    acc = tp / gt
+    f1 = 2 * tp / (gt + pred)
     keep = torch.ones(cm.shape[0], dtype=torch.bool)
     keep[list(ignore_classes)] = False
     if miou == "zero":
         miou_value = torch.nan_to_num(iou[keep], nan=0.0).mean()
     else:
         miou_value = iou[keep].nanmean()
-    total = cm.sum()
-    oa = tp.sum() / total if total > 0 else nan
+    oa = tp.sum() / cm.sum()
     return {
         "mIoU": 100 * float(miou_value),
         "OA": 100 * float(oa),
