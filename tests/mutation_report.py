@@ -79,6 +79,14 @@ def report(statuses: dict[str, str], equivalent: dict[str, str]) -> str:
     if open_survivors:
         out += ["", f"{len(open_survivors)} survivor(s) neither killed nor marked equivalent:"]
         out += [f"- {s}" for s in open_survivors]
+    # a mark on a mutant mutmut no longer has (its function changed, so its mutants were
+    # renumbered) or on one a test kills is wrong: the line must be checked again
+    stale = sorted(n for n in equivalent if n not in statuses)
+    killed = sorted(n for n in equivalent if statuses.get(n) in KILLED)
+    for title, names in (("marked equivalent but unknown to mutmut (renumbered?)", stale),
+                         ("marked equivalent but killed by a test", killed)):
+        if names:
+            out += ["", f"{len(names)} mutant(s) {title}:"] + [f"- {n}" for n in names]
     return "\n".join(out)
 
 

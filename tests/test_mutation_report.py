@@ -40,6 +40,22 @@ def test_scores_count_timeouts_as_killed_and_leave_out_equivalents():
     assert "x_confusion_metric__mutmut_2" not in table.split("marked equivalent:")[1]
 
 
+def test_marks_on_unknown_or_killed_mutants_are_listed_for_review():
+    statuses = mutation_report.parse_results(RESULTS)
+    eq = {"fusionseg.engine.metrics.x_metrics_from_confusion__mutmut_1": "wrong: a test kills it",
+          "fusionseg.engine.metrics.x_metrics_from_confusion__mutmut_99": "renumbered away",
+          "fusionseg.engine.metrics.x_confusion_metric__mutmut_2": "validation only"}
+    table = mutation_report.report(statuses, eq)
+    assert table.split("\n\n")[-2:] == [
+        "1 mutant(s) marked equivalent but unknown to mutmut (renumbered?):\n"
+        "- fusionseg.engine.metrics.x_metrics_from_confusion__mutmut_99",
+        "1 mutant(s) marked equivalent but killed by a test:\n"
+        "- fusionseg.engine.metrics.x_metrics_from_confusion__mutmut_1"]
+    # a clean list adds neither section
+    clean = mutation_report.report(statuses, {"fusionseg.engine.metrics.x_confusion_metric__mutmut_2": "v"})
+    assert "marked equivalent but" not in clean
+
+
 def test_equivalent_without_reason_is_refused(tmp_path):
     f = tmp_path / "eq.txt"
     f.write_text("# comment\nfusionseg.a.x_f__mutmut_1  # why\nfusionseg.a.x_f__mutmut_2\n")
