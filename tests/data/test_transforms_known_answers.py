@@ -712,6 +712,10 @@ def test_reprs_list_the_public_settings():
         "interpolation={}, fill={})")
     assert repr(Compose([RandomHorizontalFlip(0.25), RandomVerticalFlip(1.0)])) == (
         "Compose([\n  RandomHorizontalFlip(p=0.25),\n  RandomVerticalFlip(p=1.0)\n])")
+    # private state (a cache, a counter) stays out of the repr
+    flip = RandomHorizontalFlip(0.25)
+    flip._calls = 3
+    assert repr(flip) == "RandomHorizontalFlip(p=0.25)"
 
 
 def test_geometric_interpolation_is_checked_per_modality():
