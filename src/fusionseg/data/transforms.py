@@ -2,8 +2,8 @@
 
 Every transform is a callable class ``t(sample, generator=None) -> sample``: a new dict, or
 the input dict itself when the transform leaves the sample unchanged (a flip not drawn, a
-crop the size of the image); the input's tensors are never modified in place. Order of the value pipeline (see
-:mod:`fusionseg.data.modalities`)::
+crop the size of the image); the input's tensors are never modified in place. Order of the
+value pipeline (see :mod:`fusionseg.data.modalities`)::
 
     ModalitySpec.load (physical units: [0, 1] for images, metres for depth/DSM)
       -> geometric transforms (all modalities + label)
